@@ -1,0 +1,29 @@
+"""Topic names of CONTRACT §1 and §3, before the configurable prefix is applied."""
+
+from __future__ import annotations
+
+CLICKSTREAM = "clickstream"
+POS_SALES = "pos.sales"
+WMS_MOVEMENTS = "wms.movements"
+INPUT_TOPICS: tuple[str, ...] = (CLICKSTREAM, POS_SALES, WMS_MOVEMENTS)
+
+EVENTS_RESOLVED = "events.resolved"
+IDENTITY_CHANGES = "identity.changes"
+TRIGGERS_COUPON = "triggers.coupon"
+TRIGGERS_HOLDOUT = "triggers.holdout"
+TRIGGERS_REPLENISHMENT = "triggers.replenishment"
+ATTRIBUTION_CREDITS = "attribution.credits"
+STOCK_CHANGES = "stock.changes"
+DEADLETTER = "deadletter"
+
+ALL_TOPICS: tuple[str, ...] = (
+    *INPUT_TOPICS,
+    EVENTS_RESOLVED,
+    IDENTITY_CHANGES,
+    TRIGGERS_COUPON,
+    TRIGGERS_HOLDOUT,
+    TRIGGERS_REPLENISHMENT,
+    ATTRIBUTION_CREDITS,
+    STOCK_CHANGES,
+    DEADLETTER,
+)

@@ -1,0 +1,297 @@
+"""One configuration object for every command and flow.
+
+The configuration is a YAML file (``--config PATH`` or ``OMNI_CONFIG``) whose every key can
+be overridden from the environment as ``OMNI_<SECTION>_<KEY>`` (``kafka.partitions`` →
+``OMNI_KAFKA_PARTITIONS``), plus the short names fixed by CONTRACT §6 (``OMNI_TOPIC_PREFIX``,
+``OMNI_LOCATIONS``, ``OMNI_PRODUCTS``, ``OMNI_RULES``). It is validated once, at start, and
+passed down; nothing deeper reads the environment. A bad value is reported with the file (or
+variable), the dotted key and what was expected, so an operator can fix it without reading
+code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLE_DATA_DIR = Path(__file__).parent / "sample_data"
+
+#: Contract names (CONTRACT §6) that do not follow the OMNI_<SECTION>_<KEY> pattern.
+ENV_ALIASES: dict[str, str] = {
+    "OMNI_TOPIC_PREFIX": "kafka.topic_prefix",
+    "OMNI_LOCATIONS": "reference.locations",
+    "OMNI_PRODUCTS": "reference.products",
+    "OMNI_RULES": "rules.file",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names source, key, expectation."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    #: Largest number of messages a source partition hands over per poll.
+    batch_size: int = 1000
+    #: Extra librdkafka settings given to every consumer and producer (SASL, TLS, tuning).
+    client: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "omni:"
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    locations: str = str(SAMPLE_DATA_DIR / "locations.csv")
+    products: str = str(SAMPLE_DATA_DIR / "products.csv")
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class PiiConfig:
+    #: Secret of the keyed hash of phone numbers and e-mails; required outside the demo.
+    key: str = ""
+    default_country_code: str = "86"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: Port of the flow's /metrics endpoint (Bytewax's dataflow API server).
+    port: int = 3030
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    #: Directory of recovery snapshots; empty means "no recovery".
+    dir: str = ""
+    snapshot_seconds: float = 10.0
+    backup_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class StockConfig:
+    #: How long (event time) applied movements are remembered, so that a stock count which
+    #: arrives late can still be rebased onto the movements that came after it.
+    late_window_hours: float = 48.0
+    #: How long (event time) an event id is remembered to drop its duplicates.
+    dedup_hours: float = 168.0
+    #: How long (event time) an open order is remembered to route its cancellation.
+    order_ttl_days: float = 30.0
+    #: Orders are kept in this many shards, each expiring its old orders on its own.
+    order_shards: int = 64
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    workers: int = 1
+    #: Epoch length when recovery is off; shorter epochs flush sinks sooner.
+    epoch_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    stock: StockConfig = field(default_factory=StockConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    #: Where the configuration came from, for messages.
+    source: str = "<defaults>"
+
+    def topic(self, name: str) -> str:
+        """The full topic name of a CONTRACT topic (``stock.changes`` → ``acme.stock.changes``)."""
+        return f"{self.kafka.topic_prefix}{name}"
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys replaced, validated like the file (used by demo and tests)."""
+        raw = {name: dataclasses.asdict(getattr(self, name)) for name in _section_names()}
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        return _build(raw, self.source, env={})
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in _section_names()}
+
+
+def _expected(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, "a mapping of strings"
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str, key: str, from_env: bool) -> Any:
+    """Turn a YAML or environment value into the declared type, or say what was expected."""
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: key `{key}`: expected a mapping of strings, got {value!r}")
+        return {k: str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and str(value).lower() in {"1", "true", "yes", "0", "false", "no"}:
+            return str(value).lower() in {"1", "true", "yes"}
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where}: key `{key}`: expected {_expected(tp)}, got {value!r}")
+
+
+def _build(raw: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Config:
+    sections: dict[str, Any] = {}
+    section_types = _section_types()
+    for name in raw:
+        if name not in section_types:
+            known = ", ".join(sorted(section_types))
+            raise ConfigError(f"{source}: key `{name}`: unknown section (expected one of {known})")
+    for name, section_type in section_types.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: key `{name}`: expected a mapping, got {values!r}")
+        hints = typing.get_type_hints(section_type)
+        known_keys = {f.name for f in dataclasses.fields(section_type)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known_keys:
+                raise ConfigError(
+                    f"{source}: key `{name}.{key}`: unknown key "
+                    f"(expected one of {', '.join(sorted(known_keys))})"
+                )
+            kwargs[key] = _coerce(value, hints[key], source, f"{name}.{key}", from_env=False)
+        for key in known_keys:
+            variable = f"OMNI_{name.upper()}_{key.upper()}"
+            aliases = [alias for alias, target in ENV_ALIASES.items() if target == f"{name}.{key}"]
+            for var in [variable, *aliases]:
+                if var in env:
+                    kwargs[key] = _coerce(
+                        env[var], hints[key], f"environment {var}", f"{name}.{key}", from_env=True
+                    )
+        sections[name] = section_type(**kwargs)
+    config = Config(**sections, source=source)
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(config: Config) -> None:
+    """Values that parse but cannot work: caught here rather than deep inside a flow."""
+    positive = {
+        "kafka.partitions": config.kafka.partitions,
+        "kafka.replication_factor": config.kafka.replication_factor,
+        "kafka.batch_size": config.kafka.batch_size,
+        "stock.late_window_hours": config.stock.late_window_hours,
+        "stock.dedup_hours": config.stock.dedup_hours,
+        "stock.order_ttl_days": config.stock.order_ttl_days,
+        "stock.order_shards": config.stock.order_shards,
+        "flow.workers": config.flow.workers,
+        "flow.epoch_seconds": config.flow.epoch_seconds,
+        "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
+        "recovery.backup_seconds": config.recovery.backup_seconds,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{config.source}: key `{key}`: expected a value > 0, got {value!r}")
+    if not 0 < config.metrics.port < 65536:
+        raise ConfigError(
+            f"{config.source}: key `metrics.port`: expected a port 1..65535, "
+            f"got {config.metrics.port!r}"
+        )
+    if not config.pii.default_country_code.isdigit():
+        raise ConfigError(
+            f"{config.source}: key `pii.default_country_code`: expected digits, "
+            f"got {config.pii.default_country_code!r}"
+        )
+    if not config.kafka.bootstrap.strip():
+        raise ConfigError(f"{config.source}: key `kafka.bootstrap`: expected host:port[,host:port]")
+    if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{config.source}: key `redis.url`: expected a redis://, rediss:// or unix:// URL, "
+            f"got {config.redis.url!r}"
+        )
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (if any) and the environment, validate, and return the config.
+
+    ``path`` wins over ``OMNI_CONFIG``; with neither, the built-in defaults apply (and the
+    sample reference data shipped with the package). Relative paths inside the file are
+    relative to the file, so a config directory can be moved as a whole.
+    """
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("OMNI_CONFIG") or None
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if chosen is not None:
+        file = Path(chosen)
+        source = str(file)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read the configuration file: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        raw = _resolve_relative_paths(loaded, file.parent)
+    return _build(raw, source, env)
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    for section, key in [("reference", "locations"), ("reference", "products"), ("rules", "file"),
+                         ("recovery", "dir")]:
+        values = raw.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), str) and values[key]:
+            candidate = Path(values[key])
+            if not candidate.is_absolute():
+                values[key] = str(base / candidate)
+    return raw
+
