@@ -54,8 +54,11 @@ def ensure_topics(config: Config, names: list[str], timeout_s: float = 30.0) -> 
     wanted = [config.topic(name) for name in names]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [
-        NewTopic(topic, num_partitions=config.kafka.partitions,
-                 replication_factor=config.kafka.replication_factor)
+        NewTopic(
+            topic,
+            num_partitions=config.kafka.partitions,
+            replication_factor=config.kafka.replication_factor,
+        )
         for topic in wanted
         if topic not in existing
     ]

@@ -255,7 +255,9 @@ def _check_ranges(config: Config) -> None:
         )
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Read the YAML file (if any) and the environment, validate, and return the config.
 
     ``path`` wins over ``OMNI_CONFIG``; with neither, the built-in defaults apply (and the
@@ -272,7 +274,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"{file}: cannot read the configuration file: {exc.strerror}") from exc
+            raise ConfigError(
+                f"{file}: cannot read the configuration file: {exc.strerror}"
+            ) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -286,12 +290,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    for section, key in [("reference", "locations"), ("reference", "products"), ("rules", "file"),
-                         ("recovery", "dir")]:
+    for section, key in [
+        ("reference", "locations"),
+        ("reference", "products"),
+        ("rules", "file"),
+        ("recovery", "dir"),
+    ]:
         values = raw.get(section)
         if isinstance(values, dict) and isinstance(values.get(key), str) and values[key]:
             candidate = Path(values[key])
             if not candidate.is_absolute():
                 values[key] = str(base / candidate)
     return raw
-

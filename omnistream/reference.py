@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from flows.logic.reference import ReferenceData, ReferenceError, parse_locations, parse_products
+from flows.logic.reference import ReferenceData, ReferenceDataError, parse_locations, parse_products
 from omnistream.config import Config
 
 
@@ -16,7 +16,7 @@ def _read_csv(path: str) -> tuple[list[dict[str, str]], list[str]]:
             rows = list(reader)
             return rows, list(reader.fieldnames or [])
     except OSError as exc:
-        raise ReferenceError(f"{path}: cannot read reference file: {exc.strerror}") from exc
+        raise ReferenceDataError(f"{path}: cannot read reference file: {exc.strerror}") from exc
 
 
 def load_reference(config: Config) -> ReferenceData:

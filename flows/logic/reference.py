@@ -12,7 +12,7 @@ from dataclasses import dataclass
 LOCATION_TYPES = frozenset({"warehouse", "forward_warehouse", "store"})
 
 
-class ReferenceError(ValueError):
+class ReferenceDataError(ValueError):
     """A reference row is unusable; the message names the file, the row and the column."""
 
 
@@ -47,8 +47,9 @@ class ReferenceData:
         return self.locations[location_id].region
 
 
-def _number(source: str, line: int, column: str, text: str, kind: type, allow_empty: bool = False
-            ) -> float | int | None:
+def _number(
+    source: str, line: int, column: str, text: str, kind: type, allow_empty: bool = False
+) -> float | int | None:
     text = text.strip()
     if text == "" and allow_empty:
         return None
@@ -56,19 +57,23 @@ def _number(source: str, line: int, column: str, text: str, kind: type, allow_em
         value = kind(text)
     except ValueError:
         expected = "an integer" if kind is int else "a number"
-        raise ReferenceError(f"{source}:{line}: column `{column}`: expected {expected}, got {text!r}") from None
+        raise ReferenceDataError(
+            f"{source}:{line}: column `{column}`: expected {expected}, got {text!r}"
+        ) from None
     if value < 0:
-        raise ReferenceError(f"{source}:{line}: column `{column}`: expected ≥ 0, got {text!r}")
+        raise ReferenceDataError(f"{source}:{line}: column `{column}`: expected ≥ 0, got {text!r}")
     return value
 
 
 def _require_columns(source: str, header: Iterable[str], required: Iterable[str]) -> None:
     missing = [c for c in required if c not in set(header)]
     if missing:
-        raise ReferenceError(f"{source}: header: missing column(s) {', '.join(missing)}")
+        raise ReferenceDataError(f"{source}: header: missing column(s) {', '.join(missing)}")
 
 
-def parse_locations(source: str, rows: list[dict[str, str]], header: list[str]) -> dict[str, Location]:
+def parse_locations(
+    source: str, rows: list[dict[str, str]], header: list[str]
+) -> dict[str, Location]:
     """Rows of ``location_id,type,region[,name,lat,lon]``; line numbers count the header as 1."""
     _require_columns(source, header, ["location_id", "type", "region"])
     locations: dict[str, Location] = {}
@@ -77,44 +82,72 @@ def parse_locations(source: str, rows: list[dict[str, str]], header: list[str]) 
         kind = (row.get("type") or "").strip()
         region = (row.get("region") or "").strip()
         if not location_id:
-            raise ReferenceError(f"{source}:{line}: column `location_id`: expected a non-empty id")
+            raise ReferenceDataError(
+                f"{source}:{line}: column `location_id`: expected a non-empty id"
+            )
         if kind not in LOCATION_TYPES:
-            raise ReferenceError(
-                f"{source}:{line}: column `type`: expected one of {', '.join(sorted(LOCATION_TYPES))}, "
-                f"got {kind!r}"
+            raise ReferenceDataError(
+                f"{source}:{line}: column `type`: expected one of "
+                f"{', '.join(sorted(LOCATION_TYPES))}, got {kind!r}"
             )
         if not region:
-            raise ReferenceError(f"{source}:{line}: column `region`: expected a region code")
+            raise ReferenceDataError(f"{source}:{line}: column `region`: expected a region code")
         if location_id in locations:
-            raise ReferenceError(f"{source}:{line}: column `location_id`: duplicate {location_id!r}")
-        lat = _number(source, line, "lat", row.get("lat") or "", float, allow_empty=True) if "lat" in row else None
-        lon = _number(source, line, "lon", row.get("lon") or "", float, allow_empty=True) if "lon" in row else None
-        locations[location_id] = Location(location_id, kind, region, (row.get("name") or "").strip(),
-                                          lat, lon)  # type: ignore[arg-type]
+            raise ReferenceDataError(
+                f"{source}:{line}: column `location_id`: duplicate {location_id!r}"
+            )
+        lat = (
+            _number(source, line, "lat", row.get("lat") or "", float, allow_empty=True)
+            if "lat" in row
+            else None
+        )
+        lon = (
+            _number(source, line, "lon", row.get("lon") or "", float, allow_empty=True)
+            if "lon" in row
+            else None
+        )
+        locations[location_id] = Location(
+            location_id, kind, region, (row.get("name") or "").strip(), lat, lon
+        )  # type: ignore[arg-type]
     return locations
 
 
-def parse_products(source: str, rows: list[dict[str, str]], header: list[str]) -> dict[str, Product]:
+def parse_products(
+    source: str, rows: list[dict[str, str]], header: list[str]
+) -> dict[str, Product]:
     """Rows of ``sku,category,price,reorder_point,lead_time_days,shelf_life_days``.
 
     An empty ``shelf_life_days`` means the goods do not perish.
     """
-    _require_columns(source, header,
-                     ["sku", "category", "price", "reorder_point", "lead_time_days", "shelf_life_days"])
+    _require_columns(
+        source,
+        header,
+        ["sku", "category", "price", "reorder_point", "lead_time_days", "shelf_life_days"],
+    )
     products: dict[str, Product] = {}
     for line, row in enumerate(rows, start=2):
         sku = (row.get("sku") or "").strip()
         if not sku:
-            raise ReferenceError(f"{source}:{line}: column `sku`: expected a non-empty sku")
+            raise ReferenceDataError(f"{source}:{line}: column `sku`: expected a non-empty sku")
         if sku in products:
-            raise ReferenceError(f"{source}:{line}: column `sku`: duplicate {sku!r}")
+            raise ReferenceDataError(f"{source}:{line}: column `sku`: duplicate {sku!r}")
         products[sku] = Product(
             sku=sku,
             category=(row.get("category") or "").strip(),
             price=float(_number(source, line, "price", row.get("price") or "", float) or 0.0),
-            reorder_point=int(_number(source, line, "reorder_point", row.get("reorder_point") or "", int) or 0),
-            lead_time_days=int(_number(source, line, "lead_time_days", row.get("lead_time_days") or "", int) or 0),
-            shelf_life_days=_number(source, line, "shelf_life_days",  # type: ignore[arg-type]
-                                    row.get("shelf_life_days") or "", int, allow_empty=True),
+            reorder_point=int(
+                _number(source, line, "reorder_point", row.get("reorder_point") or "", int) or 0
+            ),
+            lead_time_days=int(
+                _number(source, line, "lead_time_days", row.get("lead_time_days") or "", int) or 0
+            ),
+            shelf_life_days=_number(
+                source,
+                line,
+                "shelf_life_days",  # type: ignore[arg-type]
+                row.get("shelf_life_days") or "",
+                int,
+                allow_empty=True,
+            ),
         )
     return products

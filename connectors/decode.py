@@ -1,0 +1,364 @@
+"""Decoding and validation of the three input topics into typed records (CONTRACT §1).
+
+``decode_message`` is the single entry point: bytes in, an ``InputEvent`` or a ``Rejection``
+out, never an exception. Checks run in a fixed order so the reason code is predictable:
+size → JSON → required fields → types → values → timestamp → reference data
+(``unknown_sku``/``unknown_location``). Raw phone numbers and e-mails are turned into keyed
+hashes here (when a hasher is given) and dropped otherwise; they never travel further.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import orjson
+
+from connectors import topics
+from flows.logic.events import (
+    CLICK_EVENT_TYPES,
+    FULFILLMENT_TYPES,
+    MOVEMENT_EVENT_TYPES,
+    POS_EVENT_TYPES,
+    Campaign,
+    ClickEvent,
+    Fulfillment,
+    InputEvent,
+    MovementEvent,
+    OrderLine,
+    Origin,
+    PosEvent,
+    Rejection,
+)
+from flows.logic.reference import ReferenceData
+from flows.logic.timeparse import TimestampError, parse_event_time
+
+#: Larger messages are refused before parsing: no retail event is anywhere near this big.
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_ID_CHARS = 128
+MAX_LINES = 500
+
+#: ``(kind, raw value) -> hash``; kind is ``phone`` or ``email``.
+PiiHasher = Callable[[str, str], str]
+
+_TOPIC_EVENT_TYPES = {
+    topics.CLICKSTREAM: CLICK_EVENT_TYPES,
+    topics.POS_SALES: POS_EVENT_TYPES,
+    topics.WMS_MOVEMENTS: MOVEMENT_EVENT_TYPES,
+}
+_POSITIVE_QTY_MOVEMENTS = frozenset({"receipt", "shipment", "transfer_out", "transfer_in"})
+_PRODUCT_EVENTS = frozenset({"product_view", "add_to_cart", "remove_from_cart"})
+_ORDER_EVENTS = frozenset({"order_placed", "order_cancelled"})
+
+
+class Invalid(Exception):
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+class _Fields:
+    """Typed access to one JSON object, raising ``Invalid`` with the contract's reason codes."""
+
+    def __init__(self, data: dict[str, Any], where: str = "") -> None:
+        self.data = data
+        self.where = where
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}{key}"
+
+    def _get(self, key: str, required: bool) -> Any:
+        value = self.data.get(key)
+        if value is None and required:
+            raise Invalid("missing_field", f"missing field `{self._name(key)}`")
+        return value
+
+    def string(self, key: str, required: bool = True, max_chars: int = MAX_ID_CHARS) -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise Invalid("bad_type", f"`{self._name(key)}` must be a string")
+        if not value.strip() or len(value) > max_chars:
+            raise Invalid("bad_value", f"`{self._name(key)}` must be 1..{max_chars} characters")
+        return value
+
+    def req_string(self, key: str, max_chars: int = MAX_ID_CHARS) -> str:
+        value = self.string(key, True, max_chars)
+        assert value is not None
+        return value
+
+    def integer(self, key: str, required: bool = True) -> int | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid("bad_type", f"`{self._name(key)}` must be an integer")
+        if abs(value) > 1_000_000_000:
+            raise Invalid("bad_value", f"`{self._name(key)}` is out of range")
+        return value
+
+    def number(self, key: str, required: bool = True) -> float | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid("bad_type", f"`{self._name(key)}` must be a number")
+        if not math.isfinite(value) or value < 0 or value > 1e12:
+            raise Invalid("bad_value", f"`{self._name(key)}` must be a finite number ≥ 0")
+        return float(value)
+
+    def obj(self, key: str, required: bool = True) -> _Fields | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise Invalid("bad_type", f"`{self._name(key)}` must be an object")
+        return _Fields(value, f"{self._name(key)}.")
+
+    def pii(self, key: str, hasher: PiiHasher | None) -> str | None:
+        value = self.string(key, required=False, max_chars=320)
+        if value is None or hasher is None:
+            return None
+        return hasher(key, value)
+
+
+def _lines(fields: _Fields, reference: ReferenceData) -> tuple[OrderLine, ...]:
+    raw = fields._get("lines", True)
+    if not isinstance(raw, list):
+        raise Invalid("bad_type", "`lines` must be a list")
+    if not raw:
+        raise Invalid("bad_value", "`lines` must hold at least one line")
+    if len(raw) > MAX_LINES:
+        raise Invalid("bad_value", f"`lines` holds more than {MAX_LINES} lines")
+    lines = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise Invalid("bad_type", f"`lines[{index}]` must be an object")
+        line = _Fields(item, f"lines[{index}].")
+        sku = line.req_string("sku")
+        qty = line.integer("qty")
+        assert qty is not None
+        if qty < 1:
+            raise Invalid("bad_value", f"`lines[{index}].qty` must be ≥ 1")
+        unit_price = line.number("unit_price")
+        assert unit_price is not None
+        lines.append(OrderLine(sku, qty, unit_price))
+    return tuple(lines)
+
+
+def _check_skus(reference: ReferenceData, skus: list[str]) -> None:
+    for sku in skus:
+        if sku not in reference.products:
+            raise Invalid("unknown_sku", f"sku {sku!r} is not in the product reference data")
+
+
+def _check_location(
+    reference: ReferenceData, location_id: str, must_be_store: bool = False
+) -> None:
+    location = reference.locations.get(location_id)
+    if location is None:
+        raise Invalid("unknown_location", f"location {location_id!r} is not in the reference data")
+    if must_be_store and location.type != "store":
+        raise Invalid("bad_value", f"location {location_id!r} is a {location.type}, not a store")
+
+
+def _decode_click(
+    f: _Fields, head: dict[str, Any], reference: ReferenceData, hasher: PiiHasher | None
+) -> ClickEvent:
+    event_type = head["event_type"]
+    anonymous_id = f.req_string("anonymous_id")
+    channel = f.req_string("channel", max_chars=64)
+    user_id = f.string("user_id", required=False)
+    region = f.string("region", required=False, max_chars=32)
+    campaign = None
+    campaign_fields = f.obj("campaign", required=False)
+    if campaign_fields is not None:
+        campaign = Campaign(
+            source=campaign_fields.req_string("source"),
+            medium=campaign_fields.req_string("medium"),
+            campaign=campaign_fields.req_string("campaign"),
+            content=campaign_fields.string("content", required=False, max_chars=256),
+        )
+    sku = qty = price = None
+    order_id = total = fulfillment = None
+    lines: tuple[OrderLine, ...] = ()
+    if event_type in _PRODUCT_EVENTS:
+        sku = f.req_string("sku")
+        qty = f.integer("qty", required=event_type != "product_view")
+        if qty is not None and qty < 1:
+            raise Invalid("bad_value", "`qty` must be ≥ 1")
+        price = f.number("price", required=False)
+    if event_type in _ORDER_EVENTS:
+        order_id = f.req_string("order_id")
+        lines = _lines(f, reference)
+        total = f.number("total", required=event_type == "order_placed")
+        fulfillment_fields = f.obj("fulfillment", required=event_type == "order_placed")
+        if fulfillment_fields is not None:
+            kind = fulfillment_fields.req_string("type", max_chars=32)
+            if kind not in FULFILLMENT_TYPES:
+                raise Invalid(
+                    "bad_value",
+                    f"`fulfillment.type` must be one of {', '.join(sorted(FULFILLMENT_TYPES))}",
+                )
+            fulfillment = Fulfillment(kind, fulfillment_fields.req_string("location_id"))
+    phone_hash = f.pii("phone", hasher)
+    email_hash = f.pii("email", hasher)
+    ts_ms = _timestamp(head)
+    _check_skus(reference, [sku] if sku else [line.sku for line in lines])
+    if fulfillment is not None:
+        _check_location(
+            reference, fulfillment.location_id, must_be_store=fulfillment.type == "store_pickup"
+        )
+    return ClickEvent(
+        event_id=head["event_id"],
+        event_type=event_type,
+        ts_ms=ts_ms,
+        anonymous_id=anonymous_id,
+        channel=channel,
+        origin=head["origin"],
+        user_id=user_id,
+        phone_hash=phone_hash,
+        email_hash=email_hash,
+        campaign=campaign,
+        region=region,
+        sku=sku,
+        qty=qty,
+        price=price,
+        order_id=order_id,
+        lines=lines,
+        total=total,
+        fulfillment=fulfillment,
+    )
+
+
+def _decode_pos(
+    f: _Fields, head: dict[str, Any], reference: ReferenceData, hasher: PiiHasher | None
+) -> PosEvent:
+    store_id = f.req_string("store_id")
+    receipt_id = f.req_string("receipt_id")
+    lines = _lines(f, reference)
+    total = f.number("total")
+    assert total is not None
+    member_code = f.string("member_code", required=False)
+    order_id = f.string("order_id", required=False)
+    coupon_codes_raw = f._get("coupon_codes", False)
+    coupon_codes: tuple[str, ...] = ()
+    if coupon_codes_raw is not None:
+        if not isinstance(coupon_codes_raw, list) or not all(
+            isinstance(code, str) and 0 < len(code) <= MAX_ID_CHARS for code in coupon_codes_raw
+        ):
+            raise Invalid("bad_type", "`coupon_codes` must be a list of strings")
+        coupon_codes = tuple(coupon_codes_raw)
+    phone_hash = f.pii("phone", hasher)
+    ts_ms = _timestamp(head)
+    _check_location(reference, store_id, must_be_store=True)
+    _check_skus(reference, [line.sku for line in lines])
+    return PosEvent(
+        event_id=head["event_id"],
+        event_type=head["event_type"],
+        ts_ms=ts_ms,
+        store_id=store_id,
+        receipt_id=receipt_id,
+        lines=lines,
+        total=total,
+        origin=head["origin"],
+        member_code=member_code,
+        phone_hash=phone_hash,
+        coupon_codes=coupon_codes,
+        order_id=order_id,
+    )
+
+
+def _decode_movement(f: _Fields, head: dict[str, Any], reference: ReferenceData) -> MovementEvent:
+    event_type = head["event_type"]
+    location_id = f.req_string("location_id")
+    sku = f.req_string("sku")
+    qty = f.integer("qty")
+    assert qty is not None
+    if event_type in _POSITIVE_QTY_MOVEMENTS and qty < 1:
+        raise Invalid("bad_value", f"`qty` of a {event_type} must be ≥ 1")
+    if event_type == "adjustment" and qty == 0:
+        raise Invalid("bad_value", "`qty` of an adjustment must not be 0")
+    if event_type == "stock_count" and qty < 0:
+        raise Invalid("bad_value", "`qty` of a stock_count must be ≥ 0")
+    transfer_id = f.string("transfer_id", required=event_type in {"transfer_out", "transfer_in"})
+    order_id = f.string("order_id", required=False)
+    expiry_date = f.string("expiry_date", required=False, max_chars=10)
+    if expiry_date is not None:
+        try:
+            if len(expiry_date) != 10:
+                raise ValueError(expiry_date)
+            date.fromisoformat(expiry_date)
+        except ValueError:
+            raise Invalid("bad_value", "`expiry_date` must be YYYY-MM-DD") from None
+    reason = f.string("reason", required=False, max_chars=512)
+    ts_ms = _timestamp(head)
+    _check_location(reference, location_id)
+    _check_skus(reference, [sku])
+    return MovementEvent(
+        event_id=head["event_id"],
+        event_type=event_type,
+        ts_ms=ts_ms,
+        location_id=location_id,
+        sku=sku,
+        qty=qty,
+        origin=head["origin"],
+        transfer_id=transfer_id,
+        order_id=order_id,
+        expiry_date=expiry_date,
+        reason=reason,
+    )
+
+
+def _timestamp(head: dict[str, Any]) -> int:
+    try:
+        return parse_event_time(head["ts"])
+    except TimestampError as exc:
+        raise Invalid("bad_timestamp", f"`ts`: {exc}") from None
+
+
+def decode_message(
+    topic: str,
+    value: bytes | None,
+    origin: Origin,
+    reference: ReferenceData,
+    hasher: PiiHasher | None = None,
+) -> InputEvent | Rejection:
+    """Decode one message of an input topic (``topic`` without prefix)."""
+    raw = value or b""
+    try:
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise Invalid("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Invalid("malformed_json", f"not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, dict):
+            raise Invalid("malformed_json", "a message must be a JSON object")
+        f = _Fields(data)
+        event_id = f.req_string("event_id")
+        event_type = f.req_string("event_type", max_chars=64)
+        if "ts" not in data or data["ts"] is None:
+            raise Invalid("missing_field", "missing field `ts`")
+        allowed = _TOPIC_EVENT_TYPES.get(topic)
+        if allowed is None:
+            raise Invalid("unknown_topic", f"topic {topic!r} is not an input topic")
+        if event_type not in allowed:
+            raise Invalid(
+                "unknown_event_type",
+                f"event_type {event_type[:64]!r} is not one of {', '.join(sorted(allowed))}",
+            )
+        head = {"event_id": event_id, "event_type": event_type, "ts": data["ts"], "origin": origin}
+        if topic == topics.CLICKSTREAM:
+            return _decode_click(f, head, reference, hasher)
+        if topic == topics.POS_SALES:
+            return _decode_pos(f, head, reference, hasher)
+        return _decode_movement(f, head, reference)
+    except Invalid as invalid:
+        return Rejection(invalid.reason, invalid.error, origin, raw)
+    except RecursionError:
+        return Rejection("malformed_json", "JSON nested too deeply", origin, raw)

@@ -1,0 +1,83 @@
+"""Wire encodings of outputs: CloudEvents 1.0 (structured JSON) and dead-letter records.
+
+Output ids are derived from what caused the event (``cloud_event_id``), so a replay after a
+crash produces the same id and subscribers can drop duplicates by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import orjson
+
+from flows.logic.events import Rejection
+from flows.logic.timeparse import format_event_time
+
+MAX_RAW_CHARS = 64 * 1024
+SOURCE_PREFIX = "omnistream"
+
+#: Values of these JSON keys are PII and are masked wherever they appear in dead letters.
+PII_KEYS = ("phone", "email", "mobile", "phone_number")
+_PII_VALUE = re.compile(
+    r'("(?:' + "|".join(PII_KEYS) + r')"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)',
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+#: Long digit runs written like phone numbers (+86 138-0013-8000, 13800138000); epoch
+#: timestamps (13 digits, no separators) are not PII and are kept.
+_PHONE_LIKE = re.compile(r"\+\d[\d -]{8,18}\d|\b1[3-9]\d{9}\b")
+MASK = "***"
+
+
+def mask_pii(text: str) -> str:
+    """Mask PII in a possibly broken JSON text: values of PII keys, e-mails, phone numbers."""
+    text = _PII_VALUE.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
+    text = _EMAIL.sub(MASK, text)
+    return _PHONE_LIKE.sub(MASK, text)
+
+
+def deadletter_record(rejection: Rejection) -> tuple[bytes | None, bytes]:
+    """Key and value of a dead-letter message (plain JSON, CONTRACT §3)."""
+    text = rejection.raw.decode("utf-8", errors="replace")
+    masked = mask_pii(text)[:MAX_RAW_CHARS]
+    value = {
+        "topic": rejection.origin.topic,
+        "partition": rejection.origin.partition,
+        "offset": rejection.origin.offset,
+        "reason": rejection.reason,
+        "error": mask_pii(rejection.error)[:1024],
+        "raw": masked,
+    }
+    return rejection.origin.key, orjson.dumps(value)
+
+
+def cloud_event_id(kind: str, *causes: str) -> str:
+    """A deterministic id: the same causes always give the same id (replay-safe)."""
+    digest = hashlib.sha256("\x1f".join((kind, *causes)).encode("utf-8")).hexdigest()
+    return digest[:32]
+
+
+def cloud_event(
+    *,
+    event_type: str,
+    source: str,
+    subject: str,
+    event_id: str,
+    time_ms: int,
+    data: dict[str, Any],
+) -> bytes:
+    """A CloudEvents 1.0 structured-mode JSON document."""
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": f"{SOURCE_PREFIX}/{source}",
+            "type": event_type,
+            "time": format_event_time(time_ms),
+            "subject": subject,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )

@@ -1,0 +1,143 @@
+"""Typed input events of CONTRACT §1, as the flows see them after decoding.
+
+Flows never touch raw bytes or loose dicts: the decoder (``connectors.decode``) turns a Kafka
+message into one of these records or into a rejection with a reason code. Raw phone numbers
+and e-mails never reach a record; at most their keyed hashes do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLICK_EVENT_TYPES = frozenset(
+    {
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_started",
+        "order_placed",
+        "order_cancelled",
+        "login",
+        "ad_click",
+    }
+)
+POS_EVENT_TYPES = frozenset({"sale", "return"})
+MOVEMENT_EVENT_TYPES = frozenset(
+    {
+        "receipt",
+        "shipment",
+        "transfer_out",
+        "transfer_in",
+        "adjustment",
+        "stock_count",
+    }
+)
+FULFILLMENT_TYPES = frozenset({"delivery", "store_pickup"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record came from, so a later rejection can still name its Kafka coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    sku: str
+    qty: int
+    unit_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    source: str
+    medium: str
+    campaign: str
+    content: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fulfillment:
+    type: str
+    location_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    """Online behaviour, keyed by device (``anonymous_id``)."""
+
+    event_id: str
+    event_type: str
+    ts_ms: int
+    anonymous_id: str
+    channel: str
+    origin: Origin
+    user_id: str | None = None
+    phone_hash: str | None = None
+    email_hash: str | None = None
+    campaign: Campaign | None = None
+    region: str | None = None
+    sku: str | None = None
+    qty: int | None = None
+    price: float | None = None
+    order_id: str | None = None
+    lines: tuple[OrderLine, ...] = ()
+    total: float | None = None
+    fulfillment: Fulfillment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PosEvent:
+    """A till receipt: a sale or a return at one store."""
+
+    event_id: str
+    event_type: str
+    ts_ms: int
+    store_id: str
+    receipt_id: str
+    lines: tuple[OrderLine, ...]
+    total: float
+    origin: Origin
+    member_code: str | None = None
+    phone_hash: str | None = None
+    coupon_codes: tuple[str, ...] = ()
+    order_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MovementEvent:
+    """A warehouse or store stock movement of one sku at one location."""
+
+    event_id: str
+    event_type: str
+    ts_ms: int
+    location_id: str
+    sku: str
+    qty: int
+    origin: Origin
+    transfer_id: str | None = None
+    order_id: str | None = None
+    expiry_date: str | None = None
+    reason: str | None = None
+
+
+InputEvent = ClickEvent | PosEvent | MovementEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An input that must go to ``deadletter``: a short reason code and a readable error.
+
+    ``raw`` is the original payload (masked and capped by the dead-letter encoder).
+    """
+
+    reason: str
+    error: str
+    origin: Origin
+    raw: bytes

@@ -1,0 +1,101 @@
+"""The order book: where each online order reserved its stock.
+
+An ``order_cancelled`` event need not say where the order was to be fulfilled, so the flow
+remembers, per order, the location and lines of its ``order_placed``. Orders are spread over
+a fixed number of shards (``order_shard``) so that each shard can expire its old orders by
+event time on its own: Bytewax state per order id could never be dropped without a later
+event for that same order.
+
+Out-of-order arrival is handled: a cancellation seen before its placement is remembered, and
+the placement that follows reserves nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from flows.logic.events import ClickEvent
+from flows.logic.stock import PRUNE_EVERY_MS, StockMovement, reservation_movements
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    ts_ms: int
+    location_id: str | None = None
+    #: Skus the placement reserved; a cancellation releases exactly these.
+    skus: tuple[str, ...] = ()
+    placed_event_id: str | None = None
+    cancelled_event_id: str | None = None
+
+
+@dataclass(slots=True)
+class OrderBook:
+    orders: dict[str, OrderRecord] = field(default_factory=dict)
+    as_of_ms: int = 0
+    next_prune_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderConflict:
+    """A second, different ``order_placed`` for an order already placed."""
+
+    event: ClickEvent
+    error: str
+
+
+def order_shard(order_id: str, shards: int) -> str:
+    """Stable shard of an order id (crc32: the same in every process and Python version)."""
+    return f"orders-{zlib.crc32(order_id.encode('utf-8')) % shards}"
+
+
+def route_order_event(
+    book: OrderBook | None, event: ClickEvent, ttl_ms: int
+) -> tuple[OrderBook, list[StockMovement] | OrderConflict]:
+    """Turn an ``order_placed``/``order_cancelled`` into reserve/release movements."""
+    if book is None:
+        book = OrderBook()
+    order_id = event.order_id
+    assert order_id is not None, "order events always carry an order_id"
+    record = book.orders.get(order_id)
+    movements: list[StockMovement] | OrderConflict = []
+    if event.event_type == "order_placed":
+        assert event.fulfillment is not None, "the decoder requires fulfillment on order_placed"
+        if record is None:
+            record = book.orders[order_id] = OrderRecord(event.ts_ms)
+        if record.placed_event_id is None:
+            record.placed_event_id = event.event_id
+            record.location_id = event.fulfillment.location_id
+            record.skus = tuple(dict.fromkeys(line.sku for line in event.lines))
+            if record.cancelled_event_id is None:
+                movements = reservation_movements(event, record.location_id, "reserve")
+        elif record.placed_event_id != event.event_id:
+            movements = OrderConflict(
+                event, f"order {order_id!r} was already placed by event {record.placed_event_id!r}"
+            )
+    else:
+        if record is None:
+            record = book.orders[order_id] = OrderRecord(event.ts_ms)
+        if record.cancelled_event_id is None:
+            record.cancelled_event_id = event.event_id
+            if record.location_id is not None:
+                movements = [
+                    StockMovement(
+                        f"{event.event_id}#{index}",
+                        event.event_id,
+                        event.ts_ms,
+                        sku,
+                        record.location_id,
+                        "release",
+                        0,
+                        event.origin,
+                        order_id,
+                    )
+                    for index, sku in enumerate(record.skus)
+                ]
+    book.as_of_ms = max(book.as_of_ms, event.ts_ms)
+    if book.as_of_ms >= book.next_prune_ms:
+        book.next_prune_ms = book.as_of_ms + PRUNE_EVERY_MS
+        horizon = book.as_of_ms - ttl_ms
+        book.orders = {oid: rec for oid, rec in book.orders.items() if rec.ts_ms >= horizon}
+    return book, movements

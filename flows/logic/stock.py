@@ -1,0 +1,288 @@
+"""Stock arithmetic of one sku × location (CONTRACT §2), pure and replay-safe.
+
+Every input event that touches stock becomes one ``StockMovement`` per sku × location line.
+``apply_movement`` folds a movement into the ``StockState`` of its sku × location and returns
+the new absolute ``StockPosition`` — never a delta — so writing it again after a replay is
+harmless.
+
+Rules that must hold (each has a test):
+
+- A movement id seen before (within ``dedup_ms`` of event time) has no effect.
+- ``available = on_hand − reserved``; it may go negative (oversold).
+- ``stock_count`` sets on_hand as of its ``ts``: movements with an earlier ``ts`` are already
+  inside the count and leave on_hand alone, wherever they arrive; movements after it that
+  arrived *before* it are re-applied on top of the count (kept for ``late_window_ms``).
+- Windows are event time: ``sold_1h``/``sold_24h`` count units sold in the hour / day before
+  the latest event time seen at this sku × location (``as_of_ms``). Sold units are POS sales
+  (walk-in and store pickups) and shipments of online orders.
+- ``days_of_cover = available / sold_24h``, None when nothing sold in 24 h.
+- A movement older than the dedup horizon cannot be told from a replayed duplicate and is
+  refused (``too_late``) instead of being applied twice; so is a stock count older than the
+  late window, whose effect could no longer be computed exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+#: Pruning of remembered ids and history runs at most this often (event time).
+PRUNE_EVERY_MS = 5 * 60_000
+
+#: Sign of each movement kind on on_hand; ``stock_count`` is absolute, reserve/release touch
+#: only ``reserved``.
+ON_HAND_SIGN = {
+    "receipt": 1,
+    "transfer_in": 1,
+    "return": 1,
+    "adjustment": 1,  # qty is signed
+    "shipment": -1,
+    "transfer_out": -1,
+    "sale": -1,
+}
+RESERVATION_KINDS = frozenset({"reserve", "release"})
+MOVEMENT_KINDS = frozenset({*ON_HAND_SIGN, "stock_count", *RESERVATION_KINDS})
+
+
+@dataclass(frozen=True, slots=True)
+class StockPolicy:
+    """Event-time horizons; see ``omnistream.config.StockConfig`` for their meaning."""
+
+    late_window_ms: int = 48 * HOUR_MS
+    dedup_ms: int = 7 * DAY_MS
+    reservation_ttl_ms: int = 30 * DAY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class StockMovement:
+    """One line of one event, at one sku × location.
+
+    ``movement_id`` (``<event_id>#<line>``) is the identity used to drop duplicates. ``qty``
+    is positive except for adjustments (signed) and counts (absolute, ≥ 0).
+    """
+
+    movement_id: str
+    event_id: str
+    ts_ms: int
+    sku: str
+    location_id: str
+    kind: str
+    qty: int
+    origin: Origin
+    order_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return stock_key(self.sku, self.location_id)
+
+
+def stock_key(sku: str, location_id: str) -> str:
+    return f"{sku}:{location_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class StockPosition:
+    """Absolute figures of one sku × location after a change."""
+
+    sku: str
+    location_id: str
+    on_hand: int
+    reserved: int
+    available: int
+    sold_1h: int
+    sold_24h: int
+    days_of_cover: float | None
+    as_of_ms: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooLate:
+    movement: StockMovement
+    error: str
+
+
+@dataclass(slots=True)
+class StockState:
+    """What the flow remembers per sku × location (kept in Bytewax state, snapshotted)."""
+
+    on_hand: int = 0
+    #: order_id → [units still reserved here, ts of the reservation]
+    reservations: dict[str, list[int]] = field(default_factory=dict)
+    count_ts_ms: int | None = None
+    as_of_ms: int = 0
+    #: (ts, on_hand delta) of applied movements, to rebase a late stock count.
+    history: list[tuple[int, int]] = field(default_factory=list)
+    #: (ts, units) of sales, for the event-time windows.
+    sales: list[tuple[int, int]] = field(default_factory=list)
+    #: movement_id → ts, to drop duplicates.
+    seen: dict[str, int] = field(default_factory=dict)
+    next_prune_ms: int = 0
+
+    @property
+    def reserved(self) -> int:
+        return sum(units for units, _ in self.reservations.values())
+
+
+def movements_of_pos(event: PosEvent) -> list[StockMovement]:
+    """A till receipt: each line sells (or takes back) units at the store.
+
+    A sale with ``order_id`` is the pickup of an online order and consumes its reservation.
+    """
+    kind = "sale" if event.event_type == "sale" else "return"
+    return [
+        StockMovement(
+            f"{event.event_id}#{index}",
+            event.event_id,
+            event.ts_ms,
+            line.sku,
+            event.store_id,
+            kind,
+            line.qty,
+            event.origin,
+            event.order_id,
+        )
+        for index, line in enumerate(event.lines)
+    ]
+
+
+def movement_of_wms(event: MovementEvent) -> StockMovement:
+    kind = "stock_count" if event.event_type == "stock_count" else event.event_type
+    return StockMovement(
+        f"{event.event_id}#0",
+        event.event_id,
+        event.ts_ms,
+        event.sku,
+        event.location_id,
+        kind,
+        event.qty,
+        event.origin,
+        event.order_id,
+    )
+
+
+def reservation_movements(event: ClickEvent, location_id: str, kind: str) -> list[StockMovement]:
+    """Reserve (order placed) or release (order cancelled) each line of an order."""
+    return [
+        StockMovement(
+            f"{event.event_id}#{index}",
+            event.event_id,
+            event.ts_ms,
+            line.sku,
+            location_id,
+            kind,
+            line.qty,
+            event.origin,
+            event.order_id,
+        )
+        for index, line in enumerate(event.lines)
+    ]
+
+
+def _consumes_reservation(movement: StockMovement) -> bool:
+    return movement.order_id is not None and movement.kind in {"sale", "shipment"}
+
+
+def _is_sold(movement: StockMovement) -> bool:
+    return movement.kind == "sale" or (
+        movement.kind == "shipment" and movement.order_id is not None
+    )
+
+
+def _prune(state: StockState, policy: StockPolicy) -> None:
+    now = state.as_of_ms
+    if now < state.next_prune_ms:
+        return
+    state.next_prune_ms = now + PRUNE_EVERY_MS
+    state.seen = {mid: ts for mid, ts in state.seen.items() if ts >= now - policy.dedup_ms}
+    state.history = [(ts, d) for ts, d in state.history if ts >= now - policy.late_window_ms]
+    state.sales = [(ts, q) for ts, q in state.sales if ts > now - DAY_MS]
+    state.reservations = {
+        order: held
+        for order, held in state.reservations.items()
+        if held[1] >= now - policy.reservation_ttl_ms
+    }
+
+
+def position_of(state: StockState, sku: str, location_id: str, cause: str) -> StockPosition:
+    now = state.as_of_ms
+    sold_1h = sum(q for ts, q in state.sales if now - HOUR_MS < ts <= now)
+    sold_24h = sum(q for ts, q in state.sales if now - DAY_MS < ts <= now)
+    reserved = state.reserved
+    available = state.on_hand - reserved
+    cover = round(available / sold_24h, 3) if sold_24h > 0 else None
+    return StockPosition(
+        sku, location_id, state.on_hand, reserved, available, sold_1h, sold_24h, cover, now, cause
+    )
+
+
+def apply_movement(
+    state: StockState | None, movement: StockMovement, policy: StockPolicy
+) -> tuple[StockState, StockPosition | TooLate | None]:
+    """Fold one movement into the state of its sku × location.
+
+    Returns the new position, ``TooLate`` when the movement must be refused, or None for a
+    duplicate (nothing changed, nothing to emit).
+    """
+    if state is None:
+        state = StockState()
+    if movement.movement_id in state.seen:
+        return state, None
+    if state.as_of_ms and movement.ts_ms < state.as_of_ms - policy.dedup_ms:
+        return state, TooLate(
+            movement,
+            "older than the duplicate-detection horizon "
+            f"({policy.dedup_ms // HOUR_MS} h behind the latest event)",
+        )
+    if movement.kind == "stock_count":
+        if state.as_of_ms and movement.ts_ms < state.as_of_ms - policy.late_window_ms:
+            return state, TooLate(
+                movement,
+                f"stock count older than the late window ({policy.late_window_ms // HOUR_MS} h)",
+            )
+        _apply_count(state, movement)
+    elif movement.kind in RESERVATION_KINDS:
+        _apply_reservation(state, movement)
+    else:
+        _apply_flow(state, movement)
+    state.seen[movement.movement_id] = movement.ts_ms
+    state.as_of_ms = max(state.as_of_ms, movement.ts_ms)
+    _prune(state, policy)
+    return state, position_of(state, movement.sku, movement.location_id, movement.event_id)
+
+
+def _apply_count(state: StockState, movement: StockMovement) -> None:
+    if state.count_ts_ms is not None and movement.ts_ms <= state.count_ts_ms:
+        return  # an older (or same-instant) count is superseded by the one already applied
+    after = sum(delta for ts, delta in state.history if ts >= movement.ts_ms)
+    state.on_hand = movement.qty + after
+    state.count_ts_ms = movement.ts_ms
+
+
+def _apply_reservation(state: StockState, movement: StockMovement) -> None:
+    order_id = movement.order_id
+    assert order_id is not None, "reservations always name their order"
+    if movement.kind == "reserve":
+        held = state.reservations.setdefault(order_id, [0, movement.ts_ms])
+        held[0] += movement.qty
+    else:
+        state.reservations.pop(order_id, None)
+
+
+def _apply_flow(state: StockState, movement: StockMovement) -> None:
+    delta = ON_HAND_SIGN[movement.kind] * movement.qty
+    inside_count = state.count_ts_ms is not None and movement.ts_ms < state.count_ts_ms
+    if not inside_count:
+        state.on_hand += delta
+        state.history.append((movement.ts_ms, delta))
+    if _consumes_reservation(movement):
+        held = state.reservations.get(movement.order_id or "")
+        if held is not None:
+            held[0] -= min(held[0], movement.qty)
+            if held[0] == 0:
+                del state.reservations[movement.order_id or ""]
+    if _is_sold(movement):
+        state.sales.append((movement.ts_ms, movement.qty))
