@@ -96,7 +96,10 @@ class StockPosition:
     sold_24h: int
     days_of_cover: float | None
     as_of_ms: int
+    #: Event id of the movement that caused this position (CONTRACT ``cause``).
     cause: str
+    #: Movement id (``<event_id>#<line>``): the output event id is derived from it.
+    movement_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +210,7 @@ def _prune(state: StockState, policy: StockPolicy) -> None:
     }
 
 
-def position_of(state: StockState, sku: str, location_id: str, cause: str) -> StockPosition:
+def position_of(state: StockState, movement: StockMovement) -> StockPosition:
     now = state.as_of_ms
     sold_1h = sum(q for ts, q in state.sales if now - HOUR_MS < ts <= now)
     sold_24h = sum(q for ts, q in state.sales if now - DAY_MS < ts <= now)
@@ -215,7 +218,17 @@ def position_of(state: StockState, sku: str, location_id: str, cause: str) -> St
     available = state.on_hand - reserved
     cover = round(available / sold_24h, 3) if sold_24h > 0 else None
     return StockPosition(
-        sku, location_id, state.on_hand, reserved, available, sold_1h, sold_24h, cover, now, cause
+        movement.sku,
+        movement.location_id,
+        state.on_hand,
+        reserved,
+        available,
+        sold_1h,
+        sold_24h,
+        cover,
+        now,
+        movement.event_id,
+        movement.movement_id,
     )
 
 
@@ -251,7 +264,7 @@ def apply_movement(
     state.seen[movement.movement_id] = movement.ts_ms
     state.as_of_ms = max(state.as_of_ms, movement.ts_ms)
     _prune(state, policy)
-    return state, position_of(state, movement.sku, movement.location_id, movement.event_id)
+    return state, position_of(state, movement)
 
 
 def _apply_count(state: StockState, movement: StockMovement) -> None:

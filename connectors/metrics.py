@@ -1,0 +1,57 @@
+"""Prometheus metrics of the flows, in ``prometheus_client``'s default registry.
+
+Bytewax serves this registry together with its own per-step metrics on the flow process's
+``/metrics`` (``BYTEWAX_DATAFLOW_API_ENABLED``), so there is one endpoint per process. No label
+carries an unbounded value (no sku, customer or event id).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "omnistream_events_consumed_total",
+    "Input messages consumed, by flow and topic (before validation).",
+    ["flow", "topic"],
+)
+DEADLETTERS = Counter(
+    "omnistream_deadletters_total",
+    "Messages sent to the deadletter topic, by flow and reason code.",
+    ["flow", "reason"],
+)
+PROCESSING_LAG = Histogram(
+    "omnistream_processing_lag_seconds",
+    "Processing time minus event time when an effect is written (Redis/outputs).",
+    ["flow"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 86400),
+)
+STOCK_UNITS = Gauge(
+    "omnistream_stock_units",
+    "Units in the stock pool by region, location type and figure (on_hand, reserved, available).",
+    ["region", "location_type", "figure"],
+)
+STOCK_STOCKOUTS = Gauge(
+    "omnistream_stock_stockouts",
+    "Sku × location positions with available ≤ 0, by region and location type.",
+    ["region", "location_type"],
+)
+STOCK_LOW = Gauge(
+    "omnistream_stock_low_positions",
+    "Sku × location positions below their reorder point, by region and location type.",
+    ["region", "location_type"],
+)
+STOCK_POSITIONS_WRITTEN = Counter(
+    "omnistream_stock_positions_written_total",
+    "Sku × location positions written to Redis (after collapsing a batch to the last per key).",
+)
+REDIS_WRITE_SECONDS = Histogram(
+    "omnistream_redis_write_seconds",
+    "Duration of one pipelined Redis write of a batch, by flow.",
+    ["flow"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REDIS_ERRORS = Counter(
+    "omnistream_redis_errors_total",
+    "Redis calls that failed (each retried with back-off), by flow.",
+    ["flow"],
+)

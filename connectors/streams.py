@@ -1,0 +1,153 @@
+"""Kafka sources and sinks shared by all flows, and the one place errors become dead letters.
+
+``kafka_events`` gives a flow typed events and a stream of rejections; ``deadletter_output``
+is where every flow sends its rejections. Kafka consumer errors are rejections too, so
+nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import bytewax.operators as op
+import orjson
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.decode import PiiHasher, decode_message
+from connectors.envelopes import deadletter_record
+from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
+from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
+from connectors.topics import DEADLETTER
+from flows.logic.events import InputEvent, Origin, Rejection
+from flows.logic.reference import ReferenceData
+from omnistream.config import Config
+
+X = TypeVar("X")
+
+#: Consumer settings that keep a live flow's latency low against the embedded broker;
+#: ``kafka.client`` in the configuration overrides them.
+CONSUMER_DEFAULTS: dict[str, str] = {
+    "fetch.wait.max.ms": "50",
+    "fetch.min.bytes": "1",
+    "statistics.interval.ms": "0",
+}
+
+
+@dataclass(frozen=True)
+class EventStreams:
+    oks: Stream[InputEvent]
+    errs: Stream[Rejection]
+
+
+def _unprefixed(config: Config, topic: str) -> str:
+    prefix = config.kafka.topic_prefix
+    return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
+
+
+def kafka_events(
+    step_id: str,
+    flow: Dataflow,
+    config: Config,
+    flow_name: str,
+    topic_names: Sequence[str],
+    reference: ReferenceData,
+    *,
+    until_idle: bool,
+    hasher: PiiHasher | None = None,
+) -> EventStreams:
+    """Consume the (prefixed) input topics and decode every message.
+
+    With ``until_idle`` the source stops at the end of every partition, so the flow ends
+    once its inputs are drained.
+    """
+    source = kop.input(
+        step_id,
+        flow,
+        brokers=brokers(config),
+        topics=[config.topic(name) for name in topic_names],
+        tail=not until_idle,
+        add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
+        batch_size=config.kafka.batch_size,
+    )
+
+    def decode(msg: KafkaSourceMessage[Any, Any]) -> InputEvent | Rejection:
+        topic = msg.topic or ""
+        EVENTS_CONSUMED.labels(flow_name, _unprefixed(config, topic)).inc()
+        origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
+        return decode_message(_unprefixed(config, topic), msg.value, origin, reference, hasher)
+
+    def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
+        msg = err.msg
+        origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
+        return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
+
+    decoded = op.map(f"{step_id}_decode", source.oks, decode)
+    split = op.branch(f"{step_id}_valid", decoded, lambda item: not isinstance(item, Rejection))
+    errs = op.merge(
+        f"{step_id}_errors",
+        split.falses,
+        op.map(f"{step_id}_consumer_errors", source.errs, consumer_error),
+    )
+    return EventStreams(oks=split.trues, errs=errs)  # type: ignore[arg-type]
+
+
+def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> Rejection:
+    """A rejection found after decoding, when the raw bytes are no longer at hand."""
+    return Rejection(reason, error, origin, orjson.dumps(fields))
+
+
+def deadletter_output(
+    step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection]
+) -> None:
+    def encode(rejection: Rejection) -> KafkaSinkMessage[bytes | None, bytes]:
+        DEADLETTERS.labels(flow_name, rejection.reason).inc()
+        key, value = deadletter_record(rejection)
+        return KafkaSinkMessage(key=key, value=value)
+
+    kafka_output(step_id, config, DEADLETTER, op.map(f"{step_id}_encode", rejections, encode))
+
+
+def kafka_output(
+    step_id: str, config: Config, topic_name: str, messages: Stream[KafkaSinkMessage[Any, Any]]
+) -> None:
+    kop.output(
+        step_id,
+        messages,
+        brokers=brokers(config),
+        topic=config.topic(topic_name),
+        add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
+    )
+
+
+class _BatchPartition(StatelessSinkPartition[X], Generic[X]):
+    def __init__(self, write_batch: Callable[[list[X]], None], close: Callable[[], None]) -> None:
+        self._write_batch = write_batch
+        self._close = close
+
+    def write_batch(self, items: list[X]) -> None:
+        self._write_batch(items)
+
+    def close(self) -> None:
+        self._close()
+
+
+class BatchSink(DynamicSink[X], Generic[X]):
+    """A sink that hands each worker's batches to a writer built per worker.
+
+    ``open_writer()`` returns ``(write_batch, close)``; used for Redis stores, so each batch is
+    one pipelined round trip.
+    """
+
+    def __init__(
+        self, open_writer: Callable[[], tuple[Callable[[list[X]], None], Callable[[], None]]]
+    ) -> None:
+        self._open_writer = open_writer
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _BatchPartition[X]:
+        write_batch, close = self._open_writer()
+        return _BatchPartition(write_batch, close)

@@ -1,0 +1,138 @@
+"""The ``omnistream`` command (CONTRACT §7).
+
+Every subcommand reads one configuration (``--config`` or ``OMNI_CONFIG``, plus ``OMNI_*``
+overrides), validated before anything starts. Exit codes: 0 success, 1 runtime failure,
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from flows.logic.reference import ReferenceDataError
+from omnistream.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML configuration file (default: $OMNI_CONFIG, else built-in defaults); "
+        "every key can be overridden with OMNI_<SECTION>_<KEY>",
+    )
+
+
+def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.runner import run_flow
+
+    run_flow(config, args.flow, until_idle=args.until_idle)
+    return EXIT_OK
+
+
+def _cmd_stock(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.reference import load_reference
+    from omnistream.stock_report import print_stock
+
+    return print_stock(config, load_reference(config), args.sku)
+
+
+def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
+    from connectors.generator import run_generate
+
+    return run_generate(config, args)
+
+
+def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.demo import run_demo
+
+    return run_demo(config, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from connectors.generator import add_generate_arguments
+    from omnistream.demo import add_demo_arguments
+    from omnistream.runner import FLOWS
+
+    parser = argparse.ArgumentParser(
+        prog="omnistream",
+        description="Real-time omnichannel retail engine: one stock pool across warehouses, "
+        "stores and online orders, fed from Kafka, served from Redis.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole system on an embedded broker and Redis with generated traffic",
+        description="Start an embedded Kafka-compatible broker (Tansu) and redis-server on free "
+        "loopback ports, run the stock_pool flow as its own process, feed it generated traffic, "
+        "then print a summary. Ctrl-C stops everything cleanly.",
+    )
+    _add_config_argument(demo)
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="run one flow against the configured broker and Redis",
+        description="Run one flow until stopped (Ctrl-C / SIGTERM), or with --until-idle until "
+        "every partition of its input topics is drained. Metrics are served on "
+        "http://HOST:<metrics.port>/metrics.",
+    )
+    run.add_argument("flow", choices=sorted(FLOWS), help="the flow to run")
+    run.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="stop (exit 0) once all input partitions are read to their end",
+    )
+    _add_config_argument(run)
+    run.set_defaults(handler=_cmd_run)
+
+    generate = sub.add_parser(
+        "generate",
+        help="produce synthetic, reproducible traffic into the input topics",
+        description="Produce seeded synthetic traffic (browsing, orders, till sales, returns, "
+        "warehouse movements) into clickstream, pos.sales and wms.movements.",
+    )
+    _add_config_argument(generate)
+    add_generate_arguments(generate)
+    generate.set_defaults(handler=_cmd_generate)
+
+    stock = sub.add_parser(
+        "stock",
+        help="print the stock of one sku per location, region and in total (from Redis)",
+        description="Read the stock pool of one sku from Redis and print on hand, reserved, "
+        "available, units sold in the last 1 h / 24 h and days of cover per location, then the "
+        "region and network totals.",
+    )
+    stock.add_argument("sku", help="the sku to show")
+    _add_config_argument(stock)
+    stock.set_defaults(handler=_cmd_stock)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        return int(args.handler(config, args))
+    except (ConfigError, ReferenceDataError) as exc:
+        print(f"omnistream: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("omnistream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Running one flow in this process: Bytewax execution, metrics endpoint, recovery.
+
+This is what ``omnistream run <flow>`` does; the demo, the tests and the benchmark start it
+as a subprocess so every flow runs exactly as operators run it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from omnistream.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Flows that exist today, by the name used on the command line.
+FLOWS: dict[str, str] = {
+    "stock_pool": "flows.stock_pool",
+}
+
+
+def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> RecoveryConfig | None:
+    """Create the recovery partitions on first use; later starts resume from them."""
+    if not directory:
+        return None
+    path = Path(directory)
+    if not path.exists() or not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, partitions)
+    return RecoveryConfig(str(path), backup_interval=backup)
+
+
+def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
+    """Build and run a flow until stopped (or until its inputs drain with ``until_idle``)."""
+    module = importlib.import_module(FLOWS[name])
+    flow = module.build(config, until_idle=until_idle)
+    # Bytewax serves /metrics (its own step metrics plus prometheus_client's default registry)
+    # from its dataflow API server; these variables are read when the flow starts.
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
+    recovery = prepare_recovery(
+        config.recovery.dir,
+        max(1, config.flow.workers),
+        timedelta(seconds=config.recovery.backup_seconds),
+    )
+    epoch_s = config.recovery.snapshot_seconds if recovery else config.flow.epoch_seconds
+    log.info(
+        "running %s (workers=%d, recovery=%s, metrics on :%d/metrics)",
+        name,
+        config.flow.workers,
+        config.recovery.dir or "off",
+        config.metrics.port,
+    )
+    cli_main(
+        flow,
+        workers_per_process=config.flow.workers,
+        epoch_interval=timedelta(seconds=epoch_s),
+        recovery_config=recovery,
+    )

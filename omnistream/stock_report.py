@@ -1,0 +1,78 @@
+"""``omnistream stock <sku>``: the stock pool of one sku as a table, read from Redis."""
+
+from __future__ import annotations
+
+import sys
+
+from flows.logic.reference import ReferenceData
+from omnistream.config import Config
+from state.stock_store import StockStore
+
+COLUMNS = [
+    ("location", 10),
+    ("type", 17),
+    ("region", 6),
+    ("on_hand", 8),
+    ("reserved", 8),
+    ("available", 9),
+    ("sold_1h", 7),
+    ("sold_24h", 8),
+    ("cover_d", 8),
+    ("updated_at", 24),
+]
+
+
+def _row(cells: list[str]) -> str:
+    return "  ".join(
+        cell.ljust(width) if i < 3 or i == 9 else cell.rjust(width)
+        for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
+    )
+
+
+def _figures(row: dict[str, str]) -> list[str]:
+    return [
+        row.get("on_hand", "0"),
+        row.get("reserved", "0"),
+        row.get("available", "0"),
+        row.get("sold_1h", "0"),
+        row.get("sold_24h", "0"),
+        row.get("days_of_cover", "-"),
+        row.get("updated_at", ""),
+    ]
+
+
+def print_stock(config: Config, reference: ReferenceData, sku: str) -> int:
+    if sku not in reference.products:
+        print(
+            f"omnistream stock: unknown sku {sku!r} (not in {config.reference.products})",
+            file=sys.stderr,
+        )
+        return 2
+    store = StockStore.from_config(config, reference)
+    try:
+        rows, total, regions = store.read_sku(sku)
+    finally:
+        store.close()
+    product = reference.products[sku]
+    print(f"{sku}  category={product.category}  reorder_point={product.reorder_point}")
+    if not rows:
+        print("no stock recorded for this sku yet")
+        return 0
+    print(_row([name for name, _ in COLUMNS]))
+    for row in rows:
+        location = reference.locations[row["location_id"]]
+        print(_row([location.location_id, location.type, location.region, *_figures(row)]))
+    for region, figures in sorted(regions.items()):
+        print(
+            _row(
+                [
+                    f"[{region}]",
+                    f"{figures.get('locations', '')} locations",
+                    region,
+                    *_figures(figures),
+                ]
+            )
+        )
+    if total:
+        print(_row(["[total]", f"{total.get('locations', '')} locations", "", *_figures(total)]))
+    return 0

@@ -1,0 +1,164 @@
+"""The stock pool in Redis: public per-location hashes and internal totals.
+
+Public (CONTRACT §5): ``<prefix>stock:<sku>:<location_id>`` hash with ``on_hand``,
+``reserved``, ``available``, ``updated_at`` (event time of the latest change, RFC 3339 UTC),
+``sold_1h``, ``sold_24h``, ``days_of_cover`` (absent when nothing sold in 24 h), plus
+``region``, ``location_type``, ``cause`` and ``updated_at_ms``.
+
+Internal: ``<prefix>stock_total:<sku>`` (network total) and
+``<prefix>stock_region:<sku>:<region>`` (region total), same figures plus ``locations``.
+
+A batch is written in one pipelined round trip, and only the last position per key of the
+batch is written: the values are absolute, so the earlier ones are already superseded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from connectors.metrics import REDIS_WRITE_SECONDS, STOCK_POSITIONS_WRITTEN
+from flows.logic.reference import ReferenceData
+from flows.logic.stock import StockPosition
+from flows.logic.stock_totals import Figures, SkuTotals
+from flows.logic.timeparse import format_event_time
+from omnistream.config import Config
+from state.redis_io import connect, with_retries
+
+FLOW = "stock_pool"
+
+
+def _figures_mapping(f: Figures, as_of_ms: int) -> dict[str, Any]:
+    return {
+        "on_hand": f.on_hand,
+        "reserved": f.reserved,
+        "available": f.available,
+        "sold_1h": f.sold_1h,
+        "sold_24h": f.sold_24h,
+        "locations": f.locations,
+        "updated_at": format_event_time(as_of_ms),
+        "updated_at_ms": as_of_ms,
+    }
+
+
+@dataclass(frozen=True)
+class StockKeys:
+    prefix: str
+
+    def position(self, sku: str, location_id: str) -> str:
+        return f"{self.prefix}stock:{sku}:{location_id}"
+
+    def sku_total(self, sku: str) -> str:
+        return f"{self.prefix}stock_total:{sku}"
+
+    def region_total(self, sku: str, region: str) -> str:
+        return f"{self.prefix}stock_region:{sku}:{region}"
+
+
+class StockStore:
+    def __init__(self, client: redis.Redis, key_prefix: str, reference: ReferenceData) -> None:
+        self.client = client
+        self.keys = StockKeys(key_prefix)
+        self.reference = reference
+
+    @classmethod
+    def from_config(cls, config: Config, reference: ReferenceData) -> StockStore:
+        return cls(connect(config), config.redis.key_prefix, reference)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def write_positions(self, positions: list[StockPosition]) -> int:
+        latest = {(p.sku, p.location_id): p for p in positions}
+        if not latest:
+            return 0
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for p in latest.values():
+                location = self.reference.locations[p.location_id]
+                key = self.keys.position(p.sku, p.location_id)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "on_hand": p.on_hand,
+                        "reserved": p.reserved,
+                        "available": p.available,
+                        "sold_1h": p.sold_1h,
+                        "sold_24h": p.sold_24h,
+                        "updated_at": format_event_time(p.as_of_ms),
+                        "updated_at_ms": p.as_of_ms,
+                        "region": location.region,
+                        "location_type": location.type,
+                        "cause": p.cause,
+                        **(
+                            {"days_of_cover": p.days_of_cover}
+                            if p.days_of_cover is not None
+                            else {}
+                        ),
+                    },
+                )
+                if p.days_of_cover is None:
+                    pipe.hdel(key, "days_of_cover")
+            pipe.execute()
+
+        started = time.perf_counter()
+        with_retries(FLOW, write)
+        REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
+        STOCK_POSITIONS_WRITTEN.inc(len(latest))
+        return len(latest)
+
+    def write_totals(self, totals: list[SkuTotals]) -> None:
+        latest = {t.sku: t for t in totals}
+        if not latest:
+            return
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for t in latest.values():
+                self._hset_figures(pipe, self.keys.sku_total(t.sku), t.total, t.as_of_ms)
+                for region, figures in t.regions.items():
+                    self._hset_figures(
+                        pipe, self.keys.region_total(t.sku, region), figures, t.as_of_ms
+                    )
+            pipe.execute()
+
+        with_retries(FLOW, write)
+
+    @staticmethod
+    def _hset_figures(pipe: Any, key: str, figures: Figures, as_of_ms: int) -> None:
+        pipe.hset(key, mapping=_figures_mapping(figures, as_of_ms))
+        if figures.days_of_cover is None:
+            pipe.hdel(key, "days_of_cover")
+        else:
+            pipe.hset(key, "days_of_cover", figures.days_of_cover)
+
+    def read_sku(
+        self, sku: str
+    ) -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, str]]]:
+        """Per-location hashes (sorted by location), the network total and region totals."""
+        regions = sorted({loc.region for loc in self.reference.locations.values()})
+        location_ids = sorted(self.reference.locations)
+        pipe = self.client.pipeline(transaction=False)
+        for location_id in location_ids:
+            pipe.hgetall(self.keys.position(sku, location_id))
+        pipe.hgetall(self.keys.sku_total(sku))
+        for region in regions:
+            pipe.hgetall(self.keys.region_total(sku, region))
+        replies = pipe.execute()
+        decoded = [{k.decode(): v.decode() for k, v in r.items()} for r in replies]
+        rows = [
+            {"location_id": location_id, **row}
+            for location_id, row in zip(location_ids, decoded[: len(location_ids)], strict=True)
+            if row
+        ]
+        total = decoded[len(location_ids)]
+        region_rows = {
+            region: row
+            for region, row in zip(regions, decoded[len(location_ids) + 1 :], strict=True)
+            if row
+        }
+        return rows, total, region_rows

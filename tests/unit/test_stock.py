@@ -1,0 +1,198 @@
+"""Stock arithmetic of one sku × location (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.logic.events import Origin
+from flows.logic.stock import (
+    HOUR_MS,
+    StockMovement,
+    StockPolicy,
+    StockPosition,
+    StockState,
+    TooLate,
+    apply_movement,
+)
+
+ORIGIN = Origin("wms.movements", 0, 0, None)
+T0 = 1_795_000_000_000
+POLICY = StockPolicy()
+
+
+def mv(n: int, kind: str, qty: int, ts: int = T0, order: str | None = None) -> StockMovement:
+    return StockMovement(f"e{n}#0", f"e{n}", ts, "SKU1", "S1", kind, qty, ORIGIN, order)
+
+
+def fold(movements: list[StockMovement], policy: StockPolicy = POLICY) -> tuple[StockState, list]:
+    state: StockState | None = None
+    outcomes = []
+    for m in movements:
+        state, outcome = apply_movement(state, m, policy)
+        outcomes.append(outcome)
+    assert state is not None
+    return state, outcomes
+
+
+def last_position(outcomes: list) -> StockPosition:
+    return [o for o in outcomes if isinstance(o, StockPosition)][-1]
+
+
+def test_receipt_sale_return_adjustment_and_transfers_move_on_hand() -> None:
+    _, out = fold(
+        [
+            mv(1, "receipt", 10),
+            mv(2, "sale", 3, T0 + 1),
+            mv(3, "return", 1, T0 + 2),
+            mv(4, "adjustment", -2, T0 + 3),
+            mv(5, "transfer_out", 4, T0 + 4),
+            mv(6, "transfer_in", 5, T0 + 5),
+            mv(7, "shipment", 1, T0 + 6),
+        ]
+    )
+    p = last_position(out)
+    assert (p.on_hand, p.reserved, p.available) == (6, 0, 6)
+
+
+def test_reservation_then_pickup_consumes_it_and_cancel_releases_the_rest() -> None:
+    _, out = fold(
+        [
+            mv(1, "receipt", 10),
+            mv(2, "reserve", 4, T0 + 1, order="o1"),
+            mv(3, "reserve", 2, T0 + 2, order="o2"),
+        ]
+    )
+    p = last_position(out)
+    assert (p.on_hand, p.reserved, p.available) == (10, 6, 4)
+    state, out = fold(
+        [
+            mv(1, "receipt", 10),
+            mv(2, "reserve", 4, T0 + 1, order="o1"),
+            mv(3, "reserve", 2, T0 + 2, order="o2"),
+            mv(4, "sale", 3, T0 + 3, order="o1"),  # partial pickup of o1
+            mv(5, "release", 0, T0 + 4, order="o1"),  # cancel the rest of o1
+            mv(6, "shipment", 2, T0 + 5, order="o2"),  # o2 shipped
+        ]
+    )
+    p = last_position(out)
+    assert (p.on_hand, p.reserved, p.available) == (5, 0, 5)
+    assert state.reservations == {}
+    assert p.sold_24h == 5  # pickup and order shipment are sales
+
+
+def test_available_may_go_negative_when_oversold() -> None:
+    _, out = fold([mv(1, "receipt", 1), mv(2, "reserve", 3, T0 + 1, order="o")])
+    assert last_position(out).available == -2
+
+
+def test_movement_earlier_than_count_is_inside_it() -> None:
+    _, out = fold(
+        [mv(1, "receipt", 10, T0), mv(2, "stock_count", 7, T0 + 100), mv(3, "sale", 2, T0 + 50)]
+    )  # arrives late, ts before the count
+    assert last_position(out).on_hand == 7
+    assert last_position(out).sold_24h == 2  # the sale still happened
+
+
+def test_late_count_is_rebased_on_later_movements() -> None:
+    _, out = fold(
+        [mv(1, "receipt", 10, T0), mv(2, "sale", 2, T0 + 200), mv(3, "stock_count", 20, T0 + 100)]
+    )  # count arrives after a later sale
+    assert last_position(out).on_hand == 18
+
+
+def test_older_count_is_superseded() -> None:
+    _, out = fold([mv(1, "stock_count", 5, T0 + 100), mv(2, "stock_count", 9, T0)])
+    assert last_position(out).on_hand == 5
+
+
+def test_duplicate_has_no_effect_and_emits_nothing() -> None:
+    _, out = fold([mv(1, "receipt", 10), mv(1, "receipt", 10)])
+    assert out[1] is None
+
+
+def test_event_time_windows_and_days_of_cover() -> None:
+    _, out = fold(
+        [
+            mv(1, "receipt", 100, T0),
+            mv(2, "sale", 4, T0 + 1000),
+            mv(3, "sale", 6, T0 + 2 * HOUR_MS),
+            mv(4, "receipt", 1, T0 + 2 * HOUR_MS + 10),
+        ]
+    )
+    p = last_position(out)
+    assert (p.sold_1h, p.sold_24h) == (6, 10)
+    assert p.days_of_cover == 9.1  # 91 available / 10 sold in 24 h
+    _, out = fold([mv(1, "receipt", 5)])
+    assert last_position(out).days_of_cover is None
+    _, out = fold([mv(1, "sale", 5, T0), mv(2, "receipt", 5, T0 + 25 * HOUR_MS)])
+    assert last_position(out).sold_24h == 0  # the sale fell out of the window
+
+
+def test_too_old_movement_is_refused_not_applied_twice() -> None:
+    policy = StockPolicy(dedup_ms=HOUR_MS, late_window_ms=HOUR_MS)
+    _, out = fold([mv(1, "receipt", 5, T0 + 10 * HOUR_MS), mv(2, "receipt", 5, T0)], policy)
+    assert isinstance(out[1], TooLate)
+    assert last_position(out).on_hand == 5
+
+
+KINDS = [
+    "receipt",
+    "sale",
+    "return",
+    "adjustment",
+    "shipment",
+    "transfer_out",
+    "transfer_in",
+    "stock_count",
+    "reserve",
+    "release",
+]
+
+
+@st.composite
+def movement_lists(draw: st.DrawFn) -> list[StockMovement]:
+    n = draw(st.integers(min_value=1, max_value=60))
+    movements = []
+    for i in range(n):
+        kind = draw(st.sampled_from(KINDS))
+        qty = draw(st.integers(min_value=1, max_value=20))
+        if kind == "adjustment":
+            qty *= draw(st.sampled_from([-1, 1]))
+        if kind == "stock_count":
+            qty = draw(st.integers(min_value=0, max_value=50))
+        order = (
+            draw(st.sampled_from(["o1", "o2", "o3"]))
+            if kind in {"reserve", "release"}
+            else (
+                draw(st.sampled_from([None, "o1", "o2"])) if kind in {"sale", "shipment"} else None
+            )
+        )
+        ts = T0 + draw(st.integers(min_value=0, max_value=30 * HOUR_MS))
+        movements.append(
+            StockMovement(f"e{i}#0", f"e{i}", ts, "SKU1", "S1", kind, qty, ORIGIN, order)
+        )
+    return movements
+
+
+def figures(state: StockState) -> tuple:
+    return (state.on_hand, state.reserved, sorted(state.sales), state.count_ts_ms, state.as_of_ms)
+
+
+@settings(max_examples=300, deadline=None)
+@given(movement_lists(), st.randoms(use_true_random=False))
+def test_duplicates_injected_anywhere_change_nothing(
+    movements: list[StockMovement], rnd: random.Random
+) -> None:
+    """The same list with duplicates injected anywhere ends in the same state."""
+    clean, _ = fold(movements)
+    noisy: list[StockMovement] = []
+    for index, movement in enumerate(movements):
+        noisy.append(movement)
+        for _ in range(rnd.choice([0, 0, 1, 2])):
+            noisy.append(movements[rnd.randint(0, index)])  # a replay of anything already seen
+    dirty, _ = fold(noisy)
+    assert len(noisy) >= len(movements)
+    assert figures(dirty) == figures(clean)
