@@ -24,11 +24,15 @@ _PII_VALUE = re.compile(
     r'("(?:' + "|".join(PII_KEYS) + r')"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)',
     re.IGNORECASE,
 )
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+#: Bounded repetitions and a token-start look-behind keep masking linear on hostile input.
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
+)
 #: Long digit runs written like phone numbers (+86 138-0013-8000, 13800138000); epoch
 #: timestamps (13 digits, no separators) are not PII and are kept.
 _PHONE_LIKE = re.compile(r"\+\d[\d -]{8,18}\d|\b1[3-9]\d{9}\b")
 MASK = "***"
+_TRAILING_DIGITS = re.compile(r"[\d +-]{5,}$")
 
 
 def mask_pii(text: str) -> str:
@@ -40,8 +44,12 @@ def mask_pii(text: str) -> str:
 
 def deadletter_record(rejection: Rejection) -> tuple[bytes | None, bytes]:
     """Key and value of a dead-letter message (plain JSON, CONTRACT §3)."""
-    text = rejection.raw.decode("utf-8", errors="replace")
-    masked = mask_pii(text)[:MAX_RAW_CHARS]
+    # Cut before masking (masking cost grows with length), and again after it; a digit run
+    # left at the cut could be the start of a phone number, so it is masked too.
+    text = rejection.raw[: 2 * MAX_RAW_CHARS].decode("utf-8", errors="replace")
+    masked = mask_pii(text)
+    if len(masked) > MAX_RAW_CHARS or len(rejection.raw) > 2 * MAX_RAW_CHARS:
+        masked = _TRAILING_DIGITS.sub(MASK, masked[:MAX_RAW_CHARS])[:MAX_RAW_CHARS]
     value = {
         "topic": rejection.origin.topic,
         "partition": rejection.origin.partition,
