@@ -302,3 +302,12 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if not candidate.is_absolute():
                 values[key] = str(base / candidate)
     return raw
+
+
+def dump_config(config: Config, path: str | os.PathLike[str]) -> None:
+    """Write a config as YAML that ``load_config`` reads back to an equal config.
+
+    Used to hand the demo's effective configuration to the flow processes it starts.
+    """
+    raw = {name: dataclasses.asdict(getattr(config, name)) for name in _section_names()}
+    Path(path).write_text(yaml.safe_dump(raw, sort_keys=True), encoding="utf-8")

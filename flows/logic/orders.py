@@ -26,7 +26,8 @@ class OrderRecord:
     #: Skus the placement reserved; a cancellation releases exactly these.
     skus: tuple[str, ...] = ()
     placed_event_id: str | None = None
-    cancelled_event_id: str | None = None
+    #: The cancellation, kept so a placement that arrives after it still nets to zero.
+    cancellation: ClickEvent | None = None
 
 
 @dataclass(slots=True)
@@ -67,35 +68,43 @@ def route_order_event(
             record.placed_event_id = event.event_id
             record.location_id = event.fulfillment.location_id
             record.skus = tuple(dict.fromkeys(line.sku for line in event.lines))
-            if record.cancelled_event_id is None:
-                movements = reservation_movements(event, record.location_id, "reserve")
+            movements = reservation_movements(event, record.location_id, "reserve")
+            if record.cancellation is not None:  # the cancellation came first
+                movements += _releases(record, record.cancellation)
         elif record.placed_event_id != event.event_id:
             movements = OrderConflict(
-                event, f"order {order_id!r} was already placed by event {record.placed_event_id!r}"
+                event,
+                f"order {order_id!r} was already placed by event {record.placed_event_id!r}",
             )
     else:
         if record is None:
             record = book.orders[order_id] = OrderRecord(event.ts_ms)
-        if record.cancelled_event_id is None:
-            record.cancelled_event_id = event.event_id
-            if record.location_id is not None:
-                movements = [
-                    StockMovement(
-                        f"{event.event_id}#{index}",
-                        event.event_id,
-                        event.ts_ms,
-                        sku,
-                        record.location_id,
-                        "release",
-                        0,
-                        event.origin,
-                        order_id,
-                    )
-                    for index, sku in enumerate(record.skus)
-                ]
+        if record.cancellation is None:
+            record.cancellation = event
+            movements = _releases(record, event)
     book.as_of_ms = max(book.as_of_ms, event.ts_ms)
     if book.as_of_ms >= book.next_prune_ms:
         book.next_prune_ms = book.as_of_ms + PRUNE_EVERY_MS
         horizon = book.as_of_ms - ttl_ms
         book.orders = {oid: rec for oid, rec in book.orders.items() if rec.ts_ms >= horizon}
     return book, movements
+
+
+def _releases(record: OrderRecord, cancellation: ClickEvent) -> list[StockMovement]:
+    """Release every sku the placement reserved; nothing while the placement is unknown."""
+    if record.location_id is None:
+        return []
+    return [
+        StockMovement(
+            f"{cancellation.event_id}#{index}",
+            cancellation.event_id,
+            cancellation.ts_ms,
+            sku,
+            record.location_id,
+            "release",
+            0,
+            cancellation.origin,
+            cancellation.order_id,
+        )
+        for index, sku in enumerate(record.skus)
+    ]

@@ -109,13 +109,35 @@ class TooLate:
 
 
 @dataclass(slots=True)
+class OrderReservation:
+    ts_ms: int
+    reserved: int = 0
+    consumed: int = 0
+    released: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """Cancelled or fully handed over: nothing later can change what it holds."""
+        return self.released or 0 < self.reserved <= self.consumed
+
+    @property
+    def outstanding(self) -> int:
+        """Units still promised to the order: nothing once cancelled, never below zero."""
+        return 0 if self.released else max(0, self.reserved - self.consumed)
+
+
+@dataclass(slots=True)
 class StockState:
     """What the flow remembers per sku × location (kept in Bytewax state, snapshotted)."""
 
     on_hand: int = 0
-    #: order_id → [units still reserved here, ts of the reservation]
-    reservations: dict[str, list[int]] = field(default_factory=dict)
+    #: order_id → its reservation here. Kept as (reserved, consumed, released) rather than a
+    #: running remainder so the result does not depend on the order in which a reservation,
+    #: its pickups/shipments and its cancellation arrive from different topics.
+    reservations: dict[str, OrderReservation] = field(default_factory=dict)
     count_ts_ms: int | None = None
+    #: Event id of the applied count: breaks ties between counts with the same ts.
+    count_event_id: str = ""
     as_of_ms: int = 0
     #: (ts, on_hand delta) of applied movements, to rebase a late stock count.
     history: list[tuple[int, int]] = field(default_factory=list)
@@ -127,7 +149,7 @@ class StockState:
 
     @property
     def reserved(self) -> int:
-        return sum(units for units, _ in self.reservations.values())
+        return sum(r.outstanding for r in self.reservations.values())
 
 
 def movements_of_pos(event: PosEvent) -> list[StockMovement]:
@@ -206,7 +228,8 @@ def _prune(state: StockState, policy: StockPolicy) -> None:
     state.reservations = {
         order: held
         for order, held in state.reservations.items()
-        if held[1] >= now - policy.reservation_ttl_ms
+        if held.ts_ms >= now - policy.reservation_ttl_ms
+        and not (held.settled and held.ts_ms < now - policy.dedup_ms)
     }
 
 
@@ -268,21 +291,32 @@ def apply_movement(
 
 
 def _apply_count(state: StockState, movement: StockMovement) -> None:
-    if state.count_ts_ms is not None and movement.ts_ms <= state.count_ts_ms:
-        return  # an older (or same-instant) count is superseded by the one already applied
+    if state.count_ts_ms is not None and (movement.ts_ms, movement.event_id) <= (
+        state.count_ts_ms,
+        state.count_event_id,
+    ):
+        return  # an older count is superseded by the one already applied
     after = sum(delta for ts, delta in state.history if ts >= movement.ts_ms)
     state.on_hand = movement.qty + after
     state.count_ts_ms = movement.ts_ms
+    state.count_event_id = movement.event_id
 
 
 def _apply_reservation(state: StockState, movement: StockMovement) -> None:
     order_id = movement.order_id
     assert order_id is not None, "reservations always name their order"
     if movement.kind == "reserve":
-        held = state.reservations.setdefault(order_id, [0, movement.ts_ms])
-        held[0] += movement.qty
+        _reservation(state, order_id, movement.ts_ms).reserved += movement.qty
     else:
-        state.reservations.pop(order_id, None)
+        _reservation(state, order_id, movement.ts_ms).released = True
+
+
+def _reservation(state: StockState, order_id: str, ts_ms: int) -> OrderReservation:
+    held = state.reservations.get(order_id)
+    if held is None:
+        held = state.reservations[order_id] = OrderReservation(ts_ms)
+    held.ts_ms = max(held.ts_ms, ts_ms)
+    return held
 
 
 def _apply_flow(state: StockState, movement: StockMovement) -> None:
@@ -292,10 +326,6 @@ def _apply_flow(state: StockState, movement: StockMovement) -> None:
         state.on_hand += delta
         state.history.append((movement.ts_ms, delta))
     if _consumes_reservation(movement):
-        held = state.reservations.get(movement.order_id or "")
-        if held is not None:
-            held[0] -= min(held[0], movement.qty)
-            if held[0] == 0:
-                del state.reservations[movement.order_id or ""]
+        _reservation(state, movement.order_id or "", movement.ts_ms).consumed += movement.qty
     if _is_sold(movement):
         state.sales.append((movement.ts_ms, movement.qty))
