@@ -18,28 +18,41 @@ from flows.logic.timeparse import format_event_time
 MAX_RAW_CHARS = 64 * 1024
 SOURCE_PREFIX = "omnistream"
 
-#: Values of these JSON keys are PII and are masked wherever they appear in dead letters.
-PII_KEYS = ("phone", "email", "mobile", "phone_number")
+#: Values of these keys are PII and are masked wherever they appear in dead letters, whatever
+#: the quoting: JSON, JSON escaped inside a string, Python reprs, key=value text.
+PII_KEYS = ("phone", "email", "mobile", "phone_number", "tel")
 _PII_VALUE = re.compile(
-    r'("(?:' + "|".join(PII_KEYS) + r')"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)',
+    r"((?<![A-Za-z0-9_])(?:" + "|".join(PII_KEYS) + r")(?![A-Za-z0-9_])(?:\\?[\"'])?\s*[:=]\s*"
+    r"(?:\\?[\"'])?)([^\"'\\,;}\]\s&]{1,320})",
     re.IGNORECASE,
 )
 #: Bounded repetitions and a token-start look-behind keep masking linear on hostile input.
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
 )
-#: Long digit runs written like phone numbers (+86 138-0013-8000, 13800138000); epoch
-#: timestamps (13 digits, no separators) are not PII and are kept.
-_PHONE_LIKE = re.compile(r"\+\d[\d -]{8,18}\d|\b1[3-9]\d{9}\b")
+#: Digit runs written like phone numbers: with a +/00 country prefix, with separators
+#: (138-0013-8000, 138 0013 8000), or a bare 11-digit mobile number. Epoch timestamps
+#: (13 plain digits) and plain ids are kept.
+_PHONE_LIKE = re.compile(
+    r"(?<![\d])(?:\+|00)\d[\d ().-]{6,20}\d(?![\d])"
+    r"|(?<![\d-])\d{2,4}([ .-])\d{2,4}(?:\1\d{2,4}){1,3}(?![\d-])"
+    r"|(?<!\d)1[3-9]\d{9}(?!\d)"
+)
 MASK = "***"
 _TRAILING_DIGITS = re.compile(r"[\d +-]{5,}$")
 
 
 def mask_pii(text: str) -> str:
     """Mask PII in a possibly broken JSON text: values of PII keys, e-mails, phone numbers."""
-    text = _PII_VALUE.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
+    text = _PII_VALUE.sub(lambda m: f"{m.group(1)}{MASK}", text)
     text = _EMAIL.sub(MASK, text)
-    return _PHONE_LIKE.sub(MASK, text)
+    return _PHONE_LIKE.sub(_mask_if_phone, text)
+
+
+def _mask_if_phone(match: re.Match[str]) -> str:
+    """Phone numbers have 9+ digits; shorter groups (dates, times) are kept."""
+    digits = sum(ch.isdigit() for ch in match.group(0))
+    return MASK if digits >= 9 else match.group(0)
 
 
 def deadletter_record(rejection: Rejection) -> tuple[bytes | None, bytes]:

@@ -32,7 +32,7 @@ X = TypeVar("X")
 #: Consumer settings that keep a live flow's latency low against the embedded broker;
 #: ``kafka.client`` in the configuration overrides them.
 CONSUMER_DEFAULTS: dict[str, str] = {
-    "fetch.wait.max.ms": "50",
+    "fetch.wait.max.ms": "10",
     "fetch.min.bytes": "1",
     "statistics.interval.ms": "0",
 }

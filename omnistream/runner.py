@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     # from its dataflow API server; these variables are read when the flow starts.
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
+    # The API server also caches the dataflow's JSON picture; keep it out of the cwd.
+    cache_dir = Path(tempfile.gettempdir()) / f"omnistream-{name}-{os.getpid()}"
+    cache_dir.mkdir(exist_ok=True)
+    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", str(cache_dir))
     recovery = prepare_recovery(
         config.recovery.dir,
         max(1, config.flow.workers),

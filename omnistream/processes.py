@@ -1,0 +1,88 @@
+"""Flow processes started by the demo, the tests and the benchmark, and reading their metrics.
+
+A flow always runs as its own ``omnistream run <flow>`` process, exactly as an operator runs
+it; these helpers start one with a given configuration file, stop it cleanly, and read its
+``/metrics`` endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import IO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from omnistream.embedded import die_with_parent
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def start_flow(
+    name: str, config_path: Path, *, until_idle: bool = False, log: IO[bytes] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``omnistream run <name>`` as a child that dies with this process."""
+    command = [sys.executable, "-m", "omnistream.cli", "run", name, "--config", str(config_path)]
+    if until_idle:
+        command.append("--until-idle")
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("OMNI_CONFIG", None)
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        command, stdout=log, stderr=subprocess.STDOUT if log else None, env=env,
+        start_new_session=True, preexec_fn=die_with_parent,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
+    """SIGINT (Bytewax stops at the next epoch), then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    return process.returncode
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> Samples | None:
+    """Samples of a process's /metrics by metric name, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as reply:
+            text = reply.read().decode("utf-8")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    samples: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((dict(sample.labels), sample.value))
+    return samples
+
+
+def total(samples: Samples | None, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels match ``labels``."""
+    if not samples:
+        return 0.0
+    return sum(
+        value for sample_labels, value in samples.get(name, [])
+        if all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def wait_for_metrics(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flow process exited with code {process.returncode} at start")
+        if scrape(port) is not None:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"flow metrics endpoint :{port} did not answer within {timeout_s:.0f} s")
