@@ -143,14 +143,19 @@ def stock_changed_message(
     return KafkaSinkMessage(key=key.encode(), value=value)
 
 
-def publish_segment(totals: SegmentTotals) -> None:
-    """Set the stock gauges of one region × location type to its absolute totals."""
-    labels = (totals.region, totals.location_type)
-    STOCK_UNITS.labels(*labels, "on_hand").set(totals.on_hand)
-    STOCK_UNITS.labels(*labels, "reserved").set(totals.reserved)
-    STOCK_UNITS.labels(*labels, "available").set(totals.available)
-    STOCK_STOCKOUTS.labels(*labels).set(totals.stockouts)
-    STOCK_LOW.labels(*labels).set(totals.low_stock)
+def publish_segments(batch: list[SegmentTotals]) -> None:
+    """Set the stock gauges of each region × location type to its latest absolute totals."""
+    latest = {(t.region, t.location_type): t for t in batch}
+    for labels, totals in latest.items():
+        STOCK_UNITS.labels(*labels, "on_hand").set(totals.on_hand)
+        STOCK_UNITS.labels(*labels, "reserved").set(totals.reserved)
+        STOCK_UNITS.labels(*labels, "available").set(totals.available)
+        STOCK_STOCKOUTS.labels(*labels).set(totals.stockouts)
+        STOCK_LOW.labels(*labels).set(totals.low_stock)
+
+
+def _noop() -> None:
+    """Nothing to release when the gauge sink closes."""
 
 
 def build(
@@ -240,11 +245,7 @@ def build(
 
     op.output("stock_totals_store", sku_totals, BatchSink(open_totals_writer))
 
-    shares = op.flat_map(
-        "segment_shares",
-        sku_totals,
-        lambda t: [(seg, t.sku, share) for seg, share in t.segments.items()],
-    )
+    shares = op.map("segment_shares", sku_totals, lambda t: (t.segment, t.sku, t.share))
 
     def segment(
         state: SegmentState | None, item: tuple[tuple[str, str], str, SegmentShare]
@@ -252,12 +253,16 @@ def build(
         seg, sku, share = item
         return update_segment(state, seg, sku, share)
 
-    segment_totals = op.stateful_map(
-        "segment_totals",
-        op.key_on("key_by_segment", shares, lambda s: f"{s[0][0]}|{s[0][1]}"),
-        segment,
+    segment_totals = op.map(
+        "segment_totals_value",
+        op.stateful_map(
+            "segment_totals",
+            op.key_on("key_by_segment", shares, lambda s: f"{s[0][0]}|{s[0][1]}"),
+            segment,
+        ),
+        lambda kv: kv[1],
     )
-    op.inspect("publish_stock_gauges", segment_totals, lambda _step, kv: publish_segment(kv[1]))
+    op.output("publish_stock_gauges", segment_totals, BatchSink(lambda: (publish_segments, _noop)))
 
     rejections = op.merge(
         "rejections",

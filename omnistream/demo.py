@@ -81,7 +81,6 @@ def _print_summary(samples: dict | None, produced: dict[str, int], elapsed_s: fl
         units = int(total(samples, "omnistream_stock_units", figure=figure))
         print(f"units {figure}: {units:,}")
     print(f"metrics: http://127.0.0.1:{port}/metrics (while the demo runs; use --keep)")
-    print("full stack (Kafka, Redis, flows, Prometheus, Grafana): see docker-compose.yml")
 
 
 def run_demo(config: Config, args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Sku and region totals: sums of the per-location positions (CONTRACT §2).
 
-Totals are recomputed from remembered absolute positions, never accumulated from deltas, so
-a replayed position cannot make them drift. Two levels:
+Totals are kept by *replacement*: each level remembers the last absolute figures it added
+for every member, and a new position takes out exactly what its predecessor put in. A
+replayed position therefore replaces itself and cannot make a total drift, and an update
+costs O(1) rather than a re-sum over every location or sku. Two levels:
 
 - per sku (``SkuTotals``): the whole network and each region, for readers such as the CLI;
 - per region × location type (``SegmentTotals``): units, stockouts and low-stock counts for
@@ -25,14 +27,20 @@ class Figures:
     sold_24h: int = 0
     locations: int = 0
 
-    def plus(self, p: StockPosition) -> Figures:
+    @staticmethod
+    def of(p: StockPosition | None) -> Figures:
+        if p is None:
+            return Figures()
+        return Figures(p.on_hand, p.reserved, p.available, p.sold_1h, p.sold_24h, 1)
+
+    def replace(self, old: Figures, new: Figures) -> Figures:
         return Figures(
-            self.on_hand + p.on_hand,
-            self.reserved + p.reserved,
-            self.available + p.available,
-            self.sold_1h + p.sold_1h,
-            self.sold_24h + p.sold_24h,
-            self.locations + 1,
+            self.on_hand - old.on_hand + new.on_hand,
+            self.reserved - old.reserved + new.reserved,
+            self.available - old.available + new.available,
+            self.sold_1h - old.sold_1h + new.sold_1h,
+            self.sold_24h - old.sold_24h + new.sold_24h,
+            self.locations - old.locations + new.locations,
         )
 
     @property
@@ -41,27 +49,56 @@ class Figures:
 
 
 @dataclass(frozen=True, slots=True)
-class SkuTotals:
-    sku: str
-    total: Figures
-    regions: dict[str, Figures]
-    #: (region, location type) → this sku's contribution to that segment.
-    segments: dict[tuple[str, str], SegmentShare]
-    as_of_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class SegmentShare:
+    """What one sku contributes to one region × location type."""
+
     on_hand: int = 0
     reserved: int = 0
     available: int = 0
     stockouts: int = 0
     low_stock: int = 0
 
+    @staticmethod
+    def of(p: StockPosition | None, reorder_point: int) -> SegmentShare:
+        if p is None:
+            return SegmentShare()
+        return SegmentShare(
+            p.on_hand,
+            p.reserved,
+            p.available,
+            int(is_stockout(p)),
+            int(is_low_stock(p, reorder_point)),
+        )
+
+    def replace(self, old: SegmentShare, new: SegmentShare) -> SegmentShare:
+        return SegmentShare(
+            self.on_hand - old.on_hand + new.on_hand,
+            self.reserved - old.reserved + new.reserved,
+            self.available - old.available + new.available,
+            self.stockouts - old.stockouts + new.stockouts,
+            self.low_stock - old.low_stock + new.low_stock,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SkuTotals:
+    sku: str
+    total: Figures
+    #: Region totals of the sku (every region it is held in).
+    regions: dict[str, Figures]
+    #: The segment the changed location belongs to, and the sku's new share of it.
+    segment: tuple[str, str]
+    share: SegmentShare
+    as_of_ms: int
+
 
 @dataclass(slots=True)
 class SkuTotalsState:
     positions: dict[str, StockPosition] = field(default_factory=dict)
+    total: Figures = field(default_factory=Figures)
+    regions: dict[str, Figures] = field(default_factory=dict)
+    segments: dict[tuple[str, str], SegmentShare] = field(default_factory=dict)
+    as_of_ms: int = 0
 
 
 def is_stockout(position: StockPosition) -> bool:
@@ -78,31 +115,29 @@ def update_sku_totals(
 ) -> tuple[SkuTotalsState, SkuTotals]:
     if state is None:
         state = SkuTotalsState()
-    state.positions[position.location_id] = position
+    location = reference.locations[position.location_id]
     reorder_point = reference.products[position.sku].reorder_point
-    total = Figures()
-    regions: dict[str, Figures] = {}
-    segments: dict[tuple[str, str], SegmentShare] = {}
-    for location_id, p in state.positions.items():
-        location = reference.locations[location_id]
-        total = total.plus(p)
-        regions[location.region] = regions.get(location.region, Figures()).plus(p)
-        seg = (location.region, location.type)
-        share = segments.get(seg, SegmentShare())
-        segments[seg] = SegmentShare(
-            share.on_hand + p.on_hand,
-            share.reserved + p.reserved,
-            share.available + p.available,
-            share.stockouts + int(is_stockout(p)),
-            share.low_stock + int(is_low_stock(p, reorder_point)),
-        )
-    as_of = max(p.as_of_ms for p in state.positions.values())
-    return state, SkuTotals(position.sku, total, regions, segments, as_of)
+    old = state.positions.get(position.location_id)
+    state.positions[position.location_id] = position
+    old_figures, new_figures = Figures.of(old), Figures.of(position)
+    state.total = state.total.replace(old_figures, new_figures)
+    region = state.regions.get(location.region, Figures())
+    state.regions[location.region] = region.replace(old_figures, new_figures)
+    segment = (location.region, location.type)
+    share = state.segments.get(segment, SegmentShare()).replace(
+        SegmentShare.of(old, reorder_point), SegmentShare.of(position, reorder_point)
+    )
+    state.segments[segment] = share
+    state.as_of_ms = max(state.as_of_ms, position.as_of_ms)
+    return state, SkuTotals(
+        position.sku, state.total, dict(state.regions), segment, share, state.as_of_ms
+    )
 
 
 @dataclass(slots=True)
 class SegmentState:
     shares: dict[str, SegmentShare] = field(default_factory=dict)
+    total: SegmentShare = field(default_factory=SegmentShare)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +154,13 @@ class SegmentTotals:
 def update_segment(
     state: SegmentState | None, segment: tuple[str, str], sku: str, share: SegmentShare
 ) -> tuple[SegmentState, SegmentTotals]:
-    """Replace one sku's share of a region × location-type segment and re-add the segment."""
+    """Replace one sku's share of a region × location-type segment."""
     if state is None:
         state = SegmentState()
+    old = state.shares.get(sku, SegmentShare())
     state.shares[sku] = share
-    shares = state.shares.values()
+    state.total = state.total.replace(old, share)
+    t = state.total
     return state, SegmentTotals(
-        segment[0],
-        segment[1],
-        sum(s.on_hand for s in shares),
-        sum(s.reserved for s in shares),
-        sum(s.available for s in shares),
-        sum(s.stockouts for s in shares),
-        sum(s.low_stock for s in shares),
+        segment[0], segment[1], t.on_hand, t.reserved, t.available, t.stockouts, t.low_stock
     )

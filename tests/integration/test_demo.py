@@ -1,0 +1,94 @@
+"""``omnistream demo`` finishes, or stops on Ctrl-C, and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def descendants(root: int) -> set[int]:
+    """Pids of every live descendant of ``root`` (from /proc), zombies excluded."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def start_demo(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "omnistream.cli", "demo", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def watch_children(process: subprocess.Popen[str], want: int, timeout_s: float) -> set[int]:
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        seen |= descendants(process.pid)
+        if len(seen) >= want:
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def assert_gone(pids: set[int]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)]
+
+
+def test_demo_runs_to_a_summary_and_cleans_up() -> None:
+    demo = start_demo("--events", "3000", "--rate", "0", "--bad-ratio", "0.02")
+    children = watch_children(demo, want=3, timeout_s=60)  # broker, redis, flow
+    output, _ = demo.communicate(timeout=300)
+    assert demo.returncode == 0, output[-3000:]
+    assert "== Omnistream demo summary ==" in output
+    assert "events consumed by stock_pool: 3,000" in output
+    assert "dead letters:" in output and "metrics: http://127.0.0.1:" in output
+    assert len(children) >= 3
+    assert_gone(children)
+
+
+def test_ctrl_c_stops_everything_cleanly() -> None:
+    demo = start_demo("--events", "200000", "--rate", "500")
+    children = watch_children(demo, want=3, timeout_s=60)
+    time.sleep(3)  # traffic is flowing
+    demo.send_signal(signal.SIGINT)
+    output, _ = demo.communicate(timeout=60)
+    assert demo.returncode in (0, 130), output[-3000:]
+    assert len(children) >= 3
+    assert_gone(children)
