@@ -20,7 +20,10 @@ PRODUCER_DEFAULTS: dict[str, str] = {
 }
 
 
-def client_settings(config: Config) -> dict[str, str]:
+ClientSettings = dict[str, str | int | float | bool]
+
+
+def client_settings(config: Config) -> ClientSettings:
     """Settings shared by every client: the brokers plus ``kafka.client``."""
     return {"bootstrap.servers": config.kafka.bootstrap, **config.kafka.client}
 

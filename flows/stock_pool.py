@@ -18,7 +18,7 @@ Step ids are part of the recovery snapshots: keep them stable.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
@@ -101,7 +101,19 @@ def conflict_rejection(conflict: OrderConflict) -> Rejection:
     )
 
 
-def too_late_rejection(late: TooLate) -> Rejection:
+def outcome_of(
+    keyed: tuple[str, StockPosition | TooLate | None],
+) -> StockPosition | TooLate | None:
+    """None (a duplicate) is dropped by the ``filter_map`` that calls this."""
+    return keyed[1]
+
+
+def is_position(outcome: object) -> TypeGuard[StockPosition]:
+    return isinstance(outcome, StockPosition)
+
+
+def too_late_rejection(late: object) -> Rejection:
+    assert isinstance(late, TooLate), "only refused movements reach the dead-letter branch"
     m = late.movement
     return event_rejection(
         "too_late",
@@ -175,8 +187,8 @@ def build(
     # Online orders reserve and release; the order book remembers where.
     orders = op.filter("order_events", events.oks, is_order_event)
     keyed_orders = op.key_on(
-        "key_by_order_shard", orders, lambda e: order_shard(e.order_id, shards)
-    )  # type: ignore[union-attr]
+        "key_by_order_shard", orders, lambda e: order_shard(getattr(e, "order_id", ""), shards)
+    )
 
     def route(book: OrderBook | None, event: Any) -> tuple[OrderBook, Any]:
         return route_order_event(book, event, order_ttl_ms)
@@ -202,9 +214,9 @@ def build(
         return apply_movement(state, movement, policy)
 
     outcomes = op.filter_map(
-        "drop_duplicates", op.stateful_map("stock_position", keyed, apply), lambda kv: kv[1]
+        "drop_duplicates", op.stateful_map("stock_position", keyed, apply), outcome_of
     )
-    outcome_split = op.branch("position_ok", outcomes, lambda x: isinstance(x, StockPosition))
+    outcome_split = op.branch("position_ok", outcomes, is_position)
     positions = outcome_split.trues
 
     def open_position_writer() -> tuple[Any, Any]:
