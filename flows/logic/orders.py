@@ -16,7 +16,12 @@ import zlib
 from dataclasses import dataclass, field
 
 from flows.logic.events import ClickEvent
-from flows.logic.stock import PRUNE_EVERY_MS, StockMovement, reservation_movements
+from flows.logic.stock import (
+    PRUNE_EVERY_MS,
+    StockMovement,
+    line_movements,
+    reservation_movements,
+)
 
 
 @dataclass(slots=True)
@@ -94,17 +99,12 @@ def _releases(record: OrderRecord, cancellation: ClickEvent) -> list[StockMoveme
     """Release every sku the placement reserved; nothing while the placement is unknown."""
     if record.location_id is None:
         return []
-    return [
-        StockMovement(
-            f"{cancellation.event_id}#{index}",
-            cancellation.event_id,
-            cancellation.ts_ms,
-            sku,
-            record.location_id,
-            "release",
-            0,
-            cancellation.origin,
-            cancellation.order_id,
-        )
-        for index, sku in enumerate(record.skus)
-    ]
+    return line_movements(
+        cancellation.event_id,
+        cancellation.ts_ms,
+        record.location_id,
+        "release",
+        [(sku, 0) for sku in record.skus],
+        cancellation.origin,
+        cancellation.order_id,
+    )

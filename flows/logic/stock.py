@@ -152,59 +152,55 @@ class StockState:
         return sum(r.outstanding for r in self.reservations.values())
 
 
+def line_movements(
+    event_id: str,
+    ts_ms: int,
+    location_id: str,
+    kind: str,
+    lines: list[tuple[str, int]],
+    origin: Origin,
+    order_id: str | None,
+) -> list[StockMovement]:
+    """One movement per ``(sku, qty)`` line of an event, numbered ``<event_id>#<line>``."""
+    return [
+        StockMovement(
+            f"{event_id}#{index}", event_id, ts_ms, sku, location_id, kind, qty, origin, order_id
+        )
+        for index, (sku, qty) in enumerate(lines)
+    ]
+
+
 def movements_of_pos(event: PosEvent) -> list[StockMovement]:
     """A till receipt: each line sells (or takes back) units at the store.
 
     A sale with ``order_id`` is the pickup of an online order and consumes its reservation.
     """
     kind = "sale" if event.event_type == "sale" else "return"
-    return [
-        StockMovement(
-            f"{event.event_id}#{index}",
-            event.event_id,
-            event.ts_ms,
-            line.sku,
-            event.store_id,
-            kind,
-            line.qty,
-            event.origin,
-            event.order_id,
-        )
-        for index, line in enumerate(event.lines)
-    ]
+    lines = [(line.sku, line.qty) for line in event.lines]
+    return line_movements(
+        event.event_id, event.ts_ms, event.store_id, kind, lines, event.origin, event.order_id
+    )
 
 
 def movement_of_wms(event: MovementEvent) -> StockMovement:
-    kind = "stock_count" if event.event_type == "stock_count" else event.event_type
-    return StockMovement(
-        f"{event.event_id}#0",
+    (movement,) = line_movements(
         event.event_id,
         event.ts_ms,
-        event.sku,
         event.location_id,
-        kind,
-        event.qty,
+        event.event_type,
+        [(event.sku, event.qty)],
         event.origin,
         event.order_id,
     )
+    return movement
 
 
 def reservation_movements(event: ClickEvent, location_id: str, kind: str) -> list[StockMovement]:
     """Reserve (order placed) or release (order cancelled) each line of an order."""
-    return [
-        StockMovement(
-            f"{event.event_id}#{index}",
-            event.event_id,
-            event.ts_ms,
-            line.sku,
-            location_id,
-            kind,
-            line.qty,
-            event.origin,
-            event.order_id,
-        )
-        for index, line in enumerate(event.lines)
-    ]
+    lines = [(line.sku, line.qty) for line in event.lines]
+    return line_movements(
+        event.event_id, event.ts_ms, location_id, kind, lines, event.origin, event.order_id
+    )
 
 
 def _consumes_reservation(movement: StockMovement) -> bool:
