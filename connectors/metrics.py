@@ -55,3 +55,33 @@ REDIS_ERRORS = Counter(
     "Redis calls that failed (each retried with back-off), by flow.",
     ["flow"],
 )
+IDENTITY_LINKS = Counter(
+    "omnistream_identity_links_total",
+    "Identifiers newly linked to a customer.",
+)
+IDENTITY_MERGES = Counter(
+    "omnistream_identity_merges_total",
+    "Customers merged into an older one.",
+)
+IDENTITY_CONFLICTS = Counter(
+    "omnistream_identity_conflicts_total",
+    "Links refused, by reason (two_users, two_members, limit_<type>).",
+    ["reason"],
+)
+IDENTITY_JUNK = Counter(
+    "omnistream_identity_junk_identifiers_total",
+    "Identifiers refused as junk or blocked (seen with too many customers), by type.",
+    ["type"],
+)
+IDENTITY_CUSTOMERS_CREATED = Counter(
+    "omnistream_identity_customers_created_total",
+    "Customers created (first sighting of an identifier that links to no one).",
+)
+IDENTITY_UNRESOLVED = Counter(
+    "omnistream_identity_unresolved_events_total",
+    "Events without a usable identifier (e.g. a walk-in sale without loyalty card).",
+)
+IDENTITY_CAS_RETRIES = Counter(
+    "omnistream_identity_batch_retries_total",
+    "Identity batches re-read and re-resolved because another worker changed the same data.",
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,22 @@ class StockConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    #: Most identifiers of one type a customer may hold; more are refused as a conflict.
+    max_anon: int = 100
+    max_phone: int = 5
+    max_email: int = 5
+    max_order: int = 2000
+    #: A value seen with more customers than this is blocked from linking (shared devices).
+    max_customers_per_identifier: int = 3
+    #: Regular expression (full match) of junk identifier values that never link anyone;
+    #: empty means the built-in list (null, undefined, anonymous, -1, 0, all zeros/dashes …).
+    junk_pattern: str = ""
+    #: Identity keys in Redis expire this long after their last update.
+    ttl_days: float = 400.0
+
+
+@dataclass(frozen=True)
 class FlowConfig:
     workers: int = 1
     #: Epoch length when recovery is off; shorter epochs flush sinks sooner.
@@ -116,6 +133,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     stock: StockConfig = field(default_factory=StockConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     #: Where the configuration came from, for messages.
     source: str = "<defaults>"
@@ -229,6 +247,12 @@ def _check_ranges(config: Config) -> None:
         "stock.order_ttl_days": config.stock.order_ttl_days,
         "stock.order_shards": config.stock.order_shards,
         "flow.workers": config.flow.workers,
+        "identity.max_anon": config.identity.max_anon,
+        "identity.max_phone": config.identity.max_phone,
+        "identity.max_email": config.identity.max_email,
+        "identity.max_order": config.identity.max_order,
+        "identity.max_customers_per_identifier": config.identity.max_customers_per_identifier,
+        "identity.ttl_days": config.identity.ttl_days,
         "flow.epoch_seconds": config.flow.epoch_seconds,
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
@@ -246,6 +270,14 @@ def _check_ranges(config: Config) -> None:
             f"{config.source}: key `pii.default_country_code`: expected digits, "
             f"got {config.pii.default_country_code!r}"
         )
+    if config.identity.junk_pattern:
+        try:
+            re.compile(config.identity.junk_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"{config.source}: key `identity.junk_pattern`: expected a regular "
+                f"expression, got {config.identity.junk_pattern!r} ({exc})"
+            ) from None
     if not config.kafka.bootstrap.strip():
         raise ConfigError(f"{config.source}: key `kafka.bootstrap`: expected host:port[,host:port]")
     if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):

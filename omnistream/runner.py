@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: Flows that exist today, by the name used on the command line.
 FLOWS: dict[str, str] = {
     "stock_pool": "flows.stock_pool",
+    "identity_stitch": "flows.identity_stitch",
 }
 
 

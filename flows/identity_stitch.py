@@ -1,0 +1,167 @@
+"""identity_stitch: one customer id (OneID) across devices, accounts, cards and orders.
+
+Wiring only; the rules are in ``flows.logic.identity`` and the atomic Redis update in
+``state.identity_store``.
+
+    inputs (clickstream, pos.sales) → decode, hashing phone/e-mail (rejections → deadletter)
+      → resolve (one optimistic, atomic Redis update per batch)
+      → events.resolved (keyed by customer_id), identity.changes
+
+Step ids are part of the recovery snapshots: keep them stable.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+
+from connectors import topics
+from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.metrics import (
+    IDENTITY_CONFLICTS,
+    IDENTITY_CUSTOMERS_CREATED,
+    IDENTITY_JUNK,
+    IDENTITY_LINKS,
+    IDENTITY_MERGES,
+    IDENTITY_UNRESOLVED,
+)
+from connectors.resolved import resolved_event
+from connectors.streams import deadletter_output, kafka_events, kafka_output
+from flows.logic.events import ClickEvent, InputEvent, PosEvent
+from flows.logic.identity import (
+    IdentityChange,
+    Resolution,
+    identifiers_of,
+    kind_of,
+    pii_identifier_value,
+)
+from omnistream.config import Config, ConfigError, load_config
+from omnistream.reference import load_reference
+from state.identity_store import EventIdentifiers, IdentityStore
+
+FLOW = "identity_stitch"
+
+
+def require_pii_key(config: Config) -> str:
+    if not config.pii.key:
+        raise ConfigError(
+            f"{config.source}: key `pii.key`: expected the secret for hashing phone numbers and "
+            "e-mails (set OMNI_PII_KEY); identity_stitch refuses to start without it"
+        )
+    return config.pii.key
+
+
+def count_resolution(resolution: Resolution) -> None:
+    if resolution.customer_id is None:
+        IDENTITY_UNRESOLVED.inc()
+    for ident in resolution.junk:
+        IDENTITY_JUNK.labels(kind_of(ident)).inc()
+    for change in resolution.changes:
+        if change.kind == "linked":
+            IDENTITY_LINKS.inc(len(change.identifiers))
+        elif change.kind == "merged":
+            IDENTITY_MERGES.inc()
+        elif change.kind == "conflict":
+            IDENTITY_CONFLICTS.labels(change.reason or "unknown").inc()
+
+
+def change_message(
+    change: IdentityChange, cause: str, index: int, time_ms: int
+) -> KafkaSinkMessage[bytes, bytes]:
+    data = {
+        "kind": change.kind,
+        "customer_id": change.customer_id,
+        "merged_from": list(change.merged_from),
+        "identifiers": list(change.identifiers),
+        "reason": change.reason,
+        "cause": cause,
+    }
+    value = cloud_event(
+        event_type=f"omnistream.identity.{change.kind}",
+        source=FLOW,
+        subject=change.customer_id,
+        event_id=cloud_event_id("identity", cause, str(index), change.kind),
+        time_ms=time_ms,
+        data=data,
+    )
+    return KafkaSinkMessage(key=change.customer_id.encode(), value=value)
+
+
+def resolved_message(
+    event: ClickEvent | PosEvent, customer_id: str | None
+) -> KafkaSinkMessage[bytes | None, bytes]:
+    key = customer_id.encode() if customer_id else event.origin.key
+    return KafkaSinkMessage(key=key, value=resolved_event(event, customer_id))
+
+
+def build(config: Config, *, until_idle: bool = False) -> Dataflow:
+    """The identity_stitch dataflow; refuses to build without the PII key."""
+    pii_key = require_pii_key(config)
+    country_code = config.pii.default_country_code
+    reference = load_reference(config)
+    local = threading.local()
+
+    def store() -> IdentityStore:
+        # One client per worker thread, created on first use inside the running flow.
+        if not hasattr(local, "store"):
+            local.store = IdentityStore.from_config(config)
+        return local.store  # type: ignore[no-any-return]
+
+    def hasher(kind: str, raw: str) -> str:
+        value = pii_identifier_value(kind, raw, pii_key, country_code)
+        return value if value is not None else ""
+
+    flow = Dataflow(FLOW)
+    events = kafka_events(
+        "inputs",
+        flow,
+        config,
+        FLOW,
+        (topics.CLICKSTREAM, topics.POS_SALES),
+        reference,
+        until_idle=until_idle,
+        hasher=hasher,
+    )
+
+    def resolve(batch: list[InputEvent]) -> list[tuple[str, Any]]:
+        items = [e for e in batch if isinstance(e, ClickEvent | PosEvent)]
+        resolutions = store().resolve_batch(
+            [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
+        )
+        out: list[tuple[str, Any]] = []
+        for event, resolution in zip(items, resolutions, strict=True):
+            count_resolution(resolution)
+            if resolution.created:
+                IDENTITY_CUSTOMERS_CREATED.inc()
+            out.append(("resolved", resolved_message(event, resolution.customer_id)))
+            for index, change in enumerate(resolution.changes):
+                out.append(("change", change_message(change, event.event_id, index, event.ts_ms)))
+        return out
+
+    resolved = op.flat_map_batch("resolve", events.oks, resolve)
+    split = op.branch("resolved_or_change", resolved, lambda item: item[0] == "resolved")
+    kafka_output(
+        "events_resolved",
+        config,
+        topics.EVENTS_RESOLVED,
+        op.map("resolved_message", split.trues, lambda item: item[1]),
+    )
+    kafka_output(
+        "identity_changes",
+        config,
+        topics.IDENTITY_CHANGES,
+        op.map("change_message", split.falses, lambda item: item[1]),
+    )
+    deadletter_output("deadletter", config, FLOW, events.errs)
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    """``python -m bytewax.run flows.identity_stitch:flow`` builds from the environment."""
+    if name == "flow":
+        return build(load_config())
+    raise AttributeError(name)

@@ -1,0 +1,315 @@
+"""OneID: linking identifiers into customers (CONTRACT §4), as pure logic.
+
+An identifier is ``type:value`` with type ∈ anon, user, member, phone, email, order (phone and
+email values are keyed hashes, never raw). Every event carrying two or more identifiers
+links them; linked identifiers form one customer.
+
+``IdentityGraph`` holds (part of) the graph in memory and ``link_identifiers`` applies one
+event to it. The Redis store loads the part of the graph a batch touches into a graph, lets
+this module decide, and writes the difference back atomically — so the rules live here once
+and are tested without Redis.
+
+Rules (each has a test):
+
+- Identifiers are taken in priority order user > member > phone > email > order > anon; the
+  event resolves to the customer of the first usable one.
+- Two customers merge when an event links them; the older one (first seen, then smaller id)
+  keeps its id and takes every identifier of the other.
+- A merge (or a new identifier) that would give one customer two different ``user`` or two
+  different ``member`` identifiers is refused and reported as a ``conflict``: a shared
+  device must not fuse strangers. So is one that would exceed a per-type limit.
+- Junk values (empty, ``null``, ``undefined``, all zeros …) never link anyone; neither does a
+  value that has been seen with more than ``max_customers_per_identifier`` customers (a shared
+  test device, a store's default loyalty card): it is *blocked*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from flows.logic.events import ClickEvent, PosEvent
+
+PRIORITY: tuple[str, ...] = ("user", "member", "phone", "email", "order", "anon")
+_RANK = {kind: rank for rank, kind in enumerate(PRIORITY)}
+#: At most one identifier of these types per customer (CONTRACT §4).
+EXCLUSIVE_TYPES = frozenset({"user", "member"})
+
+DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
+    r"",
+    r"(?i:null|none|nil|undefined|unknown|anonymous|guest|test|n/?a|nan|\(null\))",
+    r"-?[01]",
+    r"0+",
+    r"-+",
+    r"0{8}-0{4}-0{4}-0{4}-0{12}",
+)
+DEFAULT_LIMITS: dict[str, int] = {
+    "user": 1,
+    "member": 1,
+    "phone": 5,
+    "email": 5,
+    "order": 2000,
+    "anon": 100,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPolicy:
+    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    junk_patterns: tuple[str, ...] = DEFAULT_JUNK_PATTERNS
+    max_customers_per_identifier: int = 3
+
+    def compiled_junk(self) -> re.Pattern[str]:
+        return re.compile("|".join(f"(?:{p})" for p in self.junk_patterns))
+
+
+def normalise_phone(raw: str, default_country_code: str = "86") -> str | None:
+    """Digits only, with the default country code when the number has none.
+
+    A leading ``+`` or ``00`` marks a country code; a bare 11-digit number has none.
+
+    >>> normalise_phone("138-0013-8000")
+    '8613800138000'
+    >>> normalise_phone("+44 20 7946 0958")
+    '442079460958'
+    """
+    text = raw.strip()
+    digits = re.sub(r"\D", "", text)
+    if not digits:
+        return None
+    if text.startswith("+"):
+        return digits
+    if digits.startswith("00"):
+        return digits[2:] or None
+    if len(digits) == 11:
+        return default_country_code + digits
+    return digits
+
+
+def normalise_email(raw: str) -> str | None:
+    text = raw.strip().lower()
+    return text if "@" in text else None
+
+
+def hash_pii(key: str, normalised: str) -> str:
+    """HMAC-SHA256 (key = UTF-8 of the secret) of the normalised value, lower-case hex."""
+    return hmac.new(key.encode("utf-8"), normalised.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pii_identifier_value(kind: str, raw: str, key: str, default_country_code: str) -> str | None:
+    """The stored value of a raw phone or e-mail: its keyed hash, or None when unusable."""
+    normalised = (
+        normalise_phone(raw, default_country_code) if kind == "phone" else normalise_email(raw)
+    )
+    return None if normalised is None else hash_pii(key, normalised)
+
+
+def identifier(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def kind_of(ident: str) -> str:
+    return ident.split(":", 1)[0]
+
+
+def by_priority(identifiers: Iterable[str]) -> list[str]:
+    """Distinct identifiers, highest priority first (stable within a type)."""
+    unique = list(dict.fromkeys(identifiers))
+    return sorted(unique, key=lambda ident: _RANK[kind_of(ident)])
+
+
+@dataclass(slots=True)
+class Customer:
+    customer_id: str
+    first_seen_ms: int
+    identifiers: set[str] = field(default_factory=set)
+
+    def of_kind(self, kind: str) -> set[str]:
+        return {i for i in self.identifiers if kind_of(i) == kind}
+
+    def age_key(self) -> tuple[int, str]:
+        """Older customers sort first: first seen, then the smaller id."""
+        return (self.first_seen_ms, self.customer_id)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityChange:
+    """One entry for ``identity.changes``."""
+
+    kind: str  # linked | merged | conflict | erased
+    customer_id: str
+    identifiers: tuple[str, ...]
+    merged_from: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    customer_id: str | None
+    changes: tuple[IdentityChange, ...]
+    #: Identifiers of the event that were refused as junk or blocked (for metrics).
+    junk: tuple[str, ...] = ()
+    #: True when this event minted a new customer that still stands after its merges.
+    created: bool = False
+
+
+@dataclass(slots=True)
+class IdentityGraph:
+    """Identifier owners and customers; a whole graph, or the part a batch needs."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    customers: dict[str, Customer] = field(default_factory=dict)
+    #: identifier → customers it was seen with (capped), for blocking shared values.
+    sightings: dict[str, set[str]] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+
+    def customer_of(self, ident: str) -> Customer | None:
+        owner = self.owners.get(ident)
+        return None if owner is None else self.customers.get(owner)
+
+
+def new_customer_id(event_id: str, ident: str) -> str:
+    """Deterministic, so that a replay of the same event mints the same id."""
+    return "c" + hashlib.sha256(f"{event_id}\x1f{ident}".encode()).hexdigest()[:19]
+
+
+def _refusal(target: Customer, incoming: Iterable[str], policy: IdentityPolicy) -> str | None:
+    """Why ``incoming`` identifiers cannot join ``target``, or None if they can."""
+    incoming = set(incoming)
+    for kind in EXCLUSIVE_TYPES:
+        mine = target.of_kind(kind)
+        theirs = {i for i in incoming if kind_of(i) == kind}
+        if mine and theirs and mine != theirs:
+            return f"two_{kind}s"
+    for kind, limit in policy.limits.items():
+        total = len(target.of_kind(kind) | {i for i in incoming if kind_of(i) == kind})
+        if total > limit:
+            return f"limit_{kind}"
+    return None
+
+
+def link_identifiers(
+    graph: IdentityGraph,
+    identifiers: Sequence[str],
+    event_id: str,
+    ts_ms: int,
+    policy: IdentityPolicy,
+    junk: re.Pattern[str] | None = None,
+) -> Resolution:
+    """Apply one event's identifiers to the graph and say which customer it belongs to."""
+    junk = junk if junk is not None else policy.compiled_junk()
+    usable: list[str] = []
+    refused: list[str] = []
+    for ident in by_priority(identifiers):
+        value = ident.split(":", 1)[1]
+        if junk.fullmatch(value) or ident in graph.blocked:
+            refused.append(ident)
+        else:
+            usable.append(ident)
+    if not usable:
+        return Resolution(None, (), tuple(refused))
+
+    changes: list[IdentityChange] = []
+    primary = usable[0]
+    target = graph.customer_of(primary)
+    created = target is None
+    if target is None:
+        target = Customer(new_customer_id(event_id, primary), ts_ms, {primary})
+        graph.customers[target.customer_id] = target
+        graph.owners[primary] = target.customer_id
+    linked: list[str] = [primary] if created else []
+
+    for ident in usable[1:]:
+        other = graph.customer_of(ident)
+        if other is not None and other.customer_id == target.customer_id:
+            continue
+        incoming = other.identifiers if other is not None else {ident}
+        reason = _refusal(target, incoming, policy)
+        if reason is not None:
+            changes.append(
+                IdentityChange("conflict", target.customer_id, (primary, ident), reason=reason)
+            )
+            _sighted(graph, ident, target.customer_id, other, policy)
+            continue
+        if other is None:
+            target.identifiers.add(ident)
+            graph.owners[ident] = target.customer_id
+            linked.append(ident)
+            continue
+        survivor, absorbed = sorted([target, other], key=Customer.age_key)
+        if created and absorbed is target:
+            # A customer minted by this very event is never older than a known one.
+            survivor, absorbed = other, target
+        survivor.identifiers |= absorbed.identifiers
+        for moved in absorbed.identifiers:
+            graph.owners[moved] = survivor.customer_id
+        del graph.customers[absorbed.customer_id]
+        survivor.first_seen_ms = min(survivor.first_seen_ms, absorbed.first_seen_ms)
+        if created and absorbed is target:
+            linked = []  # the new identifiers now belong to the survivor; reported below
+            created = False
+            changes.append(
+                IdentityChange("linked", survivor.customer_id, tuple(sorted(absorbed.identifiers)))
+            )
+        else:
+            changes.append(
+                IdentityChange(
+                    "merged",
+                    survivor.customer_id,
+                    tuple(sorted(absorbed.identifiers)),
+                    merged_from=(absorbed.customer_id,),
+                )
+            )
+        target = survivor
+    if linked:
+        changes.insert(0, IdentityChange("linked", target.customer_id, tuple(linked)))
+    return Resolution(target.customer_id, tuple(changes), tuple(refused), created)
+
+
+def _sighted(
+    graph: IdentityGraph,
+    ident: str,
+    customer_id: str,
+    other: Customer | None,
+    policy: IdentityPolicy,
+) -> None:
+    """Remember which customers an identifier was seen with; block it past the limit."""
+    seen = graph.sightings.setdefault(ident, set())
+    seen.add(customer_id)
+    if other is not None:
+        seen.add(other.customer_id)
+    if len(seen) > policy.max_customers_per_identifier:
+        graph.blocked.add(ident)
+
+
+def erase_customer(graph: IdentityGraph, customer_id: str) -> IdentityChange | None:
+    """Forget a customer: every identifier is unlinked (CONTRACT §4 ``erased``)."""
+    customer = graph.customers.pop(customer_id, None)
+    if customer is None:
+        return None
+    for ident in customer.identifiers:
+        if graph.owners.get(ident) == customer_id:
+            del graph.owners[ident]
+    return IdentityChange("erased", customer_id, tuple(sorted(customer.identifiers)))
+
+
+def identifiers_of(event: ClickEvent | PosEvent) -> list[str]:
+    """Every identifier an input event carries (phone/e-mail already hashed by the decoder)."""
+    found: list[str] = []
+    if isinstance(event, ClickEvent):
+        found.append(identifier("anon", event.anonymous_id))
+        if event.user_id is not None:
+            found.append(identifier("user", event.user_id))
+        if event.email_hash is not None:
+            found.append(identifier("email", event.email_hash))
+    else:
+        if event.member_code is not None:
+            found.append(identifier("member", event.member_code))
+    if event.phone_hash is not None:
+        found.append(identifier("phone", event.phone_hash))
+    if event.order_id is not None:
+        found.append(identifier("order", event.order_id))
+    return found
