@@ -47,6 +47,18 @@ def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
     return run_generate(config, args)
 
 
+def _cmd_whois(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.identity_cli import whois
+
+    return whois(config, args.type, args.value)
+
+
+def _cmd_forget(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.identity_cli import forget
+
+    return forget(config, args.type, args.value)
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -113,6 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     stock.add_argument("sku", help="the sku to show")
     _add_config_argument(stock)
     stock.set_defaults(handler=_cmd_stock)
+
+    identifier_types = ["user", "member", "phone", "email", "order", "anon"]
+    whois = sub.add_parser(
+        "whois",
+        help="print the customer owning an identifier and all its identifiers",
+        description="Look up the customer (OneID) that owns an identifier in Redis and print "
+        "all its identifiers; phone and e-mail are shown as their keyed hashes. A raw phone or "
+        "e-mail given here is normalised and hashed with OMNI_PII_KEY first. Exit 1 when no "
+        "customer owns it.",
+    )
+    whois.add_argument("type", choices=identifier_types, help="identifier type")
+    whois.add_argument("value", help="identifier value (raw or hashed for phone/email)")
+    _add_config_argument(whois)
+    whois.set_defaults(handler=_cmd_whois)
+
+    forget = sub.add_parser(
+        "forget",
+        help="erase the customer owning an identifier (right to be forgotten)",
+        description="Delete every identifier key and the internal record of the customer "
+        "owning this identifier, and publish an `erased` event on identity.changes. A later "
+        "event from one of those identifiers starts a new customer.",
+    )
+    forget.add_argument("type", choices=identifier_types, help="identifier type")
+    forget.add_argument("value", help="identifier value (raw or hashed for phone/email)")
+    _add_config_argument(forget)
+    forget.set_defaults(handler=_cmd_forget)
     return parser
 
 

@@ -24,19 +24,34 @@ FLOW = "stock_pool"
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=20_000,
-                        help="number of generated events (default 20000)")
-    parser.add_argument("--rate", type=float, default=2_000.0,
-                        help="events/s offered to the broker; 0 = as fast as possible "
-                             "(default 2000)")
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="number of generated events (default 20000)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2_000.0,
+        help="events/s offered to the broker; 0 = as fast as possible (default 2000)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="traffic seed (default 7)")
-    parser.add_argument("--bad-ratio", type=float, default=0.01,
-                        help="share of deliberately malformed events (default 0.01)")
-    parser.add_argument("--partitions", type=int, default=4,
-                        help="partitions per topic on the embedded broker (default 4)")
-    parser.add_argument("--keep", action="store_true",
-                        help="after the summary, keep everything running until Ctrl-C "
-                             "(to look at /metrics or query Redis)")
+    parser.add_argument(
+        "--bad-ratio",
+        type=float,
+        default=0.01,
+        help="share of deliberately malformed events (default 0.01)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="partitions per topic on the embedded broker (default 4)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the summary, keep everything running until Ctrl-C "
+        "(to look at /metrics or query Redis)",
+    )
 
 
 def _wait_until_consumed(port: int, produced: int, process: object, timeout_s: float) -> float:
@@ -56,12 +71,15 @@ def _wait_until_consumed(port: int, produced: int, process: object, timeout_s: f
     return consumed
 
 
-def _print_summary(samples: dict | None, produced: dict[str, int], elapsed_s: float,
-                   port: int) -> None:
+def _print_summary(
+    samples: dict | None, produced: dict[str, int], elapsed_s: float, port: int
+) -> None:
     print()
     print("== Omnistream demo summary ==")
-    print(f"events produced: {sum(produced.values()):,}  "
-          + "  ".join(f"{topic}={n:,}" for topic, n in sorted(produced.items())))
+    print(
+        f"events produced: {sum(produced.values()):,}  "
+        + "  ".join(f"{topic}={n:,}" for topic, n in sorted(produced.items()))
+    )
     consumed = total(samples, "omnistream_events_consumed_total", flow=FLOW)
     print(f"events consumed by {FLOW}: {int(consumed):,} in {elapsed_s:.1f} s")
     reasons = {
@@ -69,14 +87,20 @@ def _print_summary(samples: dict | None, produced: dict[str, int], elapsed_s: fl
         for labels, value in (samples or {}).get("omnistream_deadletters_total", [])
         if labels.get("flow") == FLOW and value > 0
     }
-    print(f"dead letters: {sum(reasons.values()):,}  "
-          + "  ".join(f"{reason}={n}" for reason, n in sorted(reasons.items())))
+    print(
+        f"dead letters: {sum(reasons.values()):,}  "
+        + "  ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
+    )
     positions = int(total(samples, "omnistream_stock_positions_written_total"))
     print(f"stock positions written to Redis: {positions:,}")
-    print(f"stockouts (sku × location with available ≤ 0): "
-          f"{int(total(samples, 'omnistream_stock_stockouts'))}")
-    print(f"low stock (available below reorder point): "
-          f"{int(total(samples, 'omnistream_stock_low_positions'))}")
+    print(
+        f"stockouts (sku × location with available ≤ 0): "
+        f"{int(total(samples, 'omnistream_stock_stockouts'))}"
+    )
+    print(
+        f"low stock (available below reorder point): "
+        f"{int(total(samples, 'omnistream_stock_low_positions'))}"
+    )
     for figure in ("on_hand", "reserved", "available"):
         units = int(total(samples, "omnistream_stock_units", figure=figure))
         print(f"units {figure}: {units:,}")
@@ -85,14 +109,19 @@ def _print_summary(samples: dict | None, produced: dict[str, int], elapsed_s: fl
 
 def run_demo(config: Config, args: argparse.Namespace) -> int:
     reference = load_reference(config)
-    with tempfile.TemporaryDirectory(prefix="omnistream-demo-") as workdir, \
-            EmbeddedStack(Path(workdir) / "stack", partitions=args.partitions) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="omnistream-demo-") as workdir,
+        EmbeddedStack(Path(workdir) / "stack", partitions=args.partitions) as stack,
+    ):
         port = free_port()
         demo_config = stack.config(config).with_overrides(metrics={"port": port})
         config_path = Path(workdir) / "omnistream.yaml"
         dump_config(demo_config, config_path)
-        print(f"broker {stack.kafka_bootstrap}  redis {stack.redis_url}  "
-              f"metrics http://127.0.0.1:{port}/metrics", file=sys.stderr)
+        print(
+            f"broker {stack.kafka_bootstrap}  redis {stack.redis_url}  "
+            f"metrics http://127.0.0.1:{port}/metrics",
+            file=sys.stderr,
+        )
         log_path = Path(workdir) / f"{FLOW}.log"
         with log_path.open("wb") as log:
             flow = start_flow(FLOW, config_path, log=log)
@@ -100,8 +129,9 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
                 wait_for_metrics(port, flow)
                 started = time.monotonic()
                 model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
-                stats = produce(demo_config, model.events(args.events),
-                                rate=args.rate or None, progress=True)
+                stats = produce(
+                    demo_config, model.events(args.events), rate=args.rate or None, progress=True
+                )
                 produced = dict(stats.produced)
                 _wait_until_consumed(port, sum(produced.values()), flow, timeout_s=300)
                 time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes

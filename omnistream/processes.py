@@ -26,7 +26,11 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def start_flow(
-    name: str, config_path: Path, *, until_idle: bool = False, log: IO[bytes] | None = None,
+    name: str,
+    config_path: Path,
+    *,
+    until_idle: bool = False,
+    log: IO[bytes] | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``omnistream run <name>`` as a child that dies with this process."""
@@ -36,8 +40,12 @@ def start_flow(
     env = {**os.environ, **(extra_env or {})}
     env.pop("OMNI_CONFIG", None)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        command, stdout=log, stderr=subprocess.STDOUT if log else None, env=env,
-        start_new_session=True, preexec_fn=die_with_parent,
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -72,7 +80,8 @@ def total(samples: Samples | None, name: str, **labels: str) -> float:
     if not samples:
         return 0.0
     return sum(
-        value for sample_labels, value in samples.get(name, [])
+        value
+        for sample_labels, value in samples.get(name, [])
         if all(sample_labels.get(k) == v for k, v in labels.items())
     )
 

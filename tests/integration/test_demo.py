@@ -24,7 +24,7 @@ def descendants(root: int) -> set[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] == "Z":
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
@@ -49,7 +49,10 @@ def start_demo(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
     return subprocess.Popen(
         [sys.executable, "-m", "omnistream.cli", "demo", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
 
 

@@ -215,15 +215,29 @@ def test_flow_matches_independent_fold_on_10k_events(omni_config: Config, tmp_pa
     busiest = max(expected, key=lambda key: expected[key]["sold_24h"])  # type: ignore[arg-type]
     sku, location_id = busiest.split(":")
     reply = subprocess.run(
-        [sys.executable, "-m", "omnistream.cli", "stock", sku, "--config",
-         str(tmp_path / "omnistream.yaml")],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "omnistream.cli",
+            "stock",
+            sku,
+            "--config",
+            str(tmp_path / "omnistream.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     row = next(line for line in reply.stdout.splitlines() if line.startswith(location_id))
     cells = row.split()
-    assert cells[3:6] == [str(expected[busiest][name])
-                          for name in ("on_hand", "reserved", "available")]
-    network_on_hand = sum(f["on_hand"] for key, f in expected.items()  # type: ignore[misc]
-                          if key.startswith(f"{sku}:"))
+    assert cells[3:6] == [
+        str(expected[busiest][name]) for name in ("on_hand", "reserved", "available")
+    ]
+    network_on_hand = sum(
+        f["on_hand"]
+        for key, f in expected.items()  # type: ignore[misc]
+        if key.startswith(f"{sku}:")
+    )
     total_row = next(line for line in reply.stdout.splitlines() if line.startswith("[total]"))
     assert total_row.split()[3] == str(network_on_hand)

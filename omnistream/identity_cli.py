@@ -1,0 +1,93 @@
+"""``omnistream whois`` and ``omnistream forget``: look up and erase a customer."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+from connectors import topics
+from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.kafka_clients import make_producer
+from flows.logic.identity import PRIORITY, identifier, kind_of, pii_identifier_value
+from omnistream.config import Config
+from state.identity_store import IdentityStore
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def identifier_from_cli(config: Config, kind: str, value: str) -> str | None:
+    """``type:value`` as stored; a raw phone or e-mail is normalised and hashed first."""
+    if kind in {"phone", "email"} and not _HASH.fullmatch(value):
+        if not config.pii.key:
+            print(
+                "omnistream: a raw phone or e-mail needs OMNI_PII_KEY to be hashed", file=sys.stderr
+            )
+            return None
+        hashed = pii_identifier_value(kind, value, config.pii.key, config.pii.default_country_code)
+        if hashed is None:
+            print(f"omnistream: {value!r} is not a usable {kind}", file=sys.stderr)
+            return None
+        value = hashed
+    return identifier(kind, value)
+
+
+def whois(config: Config, kind: str, value: str) -> int:
+    ident = identifier_from_cli(config, kind, value)
+    if ident is None:
+        return 2
+    store = IdentityStore.from_config(config)
+    try:
+        owner = store.owner_of(ident)
+        customer = store.customer(owner) if owner else None
+    finally:
+        store.close()
+    if owner is None or customer is None:
+        print(f"{ident}: no customer")
+        return 1
+    print(
+        f"customer {customer.customer_id}  first seen "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(customer.first_seen_ms / 1000))}"
+    )
+    for kind_name in PRIORITY:
+        values = sorted(i.split(":", 1)[1] for i in customer.identifiers if kind_of(i) == kind_name)
+        for item in values:
+            print(f"  {kind_name:<7} {item}")
+    return 0
+
+
+def forget(config: Config, kind: str, value: str) -> int:
+    ident = identifier_from_cli(config, kind, value)
+    if ident is None:
+        return 2
+    store = IdentityStore.from_config(config)
+    try:
+        change = store.forget(ident)
+    finally:
+        store.close()
+    if change is None:
+        print(f"{ident}: no customer to forget")
+        return 1
+    now_ms = int(time.time() * 1000)
+    payload = cloud_event(
+        event_type="omnistream.identity.erased",
+        source="identity_stitch",
+        subject=change.customer_id,
+        event_id=cloud_event_id("identity.erased", change.customer_id),
+        time_ms=now_ms,
+        data={
+            "kind": "erased",
+            "customer_id": change.customer_id,
+            "merged_from": [],
+            "identifiers": list(change.identifiers),
+        },
+    )
+    producer = make_producer(config)
+    producer.produce(
+        config.topic(topics.IDENTITY_CHANGES), key=change.customer_id.encode(), value=payload
+    )
+    if producer.flush(30) != 0:
+        print("omnistream forget: the erased event could not be delivered", file=sys.stderr)
+        return 1
+    print(f"erased customer {change.customer_id} ({len(change.identifiers)} identifiers)")
+    return 0
