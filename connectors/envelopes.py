@@ -55,8 +55,12 @@ def _mask_if_phone(match: re.Match[str]) -> str:
     return MASK if digits >= 9 else match.group(0)
 
 
-def deadletter_record(rejection: Rejection) -> tuple[bytes | None, bytes]:
-    """Key and value of a dead-letter message (plain JSON, CONTRACT §3)."""
+def deadletter_record(rejection: Rejection, flow: str = "") -> tuple[bytes | None, bytes]:
+    """Key and value of a dead-letter message (plain JSON, CONTRACT §3).
+
+    ``flow`` (an optional field) names the flow that refused the message: an input read by
+    several flows is refused by each of them, and an operator wants to tell them apart.
+    """
     # Cut before masking (masking cost grows with length), and again after it; a digit run
     # left at the cut could be the start of a phone number, so it is masked too.
     text = rejection.raw[: 2 * MAX_RAW_CHARS].decode("utf-8", errors="replace")
@@ -71,6 +75,8 @@ def deadletter_record(rejection: Rejection) -> tuple[bytes | None, bytes]:
         "error": mask_pii(rejection.error)[:1024],
         "raw": masked,
     }
+    if flow:
+        value["flow"] = flow
     return rejection.origin.key, orjson.dumps(value)
 
 

@@ -106,7 +106,7 @@ def deadletter_output(
 ) -> None:
     def encode(rejection: Rejection) -> KafkaSinkMessage[bytes | None, bytes]:
         DEADLETTERS.labels(flow_name, rejection.reason).inc()
-        key, value = deadletter_record(rejection)
+        key, value = deadletter_record(rejection, flow_name)
         return KafkaSinkMessage(key=key, value=value)
 
     kafka_output(step_id, config, DEADLETTER, op.map(f"{step_id}_encode", rejections, encode))

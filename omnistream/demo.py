@@ -1,26 +1,42 @@
 """``omnistream demo``: the whole system on an embedded broker and Redis.
 
-Starts Tansu and redis-server on free loopback ports, runs the stock_pool flow as its own
-process (exactly ``omnistream run stock_pool``), feeds it generated traffic at a steady
-rate, waits until the flow has consumed everything, and prints a summary. Ctrl-C at any
+Starts Tansu and redis-server on free loopback ports, runs each flow as its own process
+(exactly ``omnistream run <flow>``), feeds them generated traffic at a steady rate, waits
+until every flow has consumed everything, and prints a summary. Ctrl-C at any
 point stops the flow, the broker and Redis, and removes the temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from connectors import topics
 from connectors.generator import TrafficModel, produce
 from omnistream.config import Config, dump_config
 from omnistream.embedded import EmbeddedStack, free_port
-from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
+from omnistream.processes import (
+    Samples,
+    scrape,
+    start_flow,
+    stop_process,
+    total,
+    wait_for_metrics,
+)
 from omnistream.reference import load_reference
 
-FLOW = "stock_pool"
+#: The flows the demo runs, with the input topics each consumes.
+DEMO_FLOWS: dict[str, tuple[str, ...]] = {
+    "stock_pool": (topics.CLICKSTREAM, topics.POS_SALES, topics.WMS_MOVEMENTS),
+    "identity_stitch": (topics.CLICKSTREAM, topics.POS_SALES),
+}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,96 +70,166 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _wait_until_consumed(port: int, produced: int, process: object, timeout_s: float) -> float:
-    """Poll the flow's metrics until it consumed every produced message; returns the count."""
+@dataclass
+class FlowProcess:
+    name: str
+    inputs: tuple[str, ...]
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def consumed(self) -> float:
+        return total(scrape(self.port), "omnistream_events_consumed_total", flow=self.name)
+
+
+def _wait_until_consumed(
+    flows: list[FlowProcess], produced: dict[str, int], timeout_s: float
+) -> None:
+    """Poll each flow's metrics until it consumed every message of its input topics."""
     deadline = time.monotonic() + timeout_s
-    consumed = 0.0
     last_print = 0.0
     while time.monotonic() < deadline:
-        consumed = total(scrape(port), "omnistream_events_consumed_total", flow=FLOW)
-        if consumed >= produced:
-            return consumed
+        progress = [(f, f.consumed(), sum(produced.get(t, 0) for t in f.inputs)) for f in flows]
+        if all(done >= wanted for _, done, wanted in progress):
+            break
         if time.monotonic() - last_print > 1:
-            print(f"\r  flow consumed {int(consumed):,} / {produced:,}", end="", file=sys.stderr)
+            line = "  ".join(f"{f.name} {int(done):,}/{wanted:,}" for f, done, wanted in progress)
+            print(f"\r  consumed: {line}", end="", file=sys.stderr)
             last_print = time.monotonic()
         time.sleep(0.25)
     print(file=sys.stderr)
-    return consumed
 
 
-def _print_summary(
-    samples: dict | None, produced: dict[str, int], elapsed_s: float, port: int
-) -> None:
+def _dead_letters(samples: Samples | None) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for labels, value in (samples or {}).get("omnistream_deadletters_total", []):
+        if value > 0:
+            reasons[labels["reason"]] = reasons.get(labels["reason"], 0) + int(value)
+    return reasons
+
+
+def _print_summary(flows: list[FlowProcess], produced: dict[str, int], elapsed_s: float) -> None:
+    samples = {f.name: scrape(f.port) for f in flows}
+    stock, identity = samples.get("stock_pool"), samples.get("identity_stitch")
     print()
     print("== Omnistream demo summary ==")
     print(
         f"events produced: {sum(produced.values()):,}  "
         + "  ".join(f"{topic}={n:,}" for topic, n in sorted(produced.items()))
     )
-    consumed = total(samples, "omnistream_events_consumed_total", flow=FLOW)
-    print(f"events consumed by {FLOW}: {int(consumed):,} in {elapsed_s:.1f} s")
-    reasons = {
-        labels["reason"]: int(value)
-        for labels, value in (samples or {}).get("omnistream_deadletters_total", [])
-        if labels.get("flow") == FLOW and value > 0
-    }
+    for f in flows:
+        consumed = total(samples[f.name], "omnistream_events_consumed_total", flow=f.name)
+        print(f"events consumed by {f.name}: {int(consumed):,} in {elapsed_s:.1f} s")
+    # Every input is dead-lettered by each flow that reads it; stock_pool reads all three.
+    reasons = _dead_letters(stock)
     print(
         f"dead letters: {sum(reasons.values()):,}  "
         + "  ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
     )
-    positions = int(total(samples, "omnistream_stock_positions_written_total"))
-    print(f"stock positions written to Redis: {positions:,}")
+    print(
+        f"stock positions written to Redis: "
+        f"{int(total(stock, 'omnistream_stock_positions_written_total')):,}"
+    )
     print(
         f"stockouts (sku × location with available ≤ 0): "
-        f"{int(total(samples, 'omnistream_stock_stockouts'))}"
+        f"{int(total(stock, 'omnistream_stock_stockouts'))}"
     )
     print(
         f"low stock (available below reorder point): "
-        f"{int(total(samples, 'omnistream_stock_low_positions'))}"
+        f"{int(total(stock, 'omnistream_stock_low_positions'))}"
     )
     for figure in ("on_hand", "reserved", "available"):
-        units = int(total(samples, "omnistream_stock_units", figure=figure))
+        units = int(total(stock, "omnistream_stock_units", figure=figure))
         print(f"units {figure}: {units:,}")
-    print(f"metrics: http://127.0.0.1:{port}/metrics (while the demo runs; use --keep)")
+    created = int(total(identity, "omnistream_identity_customers_created_total"))
+    merges = int(total(identity, "omnistream_identity_merges_total"))
+    print(f"customers: {created - merges:,} (created {created:,}, merged {merges:,})")
+    conflicts = {
+        labels["reason"]: int(value)
+        for labels, value in (identity or {}).get("omnistream_identity_conflicts_total", [])
+    }
+    print(
+        f"identity conflicts: {sum(conflicts.values()):,}  "
+        + "  ".join(f"{reason}={n}" for reason, n in sorted(conflicts.items()))
+    )
+    print(f"identifiers linked: {int(total(identity, 'omnistream_identity_links_total')):,}")
+    for f in flows:
+        print(
+            f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "
+            "(while the demo runs; use --keep)"
+        )
+
+
+def _start_flows(
+    demo_config: Config, workdir: Path, stack_note: str, logs: list[IO[bytes]]
+) -> list[FlowProcess]:
+    flows = []
+    for name, inputs in DEMO_FLOWS.items():
+        port = free_port()
+        config_path = workdir / f"{name}.yaml"
+        dump_config(demo_config.with_overrides(metrics={"port": port}), config_path)
+        log_path = workdir / f"{name}.log"
+        log = log_path.open("wb")
+        logs.append(log)
+        flows.append(
+            FlowProcess(name, inputs, port, start_flow(name, config_path, log=log), log_path)
+        )
+    print(
+        stack_note + "  " + "  ".join(f"{f.name} :{f.port}/metrics" for f in flows), file=sys.stderr
+    )
+    for f in flows:
+        wait_for_metrics(f.port, f.process)
+    return flows
 
 
 def run_demo(config: Config, args: argparse.Namespace) -> int:
     reference = load_reference(config)
-    with (
-        tempfile.TemporaryDirectory(prefix="omnistream-demo-") as workdir,
-        EmbeddedStack(Path(workdir) / "stack", partitions=args.partitions) as stack,
-    ):
-        port = free_port()
-        demo_config = stack.config(config).with_overrides(metrics={"port": port})
-        config_path = Path(workdir) / "omnistream.yaml"
-        dump_config(demo_config, config_path)
+    if not config.pii.key:
         print(
-            f"broker {stack.kafka_bootstrap}  redis {stack.redis_url}  "
-            f"metrics http://127.0.0.1:{port}/metrics",
+            "omnistream demo: OMNI_PII_KEY is not set; using a random development key "
+            "(hashes of phones and e-mails will not match any other run)",
             file=sys.stderr,
         )
-        log_path = Path(workdir) / f"{FLOW}.log"
-        with log_path.open("wb") as log:
-            flow = start_flow(FLOW, config_path, log=log)
-            try:
-                wait_for_metrics(port, flow)
-                started = time.monotonic()
-                model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
-                stats = produce(
-                    demo_config, model.events(args.events), rate=args.rate or None, progress=True
+        config = config.with_overrides(pii={"key": secrets.token_hex(16)})
+    logs: list[IO[bytes]] = []
+    flows: list[FlowProcess] = []
+    failed: list[FlowProcess] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="omnistream-demo-") as tmp,
+        EmbeddedStack(Path(tmp) / "stack", partitions=args.partitions) as stack,
+    ):
+        workdir = Path(tmp)
+        demo_config = stack.config(config)
+        try:
+            flows = _start_flows(
+                demo_config,
+                workdir,
+                f"broker {stack.kafka_bootstrap}  redis {stack.redis_url}",
+                logs,
+            )
+            started = time.monotonic()
+            model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
+            stats = produce(
+                demo_config, model.events(args.events), rate=args.rate or None, progress=True
+            )
+            produced = dict(stats.produced)
+            _wait_until_consumed(flows, produced, timeout_s=300)
+            time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
+            _print_summary(flows, produced, time.monotonic() - started)
+            if args.keep:
+                print("running; Ctrl-C to stop", file=sys.stderr)
+                while all(f.process.poll() is None for f in flows):
+                    time.sleep(1)
+        finally:
+            for f in flows:
+                if stop_process(f.process) not in (0, -2, 130):
+                    failed.append(f)
+            for log in logs:
+                log.close()
+            for f in failed:
+                print(f.log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+                print(
+                    f"omnistream demo: {f.name} exited with code {f.process.returncode}",
+                    file=sys.stderr,
                 )
-                produced = dict(stats.produced)
-                _wait_until_consumed(port, sum(produced.values()), flow, timeout_s=300)
-                time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
-                _print_summary(scrape(port), produced, time.monotonic() - started, port)
-                if args.keep:
-                    print("running; Ctrl-C to stop", file=sys.stderr)
-                    while flow.poll() is None:
-                        time.sleep(1)
-            finally:
-                code = stop_process(flow)
-        if code not in (0, -2, 130):
-            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
-            print(f"omnistream demo: the flow exited with code {code}", file=sys.stderr)
-            return 1
-    return 0
+    return 1 if failed else 0

@@ -76,22 +76,23 @@ def assert_gone(pids: set[int]) -> None:
 
 def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     demo = start_demo("--events", "3000", "--rate", "0", "--bad-ratio", "0.02")
-    children = watch_children(demo, want=3, timeout_s=60)  # broker, redis, flow
+    children = watch_children(demo, want=4, timeout_s=60)  # broker, redis, two flows
     output, _ = demo.communicate(timeout=300)
     assert demo.returncode == 0, output[-3000:]
     assert "== Omnistream demo summary ==" in output
     assert "events consumed by stock_pool: 3,000" in output
-    assert "dead letters:" in output and "metrics: http://127.0.0.1:" in output
-    assert len(children) >= 3
+    assert "events consumed by identity_stitch:" in output and "customers:" in output
+    assert "dead letters:" in output and "metrics of stock_pool: http://127.0.0.1:" in output
+    assert len(children) >= 4
     assert_gone(children)
 
 
 def test_ctrl_c_stops_everything_cleanly() -> None:
     demo = start_demo("--events", "200000", "--rate", "500")
-    children = watch_children(demo, want=3, timeout_s=60)
+    children = watch_children(demo, want=4, timeout_s=60)
     time.sleep(3)  # traffic is flowing
     demo.send_signal(signal.SIGINT)
     output, _ = demo.communicate(timeout=60)
     assert demo.returncode in (0, 130), output[-3000:]
-    assert len(children) >= 3
+    assert len(children) >= 4
     assert_gone(children)
