@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnistream",
         description="Real-time omnichannel retail engine: one stock pool across warehouses, "
-        "stores and online orders, fed from Kafka, served from Redis.",
+        "stores and online orders, and one customer id across devices, accounts, loyalty "
+        "cards and orders, fed from Kafka, served from Redis.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole system on an embedded broker and Redis with generated traffic",
         description="Start an embedded Kafka-compatible broker (Tansu) and redis-server on free "
-        "loopback ports, run the stock_pool flow as its own process, feed it generated traffic, "
-        "then print a summary. Ctrl-C stops everything cleanly.",
+        "loopback ports, run the stock_pool and identity_stitch flows as their own processes, "
+        "feed them generated traffic, then print a summary. Ctrl-C stops everything cleanly.",
     )
     _add_config_argument(demo)
     add_demo_arguments(demo)
