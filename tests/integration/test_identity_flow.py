@@ -4,6 +4,7 @@ erasure, two workers, and no raw PII anywhere."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,16 @@ def test_two_workers_end_with_the_same_partition_as_one(
     assert len(first) > 100
     assert sum(1 for ids in first if len(ids) > 1) > 50  # customers that really linked
     assert first == second
+
+
+def test_flow_refuses_to_start_without_the_pii_key(omni_config: Config, tmp_path: Path) -> None:
+    config_path = tmp_path / "nokey.yaml"
+    dump_config(omni_config.with_overrides(pii={"key": ""}), config_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMNI_PII_KEY"}
+    reply = subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", "run", "identity_stitch", "--until-idle",
+         "--config", str(config_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert reply.returncode == 2
+    assert "pii.key" in reply.stderr and "OMNI_PII_KEY" in reply.stderr
