@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from datetime import timedelta
@@ -49,9 +50,8 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
     # The API server also caches the dataflow's JSON picture; keep it out of the cwd.
-    cache_dir = Path(tempfile.gettempdir()) / f"omnistream-{name}-{os.getpid()}"
-    cache_dir.mkdir(exist_ok=True)
-    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", str(cache_dir))
+    cache_dir = tempfile.mkdtemp(prefix=f"omnistream-{name}-")
+    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", cache_dir)
     recovery = prepare_recovery(
         config.recovery.dir,
         max(1, config.flow.workers),
@@ -83,6 +83,7 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
         log.info("%s stopped by signal", name)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
