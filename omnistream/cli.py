@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -162,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # SIGTERM (kill, docker stop, CI timeouts) unwinds like Ctrl-C, so embedded services,
+    # child flows and temporary directories are cleaned up either way.
+    signal.signal(signal.SIGTERM, _terminate)
+    # A process started in the background of a non-interactive shell inherits SIGINT as
+    # ignored; restore Ctrl-C so it always stops the command.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         config = load_config(args.config)
         return int(args.handler(config, args))

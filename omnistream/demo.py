@@ -222,7 +222,7 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
                     time.sleep(1)
         finally:
             for f in flows:
-                if stop_process(f.process) not in (0, -2, 130):
+                if stop_process(f.process) not in (0, -2, -15, 130):
                     failed.append(f)
             for log in logs:
                 log.close()

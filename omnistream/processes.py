@@ -50,9 +50,9 @@ def start_flow(
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
-    """SIGINT (Bytewax stops at the next epoch), then SIGKILL if it does not exit in time."""
+    """SIGTERM (the flow stops like on Ctrl-C), then SIGKILL if it does not exit in time."""
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
