@@ -41,7 +41,7 @@ EXCLUSIVE_TYPES = frozenset({"user", "member"})
 DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
     r"",
     r"(?i:null|none|nil|undefined|unknown|anonymous|guest|test|n/?a|nan|\(null\))",
-    r"-?[01]",
+    r"-1",
     r"0+",
     r"-+",
     r"0{8}-0{4}-0{4}-0{4}-0{12}",
@@ -240,7 +240,7 @@ def link_identifiers(
             linked.append(ident)
             continue
         survivor, absorbed = sorted([target, other], key=Customer.age_key)
-        if created and absorbed is target:
+        if created and survivor is target:
             # A customer minted by this very event is never older than a known one.
             survivor, absorbed = other, target
         survivor.identifiers |= absorbed.identifiers
