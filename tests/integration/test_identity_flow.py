@@ -248,9 +248,20 @@ def test_flow_refuses_to_start_without_the_pii_key(omni_config: Config, tmp_path
     dump_config(omni_config.with_overrides(pii={"key": ""}), config_path)
     env = {k: v for k, v in os.environ.items() if k != "OMNI_PII_KEY"}
     reply = subprocess.run(
-        [sys.executable, "-m", "omnistream.cli", "run", "identity_stitch", "--until-idle",
-         "--config", str(config_path)],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            sys.executable,
+            "-m",
+            "omnistream.cli",
+            "run",
+            "identity_stitch",
+            "--until-idle",
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert reply.returncode == 2
     assert "pii.key" in reply.stderr and "OMNI_PII_KEY" in reply.stderr
