@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -161,6 +162,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A stop by signal unwinds through Bytewax's Rust core, which prints a backtrace unless
+    # told otherwise (it must be set before Bytewax is imported); RUST_BACKTRACE=1 brings it
+    # back for debugging.
+    os.environ.setdefault("RUST_BACKTRACE", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
