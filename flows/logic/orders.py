@@ -12,6 +12,7 @@ the placement that follows reserves nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass, field
 
@@ -40,6 +41,15 @@ class OrderBook:
     orders: dict[str, OrderRecord] = field(default_factory=dict)
     as_of_ms: int = 0
     next_prune_ms: int = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> OrderBook:
+        """Records are the only mutable parts (events are frozen): a cheap full copy for
+        Bytewax's per-epoch snapshots."""
+        return OrderBook(
+            {oid: dataclasses.replace(rec) for oid, rec in self.orders.items()},
+            self.as_of_ms,
+            self.next_prune_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ Rules that must hold (each has a test):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent
@@ -150,6 +151,24 @@ class StockState:
     @property
     def reserved(self) -> int:
         return sum(r.outstanding for r in self.reservations.values())
+
+    def __deepcopy__(self, memo: dict[int, object]) -> StockState:
+        """Bytewax snapshots state with ``deepcopy`` every epoch; the containers hold
+        immutable tuples and strings, so copying the containers (and the few mutable
+        reservations) is a full copy at a fraction of the generic cost."""
+        return StockState(
+            on_hand=self.on_hand,
+            reservations={
+                order: dataclasses.replace(held) for order, held in self.reservations.items()
+            },
+            count_ts_ms=self.count_ts_ms,
+            count_event_id=self.count_event_id,
+            as_of_ms=self.as_of_ms,
+            history=list(self.history),
+            sales=list(self.sales),
+            seen=dict(self.seen),
+            next_prune_ms=self.next_prune_ms,
+        )
 
 
 def line_movements(

@@ -100,6 +100,12 @@ class SkuTotalsState:
     segments: dict[tuple[str, str], SegmentShare] = field(default_factory=dict)
     as_of_ms: int = 0
 
+    def __deepcopy__(self, memo: dict[int, object]) -> SkuTotalsState:
+        """Every value is immutable: copying the containers is a full copy (see StockState)."""
+        return SkuTotalsState(
+            dict(self.positions), self.total, dict(self.regions), dict(self.segments), self.as_of_ms
+        )
+
 
 def is_stockout(position: StockPosition) -> bool:
     return position.available <= 0
@@ -138,6 +144,9 @@ def update_sku_totals(
 class SegmentState:
     shares: dict[str, SegmentShare] = field(default_factory=dict)
     total: SegmentShare = field(default_factory=SegmentShare)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SegmentState:
+        return SegmentState(dict(self.shares), self.total)
 
 
 @dataclass(frozen=True, slots=True)

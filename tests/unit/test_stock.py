@@ -235,3 +235,16 @@ def test_arrival_order_does_not_change_the_result(
     rnd.shuffle(shuffled)
     second, _ = fold(in_flow_order(shuffled))
     assert figures(second) == figures(first)
+
+
+def test_snapshot_copy_is_independent_of_the_live_state() -> None:
+    import copy
+
+    state, _ = fold([mv(1, "receipt", 10), mv(2, "reserve", 3, T0 + 1, order="o1"),
+                     mv(3, "sale", 1, T0 + 2)])
+    snapshot = copy.deepcopy(state)
+    apply_movement(state, mv(4, "sale", 1, T0 + 3, order="o1"), POLICY)
+    apply_movement(state, mv(5, "reserve", 2, T0 + 4, order="o1"), POLICY)
+    assert figures(snapshot) != figures(state)
+    assert snapshot.reservations["o1"].reserved == 3 and snapshot.reservations["o1"].consumed == 0
+    assert "e4#0" not in snapshot.seen and len(snapshot.sales) == 1
