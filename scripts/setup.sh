@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the demo and the tests need on a fresh Debian machine:
-# OS packages (redis-server; docker-compose to validate the compose file), a virtualenv in .venv, and the project with its dev tools.
+# OS packages (redis-server; docker-compose and promtool to check the compose file and the
+# alert rules), a virtualenv in .venv, and the project with its dev tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)  # `config` check only
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool for the alert tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing OS packages: ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -36,7 +36,7 @@ def stock_hashes(config: Config) -> dict[bytes, dict[bytes, bytes]]:
         # interleaving (and so which event comes last) differs between any two runs, while
         # every figure does not.
         return {
-            key[len(prefix):]: {k: v for k, v in row.items() if k != b"cause"}
+            key[len(prefix) :]: {k: v for k, v in row.items() if k != b"cause"}
             for key, row in zip(keys, pipe.execute(), strict=True)
         }
     finally:
@@ -58,16 +58,19 @@ def run(config: Config, path: Path, kill_after_s: float | None = None) -> int:
             return process.wait(timeout=30)
 
 
-def test_sigkill_and_resume_equals_an_uninterrupted_run(omni_config: Config,
-                                                        tmp_path: Path) -> None:
-    events = list(TrafficModel(load_reference(omni_config), seed=17, bad_ratio=0.01)
-                  .events(50_000))
+def test_sigkill_and_resume_equals_an_uninterrupted_run(
+    omni_config: Config, tmp_path: Path
+) -> None:
+    events = list(TrafficModel(load_reference(omni_config), seed=17, bad_ratio=0.01).events(50_000))
     steady = omni_config
     crashed = omni_config.with_overrides(
         kafka={"topic_prefix": omni_config.kafka.topic_prefix + "crash."},
         redis={"key_prefix": omni_config.redis.key_prefix + "crash:"},
-        recovery={"dir": str(tmp_path / "recovery"), "snapshot_seconds": 0.5,
-                  "backup_seconds": 0.0001},
+        recovery={
+            "dir": str(tmp_path / "recovery"),
+            "snapshot_seconds": 0.5,
+            "backup_seconds": 0.0001,
+        },
     )
     ensure_topics(crashed, list(ALL_TOPICS))
     produce(steady, events, progress=False)

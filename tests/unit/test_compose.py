@@ -29,7 +29,15 @@ def test_compose_file_is_accepted_and_runs_every_flow() -> None:
     reply = compose_config(env)
     assert reply.returncode == 0, reply.stderr
     services = yaml.safe_load(reply.stdout)["services"]
-    assert {"kafka", "kafka-init", "redis", "generator", *FLOWS} <= set(services)
+    assert {
+        "kafka",
+        "kafka-init",
+        "redis",
+        "generator",
+        "prometheus",
+        "alertmanager",
+        *FLOWS,
+    } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka")
     assert "--appendonly" in services["redis"]["command"]  # Redis keeps its data
     for flow in FLOWS:
@@ -44,3 +52,17 @@ def test_compose_refuses_to_start_without_the_pii_secret() -> None:
     reply = compose_config(env)
     assert reply.returncode != 0
     assert "OMNI_PII_KEY" in reply.stderr
+
+
+def test_prometheus_config_is_valid_and_scrapes_every_flow() -> None:
+    config_path = ROOT / "monitoring" / "prometheus.yml"
+    reply = subprocess.run(
+        ["promtool", "check", "config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert reply.returncode == 0, reply.stdout + reply.stderr
+    scrape = yaml.safe_load(config_path.read_text())["scrape_configs"]
+    flows = {target["labels"]["flow"] for job in scrape for target in job["static_configs"]}
+    assert flows == set(FLOWS)

@@ -240,8 +240,9 @@ def test_arrival_order_does_not_change_the_result(
 def test_snapshot_copy_is_independent_of_the_live_state() -> None:
     import copy
 
-    state, _ = fold([mv(1, "receipt", 10), mv(2, "reserve", 3, T0 + 1, order="o1"),
-                     mv(3, "sale", 1, T0 + 2)])
+    state, _ = fold(
+        [mv(1, "receipt", 10), mv(2, "reserve", 3, T0 + 1, order="o1"), mv(3, "sale", 1, T0 + 2)]
+    )
     snapshot = copy.deepcopy(state)
     apply_movement(state, mv(4, "sale", 1, T0 + 3, order="o1"), POLICY)
     apply_movement(state, mv(5, "reserve", 2, T0 + 4, order="o1"), POLICY)
