@@ -61,6 +61,12 @@ def _cmd_forget(config: Config, args: argparse.Namespace) -> int:
     return forget(config, args.type, args.value)
 
 
+def _cmd_grafana_push(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.dashboards import push_boards
+
+    return push_boards(args.url, args.token, args.folder_uid)
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -154,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("value", help="identifier value (raw or hashed for phone/email)")
     _add_config_argument(forget)
     forget.set_defaults(handler=_cmd_forget)
+
+    grafana = sub.add_parser(
+        "grafana",
+        help="Grafana boards",
+        description="Work with the Grafana boards of grafana/dashboards.",
+    )
+    grafana_sub = grafana.add_subparsers(dest="grafana_command", required=True, metavar="ACTION")
+    push = grafana_sub.add_parser(
+        "push",
+        help="upload the boards to a Grafana server",
+        description="Create or overwrite the Operations, Inventory and Identity boards on a "
+        "Grafana server through its HTTP API (grafana-client). The boards expect a Prometheus "
+        "datasource with uid `prometheus`.",
+    )
+    push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://127.0.0.1:3000")
+    push.add_argument("--token", required=True, help="service-account token with editor rights")
+    push.add_argument("--folder-uid", help="folder to put the boards in (default: General)")
+    _add_config_argument(push)
+    push.set_defaults(handler=_cmd_grafana_push)
     return parser
 
 

@@ -25,7 +25,7 @@ def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_compose_file_is_accepted_and_runs_every_flow() -> None:
-    env = {**os.environ, "OMNI_PII_KEY": "compose-test-secret"}
+    env = {**os.environ, "OMNI_PII_KEY": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "pw"}
     reply = compose_config(env)
     assert reply.returncode == 0, reply.stderr
     services = yaml.safe_load(reply.stdout)["services"]
@@ -47,11 +47,17 @@ def test_compose_file_is_accepted_and_runs_every_flow() -> None:
         assert any("recovery" in str(volume) for volume in service["volumes"])
 
 
-def test_compose_refuses_to_start_without_the_pii_secret() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMNI_PII_KEY"}
-    reply = compose_config(env)
-    assert reply.returncode != 0
-    assert "OMNI_PII_KEY" in reply.stderr
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    for secret in ("OMNI_PII_KEY", "GRAFANA_ADMIN_PASSWORD"):
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"OMNI_PII_KEY", "GRAFANA_ADMIN_PASSWORD"}
+        }
+        env["GRAFANA_ADMIN_PASSWORD" if secret == "OMNI_PII_KEY" else "OMNI_PII_KEY"] = "x"
+        reply = compose_config(env)
+        assert reply.returncode != 0
+        assert secret in reply.stderr
 
 
 def test_prometheus_config_is_valid_and_scrapes_every_flow() -> None:

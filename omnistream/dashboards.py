@@ -1,0 +1,317 @@
+"""Grafana boards as code: the panels and their PromQL, rendered to dashboard JSON.
+
+``python -m omnistream.dashboards`` writes ``grafana/dashboards/*.json`` (checked in, and a
+test fails when they drift from this file); Grafana provisions them from there
+(``grafana/provisioning``), and ``omnistream grafana push`` uploads them through
+``grafana-client``.
+
+Error and rare-event panels end in ``or vector(0)``: no error is a real zero, not an empty
+panel. Boards for rule triggers and attribution come with those flows.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+OUT_DIR = Path(__file__).resolve().parent.parent / "grafana" / "dashboards"
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    exprs: tuple[tuple[str, str], ...]  # (PromQL, legend)
+    unit: str = "short"
+    kind: str = "timeseries"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Board:
+    uid: str
+    title: str
+    panels: tuple[Panel, ...]
+    tags: tuple[str, ...] = field(default=("omnistream",))
+
+
+def _rate_by(metric: str, by: str, window: str = "5m", selector: str = "") -> str:
+    return f"sum by ({by}) (rate({metric}{{{selector}}}[{window}]))"
+
+
+def _quantile(q: float, metric: str, by: str) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket[5m])))"
+
+
+OPERATIONS = Board(
+    "omnistream-operations",
+    "Omnistream · Operations",
+    (
+        Panel(
+            "Events consumed per second",
+            (
+                (
+                    _rate_by("omnistream_events_consumed_total", "flow, topic", "1m"),
+                    "{{flow}} {{topic}}",
+                ),
+            ),
+            "ops",
+            description="Input messages consumed by each flow, per topic.",
+        ),
+        Panel(
+            "Flow up",
+            (('up{job="omnistream"}', "{{flow}}"),),
+            "none",
+            "stat",
+            "1 when Prometheus can scrape the flow.",
+        ),
+        Panel(
+            "Processing lag p50 / p99",
+            (
+                (_quantile(0.5, "omnistream_processing_lag_seconds", "flow"), "p50 {{flow}}"),
+                (_quantile(0.99, "omnistream_processing_lag_seconds", "flow"), "p99 {{flow}}"),
+            ),
+            "s",
+            description="Processing time minus event time when effects are written.",
+        ),
+        Panel(
+            "Dead letters per second by reason",
+            (
+                (
+                    _rate_by("omnistream_deadletters_total", "flow, reason") + " or vector(0)",
+                    "{{flow}} {{reason}}",
+                ),
+            ),
+            "ops",
+        ),
+        Panel(
+            "Dead-letter ratio",
+            (
+                (
+                    "sum by (flow) (rate(omnistream_deadletters_total[5m])) / "
+                    "sum by (flow) (rate(omnistream_events_consumed_total[5m]))",
+                    "{{flow}}",
+                ),
+            ),
+            "percentunit",
+            description="Alert above 1 % (OmnistreamDeadLetterRatioHigh).",
+        ),
+        Panel(
+            "Redis batch time p99",
+            ((_quantile(0.99, "omnistream_redis_write_seconds", "flow"), "{{flow}}"),),
+            "s",
+        ),
+        Panel(
+            "Redis errors per second",
+            ((_rate_by("omnistream_redis_errors_total", "flow") + " or vector(0)", "{{flow}}"),),
+            "ops",
+        ),
+        Panel(
+            "Kafka consumer errors per second",
+            (
+                (
+                    _rate_by(
+                        "omnistream_deadletters_total", "flow", selector='reason="kafka_error"'
+                    )
+                    + " or vector(0)",
+                    "{{flow}}",
+                ),
+            ),
+            "ops",
+        ),
+        Panel(
+            "Resident memory",
+            (('process_resident_memory_bytes{job="omnistream"}', "{{flow}}"),),
+            "bytes",
+        ),
+    ),
+)
+
+INVENTORY = Board(
+    "omnistream-inventory",
+    "Omnistream · Inventory",
+    (
+        Panel(
+            "Stockouts by region",
+            (("sum by (region) (omnistream_stock_stockouts)", "{{region}}"),),
+            description="Sku × location positions with available ≤ 0.",
+        ),
+        Panel(
+            "Low stock by region",
+            (("sum by (region) (omnistream_stock_low_positions)", "{{region}}"),),
+            description="Positions below their reorder point (stockouts included).",
+        ),
+        Panel(
+            "Available units by location type",
+            (
+                (
+                    'sum by (location_type) (omnistream_stock_units{figure="available"})',
+                    "{{location_type}}",
+                ),
+            ),
+        ),
+        Panel(
+            "Units by region and figure",
+            (("sum by (region, figure) (omnistream_stock_units)", "{{region}} {{figure}}"),),
+        ),
+        Panel(
+            "Reserved units by region",
+            (('sum by (region) (omnistream_stock_units{figure="reserved"})', "{{region}}"),),
+        ),
+        Panel(
+            "Stock positions written per second",
+            (("sum(rate(omnistream_stock_positions_written_total[1m]))", "positions"),),
+            "ops",
+        ),
+    ),
+)
+
+IDENTITY = Board(
+    "omnistream-identity",
+    "Omnistream · Identity",
+    (
+        Panel(
+            "Customers",
+            (
+                (
+                    "sum(omnistream_identity_customers_created_total) "
+                    "- sum(omnistream_identity_merges_total)",
+                    "customers",
+                ),
+            ),
+            kind="stat",
+            description="Created minus merged since the flow started.",
+        ),
+        Panel(
+            "Identifiers linked per second",
+            (("sum(rate(omnistream_identity_links_total[5m]))", "links"),),
+            "ops",
+        ),
+        Panel(
+            "Merges per second",
+            (("sum(rate(omnistream_identity_merges_total[5m]))", "merges"),),
+            "ops",
+        ),
+        Panel(
+            "Conflicts per second by reason",
+            (
+                (
+                    _rate_by("omnistream_identity_conflicts_total", "reason") + " or vector(0)",
+                    "{{reason}}",
+                ),
+            ),
+            "ops",
+        ),
+        Panel(
+            "Junk or blocked identifiers per second",
+            (
+                (
+                    _rate_by("omnistream_identity_junk_identifiers_total", "type")
+                    + " or vector(0)",
+                    "{{type}}",
+                ),
+            ),
+            "ops",
+        ),
+        Panel(
+            "Events without identifier per second",
+            (("sum(rate(omnistream_identity_unresolved_events_total[5m]))", "unresolved"),),
+            "ops",
+        ),
+        Panel(
+            "Batch retries per second",
+            (("sum(rate(omnistream_identity_batch_retries_total[5m]))", "retries"),),
+            "ops",
+            description="Batches re-read because another worker changed the same data.",
+        ),
+    ),
+)
+
+BOARDS: tuple[Board, ...] = (OPERATIONS, INVENTORY, IDENTITY)
+
+
+def panel_json(panel: Panel, panel_id: int) -> dict[str, Any]:
+    width, height = 12, 8
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {
+            "x": (panel_id - 1) % 2 * width,
+            "y": (panel_id - 1) // 2 * height,
+            "w": width,
+            "h": height,
+        },
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "targets": [
+            {
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+                "refId": chr(ord("A") + index),
+            }
+            for index, (expr, legend) in enumerate(panel.exprs)
+        ],
+    }
+
+
+def board_json(board: Board) -> dict[str, Any]:
+    return {
+        "uid": board.uid,
+        "title": board.title,
+        "tags": list(board.tags),
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "panels": [panel_json(p, i) for i, p in enumerate(board.panels, start=1)],
+    }
+
+
+def rendered() -> dict[str, bytes]:
+    """File name → JSON bytes of every board."""
+    return {
+        f"{board.uid}.json": orjson.dumps(board_json(board), option=orjson.OPT_INDENT_2) + b"\n"
+        for board in BOARDS
+    }
+
+
+def write_boards(out_dir: Path = OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in rendered().items():
+        path = out_dir / name
+        path.write_bytes(content)
+        paths.append(path)
+    return paths
+
+
+def push_boards(url: str, token: str, folder_uid: str | None = None) -> int:
+    """Upload every board to a Grafana server (create or overwrite)."""
+    from grafana_client import GrafanaApi
+
+    api = GrafanaApi.from_url(url, credential=token)
+    for board in BOARDS:
+        payload: dict[str, Any] = {
+            "dashboard": board_json(board),
+            "overwrite": True,
+            "message": "omnistream grafana push",
+        }
+        if folder_uid:
+            payload["folderUid"] = folder_uid
+        api.dashboard.update_dashboard(payload)
+        print(f"pushed {board.uid} ({board.title})")
+    return 0
+
+
+if __name__ == "__main__":
+    for written in write_boards():
+        print(written)
+    sys.exit(0)
