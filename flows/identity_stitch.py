@@ -13,6 +13,7 @@ Step ids are part of the recovery snapshots: keep them stable.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import bytewax.operators as op
@@ -28,6 +29,7 @@ from connectors.metrics import (
     IDENTITY_LINKS,
     IDENTITY_MERGES,
     IDENTITY_UNRESOLVED,
+    PROCESSING_LAG,
 )
 from connectors.resolved import resolved_event
 from connectors.streams import deadletter_output, kafka_events, kafka_output
@@ -133,7 +135,10 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
             [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
         )
         out: list[tuple[str, Any]] = []
+        now_ms = time.time() * 1000
+        lag = PROCESSING_LAG.labels(FLOW)
         for event, resolution in zip(items, resolutions, strict=True):
+            lag.observe(max(0.0, (now_ms - event.ts_ms) / 1000))
             count_resolution(resolution)
             if resolution.created:
                 IDENTITY_CUSTOMERS_CREATED.inc()
