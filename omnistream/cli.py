@@ -67,6 +67,12 @@ def _cmd_grafana_push(config: Config, args: argparse.Namespace) -> int:
     return push_boards(args.url, args.token, args.folder_uid)
 
 
+def _cmd_rules_check(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.rules_cli import check_rules
+
+    return check_rules(args.file)
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -160,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("value", help="identifier value (raw or hashed for phone/email)")
     _add_config_argument(forget)
     forget.set_defaults(handler=_cmd_forget)
+
+    rules = sub.add_parser(
+        "rules",
+        help="rule_triggers rules files",
+        description="Work with rules files of the rule_triggers flow.",
+    )
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_sub.add_parser(
+        "check",
+        help="validate a rules file",
+        description="Validate a rules file and list its rules; every problem is reported "
+        "with the rule (id and position), the key and what was expected. Exit 1 when the "
+        "file is invalid.",
+    )
+    check.add_argument("file", help="the rules file (YAML)")
+    _add_config_argument(check)
+    check.set_defaults(handler=_cmd_rules_check)
 
     grafana = sub.add_parser(
         "grafana",

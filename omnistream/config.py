@@ -63,7 +63,8 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class RulesConfig:
-    file: str = ""
+    #: The rules file of rule_triggers (``omnistream rules check FILE`` validates one).
+    file: str = str(SAMPLE_DATA_DIR / "rules.yaml")
 
 
 @dataclass(frozen=True)

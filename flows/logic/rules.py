@@ -1,0 +1,369 @@
+"""The rules file of rule_triggers: schema and validation, pure.
+
+Ops edit one YAML file; ``parse_rules`` turns it into typed ``Rule`` records or reports
+*every* problem at once, each naming the rule (id and position), the key and what was
+expected, so a broken edit can be fixed in one pass. The flow refuses to start on an invalid
+file and keeps the old rules when a changed file is invalid.
+
+Durations are written ``90s``, ``30m``, ``6h``, ``7d`` (or a number of seconds).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RULE_KINDS = (
+    "low_stock",
+    "stockout",
+    "browse_nearby_stock",
+    "cart_abandonment",
+    "win_back",
+    "overstock",
+    "expiring_stock",
+    "campaign_prep",
+)
+#: Kinds whose triggers are coupons for a customer (the others suggest stock moves).
+COUPON_KINDS = frozenset(
+    {
+        "browse_nearby_stock",
+        "cart_abandonment",
+        "win_back",
+        "overstock",
+        "expiring_stock",
+    }
+)
+COUPON_TYPES = ("percent_off", "amount_off", "free_shipping", "gift")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_OFFSET = re.compile(r"^[+-](0\d|1[0-4]):([0-5]\d)$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: str  # int | number | duration
+    default: float | None = None  # None: required
+    minimum: float = 0.0
+
+
+#: Parameters of each rule kind, with defaults (None = required).
+PARAMS: dict[str, dict[str, Param]] = {
+    "low_stock": {"target_cover_days": Param("number", 7, 0.1)},
+    "stockout": {},
+    "browse_nearby_stock": {
+        "views": Param("int", 3, 1),
+        "within": Param("duration", 1800, 1),
+        "min_available": Param("int", 1, 1),
+    },
+    "cart_abandonment": {"within": Param("duration", 3600, 1)},
+    "win_back": {"inactive_days": Param("number", 60, 1)},
+    "overstock": {
+        "cover_days": Param("number", 60, 1),
+        "idle_days": Param("number", 30, 1),
+        "min_on_hand": Param("int", 10, 0),
+        "viewed_within": Param("duration", 7 * 86400, 1),
+    },
+    "expiring_stock": {"within_days": Param("number", 3, 0)},
+    "campaign_prep": {"triggers": Param("int", 50, 1), "window": Param("duration", 3600, 1)},
+}
+
+
+class RulesError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Coupon:
+    type: str
+    value: float
+    expires_in_s: float
+
+
+@dataclass(frozen=True)
+class Experiment:
+    salt: str
+    control_share: float
+    #: variant name → weight (> 0)
+    variants: dict[str, float]
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start_minute: int
+    end_minute: int
+    offset_minutes: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    kind: str
+    cooldown_s: float
+    params: dict[str, float]
+    coupon: Coupon | None = None
+    experiment: Experiment | None = None
+    quiet_hours: QuietHours | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    frequency_cap_per_day: int
+    conversion_window_s: float
+    source: str = ""
+    by_id: dict[str, Rule] = field(default_factory=dict, compare=False)
+
+    def of_kind(self, kind: str) -> list[Rule]:
+        return [r for r in self.rules if r.kind == kind and r.enabled]
+
+
+def parse_duration(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    return None
+
+
+class _Checker:
+    """Collects problems instead of stopping at the first."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def fail(self, where: str, key: str, expected: str, got: object) -> None:
+        self.problems.append(
+            f"{self.source}: {where}: key `{key}`: expected {expected}, got {got!r}"
+        )
+
+    def number(
+        self, where: str, key: str, value: object, minimum: float, integer: bool = False
+    ) -> float | None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if integer:
+            ok = ok and float(value).is_integer()  # type: ignore[arg-type]
+        if not ok or value < minimum:  # type: ignore[operator]
+            kind = "an integer" if integer else "a number"
+            self.fail(where, key, f"{kind} ≥ {minimum:g}", value)
+            return None
+        return float(value)  # type: ignore[arg-type]
+
+    def duration(self, where: str, key: str, value: object, minimum: float = 0) -> float | None:
+        seconds = parse_duration(value)
+        if seconds is None or seconds < minimum:
+            self.fail(where, key, "a duration like 90s, 30m, 6h or 7d", value)
+            return None
+        return seconds
+
+    def mapping(self, where: str, key: str, value: object) -> Mapping[str, Any] | None:
+        if not isinstance(value, dict):
+            self.fail(where, key, "a mapping", value)
+            return None
+        return value
+
+    def known_keys(
+        self, where: str, prefix: str, value: Mapping[str, Any], allowed: set[str]
+    ) -> None:
+        for key in value:
+            if key not in allowed:
+                self.problems.append(
+                    f"{self.source}: {where}: key `{prefix}{key}`: unknown key (expected one "
+                    f"of {', '.join(sorted(allowed)) or 'none'})"
+                )
+
+
+def _clock_minutes(text: object) -> int | None:
+    match = _CLOCK.match(text) if isinstance(text, str) else None
+    return int(match.group(1)) * 60 + int(match.group(2)) if match else None
+
+
+def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
+    where = f"rule #{index + 1}"
+    if not isinstance(raw, dict):
+        check.fail(where, "rules[]", "a mapping", raw)
+        return None
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not _ID.match(rule_id):
+        check.fail(where, "id", "a lower-case id (letters, digits, . _ -)", rule_id)
+        rule_id = f"#{index + 1}"
+    else:
+        where = f"rule `{rule_id}` (#{index + 1})"
+    check.known_keys(
+        where,
+        "",
+        raw,
+        {"id", "kind", "cooldown", "params", "coupon", "experiment", "quiet_hours", "enabled"},
+    )
+    kind = raw.get("kind")
+    if kind not in RULE_KINDS:
+        check.fail(where, "kind", f"one of {', '.join(RULE_KINDS)}", kind)
+        return None
+    cooldown = check.duration(where, "cooldown", raw.get("cooldown"))
+    params: dict[str, float] = {}
+    given = raw.get("params") or {}
+    given = check.mapping(where, "params", given) or {}
+    check.known_keys(where, "params.", given, set(PARAMS[kind]))
+    for name, spec in PARAMS[kind].items():
+        value = given.get(name, spec.default)
+        key = f"params.{name}"
+        if value is None:
+            check.fail(where, key, "a value (required)", None)
+            continue
+        parsed = (
+            check.duration(where, key, value, spec.minimum)
+            if spec.kind == "duration"
+            else check.number(where, key, value, spec.minimum, spec.kind == "int")
+        )
+        if parsed is not None:
+            params[name] = parsed
+    coupon = _parse_coupon(check, where, kind, raw.get("coupon"))
+    experiment = _parse_experiment(check, where, raw.get("experiment"))
+    quiet = _parse_quiet_hours(check, where, raw.get("quiet_hours"))
+    if quiet is not None and kind not in COUPON_KINDS:
+        check.fail(where, "quiet_hours", "quiet hours only on coupon rules", kind)
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.fail(where, "enabled", "true or false", enabled)
+    if cooldown is None:
+        return None
+    return Rule(rule_id, kind, cooldown, params, coupon, experiment, quiet, enabled is not False)
+
+
+def _parse_coupon(check: _Checker, where: str, kind: str, raw: object) -> Coupon | None:
+    if kind not in COUPON_KINDS:
+        if raw is not None:
+            check.fail(where, "coupon", "no coupon on a stock rule", raw)
+        return None
+    section = check.mapping(where, "coupon", raw)
+    if section is None:
+        return None
+    check.known_keys(where, "coupon.", section, {"type", "value", "expires_in"})
+    coupon_type = section.get("type")
+    if coupon_type not in COUPON_TYPES:
+        check.fail(where, "coupon.type", f"one of {', '.join(COUPON_TYPES)}", coupon_type)
+    value = check.number(where, "coupon.value", section.get("value", 0), 0)
+    if coupon_type == "percent_off" and value is not None and not 0 < value <= 100:
+        check.fail(where, "coupon.value", "a percentage in (0, 100]", section.get("value"))
+    expires = check.duration(where, "coupon.expires_in", section.get("expires_in", "72h"), 60)
+    if coupon_type not in COUPON_TYPES or value is None or expires is None:
+        return None
+    return Coupon(str(coupon_type), value, expires)
+
+
+def _parse_experiment(check: _Checker, where: str, raw: object) -> Experiment | None:
+    if raw is None:
+        return None
+    section = check.mapping(where, "experiment", raw)
+    if section is None:
+        return None
+    check.known_keys(where, "experiment.", section, {"salt", "control_share", "variants"})
+    salt = section.get("salt")
+    if not isinstance(salt, str) or not salt:
+        check.fail(where, "experiment.salt", "a non-empty string", salt)
+    share = section.get("control_share", 0)
+    if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share < 1:
+        check.fail(where, "experiment.control_share", "a share in [0, 1)", share)
+        share = None
+    variants = section.get("variants", {"default": 1})
+    good_variants = (
+        isinstance(variants, dict)
+        and variants
+        and all(isinstance(k, str) and k != "control" for k in variants)
+        and all(
+            isinstance(w, int | float) and not isinstance(w, bool) and w > 0
+            for w in variants.values()
+        )
+    )
+    if not good_variants:
+        check.fail(
+            where,
+            "experiment.variants",
+            "a mapping of variant name (not `control`) to a weight > 0",
+            variants,
+        )
+    if not isinstance(salt, str) or not salt or share is None or not good_variants:
+        return None
+    return Experiment(salt, float(share), {k: float(w) for k, w in variants.items()})
+
+
+def _parse_quiet_hours(check: _Checker, where: str, raw: object) -> QuietHours | None:
+    if raw is None:
+        return None
+    section = check.mapping(where, "quiet_hours", raw)
+    if section is None:
+        return None
+    check.known_keys(where, "quiet_hours.", section, {"start", "end", "utc_offset"})
+    start, end = _clock_minutes(section.get("start")), _clock_minutes(section.get("end"))
+    if start is None:
+        check.fail(where, "quiet_hours.start", "a time HH:MM", section.get("start"))
+    if end is None:
+        check.fail(where, "quiet_hours.end", "a time HH:MM", section.get("end"))
+    offset_text = section.get("utc_offset", "+08:00")
+    match = _OFFSET.match(offset_text) if isinstance(offset_text, str) else None
+    if match is None:
+        check.fail(where, "quiet_hours.utc_offset", "an offset like +08:00", offset_text)
+    if start is None or end is None or match is None:
+        return None
+    sign = -1 if offset_text.startswith("-") else 1
+    offset = sign * (int(match.group(1)) * 60 + int(match.group(2)))
+    return QuietHours(start, end, offset)
+
+
+def parse_rules(source: str, doc: object) -> RuleSet:
+    """Validate a loaded rules document; raises ``RulesError`` listing every problem."""
+    check = _Checker(source)
+    if not isinstance(doc, dict):
+        raise RulesError([f"{source}: expected a mapping with `rules` at the top level"])
+    check.known_keys("top level", "", doc, {"version", "defaults", "rules"})
+    if doc.get("version", 1) != 1:
+        check.fail("top level", "version", "1", doc.get("version"))
+    defaults = check.mapping("top level", "defaults", doc.get("defaults") or {}) or {}
+    check.known_keys(
+        "top level", "defaults.", defaults, {"frequency_cap_per_day", "conversion_window"}
+    )
+    cap = check.number(
+        "top level",
+        "defaults.frequency_cap_per_day",
+        defaults.get("frequency_cap_per_day", 3),
+        1,
+        integer=True,
+    )
+    window = check.duration(
+        "top level", "defaults.conversion_window", defaults.get("conversion_window", "7d"), 60
+    )
+    raw_rules = doc.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        check.fail("top level", "rules", "a non-empty list of rules", raw_rules)
+        raw_rules = []
+    rules = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_rules):
+        raw_id = raw.get("id") if isinstance(raw, dict) else None
+        if isinstance(raw_id, str) and raw_id in seen:
+            check.fail(
+                f"rule `{raw_id}` (#{index + 1})",
+                "id",
+                f"a unique id (also used by rule #{seen[raw_id]})",
+                raw_id,
+            )
+        elif isinstance(raw_id, str):
+            seen[raw_id] = index + 1
+        rule = _parse_rule(check, index, raw)
+        if rule is not None:
+            rules.append(rule)
+    if check.problems:
+        raise RulesError(check.problems)
+    assert cap is not None and window is not None
+    return RuleSet(tuple(rules), int(cap), window, source, {r.rule_id: r for r in rules})

@@ -1,0 +1,131 @@
+"""The rules file: the shipped default is valid; every problem names rule, key, expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.logic.rules import RULE_KINDS, RulesError, parse_duration, parse_rules
+from omnistream.config import load_config
+from omnistream.rules_cli import load_rules
+
+
+def test_shipped_default_rules_are_valid_and_cover_every_kind() -> None:
+    rules = load_rules(load_config(env={}).rules.file)
+    assert {rule.kind for rule in rules.rules} == set(RULE_KINDS)
+    browse = rules.by_id["browse-nearby"]
+    assert browse.params == {"views": 3, "within": 1800, "min_available": 2}
+    assert browse.experiment is not None and browse.experiment.control_share == 0.1
+    assert browse.quiet_hours is not None and browse.quiet_hours.offset_minutes == 480
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800), (45, 45), ("1.5h", 5400)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5m", -1, True, "5 weeks"])
+def test_bad_durations(bad: object) -> None:
+    assert parse_duration(bad) is None
+
+
+def rule(**over: object) -> dict:
+    base = {
+        "id": "cart",
+        "kind": "cart_abandonment",
+        "cooldown": "1d",
+        "params": {"within": "1h"},
+        "coupon": {"type": "amount_off", "value": 5},
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ([rule(kind="teleport")], "rule `cart` (#1): key `kind`: expected one of"),
+        ([rule(cooldown="soon")], "rule `cart` (#1): key `cooldown`: expected a duration"),
+        ([rule(cooldown=None)], "rule `cart` (#1): key `cooldown`: expected a duration"),
+        ([rule(params={"within": "1h", "extra": 1})], "key `params.extra`: unknown key"),
+        (
+            [rule(kind="browse_nearby_stock", params={"views": 0})],
+            "key `params.views`: expected an integer ≥ 1, got 0",
+        ),
+        (
+            [rule(kind="browse_nearby_stock", params={"views": 2.5})],
+            "key `params.views`: expected an integer",
+        ),
+        (
+            [rule(coupon={"type": "percent_off", "value": 150})],
+            "key `coupon.value`: expected a percentage in (0, 100], got 150",
+        ),
+        ([rule(coupon=None)], "key `coupon`: expected a mapping"),
+        ([rule(kind="stockout", params=None)], "key `coupon`: expected no coupon on a stock rule"),
+        (
+            [rule(experiment={"salt": "s", "control_share": 1.2})],
+            "key `experiment.control_share`: expected a share in [0, 1)",
+        ),
+        (
+            [rule(experiment={"salt": "s", "variants": {"control": 1}})],
+            "key `experiment.variants`: expected a mapping of variant name (not `control`)",
+        ),
+        (
+            [rule(quiet_hours={"start": "25:00", "end": "08:00"})],
+            "key `quiet_hours.start`: expected a time HH:MM",
+        ),
+        (
+            [rule(quiet_hours={"start": "22:00", "end": "08:00", "utc_offset": "8"})],
+            "key `quiet_hours.utc_offset`: expected an offset like +08:00",
+        ),
+        (
+            [rule(), rule()],
+            "rule `cart` (#2): key `id`: expected a unique id (also used by rule #1)",
+        ),
+        ([rule(id="Not OK")], "rule #1: key `id`: expected a lower-case id"),
+        ([], "top level: key `rules`: expected a non-empty list of rules"),
+    ],
+)
+def test_problems_name_the_rule_the_key_and_the_expectation(rules: list, message: str) -> None:
+    with pytest.raises(RulesError) as error:
+        parse_rules("rules.yaml", {"rules": rules})
+    assert any(message in problem for problem in error.value.problems), error.value.problems
+    assert all(problem.startswith("rules.yaml: ") for problem in error.value.problems)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(RulesError) as error:
+        parse_rules(
+            "r.yaml",
+            {"rules": [rule(cooldown="x", params={"within": "y"}), rule(id="other", kind="nope")]},
+        )
+    assert len(error.value.problems) == 3
+
+
+def test_rules_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"rules": [rule()]}))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rules": [rule(cooldown="soon")]}))
+    ok = subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", "rules", "check", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "1 rules OK" in ok.stdout
+    failed = subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", "rules", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert "rule `cart` (#1): key `cooldown`" in failed.stderr
