@@ -40,8 +40,9 @@ def alert_expressions() -> list[tuple[str, str]]:
     return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
 
 
-def test_every_panel_returns_data_and_every_alert_parses(omni_config: Config,
-                                                          tmp_path: Path) -> None:
+def test_every_panel_returns_data_and_every_alert_parses(
+    omni_config: Config, tmp_path: Path
+) -> None:
     prometheus_binary = shutil.which("prometheus")
     assert prometheus_binary, "the Debian package prometheus is installed by scripts/setup.sh"
     config = omni_config.with_overrides(pii={"key": "test-secret"})
@@ -49,9 +50,15 @@ def test_every_panel_returns_data_and_every_alert_parses(omni_config: Config,
     scrape = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ROOT / "monitoring/rules/omnistream.rules.yml")],
-        "scrape_configs": [{"job_name": "omnistream", "static_configs": [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"flow": flow}}
-            for flow, port in ports.items()]}],
+        "scrape_configs": [
+            {
+                "job_name": "omnistream",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"flow": flow}}
+                    for flow, port in ports.items()
+                ],
+            }
+        ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
     prom_port = free_port()
@@ -70,10 +77,15 @@ def test_every_panel_returns_data_and_every_alert_parses(omni_config: Config,
         prom_log = (tmp_path / "prometheus.log").open("wb")
         logs.append(prom_log)
         prometheus = subprocess.Popen(
-            [prometheus_binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=prom_log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+            [
+                prometheus_binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=prom_log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         model = TrafficModel(load_reference(config), seed=4, bad_ratio=0.05)
         events = model.events(None)

@@ -17,37 +17,83 @@ REF = ReferenceData(
 )
 ORIGIN = Origin("t", 0, 0, None)
 TOPICS = ("clickstream", "pos.sales", "wms.movements")
-REASONS = {"malformed_json", "too_large", "missing_field", "bad_type", "bad_value",
-           "bad_timestamp", "unknown_event_type", "unknown_sku", "unknown_location"}
+REASONS = {
+    "malformed_json",
+    "too_large",
+    "missing_field",
+    "bad_type",
+    "bad_value",
+    "bad_timestamp",
+    "unknown_event_type",
+    "unknown_sku",
+    "unknown_location",
+}
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
-field_names = st.sampled_from([
-    "event_id", "event_type", "ts", "anonymous_id", "channel", "sku", "qty", "price",
-    "order_id", "lines", "total", "fulfillment", "store_id", "receipt_id", "location_id",
-    "transfer_id", "expiry_date", "member_code", "phone", "email", "coupon_codes", "campaign",
-])
+field_names = st.sampled_from(
+    [
+        "event_id",
+        "event_type",
+        "ts",
+        "anonymous_id",
+        "channel",
+        "sku",
+        "qty",
+        "price",
+        "order_id",
+        "lines",
+        "total",
+        "fulfillment",
+        "store_id",
+        "receipt_id",
+        "location_id",
+        "transfer_id",
+        "expiry_date",
+        "member_code",
+        "phone",
+        "email",
+        "coupon_codes",
+        "campaign",
+    ]
+)
 near_valid = st.fixed_dictionaries(
-    {"event_id": st.text(max_size=5) | st.integers(),
-     "event_type": st.sampled_from(["sale", "receipt", "order_placed", "login", "x"]),
-     "ts": st.integers() | st.text(max_size=30) | st.just("2026-11-22T10:00:00+08:00")},
-    optional={"sku": st.sampled_from(["SKU1", "NOPE", ""]) | json_values,
-              "location_id": st.sampled_from(["WH1", "S1", "X"]) | json_values,
-              "store_id": st.sampled_from(["S1", "WH1"]) | json_values,
-              "qty": st.integers() | json_values,
-              "lines": st.lists(st.fixed_dictionaries(
-                  {"sku": st.sampled_from(["SKU1", "NOPE"]), "qty": st.integers(),
-                   "unit_price": st.floats(allow_nan=False) | st.integers()}), max_size=3)
-              | json_values,
-              "anonymous_id": st.text(max_size=5), "channel": st.text(max_size=5),
-              "receipt_id": st.text(max_size=5), "total": json_values},
-).flatmap(lambda base: st.dictionaries(field_names, json_values, max_size=3).map(
-    lambda extra: {**extra, **base}))
+    {
+        "event_id": st.text(max_size=5) | st.integers(),
+        "event_type": st.sampled_from(["sale", "receipt", "order_placed", "login", "x"]),
+        "ts": st.integers() | st.text(max_size=30) | st.just("2026-11-22T10:00:00+08:00"),
+    },
+    optional={
+        "sku": st.sampled_from(["SKU1", "NOPE", ""]) | json_values,
+        "location_id": st.sampled_from(["WH1", "S1", "X"]) | json_values,
+        "store_id": st.sampled_from(["S1", "WH1"]) | json_values,
+        "qty": st.integers() | json_values,
+        "lines": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "sku": st.sampled_from(["SKU1", "NOPE"]),
+                    "qty": st.integers(),
+                    "unit_price": st.floats(allow_nan=False) | st.integers(),
+                }
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "anonymous_id": st.text(max_size=5),
+        "channel": st.text(max_size=5),
+        "receipt_id": st.text(max_size=5),
+        "total": json_values,
+    },
+).flatmap(
+    lambda base: st.dictionaries(field_names, json_values, max_size=3).map(
+        lambda extra: {**extra, **base}
+    )
+)
 
 
 def check(topic: str, raw: bytes) -> None:
@@ -76,7 +122,12 @@ def test_almost_valid_events(topic: str, event: dict) -> None:
 
 
 def test_deep_nesting_and_huge_numbers() -> None:
-    for raw in (b'{"a":' * 100_000, b"[" * 100_000, b'{"qty": 1' + b"0" * 5000 + b"}",
-                b'{"ts": 1e999}', b"\x00" * 10):
+    for raw in (
+        b'{"a":' * 100_000,
+        b"[" * 100_000,
+        b'{"qty": 1' + b"0" * 5000 + b"}",
+        b'{"ts": 1e999}',
+        b"\x00" * 10,
+    ):
         for topic in TOPICS:
             check(topic, raw)
