@@ -1,0 +1,172 @@
+"""Stock-driven rules of rule_triggers: ``low_stock`` and ``stockout``, pure.
+
+State is kept per sku (every location of the sku in one place), so a low-stock crossing at a
+store can look for a surplus elsewhere in its region without another lookup.
+
+- ``low_stock`` fires when available falls *below* the reorder point (a crossing), and
+  re-arms only once available is back at or above it: stock hovering around the threshold
+  does not storm. It suggests a ``transfer`` from the location of the same region with the
+  largest surplus above its own reorder point, else a ``replenish``. The suggested quantity
+  brings the location back to its target cover: ``max(reorder_point, ⌈target_cover_days ×
+  sold_24h⌉) − available`` (a transfer never takes more than the surplus).
+- ``stockout`` fires when available reaches 0 (from above) and re-arms above 0.
+- Both respect their rule's cooldown per sku × location, in event time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from flows.logic.rules import Rule
+from flows.logic.trigger_policy import Ledger, may_fire
+
+
+@dataclass(frozen=True, slots=True)
+class StockChange:
+    """One ``stock.changes`` event, as rule_triggers reads it."""
+
+    sku: str
+    location_id: str
+    region: str
+    available: int
+    sold_24h: int
+    ts_ms: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class StockDecision:
+    rule_id: str
+    kind: str  # replenish | transfer | stockout
+    sku: str
+    location_id: str
+    region: str
+    available: int
+    reorder_point: int
+    suggested_qty: int
+    source_location_id: str | None
+    reason: str
+    evidence: tuple[str, ...]
+    event_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    rule_id: str
+    reason: str  # cooldown
+
+
+@dataclass(slots=True)
+class SkuRuleState:
+    #: location → latest change seen there
+    positions: dict[str, StockChange] = field(default_factory=dict)
+    #: (rule_id, location) pairs whose condition already fired and has not re-armed
+    fired: set[tuple[str, str]] = field(default_factory=set)
+    #: location → firing history, for cooldowns
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
+
+
+def target_level(reorder_point: int, sold_24h: int, target_cover_days: float) -> int:
+    return max(reorder_point, math.ceil(target_cover_days * sold_24h))
+
+
+def _largest_surplus(
+    state: SkuRuleState, change: StockChange, reorder_point: int
+) -> tuple[str, int] | None:
+    best: tuple[str, int] | None = None
+    for location, other in sorted(state.positions.items()):
+        if location == change.location_id or other.region != change.region:
+            continue
+        surplus = other.available - reorder_point
+        if surplus > 0 and (best is None or surplus > best[1]):
+            best = (location, surplus)
+    return best
+
+
+def evaluate_stock_rules(
+    state: SkuRuleState | None, change: StockChange, rules: list[Rule], reorder_point: int
+) -> tuple[SkuRuleState, list[StockDecision | Suppressed]]:
+    """Apply one stock change to the low_stock / stockout rules of a sku."""
+    if state is None:
+        state = SkuRuleState()
+    state.positions[change.location_id] = change
+    ledger = state.ledgers.setdefault(change.location_id, Ledger())
+    out: list[StockDecision | Suppressed] = []
+    for rule in rules:
+        if rule.kind == "low_stock":
+            condition = change.available < reorder_point
+        elif rule.kind == "stockout":
+            condition = change.available <= 0
+        else:
+            continue
+        key = (rule.rule_id, change.location_id)
+        if not condition:
+            state.fired.discard(key)  # re-armed
+            continue
+        if key in state.fired:
+            continue  # still below: already fired on the crossing
+        state.fired.add(key)
+        cooldown_ms = int(rule.cooldown_s * 1000)
+        reason = may_fire(ledger, rule.rule_id, cooldown_ms, change.ts_ms, False, 0)
+        if reason is not None:
+            out.append(Suppressed(rule.rule_id, reason))
+            continue
+        ledger.record(rule.rule_id, change.ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
+        out.append(_decision(state, rule, change, reorder_point))
+    return state, out
+
+
+def _decision(
+    state: SkuRuleState, rule: Rule, change: StockChange, reorder_point: int
+) -> StockDecision:
+    target = target_level(reorder_point, change.sold_24h, rule.params.get("target_cover_days", 7.0))
+    needed = max(1, target - change.available)
+    if rule.kind == "stockout":
+        return StockDecision(
+            rule.rule_id,
+            "stockout",
+            change.sku,
+            change.location_id,
+            change.region,
+            change.available,
+            reorder_point,
+            needed,
+            None,
+            "available reached 0",
+            (change.cause,),
+            change.ts_ms,
+        )
+    source = _largest_surplus(state, change, reorder_point)
+    if source is not None:
+        location, surplus = source
+        return StockDecision(
+            rule.rule_id,
+            "transfer",
+            change.sku,
+            change.location_id,
+            change.region,
+            change.available,
+            reorder_point,
+            min(needed, surplus),
+            location,
+            f"available {change.available} below reorder point {reorder_point}; "
+            f"{location} holds {surplus} above its own",
+            (change.cause, state.positions[location].cause),
+            change.ts_ms,
+        )
+    return StockDecision(
+        rule.rule_id,
+        "replenish",
+        change.sku,
+        change.location_id,
+        change.region,
+        change.available,
+        reorder_point,
+        needed,
+        None,
+        f"available {change.available} below reorder point {reorder_point}; "
+        "no surplus in the region",
+        (change.cause,),
+        change.ts_ms,
+    )

@@ -1,0 +1,100 @@
+"""low_stock and stockout: crossings, re-arming, transfers, cooldowns."""
+
+from __future__ import annotations
+
+from flows.logic.rules import Rule
+from flows.logic.stock_rules import (
+    SkuRuleState,
+    StockChange,
+    StockDecision,
+    Suppressed,
+    evaluate_stock_rules,
+    target_level,
+)
+
+LOW = Rule("low-stock", "low_stock", 3600.0, {"target_cover_days": 2.0})
+OUT = Rule("stockout", "stockout", 3600.0, {})
+RULES = [LOW, OUT]
+T0 = 1_795_000_000_000
+REORDER = 10
+
+
+def change(
+    location: str, available: int, ts: int = T0, region: str = "SH", sold: int = 6, cause: str = "e"
+) -> StockChange:
+    return StockChange("SKU1", location, region, available, sold, ts, cause)
+
+
+def run(
+    changes: list[StockChange], rules: list[Rule] = RULES
+) -> tuple[SkuRuleState, list[list[StockDecision | Suppressed]]]:
+    state = None
+    outputs = []
+    for c in changes:
+        state, out = evaluate_stock_rules(state, c, rules, REORDER)
+        outputs.append(out)
+    assert state is not None
+    return state, outputs
+
+
+def test_low_stock_fires_on_the_crossing_only_and_rearms_above_the_threshold() -> None:
+    _, out = run(
+        [
+            change("S1", 12),
+            change("S1", 9, T0 + 1),
+            change("S1", 8, T0 + 2),
+            change("S1", 11, T0 + 3),
+            change("S1", 9, T0 + 2 * 3_600_000),
+        ]
+    )
+    fired = [[d.kind for d in o if isinstance(d, StockDecision)] for o in out]
+    assert fired == [[], ["replenish"], [], [], ["replenish"]]
+
+
+def test_hovering_inside_the_cooldown_is_suppressed() -> None:
+    _, out = run([change("S1", 9), change("S1", 11, T0 + 1), change("S1", 9, T0 + 2)])
+    assert isinstance(out[2][0], Suppressed) and out[2][0].reason == "cooldown"
+
+
+def test_transfer_from_the_largest_surplus_in_the_same_region() -> None:
+    _, out = run(
+        [
+            change("S2", 25, cause="s2"),
+            change("S3", 40, cause="s3"),
+            change("S4", 90, region="HZ"),
+            change("S1", 3, T0 + 5, cause="s1"),
+        ]
+    )
+    (decision,) = out[-1]
+    assert isinstance(decision, StockDecision)
+    assert decision.kind == "transfer" and decision.source_location_id == "S3"
+    assert decision.suggested_qty == target_level(REORDER, 6, 2.0) - 3 == 9
+    assert decision.evidence == ("s1", "s3")
+
+
+def test_transfer_never_takes_more_than_the_surplus() -> None:
+    _, out = run([change("S2", 12), change("S1", 0, T0 + 5, sold=50)])
+    low = next(d for d in out[-1] if isinstance(d, StockDecision) and d.rule_id == "low-stock")
+    assert low.kind == "transfer" and low.suggested_qty == 2
+
+
+def test_no_surplus_in_region_means_replenish() -> None:
+    _, out = run([change("S2", 10), change("S9", 80, region="HZ"), change("S1", 4, T0 + 5)])
+    (decision,) = out[-1]
+    assert isinstance(decision, StockDecision)
+    assert decision.kind == "replenish" and decision.source_location_id is None
+
+
+def test_stockout_fires_at_zero_and_rearms_above() -> None:
+    _, out = run(
+        [
+            change("S1", 5),
+            change("S1", 0, T0 + 1),
+            change("S1", -2, T0 + 2),
+            change("S1", 1, T0 + 3),
+            change("S1", 0, T0 + 2 * 3_600_000),
+        ],
+        [OUT],
+    )
+    fired = [[d.kind for d in o if isinstance(d, StockDecision)] for o in out]
+    assert fired == [[], ["stockout"], [], [], ["stockout"]]
