@@ -1,4 +1,5 @@
-"""Stock-driven rules of rule_triggers: ``low_stock`` and ``stockout``, pure.
+"""Stock-driven rules of rule_triggers: ``low_stock``, ``stockout`` and ``campaign_prep``,
+pure.
 
 State is kept per sku (every location of the sku in one place), so a low-stock crossing at a
 store can look for a surplus elsewhere in its region without another lookup.
@@ -10,7 +11,9 @@ store can look for a surplus elsewhere in its region without another lookup.
   brings the location back to its target cover: ``max(reorder_point, ⌈target_cover_days ×
   sold_24h⌉) − available`` (a transfer never takes more than the surplus).
 - ``stockout`` fires when available reaches 0 (from above) and re-arms above 0.
-- Both respect their rule's cooldown per sku × location, in event time.
+- ``campaign_prep`` fires a ``prepare`` trigger to a store when more than M coupon triggers
+  name it for one sku within a window (marketing drives stock).
+- All respect their rule's cooldown per sku × location, in event time.
 """
 
 from __future__ import annotations
@@ -170,3 +173,62 @@ def _decision(
         (change.cause,),
         change.ts_ms,
     )
+
+
+@dataclass(slots=True)
+class CampaignState:
+    """Coupon triggers naming one store for one sku (``campaign_prep``)."""
+
+    #: event times and trigger ids within the longest window
+    triggers: list[tuple[int, str]] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)
+
+
+def evaluate_campaign_prep(
+    state: CampaignState | None,
+    store_id: str,
+    region: str,
+    sku: str,
+    trigger_id: str,
+    ts_ms: int,
+    rules: list[Rule],
+    available: int,
+    reorder_point: int,
+) -> tuple[CampaignState, list[StockDecision | Suppressed]]:
+    """Marketing drives stock: more than M coupons naming store S for sku K within a window
+    → a ``prepare`` trigger to S, sized to the coupons not yet covered by available stock."""
+    if state is None:
+        state = CampaignState()
+    state.triggers.append((ts_ms, trigger_id))
+    longest = max((int(r.params["window"] * 1000) for r in rules), default=0)
+    state.triggers = [(t, i) for t, i in state.triggers if t > ts_ms - longest]
+    out: list[StockDecision | Suppressed] = []
+    for rule in rules:
+        window_ms = int(rule.params["window"] * 1000)
+        recent = [(t, i) for t, i in state.triggers if t > ts_ms - window_ms]
+        if len(recent) <= rule.params["triggers"]:
+            continue
+        cooldown_ms = int(rule.cooldown_s * 1000)
+        reason = may_fire(state.ledger, rule.rule_id, cooldown_ms, ts_ms, False, 0)
+        if reason is not None:
+            out.append(Suppressed(rule.rule_id, reason))
+            continue
+        state.ledger.record(rule.rule_id, ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
+        needed = max(1, reorder_point + len(recent) - available)
+        out.append(
+            StockDecision(
+                rule.rule_id,
+                "prepare",
+                sku,
+                store_id,
+                region,
+                available,
+                reorder_point,
+                needed,
+                None,
+                f"{len(recent)} coupons name {store_id} for {sku} within the window",
+                tuple(i for _, i in recent[-20:]),
+                ts_ms,
+            )
+        )
+    return state, out

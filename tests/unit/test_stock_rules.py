@@ -98,3 +98,27 @@ def test_stockout_fires_at_zero_and_rearms_above() -> None:
     )
     fired = [[d.kind for d in o if isinstance(d, StockDecision)] for o in out]
     assert fired == [[], ["stockout"], [], [], ["stockout"]]
+
+
+def test_campaign_prep_fires_past_the_threshold_once_per_cooldown() -> None:
+    from flows.logic.stock_rules import evaluate_campaign_prep
+
+    prep = Rule("campaign-prep", "campaign_prep", 3600.0, {"triggers": 3, "window": 600})
+    state = None
+    kinds = []
+    for n in range(6):
+        state, out = evaluate_campaign_prep(
+            state,
+            "S1",
+            "SH",
+            "SKU1",
+            f"t{n}",
+            T0 + n * 1000,
+            [prep],
+            available=2,
+            reorder_point=REORDER,
+        )
+        kinds.append([type(o).__name__ for o in out])
+    assert kinds == [[], [], [], ["StockDecision"], ["Suppressed"], ["Suppressed"]]
+    state, out = evaluate_campaign_prep(None, "S1", "SH", "SKU1", "x", T0, [prep], 2, REORDER)
+    assert out == []  # one coupon is not a campaign
