@@ -72,8 +72,10 @@ def count_resolution(resolution: Resolution) -> None:
 
 
 def change_message(
-    change: IdentityChange, cause: str, index: int, time_ms: int
+    change: IdentityChange, cause: str, time_ms: int
 ) -> KafkaSinkMessage[bytes, bytes]:
+    """The id is derived from the cause, the kind and the identifiers, not the position in
+    the event's list of changes, so a replay republishes the same id."""
     data = {
         "kind": change.kind,
         "customer_id": change.customer_id,
@@ -86,7 +88,7 @@ def change_message(
         event_type=f"omnistream.identity.{change.kind}",
         source=FLOW,
         subject=change.customer_id,
-        event_id=cloud_event_id("identity", cause, str(index), change.kind),
+        event_id=cloud_event_id("identity", cause, change.kind, *change.identifiers),
         time_ms=time_ms,
         data=data,
     )
@@ -143,8 +145,8 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
             if resolution.created:
                 IDENTITY_CUSTOMERS_CREATED.inc()
             out.append(("resolved", resolved_message(event, resolution.customer_id)))
-            for index, change in enumerate(resolution.changes):
-                out.append(("change", change_message(change, event.event_id, index, event.ts_ms)))
+            for change in resolution.changes:
+                out.append(("change", change_message(change, event.event_id, event.ts_ms)))
         return out
 
     resolved = op.flat_map_batch("resolve", events.oks, resolve)

@@ -5,7 +5,8 @@ Keys (``<p>`` = key prefix):
 - ``<p>id:<type>:<value>`` → customer id (public, CONTRACT §5);
 - ``<p>cust:<customer_id>`` hash: ``first_seen`` (event ms), ``ids`` (JSON list of
   ``type:value``), ``v`` (version, bumped on every write) — internal;
-- ``<p>idseen:<type>:<value>`` JSON ``{"seen": [customer ids], "blocked": bool}`` — internal,
+- ``<p>idseen:<type>:<value>`` JSON ``{"seen": [customer ids], "blocked_by": event id or
+  null}`` — internal,
   only for identifiers involved in conflicts.
 
 A batch is resolved optimistically: one pipelined read of every identifier and customer it
@@ -161,8 +162,8 @@ class IdentityStore:
             if raw:
                 doc = orjson.loads(raw)
                 graph.sightings[ident] = set(doc["seen"])
-                if doc.get("blocked"):
-                    graph.blocked.add(ident)
+                if doc.get("blocked_by") is not None:
+                    graph.blocked[ident] = doc["blocked_by"]
                 sightings[ident] = raw
         return _Snapshot(graph, owners, versions, sightings)
 
@@ -208,7 +209,7 @@ class IdentityStore:
             )
         sightings = []
         for ident, seen in graph.sightings.items():
-            encoded = orjson.dumps({"seen": sorted(seen), "blocked": ident in graph.blocked})
+            encoded = orjson.dumps({"seen": sorted(seen), "blocked_by": graph.blocked.get(ident)})
             if snapshot.sightings.get(ident) != encoded:
                 sightings.append([self.keys.sightings(ident), encoded.decode()])
         doc = {

@@ -25,6 +25,7 @@ Rules (each has a test):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -42,8 +43,7 @@ DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
     r"",
     r"(?i:null|none|nil|undefined|unknown|anonymous|guest|test|n/?a|nan|\(null\))",
     r"-1",
-    r"0+",
-    r"-+",
+    r"[0\s-]+",
     r"0{8}-0{4}-0{4}-0{4}-0{12}",
 )
 DEFAULT_LIMITS: dict[str, int] = {
@@ -78,8 +78,8 @@ def normalise_phone(raw: str, default_country_code: str = "86") -> str | None:
     """
     text = raw.strip()
     digits = re.sub(r"\D", "", text)
-    if not digits:
-        return None
+    if len(digits) < 6 or len(set(digits)) == 1:
+        return None  # "0", "-1", "00000000000": placeholders, not anybody's number
     if text.startswith("+"):
         return digits
     if digits.startswith("00"):
@@ -164,7 +164,9 @@ class IdentityGraph:
     customers: dict[str, Customer] = field(default_factory=dict)
     #: identifier → customers it was seen with (capped), for blocking shared values.
     sightings: dict[str, set[str]] = field(default_factory=dict)
-    blocked: set[str] = field(default_factory=set)
+    #: identifier → the event that blocked it. That event itself still sees it unblocked, so
+    #: a replay of it resolves exactly as the first time.
+    blocked: dict[str, str] = field(default_factory=dict)
 
     def customer_of(self, ident: str) -> Customer | None:
         owner = self.owners.get(ident)
@@ -179,7 +181,7 @@ def new_customer_id(event_id: str, ident: str) -> str:
 def _refusal(target: Customer, incoming: Iterable[str], policy: IdentityPolicy) -> str | None:
     """Why ``incoming`` identifiers cannot join ``target``, or None if they can."""
     incoming = set(incoming)
-    for kind in EXCLUSIVE_TYPES:
+    for kind in ("user", "member"):  # a fixed order: the reason must not vary by process
         mine = target.of_kind(kind)
         theirs = {i for i in incoming if kind_of(i) == kind}
         if mine and theirs and mine != theirs:
@@ -205,7 +207,7 @@ def link_identifiers(
     refused: list[str] = []
     for ident in by_priority(identifiers):
         value = ident.split(":", 1)[1]
-        if junk.fullmatch(value) or ident in graph.blocked:
+        if junk.fullmatch(value.strip()) or graph.blocked.get(ident, event_id) != event_id:
             refused.append(ident)
         else:
             usable.append(ident)
@@ -213,6 +215,8 @@ def link_identifiers(
         return Resolution(None, (), tuple(refused))
 
     changes: list[IdentityChange] = []
+    conflicts: list[IdentityChange] = []
+    absorbed_into: dict[str, str] = {}
     primary = usable[0]
     target = graph.customer_of(primary)
     created = target is None
@@ -229,10 +233,16 @@ def link_identifiers(
         incoming = other.identifiers if other is not None else {ident}
         reason = _refusal(target, incoming, policy)
         if reason is not None:
-            changes.append(
-                IdentityChange("conflict", target.customer_id, (primary, ident), reason=reason)
-            )
-            _sighted(graph, ident, target.customer_id, other, policy)
+            parties = {target.customer_id, *([other.customer_id] if other else [])}
+            sighted = (ident,) if kind_of(primary) == "user" else (primary, ident)
+            known = all(parties <= graph.sightings.get(i, set()) for i in sighted)
+            if not known:  # a conflict already seen (a replay, a repeat) is reported once
+                conflicts.append(
+                    IdentityChange("conflict", target.customer_id, (primary, ident), reason=reason)
+                )
+            _sighted(graph, ident, parties, policy, event_id)
+            if kind_of(primary) != "user":  # a shared card or phone is sighted too, never
+                _sighted(graph, primary, parties, policy, event_id)  # an account
             continue
         if other is None:
             target.identifiers.add(ident)
@@ -247,6 +257,7 @@ def link_identifiers(
         for moved in absorbed.identifiers:
             graph.owners[moved] = survivor.customer_id
         del graph.customers[absorbed.customer_id]
+        absorbed_into[absorbed.customer_id] = survivor.customer_id
         survivor.first_seen_ms = min(survivor.first_seen_ms, absorbed.first_seen_ms)
         if created and absorbed is target:
             linked = []  # the new identifiers now belong to the survivor; reported below
@@ -266,23 +277,32 @@ def link_identifiers(
         target = survivor
     if linked:
         changes.insert(0, IdentityChange("linked", target.customer_id, tuple(linked)))
-    return Resolution(target.customer_id, tuple(changes), tuple(refused), created)
+    if absorbed_into:  # conflicts and sightings name the customers that still exist
+        conflicts = [
+            dataclasses.replace(c, customer_id=_final(c.customer_id, absorbed_into))
+            for c in conflicts
+        ]
+        for seen in graph.sightings.values():
+            if seen & absorbed_into.keys():
+                seen.difference_update(absorbed_into.keys() - {target.customer_id})
+                seen.add(target.customer_id)
+    return Resolution(target.customer_id, tuple(changes + conflicts), tuple(refused), created)
+
+
+def _final(customer_id: str, absorbed_into: dict[str, str]) -> str:
+    while customer_id in absorbed_into:
+        customer_id = absorbed_into[customer_id]
+    return customer_id
 
 
 def _sighted(
-    graph: IdentityGraph,
-    ident: str,
-    customer_id: str,
-    other: Customer | None,
-    policy: IdentityPolicy,
+    graph: IdentityGraph, ident: str, customers: set[str], policy: IdentityPolicy, event_id: str
 ) -> None:
     """Remember which customers an identifier was seen with; block it past the limit."""
     seen = graph.sightings.setdefault(ident, set())
-    seen.add(customer_id)
-    if other is not None:
-        seen.add(other.customer_id)
+    seen |= customers
     if len(seen) > policy.max_customers_per_identifier:
-        graph.blocked.add(ident)
+        graph.blocked.setdefault(ident, event_id)
 
 
 def erase_customer(graph: IdentityGraph, customer_id: str) -> IdentityChange | None:

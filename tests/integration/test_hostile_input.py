@@ -32,31 +32,132 @@ HOSTILE: list[tuple[bytes, str]] = [
     (b'{"a": "' + b"x" * 900_000 + b'"}', "too_large"),
     (b"", "malformed_json"),
     (b"null", "malformed_json"),
-    (orjson.dumps({"event_id": "h1", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": 10**18}), "bad_value"),
-    (orjson.dumps({"event_id": "h2", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": -3}), "bad_value"),
-    (orjson.dumps({"event_id": "h3", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": 0}), "bad_value"),
-    (orjson.dumps({"event_id": "h4", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": "7"}), "bad_type"),
-    (orjson.dumps({"event_id": "h5", "event_type": "receipt", "ts": "2026-11-01T10:00:00",
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": 1}), "bad_timestamp"),
-    (orjson.dumps({"event_id": "h6", "event_type": "receipt", "ts": "9999-12-31T00:00:00Z",
-                   "location_id": "WH-SH-01", "sku": "SKU-10001", "qty": 1}), "bad_timestamp"),
-    (orjson.dumps({"event_id": "h7", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "qty": 1}), "missing_field"),
-    (orjson.dumps({"event_id": "h8", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "WH-SH-01", "sku": "NOPE", "qty": 1}), "unknown_sku"),
-    (orjson.dumps({"event_id": "h9", "event_type": "receipt", "ts": VALID_TS,
-                   "location_id": "MOON-01", "sku": "SKU-10001", "qty": 1}), "unknown_location"),
-    (orjson.dumps({"event_id": "h10", "event_type": "teleport", "ts": VALID_TS}),
-     "unknown_event_type"),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h1",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": 10**18,
+            }
+        ),
+        "bad_value",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h2",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": -3,
+            }
+        ),
+        "bad_value",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h3",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": 0,
+            }
+        ),
+        "bad_value",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h4",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": "7",
+            }
+        ),
+        "bad_type",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h5",
+                "event_type": "receipt",
+                "ts": "2026-11-01T10:00:00",
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": 1,
+            }
+        ),
+        "bad_timestamp",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h6",
+                "event_type": "receipt",
+                "ts": "9999-12-31T00:00:00Z",
+                "location_id": "WH-SH-01",
+                "sku": "SKU-10001",
+                "qty": 1,
+            }
+        ),
+        "bad_timestamp",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h7",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "qty": 1,
+            }
+        ),
+        "missing_field",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h8",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "WH-SH-01",
+                "sku": "NOPE",
+                "qty": 1,
+            }
+        ),
+        "unknown_sku",
+    ),
+    (
+        orjson.dumps(
+            {
+                "event_id": "h9",
+                "event_type": "receipt",
+                "ts": VALID_TS,
+                "location_id": "MOON-01",
+                "sku": "SKU-10001",
+                "qty": 1,
+            }
+        ),
+        "unknown_location",
+    ),
+    (
+        orjson.dumps({"event_id": "h10", "event_type": "teleport", "ts": VALID_TS}),
+        "unknown_event_type",
+    ),
 ]
 
 
-def test_hostile_messages_are_dead_lettered_and_valid_ones_applied(omni_config: Config,
-                                                                   tmp_path: Path) -> None:
+def test_hostile_messages_are_dead_lettered_and_valid_ones_applied(
+    omni_config: Config, tmp_path: Path
+) -> None:
     config = omni_config.with_overrides(pii={"key": "test-secret"})
     events = list(TrafficModel(load_reference(config), seed=29).events(8_000))
     producer = make_producer(config, **{"message.max.bytes": "2000000"})
@@ -84,12 +185,14 @@ def test_hostile_messages_are_dead_lettered_and_valid_ones_applied(omni_config: 
     letters = [json.loads(m.value()) for m in read_topic(config, "deadletter", timeout_s=60)]
     hostile_letters = collections.Counter(
         f"{letter['topic'].removeprefix(config.kafka.topic_prefix)}:{letter['reason']}"
-        for letter in letters if letter["flow"] == "stock_pool"
+        for letter in letters
+        if letter["flow"] == "stock_pool"
     )
     assert hostile_letters == hostile_sent  # the generated traffic itself is all valid
     identity_letters = sum(1 for letter in letters if letter["flow"] == "identity_stitch")
-    assert identity_letters == sum(n for key, n in hostile_sent.items()
-                                   if not key.startswith("wms.movements:"))
+    assert identity_letters == sum(
+        n for key, n in hostile_sent.items() if not key.startswith("wms.movements:")
+    )
     assert all(len(letter["raw"]) <= 64 * 1024 for letter in letters)
 
     expected = expected_stock(events)

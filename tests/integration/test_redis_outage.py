@@ -25,10 +25,24 @@ pytestmark = pytest.mark.integration
 
 def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
-         "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+        [
+            str(redis_server_binary()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -39,7 +39,8 @@ def test_phone_and_email_normalisation_and_keyed_hash() -> None:
     assert normalise_phone("+86 138 0013 8000") == "8613800138000"
     assert normalise_phone("0086 13800138000") == "8613800138000"
     assert normalise_phone("+44 20 7946 0958") == "442079460958"
-    assert normalise_phone("12345") == "12345"
+    assert normalise_phone("12345") is None  # too short to be anybody's number
+    assert normalise_phone("000-0000-0000") is None
     assert normalise_email("  Ann@Example.COM ") == "ann@example.com"
     expected = hmac.new(b"k3y", b"8613800138000", hashlib.sha256).hexdigest()
     assert pii_identifier_value("phone", "138 0013 8000", "k3y", "86") == expected
