@@ -75,11 +75,16 @@ def kafka_events(
         batch_size=config.kafka.batch_size,
     )
 
+    # Per-topic lookups done once, not per message (this runs for every input message).
+    names = {config.topic(name): name for name in topic_names}
+    consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
+
     def decode(msg: KafkaSourceMessage[Any, Any]) -> InputEvent | Rejection:
         topic = msg.topic or ""
-        EVENTS_CONSUMED.labels(flow_name, _unprefixed(config, topic)).inc()
+        name = names.get(topic) or _unprefixed(config, topic)
+        (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc()
         origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
-        return decode_message(_unprefixed(config, topic), msg.value, origin, reference, hasher)
+        return decode_message(name, msg.value, origin, reference, hasher)
 
     def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
         msg = err.msg

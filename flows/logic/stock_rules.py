@@ -70,6 +70,16 @@ class SkuRuleState:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
 
 
+def _claim(ledger: Ledger, rule: Rule, ts_ms: int) -> Suppressed | None:
+    """Record a firing of a stock rule, or say why its cooldown forbids it."""
+    cooldown_ms = int(rule.cooldown_s * 1000)
+    reason = may_fire(ledger, rule.rule_id, cooldown_ms, ts_ms, False, 0)
+    if reason is not None:
+        return Suppressed(rule.rule_id, reason)
+    ledger.record(rule.rule_id, ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
+    return None
+
+
 def target_level(reorder_point: int, sold_24h: int, target_cover_days: float) -> int:
     return max(reorder_point, math.ceil(target_cover_days * sold_24h))
 
@@ -110,12 +120,10 @@ def evaluate_stock_rules(
         if key in state.fired:
             continue  # still below: already fired on the crossing
         state.fired.add(key)
-        cooldown_ms = int(rule.cooldown_s * 1000)
-        reason = may_fire(ledger, rule.rule_id, cooldown_ms, change.ts_ms, False, 0)
-        if reason is not None:
-            out.append(Suppressed(rule.rule_id, reason))
+        suppressed = _claim(ledger, rule, change.ts_ms)
+        if suppressed is not None:
+            out.append(suppressed)
             continue
-        ledger.record(rule.rule_id, change.ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
         out.append(_decision(state, rule, change, reorder_point))
     return state, out
 
@@ -208,12 +216,10 @@ def evaluate_campaign_prep(
         recent = [(t, i) for t, i in state.triggers if t > ts_ms - window_ms]
         if len(recent) <= rule.params["triggers"]:
             continue
-        cooldown_ms = int(rule.cooldown_s * 1000)
-        reason = may_fire(state.ledger, rule.rule_id, cooldown_ms, ts_ms, False, 0)
-        if reason is not None:
-            out.append(Suppressed(rule.rule_id, reason))
+        suppressed = _claim(state.ledger, rule, ts_ms)
+        if suppressed is not None:
+            out.append(suppressed)
             continue
-        state.ledger.record(rule.rule_id, ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
         needed = max(1, reorder_point + len(recent) - available)
         out.append(
             StockDecision(
