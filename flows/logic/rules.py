@@ -67,7 +67,10 @@ PARAMS: dict[str, dict[str, Param]] = {
         "min_on_hand": Param("int", 10, 0),
         "viewed_within": Param("duration", 7 * 86400, 1),
     },
-    "expiring_stock": {"within_days": Param("number", 3, 0)},
+    "expiring_stock": {
+        "within_days": Param("number", 3, 0),
+        "viewed_within": Param("duration", 7 * 86400, 1),
+    },
     "campaign_prep": {"triggers": Param("int", 50, 1), "window": Param("duration", 3600, 1)},
 }
 
@@ -118,6 +121,8 @@ class RuleSet:
     frequency_cap_per_day: int
     conversion_window_s: float
     source: str = ""
+    #: customers offered one clearance coupon, at most (most recent viewers first)
+    max_audience: int = 1000
     by_id: dict[str, Rule] = field(default_factory=dict, compare=False)
 
     def of_kind(self, kind: str) -> list[Rule]:
@@ -331,7 +336,13 @@ def parse_rules(source: str, doc: object) -> RuleSet:
         check.fail("top level", "version", "1", doc.get("version"))
     defaults = check.mapping("top level", "defaults", doc.get("defaults") or {}) or {}
     check.known_keys(
-        "top level", "defaults.", defaults, {"frequency_cap_per_day", "conversion_window"}
+        "top level",
+        "defaults.",
+        defaults,
+        {"frequency_cap_per_day", "conversion_window", "max_audience"},
+    )
+    audience = check.number(
+        "top level", "defaults.max_audience", defaults.get("max_audience", 1000), 1, integer=True
     )
     cap = check.number(
         "top level",
@@ -366,4 +377,7 @@ def parse_rules(source: str, doc: object) -> RuleSet:
     if check.problems:
         raise RulesError(check.problems)
     assert cap is not None and window is not None
-    return RuleSet(tuple(rules), int(cap), window, source, {r.rule_id: r for r in rules})
+    assert audience is not None
+    return RuleSet(
+        tuple(rules), int(cap), window, source, int(audience), {r.rule_id: r for r in rules}
+    )

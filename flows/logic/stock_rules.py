@@ -36,6 +36,8 @@ class StockChange:
     sold_24h: int
     ts_ms: int
     cause: str
+    on_hand: int = 0
+    location_type: str = "store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,41 @@ class SkuRuleState:
     fired: set[tuple[str, str]] = field(default_factory=set)
     #: location → firing history, for cooldowns
     ledgers: dict[str, Ledger] = field(default_factory=dict)
+    #: location → perishable batches received there (``expiring_stock``)
+    batches: dict[str, list[ExpiryBatch]] = field(default_factory=dict)
+    #: location → event time it was first seen, and last seen selling (``overstock``)
+    first_seen: dict[str, int] = field(default_factory=dict)
+    last_selling: dict[str, int] = field(default_factory=dict)
+    #: the latest event time seen for this sku
+    seen_ms: int = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SkuRuleState:
+        """Snapshots copy every epoch: copy the containers, share the immutable records."""
+        return SkuRuleState(
+            dict(self.positions),
+            set(self.fired),
+            {
+                loc: Ledger(dict(led.last_fired), dict(led.coupons_per_day))
+                for loc, led in self.ledgers.items()
+            },
+            {loc: list(b) for loc, b in self.batches.items()},
+            dict(self.first_seen),
+            dict(self.last_selling),
+            self.seen_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryBatch:
+    """A receipt of perishable goods: ``qty`` units that expire at the end of a date."""
+
+    sku: str
+    location_id: str
+    region: str
+    qty: int
+    expires_ms: int
+    event_id: str
+    ts_ms: int
 
 
 def _claim(ledger: Ledger, rule: Rule, ts_ms: int) -> Suppressed | None:
