@@ -85,3 +85,43 @@ IDENTITY_CAS_RETRIES = Counter(
     "omnistream_identity_batch_retries_total",
     "Identity batches re-read and re-resolved because another worker changed the same data.",
 )
+TRIGGERS_FIRED = Counter(
+    "omnistream_triggers_fired_total",
+    "Triggers sent to triggers.coupon or triggers.replenishment, by rule, kind and variant.",
+    ["rule", "kind", "variant"],
+)
+TRIGGERS_SUPPRESSED = Counter(
+    "omnistream_triggers_suppressed_total",
+    "Rule matches not sent, by rule, variant and reason: cooldown, cap, or control (the "
+    "customer drew the control group; the trigger went to triggers.holdout).",
+    ["rule", "variant", "reason"],
+)
+TRIGGER_CONVERSIONS = Counter(
+    "omnistream_trigger_conversions_total",
+    "Purchases by triggered or held-out customers within the conversion window, by rule, "
+    "variant (control included) and how: redeemed (the coupon code at a till) or purchase.",
+    ["rule", "variant", "via"],
+)
+TRIGGER_LATENCY = Histogram(
+    "omnistream_trigger_latency_seconds",
+    "fired_at − event_time of every trigger sent (for a coupon held through quiet hours, "
+    "from the end of the quiet hours), by rule.",
+    ["rule"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+)
+RULES_RELOADS = Counter(
+    "omnistream_rules_reloads_total",
+    "Changed rules files seen by rule_triggers: ok (now in force) or invalid (refused; the "
+    "previous rules stay in force).",
+    ["outcome"],
+)
+RULES_ACTIVE = Gauge(
+    "omnistream_rules_active",
+    "Enabled rules in force in rule_triggers.",
+)
+TRIGGER_INPUTS_SKIPPED = Counter(
+    "omnistream_trigger_inputs_skipped_total",
+    "Valid inputs of rule_triggers with nothing for the rules, by reason (no_customer, "
+    "not_perishable_receipt).",
+    ["reason"],
+)

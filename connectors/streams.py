@@ -59,11 +59,14 @@ def kafka_events(
     *,
     until_idle: bool,
     hasher: PiiHasher | None = None,
+    decoder: Callable[[str, bytes, Origin], Any] | None = None,
 ) -> EventStreams:
     """Consume the (prefixed) input topics and decode every message.
 
     With ``until_idle`` the source stops at the end of every partition, so the flow ends
-    once its inputs are drained.
+    once its inputs are drained. ``decoder(topic name, bytes, origin)`` replaces the input
+    decoder of CONTRACT §1 for flows that read other flows' outputs; it returns a record or a
+    ``Rejection``.
     """
     source = kop.input(
         step_id,
@@ -84,6 +87,8 @@ def kafka_events(
         name = names.get(topic) or _unprefixed(config, topic)
         (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc()
         origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
+        if decoder is not None:
+            return decoder(name, msg.value or b"", origin)  # type: ignore[no-any-return]
         return decode_message(name, msg.value, origin, reference, hasher)
 
     def consumer_error(err: KafkaError[Any, Any]) -> Rejection:

@@ -65,6 +65,15 @@ class ReferenceConfig:
 class RulesConfig:
     #: The rules file of rule_triggers (``omnistream rules check FILE`` validates one).
     file: str = str(SAMPLE_DATA_DIR / "rules.yaml")
+    #: How often (wall clock) the running flow looks for a changed rules file.
+    reload_seconds: float = 2.0
+    #: Event-time allowance for slightly out-of-order input: a timer (cart deadline, quiet
+    #: hours end, clearance audience) fires once its input has moved this far past it.
+    timer_grace_seconds: float = 2.0
+    #: When an input partition has been silent this long (wall clock), its event time is
+    #: assumed to move on with the wall clock, so timers fire during sparse live traffic.
+    #: Only while tailing live topics; ``--until-idle`` replays use event time alone.
+    idle_advance_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,7 @@ def _check_ranges(config: Config) -> None:
         "flow.epoch_seconds": config.flow.epoch_seconds,
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
+        "rules.reload_seconds": config.rules.reload_seconds,
     }
     for key, value in positive.items():
         if value <= 0:

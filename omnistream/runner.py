@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 FLOWS: dict[str, str] = {
     "stock_pool": "flows.stock_pool",
     "identity_stitch": "flows.identity_stitch",
+    "rule_triggers": "flows.rule_triggers",
 }
 
 

@@ -136,6 +136,39 @@ class StockStore:
         else:
             pipe.hset(key, "days_of_cover", figures.days_of_cover)
 
+    def stores_with_stock(
+        self, region: str, sku: str, minimum: int, flow: str
+    ) -> list[tuple[str, int]]:
+        """Stores of ``region`` with at least ``minimum`` available of ``sku``, most first
+        (ties by store id): one pipelined round trip."""
+        stores = sorted(
+            loc.location_id
+            for loc in self.reference.locations.values()
+            if loc.type == "store" and loc.region == region
+        )
+        if not stores:
+            return []
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for store in stores:
+                pipe.hget(self.keys.position(sku, store), "available")
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        replies = with_retries(flow, read)
+        found = [
+            (store, int(value))
+            for store, value in zip(stores, replies, strict=True)
+            if value is not None and int(value) >= minimum
+        ]
+        return sorted(found, key=lambda item: (-item[1], item[0]))
+
+    def available(self, sku: str, location_id: str, flow: str) -> int:
+        value = with_retries(
+            flow, lambda: self.client.hget(self.keys.position(sku, location_id), "available")
+        )
+        return int(value) if value is not None else 0
+
     def read_sku(
         self, sku: str
     ) -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, str]]]:

@@ -53,6 +53,8 @@ class CustomerEvent:
     skus: tuple[str, ...] = ()  # of an order or a till receipt
     is_purchase: bool = False  # order_placed or POS sale
     coupon_codes: tuple[str, ...] = ()  # redeemed at a till
+    category: str | None = None  # of ``sku``
+    source_partition: int = 0  # of events.resolved: the clock its timers follow
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,103 @@
+"""Event-time clocks for the timers of rule_triggers.
+
+A timer (a cart's deadline, the end of quiet hours, a clearance waiting for its audience)
+fires when the *input* has moved past it, not when the wall clock has: a replay of yesterday
+fires the same triggers as the live run did. Each input stream (a Kafka partition, or the
+stock inputs as a whole) has its own clock, the largest event time seen on it minus a grace
+for slightly out-of-order events. A customer's events all travel in one partition of
+``events.resolved`` (it is keyed by customer), so a cart is judged against the partition that
+also carries the customer's order.
+
+While tailing live topics, a stream that has been silent for ``idle_advance`` is assumed to
+move on with the wall clock (its producers stamp events with the current time), so timers
+fire within seconds even when traffic is sparse. With ``--until-idle`` this is off and
+timers follow event time alone.
+
+Clocks are per worker thread (``clocks()``): a key's state lives on one worker, and that
+worker's clock has seen exactly the events that worker processed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from datetime import UTC, datetime, timedelta
+
+#: Longest wait between two looks at a pending timer; a re-check is cheap.
+MAX_WAIT_S = 30.0
+MIN_WAIT_S = 0.05
+
+
+class EventClock:
+    def __init__(
+        self,
+        grace_ms: int,
+        idle_advance_ms: int | None,
+        wall_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
+        self.grace_ms = grace_ms
+        self.idle_advance_ms = idle_advance_ms
+        self._wall_ms = wall_ms
+        self._latest: dict[Hashable, int] = {}
+        self._arrived: dict[Hashable, float] = {}
+        #: first (wall, event) observation, to estimate how fast event time moves
+        self._first: tuple[float, int] | None = None
+
+    def observe(self, stream: Hashable, ts_ms: int) -> None:
+        now = self._wall_ms()
+        if ts_ms >= self._latest.get(stream, ts_ms):
+            self._latest[stream] = ts_ms
+        self._arrived[stream] = now
+        if self._first is None:
+            self._first = (now, ts_ms)
+
+    def watermark(self, stream: Hashable) -> int | None:
+        """Event time up to which ``stream`` is complete, or None before its first event."""
+        latest = self._latest.get(stream)
+        if latest is None:
+            return None
+        mark = latest - self.grace_ms
+        if self.idle_advance_ms is not None:
+            silent = self._wall_ms() - self._arrived[stream] - self.idle_advance_ms
+            if silent > 0:
+                mark += int(silent)
+        return mark
+
+    def speed(self) -> float:
+        """Event-time milliseconds per wall millisecond so far (at least 1)."""
+        if self._first is None:
+            return 1.0
+        wall0, event0 = self._first
+        elapsed = self._wall_ms() - wall0
+        progressed = max(self._latest.values(), default=event0) - event0
+        return max(1.0, progressed / elapsed) if elapsed > 0 else 1.0
+
+    def wake_at(self, stream: Hashable, deadline_ms: int | None) -> datetime | None:
+        """When to look at a timer again: when the stream's clock should have reached the
+        deadline at the pace event time has been moving, within [MIN_WAIT_S, MAX_WAIT_S]."""
+        if deadline_ms is None:
+            return None
+        mark = self.watermark(stream)
+        if mark is None:
+            wait_s = MAX_WAIT_S
+        else:
+            wait_s = (deadline_ms - mark) / self.speed() / 1000
+            if self.idle_advance_ms is not None and wait_s > 0:
+                wait_s += self.idle_advance_ms / 1000
+            wait_s = min(MAX_WAIT_S, max(MIN_WAIT_S, wait_s))
+        return datetime.now(UTC) + timedelta(seconds=wait_s)
+
+
+_local = threading.local()
+
+
+def clocks(name: str, grace_ms: int, idle_advance_ms: int | None) -> EventClock:
+    """The calling worker thread's clock called ``name``, created on first use."""
+    registry: dict[str, EventClock] | None = getattr(_local, "clocks", None)
+    if registry is None:
+        registry = _local.clocks = {}
+    clock = registry.get(name)
+    if clock is None:
+        clock = registry[name] = EventClock(grace_ms, idle_advance_ms)
+    return clock

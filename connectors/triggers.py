@@ -1,0 +1,127 @@
+"""Wire encoding of rule_triggers' outputs (CONTRACT §3) and their metrics.
+
+Ids are derived from the rule, the subject and the causing events only, so a replay after a
+crash republishes the same id and subscribers drop it. Everything in a payload except
+``fired_at`` (the wall clock at sending) is a function of the input, so two replays of the
+same input give the same payloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSinkMessage
+
+from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.metrics import TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
+from flows.logic.customer_rules import CouponDecision
+from flows.logic.rules import RuleSet
+from flows.logic.stock_rules import StockDecision
+from flows.logic.timeparse import format_event_time
+
+FLOW = "rule_triggers"
+
+
+def coupon_id(decision: CouponDecision) -> str:
+    return cloud_event_id(
+        "coupon", decision.rule_id, decision.customer_id, decision.sku or "", *decision.evidence
+    )
+
+
+def replenishment_id(decision: StockDecision) -> str:
+    return cloud_event_id(
+        "replenishment",
+        decision.rule_id,
+        decision.kind,
+        decision.sku,
+        decision.location_id,
+        *decision.evidence,
+    )
+
+
+def coupon_data(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -> dict[str, Any]:
+    rule = rules.by_id.get(decision.rule_id)
+    coupon: dict[str, Any] = {"code": decision.code}
+    if rule is not None and rule.coupon is not None:
+        expires = decision.sent_at_ms + int(rule.coupon.expires_in_s * 1000)
+        coupon.update(
+            kind=rule.coupon.type, value=rule.coupon.value, expires_at=format_event_time(expires)
+        )
+    if decision.sku is not None:
+        coupon["sku"] = decision.sku
+    if decision.store_id is not None:
+        coupon["store_id"] = decision.store_id
+    data: dict[str, Any] = {
+        "rule_id": decision.rule_id,
+        "rule_kind": rule.kind if rule is not None else None,
+        "customer_id": decision.customer_id,
+        "variant": decision.variant,
+        "coupon": coupon,
+        "reason": decision.reason,
+        "evidence": list(decision.evidence),
+        "event_time": format_event_time(decision.event_time_ms),
+        "fired_at": format_event_time(fired_at_ms),
+    }
+    if decision.held_until_ms is not None:
+        data["held_until"] = format_event_time(decision.held_until_ms)
+    return data
+
+
+def coupon_message(
+    decision: CouponDecision, rules: RuleSet, fired_at_ms: int
+) -> KafkaSinkMessage[bytes, bytes]:
+    """A coupon for triggers.coupon, or for triggers.holdout when the customer drew control."""
+    kind = "holdout" if decision.holdout else "coupon"
+    value = cloud_event(
+        event_type=f"omnistream.trigger.{kind}",
+        source=FLOW,
+        subject=decision.customer_id,
+        event_id=coupon_id(decision),
+        time_ms=decision.sent_at_ms,
+        data=coupon_data(decision, rules, fired_at_ms),
+    )
+    rule = rules.by_id.get(decision.rule_id)
+    if decision.holdout:
+        TRIGGERS_SUPPRESSED.labels(decision.rule_id, decision.variant, "control").inc()
+    else:
+        TRIGGERS_FIRED.labels(
+            decision.rule_id, rule.kind if rule else "unknown", decision.variant
+        ).inc()
+        TRIGGER_LATENCY.labels(decision.rule_id).observe(
+            max(0.0, (fired_at_ms - decision.sent_at_ms) / 1000)
+        )
+    return KafkaSinkMessage(key=decision.customer_id.encode(), value=value)
+
+
+def replenishment_message(
+    decision: StockDecision, fired_at_ms: int
+) -> KafkaSinkMessage[bytes, bytes]:
+    key = f"{decision.sku}:{decision.location_id}"
+    data = {
+        "rule_id": decision.rule_id,
+        "kind": decision.kind,
+        "sku": decision.sku,
+        "location_id": decision.location_id,
+        "region": decision.region,
+        "available": decision.available,
+        "reorder_point": decision.reorder_point,
+        "suggested_qty": decision.suggested_qty,
+        "source_location_id": decision.source_location_id,
+        "reason": decision.reason,
+        "evidence": list(decision.evidence),
+        "event_time": format_event_time(decision.event_time_ms),
+        "fired_at": format_event_time(fired_at_ms),
+    }
+    value = cloud_event(
+        event_type="omnistream.trigger.replenishment",
+        source=FLOW,
+        subject=key,
+        event_id=replenishment_id(decision),
+        time_ms=decision.event_time_ms,
+        data=data,
+    )
+    TRIGGERS_FIRED.labels(decision.rule_id, decision.kind, "default").inc()
+    TRIGGER_LATENCY.labels(decision.rule_id).observe(
+        max(0.0, (fired_at_ms - decision.event_time_ms) / 1000)
+    )
+    return KafkaSinkMessage(key=key.encode(), value=value)

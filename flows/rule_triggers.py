@@ -1,0 +1,417 @@
+"""rule_triggers: coupon and replenishment triggers within seconds (CONTRACT §3).
+
+Wiring only; the rules are in ``flows.logic.customer_rules``, ``flows.logic.stock_rules``,
+``flows.logic.clearance_rules`` and ``flows.logic.trigger_policy``.
+
+    events.resolved ─► key by customer ─► customers (carts, browsing, win-back, offers,
+                   │                        quiet hours, conversions; timers)
+                   │                        ─► triggers.coupon / triggers.holdout
+                   └─► product views ─► key by region ─► audience ─► offers ─┘
+    stock.changes, wms.movements (perishable receipts)
+                   ─► key by sku ─► skus (low stock, stockout, overstock, expiring; timers)
+                        ─► triggers.replenishment; clearance signals ─► audience
+    coupons naming a store ─► key by store:sku ─► campaigns ─► triggers.replenishment
+
+Timers follow event time (``connectors.event_clock``). The rules file is re-read while the
+flow runs (``connectors.live_rules``). Step ids are part of the recovery snapshots: keep them
+stable.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulLogic
+
+from connectors import topics
+from connectors.event_clock import EventClock, clocks
+from connectors.live_rules import LiveRules
+from connectors.metrics import (
+    PROCESSING_LAG,
+    TRIGGER_CONVERSIONS,
+    TRIGGER_INPUTS_SKIPPED,
+    TRIGGERS_SUPPRESSED,
+)
+from connectors.streams import deadletter_output, kafka_events, kafka_output
+from connectors.trigger_inputs import DECODERS, Skipped
+from connectors.triggers import FLOW, coupon_message, replenishment_message
+from flows.logic.clearance_rules import (
+    AudienceState,
+    ClearanceSignal,
+    View,
+    add_batch,
+    add_signal,
+    add_view,
+    clearance_deadline,
+    evaluate_clearance,
+    note_change,
+    release_signals,
+)
+from flows.logic.customer_rules import (
+    Conversion,
+    CouponDecision,
+    CustomerEvent,
+    CustomerState,
+    Offer,
+    next_deadline,
+    on_event,
+    on_offer,
+    on_time,
+)
+from flows.logic.customer_rules import Suppressed as CustomerSuppressed
+from flows.logic.events import Origin
+from flows.logic.reference import ReferenceData
+from flows.logic.stock_rules import (
+    CampaignState,
+    ExpiryBatch,
+    SkuRuleState,
+    StockChange,
+    StockDecision,
+    evaluate_campaign_prep,
+    evaluate_stock_rules,
+)
+from flows.logic.stock_rules import Suppressed as StockSuppressed
+from omnistream.config import Config, load_config
+from omnistream.reference import load_reference
+from state.stock_store import StockStore
+
+INPUTS = (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS)
+NEVER = 2**62  # "every pending timer is due" at the end of a replay
+
+
+class _Context:
+    """What every stateful step of one process shares: config, reference data, the live
+    rules, and one Redis client and one set of clocks per worker thread."""
+
+    def __init__(self, config: Config, reference: ReferenceData, until_idle: bool) -> None:
+        self.config = config
+        self.reference = reference
+        self.rules = LiveRules(config.rules.file, config.rules.reload_seconds)
+        self.grace_ms = int(config.rules.timer_grace_seconds * 1000)
+        self.idle_ms = None if until_idle else int(config.rules.idle_advance_seconds * 1000)
+        self._local = threading.local()
+
+    def clock(self, name: str) -> EventClock:
+        return clocks(name, self.grace_ms, self.idle_ms)
+
+    def store(self) -> StockStore:
+        if not hasattr(self._local, "store"):
+            self._local.store = StockStore.from_config(self.config, self.reference)
+        return self._local.store  # type: ignore[no-any-return]
+
+    def nearby(self, region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
+        return self.store().stores_with_stock(region, sku, minimum, FLOW)
+
+
+CustomerSnapshot = tuple[str, CustomerState, int]
+
+
+class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
+    """One customer's rules. Timers follow the clock of the ``events.resolved`` partition
+    that carries the customer's events. (Bytewax gives a builder no key: the customer id
+    comes with the first item and is kept in the snapshot.)"""
+
+    def __init__(self, ctx: _Context, resume: CustomerSnapshot | None) -> None:
+        self.ctx = ctx
+        self.customer_id, self.state, self.partition = (
+            resume if resume is not None else ("", CustomerState(), 0)
+        )
+
+    def _stream(self) -> tuple[str, int]:
+        return ("resolved", self.partition)
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        rules = self.ctx.rules.current()
+        self.customer_id = value.customer_id
+        if isinstance(value, Offer):
+            self.state, out = on_offer(self.state, value, rules)
+            return out, StatefulLogic.RETAIN
+        event: CustomerEvent = value
+        self.partition = event.source_partition
+        self.ctx.clock("customers").observe(self._stream(), event.ts_ms)
+        # Deadlines before this event have passed: the customer's own events are ordered.
+        due = on_time(self.state, self.customer_id, event.ts_ms - self.ctx.grace_ms, rules)
+        self.state, fired = on_event(self.state, event, rules, self.ctx.nearby)
+        return [*due, *fired], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        mark = self.ctx.clock("customers").watermark(self._stream())
+        if mark is None:
+            return [], StatefulLogic.RETAIN
+        out = on_time(self.state, self.customer_id, mark, self.ctx.rules.current())
+        return out, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        mark = self.ctx.clock("customers").watermark(self._stream())
+        if mark is None:
+            return [], StatefulLogic.RETAIN
+        out = on_time(self.state, self.customer_id, mark, self.ctx.rules.current())
+        return out, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.ctx.clock("customers").wake_at(self._stream(), next_deadline(self.state))
+
+    def snapshot(self) -> CustomerSnapshot:
+        return self.customer_id, copy.deepcopy(self.state), self.partition
+
+
+SkuSnapshot = tuple[str, SkuRuleState]
+
+
+class SkuLogic(StatefulLogic[Any, Any, SkuSnapshot]):
+    """One sku's stock rules over all its locations (the sku comes with the first item)."""
+
+    def __init__(self, ctx: _Context, resume: SkuSnapshot | None) -> None:
+        self.ctx = ctx
+        self.sku, self.state = resume if resume is not None else ("", SkuRuleState())
+        self._product()
+
+    def _product(self) -> None:
+        product = self.ctx.reference.products.get(self.sku)
+        self.category = product.category if product else ""
+        self.reorder_point = product.reorder_point if product else 0
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        rules = self.ctx.rules.current()
+        if value.sku != self.sku:
+            self.sku = value.sku
+            self._product()
+        self.ctx.clock("stock").observe("stock", value.ts_ms)
+        out: list[Any] = []
+        if isinstance(value, StockChange):
+            stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
+            self.state, out = evaluate_stock_rules(
+                self.state, value, stock_rules, self.reorder_point
+            )
+            note_change(self.state, value)
+            location = value.location_id
+        else:
+            assert isinstance(value, ExpiryBatch)
+            self.state = add_batch(self.state, value)
+            location = value.location_id
+        out += evaluate_clearance(self.state, rules, self.category, value.ts_ms, location)
+        return out, StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        mark = self.ctx.clock("stock").watermark("stock")
+        if mark is None:
+            return [], StatefulLogic.RETAIN
+        rules = self.ctx.rules.current()
+        return evaluate_clearance(self.state, rules, self.category, mark), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        deadline = clearance_deadline(self.state, self.ctx.rules.current())
+        return self.ctx.clock("stock").wake_at("stock", deadline)
+
+    def snapshot(self) -> SkuSnapshot:
+        return self.sku, copy.deepcopy(self.state)
+
+
+class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
+    """One region's recent product views; turns clearance signals into offers once the
+    views have caught up with the signal's event time."""
+
+    def __init__(self, ctx: _Context, resume: AudienceState | None) -> None:
+        self.ctx = ctx
+        self.state = resume if resume is not None else AudienceState()
+
+    def _release(self, mark: int | None) -> list[Offer]:
+        if mark is None or not self.state.pending:
+            return []
+        rules = self.ctx.rules.current()
+        return release_signals(self.state, mark, rules, rules.max_audience)
+
+    def on_item(self, value: Any) -> tuple[list[Offer], bool]:
+        rules = self.ctx.rules.current()
+        if isinstance(value, View):
+            self.ctx.clock("views").observe("views", value.ts_ms)
+            self.state = add_view(self.state, value, rules)
+        else:
+            self.state = add_signal(self.state, value)
+        return self._release(self.ctx.clock("views").watermark("views")), StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Offer], bool]:
+        return self._release(self.ctx.clock("views").watermark("views")), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Offer], bool]:
+        # The inputs are drained (a replay): every view that exists has been seen.
+        return self._release(NEVER), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        pending = min((s.ts_ms for s in self.state.pending), default=None)
+        return self.ctx.clock("views").wake_at("views", pending)
+
+    def snapshot(self) -> AudienceState:
+        return copy.deepcopy(self.state)
+
+
+def _view_of(event: CustomerEvent) -> tuple[str, View] | None:
+    if event.event_type != "product_view" or not (event.region and event.sku and event.category):
+        return None
+    return event.region, View(event.customer_id, event.sku, event.category, event.ts_ms)
+
+
+def _count_suppressed(item: Any) -> None:
+    if isinstance(item, CustomerSuppressed):
+        TRIGGERS_SUPPRESSED.labels(item.rule_id, item.variant, item.reason).inc()
+    elif isinstance(item, StockSuppressed):
+        TRIGGERS_SUPPRESSED.labels(item.rule_id, "default", item.reason).inc()
+    elif isinstance(item, Conversion):
+        TRIGGER_CONVERSIONS.labels(item.rule_id, item.variant, item.via).inc()
+
+
+def build(
+    config: Config, *, until_idle: bool = False, reference: ReferenceData | None = None
+) -> Dataflow:
+    """The rule_triggers dataflow; refuses to build on an invalid rules file."""
+    reference = reference if reference is not None else load_reference(config)
+    ctx = _Context(config, reference, until_idle)
+
+    def decode(name: str, raw: bytes, origin: Origin) -> Any:
+        return DECODERS[name](raw, origin, reference)
+
+    flow = Dataflow(FLOW)
+    inputs = kafka_events(
+        "inputs", flow, config, FLOW, INPUTS, reference, until_idle=until_idle, decoder=decode
+    )
+
+    def usable(item: Any) -> Any:
+        if isinstance(item, Skipped):
+            TRIGGER_INPUTS_SKIPPED.labels(item.reason).inc()
+            return None
+        return item
+
+    records = op.filter_map("usable", inputs.oks, usable)
+    split = op.branch("customer_or_stock", records, lambda x: isinstance(x, CustomerEvent))
+    customer_events = split.trues
+    stock_events = split.falses
+
+    # Stock side: per sku.
+    sku_out = op.stateful(
+        "skus",
+        op.key_on("key_by_sku", stock_events, lambda x: x.sku),
+        lambda resume: SkuLogic(ctx, resume),
+    )
+    sku_items = op.map("sku_items", sku_out, lambda kv: kv[1])
+    signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
+
+    # Audience: per region.
+    views = op.filter_map("views", customer_events, _view_of)
+    audience_in = op.merge(
+        "audience_inputs",
+        op.key_on("key_views", op.map("view_values", views, lambda rv: rv), lambda rv: rv[0]),
+        op.key_on(
+            "key_signals",
+            op.map("signal_values", signals, lambda s: (s.region, s)),
+            lambda rs: rs[0],
+        ),
+    )
+    offers = op.map(
+        "offer_values",
+        op.stateful(
+            "audience",
+            op.map_value("audience_value", audience_in, lambda pair: pair[1]),
+            lambda resume: AudienceLogic(ctx, resume),
+        ),
+        lambda kv: kv[1],
+    )
+
+    # Customers.
+    customer_in = op.merge(
+        "customer_inputs",
+        op.key_on("key_by_customer", customer_events, lambda e: e.customer_id),
+        op.key_on("key_offers", offers, lambda o: o.customer_id),
+    )
+    customer_out = op.stateful("customers", customer_in, lambda resume: CustomerLogic(ctx, resume))
+    customer_items = op.map("customer_items", customer_out, lambda kv: kv[1])
+
+    # Campaign preparation: coupons naming a store, per store × sku.
+    def campaign(
+        state: CampaignState | None, decision: CouponDecision
+    ) -> tuple[CampaignState, list[Any]]:
+        assert decision.store_id is not None and decision.sku is not None
+        rules = ctx.rules.current().of_kind("campaign_prep")
+        product = reference.products[decision.sku]
+        return evaluate_campaign_prep(
+            state,
+            decision.store_id,
+            reference.locations[decision.store_id].region,
+            decision.sku,
+            decision.code,
+            decision.sent_at_ms,
+            rules,
+            ctx.store().available(decision.sku, decision.store_id, FLOW) if rules else 0,
+            product.reorder_point,
+        )
+
+    store_coupons = op.filter(
+        "store_coupons",
+        customer_items,
+        lambda x: (
+            isinstance(x, CouponDecision)
+            and not x.holdout
+            and x.store_id is not None
+            and x.sku in reference.products
+            and x.store_id in reference.locations
+        ),
+    )
+    campaign_items = op.flat_map(
+        "campaign_items",
+        op.stateful_map(
+            "campaigns",
+            op.key_on("key_by_store_sku", store_coupons, lambda d: f"{d.store_id}:{d.sku}"),
+            campaign,
+        ),
+        lambda kv: kv[1],
+    )
+
+    # Outputs.
+    everything = op.merge("all_outcomes", customer_items, sku_items, campaign_items)
+    op.inspect("count_outcomes", everything, lambda _step, item: _count_suppressed(item))
+    coupons = op.filter("coupons", everything, lambda x: isinstance(x, CouponDecision))
+    coupon_split = op.branch("coupon_or_holdout", coupons, lambda d: not d.holdout)
+
+    def coupon_out(decision: CouponDecision) -> KafkaSinkMessage[bytes, bytes]:
+        now_ms = int(time.time() * 1000)
+        PROCESSING_LAG.labels(FLOW).observe(max(0.0, (now_ms - decision.sent_at_ms) / 1000))
+        return coupon_message(decision, ctx.rules.current(), now_ms)
+
+    kafka_output(
+        "coupon_triggers",
+        config,
+        topics.TRIGGERS_COUPON,
+        op.map("encode_coupons", coupon_split.trues, coupon_out),
+    )
+    kafka_output(
+        "holdout_triggers",
+        config,
+        topics.TRIGGERS_HOLDOUT,
+        op.map("encode_holdouts", coupon_split.falses, coupon_out),
+    )
+    replenishments = op.filter("replenishments", everything, lambda x: isinstance(x, StockDecision))
+    kafka_output(
+        "replenishment_triggers",
+        config,
+        topics.TRIGGERS_REPLENISHMENT,
+        op.map(
+            "encode_replenishments",
+            replenishments,
+            lambda d: replenishment_message(d, int(time.time() * 1000)),
+        ),
+    )
+    deadletter_output("deadletter", config, FLOW, inputs.errs)
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    """``python -m bytewax.run flows.rule_triggers:flow`` builds from the environment."""
+    if name == "flow":
+        return build(load_config())
+    raise AttributeError(name)
