@@ -64,6 +64,29 @@ class EventClock:
                 mark += int(silent)
         return mark
 
+    def low_watermark(self, group: str) -> int | None:
+        """Event time up to which *every* stream of ``group`` (streams are ``(group, n)``) is
+        complete: the slowest partition decides, so records from several partitions can be
+        taken in event-time order whatever their arrival order. No grace: within a partition
+        the order is the producer's.
+
+        While tailing, a partition silent for ``idle_advance`` holds nothing back (it has
+        nothing in flight); when all are silent, event time moves on with the wall clock
+        from the latest event seen.
+        """
+        streams = [s for s in self._latest if isinstance(s, tuple) and s[0] == group]
+        if not streams:
+            return None
+        if self.idle_advance_ms is None:
+            return min(self._latest[s] for s in streams)
+        now = self._wall_ms()
+        active = [s for s in streams if now - self._arrived[s] <= self.idle_advance_ms]
+        if active:
+            return min(self._latest[s] for s in active)
+        last_arrival = max(self._arrived[s] for s in streams)
+        silent = now - last_arrival - self.idle_advance_ms
+        return max(self._latest[s] for s in streams) + max(0, int(silent))
+
     def speed(self) -> float:
         """Event-time milliseconds per wall millisecond so far (at least 1)."""
         if self._first is None:
@@ -73,12 +96,15 @@ class EventClock:
         progressed = max(self._latest.values(), default=event0) - event0
         return max(1.0, progressed / elapsed) if elapsed > 0 else 1.0
 
-    def wake_at(self, stream: Hashable, deadline_ms: int | None) -> datetime | None:
-        """When to look at a timer again: when the stream's clock should have reached the
-        deadline at the pace event time has been moving, within [MIN_WAIT_S, MAX_WAIT_S]."""
+    def wake_at(
+        self, stream: Hashable, deadline_ms: int | None, *, group: bool = False
+    ) -> datetime | None:
+        """When to look at a timer again: when the stream's clock (with ``group``, the low
+        watermark of the group named ``stream``) should have reached the deadline at the pace
+        event time has been moving, within [MIN_WAIT_S, MAX_WAIT_S]."""
         if deadline_ms is None:
             return None
-        mark = self.watermark(stream)
+        mark = self.low_watermark(str(stream)) if group else self.watermark(stream)
         if mark is None:
             wait_s = MAX_WAIT_S
         else:

@@ -105,6 +105,7 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
             cause=str(data["cause"]),
             on_hand=int(data["on_hand"]),
             location_type=location.type,
+            source_partition=origin.partition,
         )
     except orjson.JSONDecodeError as exc:
         return _reject("malformed_json", f"stock.changes: {exc}", origin, raw)
@@ -140,6 +141,7 @@ def decode_receipt(raw: bytes, origin: Origin, reference: ReferenceData) -> Trig
         expires_ms=end_of_day_ms(event.expiry_date),
         event_id=event.event_id,
         ts_ms=event.ts_ms,
+        source_partition=origin.partition,
     )
 
 

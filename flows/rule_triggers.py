@@ -50,6 +50,7 @@ from flows.logic.clearance_rules import (
     add_signal,
     add_view,
     clearance_deadline,
+    clearance_deadlines,
     evaluate_clearance,
     note_change,
     release_signals,
@@ -68,6 +69,7 @@ from flows.logic.customer_rules import (
 from flows.logic.customer_rules import Suppressed as CustomerSuppressed
 from flows.logic.events import Origin
 from flows.logic.reference import ReferenceData
+from flows.logic.rules import RuleSet
 from flows.logic.stock_rules import (
     CampaignState,
     ExpiryBatch,
@@ -137,7 +139,7 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         self.partition = event.source_partition
         self.ctx.clock("customers").observe(self._stream(), event.ts_ms)
         # Deadlines before this event have passed: the customer's own events are ordered.
-        due = on_time(self.state, self.customer_id, event.ts_ms - self.ctx.grace_ms, rules)
+        due = on_time(self.state, self.customer_id, event.ts_ms - 1, rules)
         self.state, fired = on_event(self.state, event, rules, self.ctx.nearby)
         return [*due, *fired], StatefulLogic.RETAIN
 
@@ -162,15 +164,23 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         return self.customer_id, copy.deepcopy(self.state), self.partition
 
 
-SkuSnapshot = tuple[str, SkuRuleState]
+SkuSnapshot = tuple[str, SkuRuleState, list[StockChange]]
 
 
 class SkuLogic(StatefulLogic[Any, Any, SkuSnapshot]):
-    """One sku's stock rules over all its locations (the sku comes with the first item)."""
+    """One sku's stock rules over all its locations (the sku comes with the first item).
+
+    Changes of different locations travel in different ``stock.changes`` partitions; they are
+    taken in event-time order once every partition has passed them (the low watermark), so
+    a decision that compares locations (the source of a transfer) is the same in every
+    replay. Timer checks (idleness, expiry) run at their deadline's event time.
+    """
 
     def __init__(self, ctx: _Context, resume: SkuSnapshot | None) -> None:
         self.ctx = ctx
-        self.sku, self.state = resume if resume is not None else ("", SkuRuleState())
+        self.sku, self.state, self.pending = (
+            resume if resume is not None else ("", SkuRuleState(), [])
+        )
         self._product()
 
     def _product(self) -> None:
@@ -178,40 +188,76 @@ class SkuLogic(StatefulLogic[Any, Any, SkuSnapshot]):
         self.category = product.category if product else ""
         self.reorder_point = product.reorder_point if product else 0
 
+    def _clock(self) -> EventClock:
+        return self.ctx.clock("stock")
+
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        rules = self.ctx.rules.current()
         if value.sku != self.sku:
             self.sku = value.sku
             self._product()
-        self.ctx.clock("stock").observe("stock", value.ts_ms)
-        out: list[Any] = []
-        if isinstance(value, StockChange):
-            stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
-            self.state, out = evaluate_stock_rules(
-                self.state, value, stock_rules, self.reorder_point
-            )
-            note_change(self.state, value)
-            location = value.location_id
-        else:
-            assert isinstance(value, ExpiryBatch)
+        if isinstance(value, ExpiryBatch):
+            # Expiry works in days: a receipt needs no ordering against other locations.
             self.state = add_batch(self.state, value)
-            location = value.location_id
-        out += evaluate_clearance(self.state, rules, self.category, value.ts_ms, location)
-        return out, StatefulLogic.RETAIN
+            rules = self.ctx.rules.current()
+            out = evaluate_clearance(
+                self.state, rules, self.category, value.ts_ms, value.location_id
+            )
+            return out, StatefulLogic.RETAIN
+        change: StockChange = value
+        self._clock().observe(("stock", change.source_partition), change.ts_ms)
+        self.pending.append(change)
+        return self._advance(self._clock().low_watermark("stock")), StatefulLogic.RETAIN
+
+    def _advance(self, mark: int | None) -> list[Any]:
+        if mark is None:
+            return []
+        rules = self.ctx.rules.current()
+        out: list[Any] = []
+        ready = sorted(
+            (c for c in self.pending if c.ts_ms <= mark),
+            key=lambda c: (c.ts_ms, c.location_id, c.cause),
+        )
+        if ready:
+            self.pending = [c for c in self.pending if c.ts_ms > mark]
+        stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
+        for change in ready:
+            out += self._timers(rules, change.ts_ms)
+            self.state, fired = evaluate_stock_rules(
+                self.state, change, stock_rules, self.reorder_point
+            )
+            out += fired
+            note_change(self.state, change)
+            out += evaluate_clearance(
+                self.state, rules, self.category, change.ts_ms, change.location_id
+            )
+        return out + self._timers(rules, mark)
+
+    def _timers(self, rules: RuleSet, mark: int) -> list[Any]:
+        """Idleness and expiry checks due by ``mark``, each at its own deadline."""
+        out: list[Any] = []
+        for deadline in clearance_deadlines(self.state, rules):
+            if deadline > mark:
+                break
+            out += evaluate_clearance(self.state, rules, self.category, deadline)
+        return out
 
     def on_notify(self) -> tuple[list[Any], bool]:
-        mark = self.ctx.clock("stock").watermark("stock")
-        if mark is None:
-            return [], StatefulLogic.RETAIN
-        rules = self.ctx.rules.current()
-        return evaluate_clearance(self.state, rules, self.category, mark), StatefulLogic.RETAIN
+        return self._advance(self._clock().low_watermark("stock")), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        # A replay's inputs are drained: what is pending is complete.
+        latest = max((c.ts_ms for c in self.pending), default=None)
+        return self._advance(latest), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        deadline = clearance_deadline(self.state, self.ctx.rules.current())
-        return self.ctx.clock("stock").wake_at("stock", deadline)
+        deadlines = [c.ts_ms for c in self.pending]
+        timer = clearance_deadline(self.state, self.ctx.rules.current())
+        if timer is not None:
+            deadlines.append(timer)
+        return self._clock().wake_at("stock", min(deadlines, default=None), group=True)
 
     def snapshot(self) -> SkuSnapshot:
-        return self.sku, copy.deepcopy(self.state)
+        return self.sku, copy.deepcopy(self.state), list(self.pending)
 
 
 class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
@@ -231,14 +277,17 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
     def on_item(self, value: Any) -> tuple[list[Offer], bool]:
         rules = self.ctx.rules.current()
         if isinstance(value, View):
-            self.ctx.clock("views").observe("views", value.ts_ms)
+            self.ctx.clock("views").observe(("views", value.source_partition), value.ts_ms)
             self.state = add_view(self.state, value, rules)
         else:
             self.state = add_signal(self.state, value)
-        return self._release(self.ctx.clock("views").watermark("views")), StatefulLogic.RETAIN
+        return self._release(self._mark()), StatefulLogic.RETAIN
+
+    def _mark(self) -> int | None:
+        return self.ctx.clock("views").low_watermark("views")
 
     def on_notify(self) -> tuple[list[Offer], bool]:
-        return self._release(self.ctx.clock("views").watermark("views")), StatefulLogic.RETAIN
+        return self._release(self._mark()), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Offer], bool]:
         # The inputs are drained (a replay): every view that exists has been seen.
@@ -246,7 +295,7 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
 
     def notify_at(self) -> datetime | None:
         pending = min((s.ts_ms for s in self.state.pending), default=None)
-        return self.ctx.clock("views").wake_at("views", pending)
+        return self.ctx.clock("views").wake_at("views", pending, group=True)
 
     def snapshot(self) -> AudienceState:
         return copy.deepcopy(self.state)
@@ -255,7 +304,9 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
 def _view_of(event: CustomerEvent) -> tuple[str, View] | None:
     if event.event_type != "product_view" or not (event.region and event.sku and event.category):
         return None
-    return event.region, View(event.customer_id, event.sku, event.category, event.ts_ms)
+    return event.region, View(
+        event.customer_id, event.sku, event.category, event.ts_ms, event.source_partition
+    )
 
 
 def _count_suppressed(item: Any) -> None:

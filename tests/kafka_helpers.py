@@ -75,3 +75,34 @@ def read_json(config: Config, topic_name: str, timeout_s: float = 10.0) -> list[
         for message in read_topic(config, topic_name, timeout_s)
         if (value := message.value()) is not None
     ]
+
+
+class TopicWatcher:
+    """Follows a topic from its beginning while a test runs (assign, no group), keeping every
+    decoded value, so a test can wait for the effect of what it just produced."""
+
+    def __init__(self, config: Config, topic_name: str) -> None:
+        self.consumer = make_consumer(config, group_id=f"watch-{uuid.uuid4().hex}")
+        topic = config.topic(topic_name)
+        metadata = self.consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.values: list[dict] = []
+
+    def poll(self, seconds: float = 0.1) -> None:
+        for message in self.consumer.consume(1000, seconds):
+            if message.error() is None:
+                self.values.append(orjson.loads(message.value()))
+
+    def wait_for(self, predicate: object, timeout_s: float = 30.0) -> None:
+        """Poll until some value satisfies ``predicate``; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        check = predicate if callable(predicate) else None
+        assert check is not None
+        while not any(check(value) for value in self.values):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching message within {timeout_s} s")
+            self.poll()
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -253,22 +253,33 @@ def _prune_batches(state: SkuRuleState, now_ms: int) -> None:
             del state.batches[loc]
 
 
-def clearance_deadline(state: SkuRuleState, rules: RuleSet) -> int | None:
-    """The next event time at which the timer may find something (expiry or idleness)."""
-    deadlines: list[int] = []
+def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
+    """Event times, in order, at which the timer may find something: a batch entering its
+    expiry window with units left, a store shelf turning idle with stock on it."""
+    deadlines: set[int] = set()
     for rule in rules.of_kind("expiring_stock"):
         within_ms = int(rule.params["within_days"] * DAY_MS)
-        for batches in state.batches.values():
-            for batch in batches:
-                if (rule.rule_id, batch.event_id) not in state.fired:
-                    deadlines.append(batch.expires_ms - within_ms)
+        for loc in state.batches:
+            for batch, units in batch_units(state, loc):
+                if units > 0 and (rule.rule_id, batch.event_id) not in state.fired:
+                    deadlines.add(batch.expires_ms - within_ms)
     for rule in rules.of_kind("overstock"):
         idle_ms = int(rule.params["idle_days"] * DAY_MS)
         for loc, change in state.positions.items():
-            if change.location_type == "store" and (rule.rule_id, loc) not in state.fired:
+            if (
+                change.location_type == "store"
+                and change.on_hand > rule.params["min_on_hand"]
+                and (rule.rule_id, loc) not in state.fired
+            ):
                 since = state.last_selling.get(loc, state.first_seen.get(loc, change.ts_ms))
-                deadlines.append(since + idle_ms)
-    return min(deadlines, default=None)
+                deadlines.add(since + idle_ms)
+    return sorted(deadlines)
+
+
+def clearance_deadline(state: SkuRuleState, rules: RuleSet) -> int | None:
+    """The next event time at which the timer may find something (expiry or idleness)."""
+    deadlines = clearance_deadlines(state, rules)
+    return deadlines[0] if deadlines else None
 
 
 # --- region audience ----------------------------------------------------------------------------
@@ -280,6 +291,7 @@ class View:
     sku: str
     category: str
     ts_ms: int
+    source_partition: int = 0  # of events.resolved
 
 
 @dataclass(slots=True)

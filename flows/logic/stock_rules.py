@@ -38,6 +38,7 @@ class StockChange:
     cause: str
     on_hand: int = 0
     location_type: str = "store"
+    source_partition: int = 0  # of stock.changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class ExpiryBatch:
     expires_ms: int
     event_id: str
     ts_ms: int
+    source_partition: int = 0  # of wms.movements
 
 
 def _claim(ledger: Ledger, rule: Rule, ts_ms: int) -> Suppressed | None:
