@@ -87,6 +87,10 @@ class EventClock:
         silent = now - last_arrival - self.idle_advance_ms
         return max(self._latest[s] for s in streams) + max(0, int(silent))
 
+    def latest(self) -> int | None:
+        """The largest event time seen on any stream (at the end of a replay, the end)."""
+        return max(self._latest.values(), default=None)
+
     def speed(self) -> float:
         """Event-time milliseconds per wall millisecond so far (at least 1)."""
         if self._first is None:

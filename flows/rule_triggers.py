@@ -98,6 +98,8 @@ class _Context:
         self.rules = LiveRules(config.rules.file, config.rules.reload_seconds)
         self.grace_ms = int(config.rules.timer_grace_seconds * 1000)
         self.idle_ms = None if until_idle else int(config.rules.idle_advance_seconds * 1000)
+        #: tailing live topics (timers also follow the wall clock), or replaying to the end
+        self.live = not until_idle
         self._local = threading.local()
 
     def clock(self, name: str) -> EventClock:
@@ -110,6 +112,9 @@ class _Context:
 
     def nearby(self, region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
         return self.store().stores_with_stock(region, sku, minimum, FLOW)
+
+    def region_stock(self, sku: str, region: str) -> list[StockChange]:
+        return self.store().region_positions(sku, region, FLOW)
 
 
 CustomerSnapshot = tuple[str, CustomerState, int]
@@ -158,29 +163,28 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         return out, StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if not self.ctx.live:
+            return None  # a replay fires timers on the customer's next event or at the end
         return self.ctx.clock("customers").wake_at(self._stream(), next_deadline(self.state))
 
     def snapshot(self) -> CustomerSnapshot:
         return self.customer_id, copy.deepcopy(self.state), self.partition
 
 
-SkuSnapshot = tuple[str, SkuRuleState, list[StockChange]]
+LocationSnapshot = tuple[str, SkuRuleState]
 
 
-class SkuLogic(StatefulLogic[Any, Any, SkuSnapshot]):
-    """One sku's stock rules over all its locations (the sku comes with the first item).
+class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
+    """The stock rules of one sku × location (the key of ``stock.changes``, so its changes
+    arrive in the order stock_pool made them). A rule that compares locations (the source
+    of a transfer, the store that sells fastest) reads the region's current stock from Redis
+    when it fires. Timer checks (idle shelves, expiring batches) run at their deadline's
+    event time: live, when every stock partition has passed it; in a replay, when this
+    location's next change or the end of the input passes it."""
 
-    Changes of different locations travel in different ``stock.changes`` partitions; they are
-    taken in event-time order once every partition has passed them (the low watermark), so
-    a decision that compares locations (the source of a transfer) is the same in every
-    replay. Timer checks (idleness, expiry) run at their deadline's event time.
-    """
-
-    def __init__(self, ctx: _Context, resume: SkuSnapshot | None) -> None:
+    def __init__(self, ctx: _Context, resume: LocationSnapshot | None) -> None:
         self.ctx = ctx
-        self.sku, self.state, self.pending = (
-            resume if resume is not None else ("", SkuRuleState(), [])
-        )
+        self.sku, self.state = resume if resume is not None else ("", SkuRuleState())
         self._product()
 
     def _product(self) -> None:
@@ -195,69 +199,104 @@ class SkuLogic(StatefulLogic[Any, Any, SkuSnapshot]):
         if value.sku != self.sku:
             self.sku = value.sku
             self._product()
+        rules = self.ctx.rules.current()
+        lookup = self.ctx.region_stock
         if isinstance(value, ExpiryBatch):
-            # Expiry works in days: a receipt needs no ordering against other locations.
             self.state = add_batch(self.state, value)
-            rules = self.ctx.rules.current()
             out = evaluate_clearance(
-                self.state, rules, self.category, value.ts_ms, value.location_id
+                self.state, rules, self.category, value.ts_ms, value.location_id, lookup
             )
             return out, StatefulLogic.RETAIN
         change: StockChange = value
         self._clock().observe(("stock", change.source_partition), change.ts_ms)
-        self.pending.append(change)
-        return self._advance(self._clock().low_watermark("stock")), StatefulLogic.RETAIN
-
-    def _advance(self, mark: int | None) -> list[Any]:
-        if mark is None:
-            return []
-        rules = self.ctx.rules.current()
-        out: list[Any] = []
-        ready = sorted(
-            (c for c in self.pending if c.ts_ms <= mark),
-            key=lambda c: (c.ts_ms, c.location_id, c.cause),
-        )
-        if ready:
-            self.pending = [c for c in self.pending if c.ts_ms > mark]
+        out = self._timers(rules, change.ts_ms - 1)
         stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
-        for change in ready:
-            out += self._timers(rules, change.ts_ms)
-            self.state, fired = evaluate_stock_rules(
-                self.state, change, stock_rules, self.reorder_point
-            )
-            out += fired
-            note_change(self.state, change)
-            out += evaluate_clearance(
-                self.state, rules, self.category, change.ts_ms, change.location_id
-            )
-        return out + self._timers(rules, mark)
+        self.state, fired = evaluate_stock_rules(
+            self.state, change, stock_rules, self.reorder_point, lookup
+        )
+        note_change(self.state, change)
+        out += fired
+        out += evaluate_clearance(
+            self.state, rules, self.category, change.ts_ms, change.location_id, lookup
+        )
+        return out, StatefulLogic.RETAIN
 
-    def _timers(self, rules: RuleSet, mark: int) -> list[Any]:
+    def _timers(self, rules: RuleSet, mark: int | None) -> list[Any]:
         """Idleness and expiry checks due by ``mark``, each at its own deadline."""
         out: list[Any] = []
+        if mark is None:
+            return out
         for deadline in clearance_deadlines(self.state, rules):
             if deadline > mark:
                 break
-            out += evaluate_clearance(self.state, rules, self.category, deadline)
+            out += evaluate_clearance(
+                self.state, rules, self.category, deadline, None, self.ctx.region_stock
+            )
         return out
 
     def on_notify(self) -> tuple[list[Any], bool]:
-        return self._advance(self._clock().low_watermark("stock")), StatefulLogic.RETAIN
+        mark = self._clock().low_watermark("stock")
+        return self._timers(self.ctx.rules.current(), mark), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
-        # A replay's inputs are drained: what is pending is complete.
-        latest = max((c.ts_ms for c in self.pending), default=None)
-        return self._advance(latest), StatefulLogic.RETAIN
+        mark = self._clock().latest()
+        return self._timers(self.ctx.rules.current(), mark), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        deadlines = [c.ts_ms for c in self.pending]
-        timer = clearance_deadline(self.state, self.ctx.rules.current())
-        if timer is not None:
-            deadlines.append(timer)
-        return self._clock().wake_at("stock", min(deadlines, default=None), group=True)
+        if not self.ctx.live:
+            return None
+        deadline = clearance_deadline(self.state, self.ctx.rules.current())
+        return self._clock().wake_at("stock", deadline, group=True)
 
-    def snapshot(self) -> SkuSnapshot:
-        return self.sku, copy.deepcopy(self.state), list(self.pending)
+    def snapshot(self) -> LocationSnapshot:
+        return self.sku, copy.deepcopy(self.state)
+
+
+class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignState]):
+    """Coupons naming one store for one sku (``campaign_prep``). Live, each coupon counts as
+    it comes; in a replay they are counted in event-time order at the end, since coupons of
+    different customers arrive in no fixed order."""
+
+    def __init__(self, ctx: _Context, resume: CampaignState | None) -> None:
+        self.ctx = ctx
+        self.state = resume
+        self.pending: list[CouponDecision] = []
+
+    def _count(self, decision: CouponDecision) -> list[Any]:
+        assert decision.store_id is not None and decision.sku is not None
+        rules = self.ctx.rules.current().of_kind("campaign_prep")
+        product = self.ctx.reference.products[decision.sku]
+        available = (
+            self.ctx.store().available(decision.sku, decision.store_id, FLOW) if rules else 0
+        )
+        self.state, out = evaluate_campaign_prep(
+            self.state,
+            decision.store_id,
+            self.ctx.reference.locations[decision.store_id].region,
+            decision.sku,
+            decision.code,
+            decision.sent_at_ms,
+            rules,
+            available,
+            product.reorder_point,
+        )
+        return list(out)
+
+    def on_item(self, value: CouponDecision) -> tuple[list[Any], bool]:
+        if not self.ctx.live:
+            self.pending.append(value)
+            return [], StatefulLogic.RETAIN
+        return self._count(value), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        for decision in sorted(self.pending, key=lambda d: (d.sent_at_ms, d.code)):
+            out += self._count(decision)
+        self.pending = []
+        return out, StatefulLogic.RETAIN
+
+    def snapshot(self) -> CampaignState:
+        return copy.deepcopy(self.state) if self.state is not None else CampaignState()
 
 
 class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
@@ -271,6 +310,8 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
     def _release(self, mark: int | None) -> list[Offer]:
         if mark is None or not self.state.pending:
             return []
+        if not self.ctx.live and mark != NEVER:
+            return []  # a replay releases at the end, when every view is known
         rules = self.ctx.rules.current()
         return release_signals(self.state, mark, rules, rules.max_audience)
 
@@ -294,6 +335,8 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
         return self._release(NEVER), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if not self.ctx.live:
+            return None
         pending = min((s.ts_ms for s in self.state.pending), default=None)
         return self.ctx.clock("views").wake_at("views", pending, group=True)
 
@@ -347,8 +390,8 @@ def build(
     # Stock side: per sku.
     sku_out = op.stateful(
         "skus",
-        op.key_on("key_by_sku", stock_events, lambda x: x.sku),
-        lambda resume: SkuLogic(ctx, resume),
+        op.key_on("key_by_sku_location", stock_events, lambda x: f"{x.sku}:{x.location_id}"),
+        lambda resume: LocationLogic(ctx, resume),
     )
     sku_items = op.map("sku_items", sku_out, lambda kv: kv[1])
     signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
@@ -384,41 +427,22 @@ def build(
     customer_items = op.map("customer_items", customer_out, lambda kv: kv[1])
 
     # Campaign preparation: coupons naming a store, per store × sku.
-    def campaign(
-        state: CampaignState | None, decision: CouponDecision
-    ) -> tuple[CampaignState, list[Any]]:
-        assert decision.store_id is not None and decision.sku is not None
-        rules = ctx.rules.current().of_kind("campaign_prep")
-        product = reference.products[decision.sku]
-        return evaluate_campaign_prep(
-            state,
-            decision.store_id,
-            reference.locations[decision.store_id].region,
-            decision.sku,
-            decision.code,
-            decision.sent_at_ms,
-            rules,
-            ctx.store().available(decision.sku, decision.store_id, FLOW) if rules else 0,
-            product.reorder_point,
-        )
-
     store_coupons = op.filter(
         "store_coupons",
         customer_items,
         lambda x: (
             isinstance(x, CouponDecision)
             and not x.holdout
-            and x.store_id is not None
-            and x.sku in reference.products
             and x.store_id in reference.locations
+            and x.sku in reference.products
         ),
     )
-    campaign_items = op.flat_map(
+    campaign_items = op.map(
         "campaign_items",
-        op.stateful_map(
+        op.stateful(
             "campaigns",
             op.key_on("key_by_store_sku", store_coupons, lambda d: f"{d.store_id}:{d.sku}"),
-            campaign,
+            lambda resume: CampaignLogic(ctx, resume),
         ),
         lambda kv: kv[1],
     )

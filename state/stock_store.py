@@ -23,6 +23,7 @@ import redis
 from connectors.metrics import REDIS_WRITE_SECONDS, STOCK_POSITIONS_WRITTEN
 from flows.logic.reference import ReferenceData
 from flows.logic.stock import StockPosition
+from flows.logic.stock_rules import StockChange
 from flows.logic.stock_totals import Figures, SkuTotals
 from flows.logic.timeparse import format_event_time
 from omnistream.config import Config
@@ -162,6 +163,39 @@ class StockStore:
             if value is not None and int(value) >= minimum
         ]
         return sorted(found, key=lambda item: (-item[1], item[0]))
+
+    def region_positions(self, sku: str, region: str, flow: str) -> list[StockChange]:
+        """The sku's current position at every location of ``region`` that has one, as the
+        stock rules read them (one pipelined round trip)."""
+        locations = sorted(
+            loc.location_id for loc in self.reference.locations.values() if loc.region == region
+        )
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for location_id in locations:
+                pipe.hgetall(self.keys.position(sku, location_id))
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        positions = []
+        for location_id, row in zip(locations, with_retries(flow, read), strict=True):
+            if not row:
+                continue
+            field = {k.decode(): v.decode() for k, v in row.items()}
+            positions.append(
+                StockChange(
+                    sku=sku,
+                    location_id=location_id,
+                    region=region,
+                    available=int(field.get("available", 0)),
+                    sold_24h=int(field.get("sold_24h", 0)),
+                    ts_ms=int(field.get("updated_at_ms", 0)),
+                    cause=field.get("cause", ""),
+                    on_hand=int(field.get("on_hand", 0)),
+                    location_type=self.reference.locations[location_id].type,
+                )
+            )
+        return positions
 
     def available(self, sku: str, location_id: str, flow: str) -> int:
         value = with_retries(

@@ -30,14 +30,19 @@ from flows.logic.customer_rules import Offer
 from flows.logic.rules import Rule, RuleSet
 from flows.logic.stock_rules import (
     ExpiryBatch,
+    RegionStock,
     SkuRuleState,
     StockChange,
     StockDecision,
     Suppressed,
     _claim,
+    region_positions,
 )
 from flows.logic.trigger_policy import DAY_MS, Ledger
 
+#: View times kept per customer and sku (or category): enough to find the last view before
+#: a signal even when the customer has come back since.
+VIEWS_KEPT = 8
 #: How long after its expiry a batch is still kept (then it is written off, not cleared).
 EXPIRED_KEEP_MS = DAY_MS
 
@@ -95,7 +100,10 @@ def _overstocked(state: SkuRuleState, change: StockChange, rule: Rule, now_ms: i
     """Why the location is overstocked under ``rule``, or None."""
     if change.location_type != "store" or change.on_hand <= rule.params["min_on_hand"]:
         return None
-    if change.sold_24h > 0:
+    # ``sold_24h`` is as of the change; a timer looking a day or more later knows that
+    # nothing has been sold since (a sale would have sent a change).
+    sold_24h = change.sold_24h if now_ms - change.ts_ms < DAY_MS else 0
+    if sold_24h > 0:
         cover = change.available / change.sold_24h
         if cover > rule.params["cover_days"]:
             return f"{cover:.0f} days of cover, above {rule.params['cover_days']:g}"
@@ -108,11 +116,19 @@ def _overstocked(state: SkuRuleState, change: StockChange, rule: Rule, now_ms: i
 
 
 def evaluate_clearance(
-    state: SkuRuleState, rules: RuleSet, category: str, now_ms: int, location_id: str | None = None
+    state: SkuRuleState,
+    rules: RuleSet,
+    category: str,
+    now_ms: int,
+    location_id: str | None = None,
+    region_stock: RegionStock | None = None,
 ) -> list[ClearanceOutcome]:
     """Overstock and expiring-stock checks at ``now_ms`` (event time), for one location after
-    a change there, or for every location when the timer fires."""
+    a change there, or for every location when the timer fires (which then marks its
+    deadlines up to ``now_ms`` as looked at)."""
     out: list[ClearanceOutcome] = []
+    if location_id is None:
+        state.timer_checked_ms = max(state.timer_checked_ms, now_ms)
     locations = [location_id] if location_id is not None else sorted(state.positions)
     for rule in rules.of_kind("overstock"):
         for loc in locations:
@@ -146,7 +162,7 @@ def evaluate_clearance(
             )
     for rule in rules.of_kind("expiring_stock"):
         for loc in locations:
-            out += _expiring(state, rule, category, loc, now_ms)
+            out += _expiring(state, rule, category, loc, now_ms, region_stock)
     _prune_batches(state, now_ms)
     return out
 
@@ -156,7 +172,12 @@ def _ledger(state: SkuRuleState, location_id: str) -> Ledger:
 
 
 def _expiring(
-    state: SkuRuleState, rule: Rule, category: str, location_id: str, now_ms: int
+    state: SkuRuleState,
+    rule: Rule,
+    category: str,
+    location_id: str,
+    now_ms: int,
+    region_stock: RegionStock | None,
 ) -> list[ClearanceOutcome]:
     out: list[ClearanceOutcome] = []
     within_ms = int(rule.params["within_days"] * DAY_MS)
@@ -187,12 +208,14 @@ def _expiring(
                 now_ms,
             )
         )
-        out.append(_expiry_move(state, rule, batch, units, days_left, reason, now_ms))
+        others = region_positions(state, batch.sku, batch.region, region_stock)
+        out.append(_expiry_move(state, others, rule, batch, units, days_left, reason, now_ms))
     return out
 
 
 def _expiry_move(
     state: SkuRuleState,
+    others: dict[str, StockChange],
     rule: Rule,
     batch: ExpiryBatch,
     units: int,
@@ -203,7 +226,7 @@ def _expiry_move(
     here = state.positions.get(batch.location_id)
     here_rate = here.sold_24h if here is not None else 0
     best: StockChange | None = None
-    for loc, other in sorted(state.positions.items()):
+    for loc, other in sorted(others.items()):
         if loc == batch.location_id or other.region != batch.region:
             continue
         if other.location_type == "store" and other.sold_24h > here_rate:
@@ -262,7 +285,7 @@ def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
         for loc in state.batches:
             for batch, units in batch_units(state, loc):
                 if units > 0 and (rule.rule_id, batch.event_id) not in state.fired:
-                    deadlines.add(batch.expires_ms - within_ms)
+                    deadlines.add(max(batch.expires_ms - within_ms, batch.ts_ms))
     for rule in rules.of_kind("overstock"):
         idle_ms = int(rule.params["idle_days"] * DAY_MS)
         for loc, change in state.positions.items():
@@ -273,7 +296,7 @@ def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
             ):
                 since = state.last_selling.get(loc, state.first_seen.get(loc, change.ts_ms))
                 deadlines.add(since + idle_ms)
-    return sorted(deadlines)
+    return sorted(d for d in deadlines if d > state.timer_checked_ms)
 
 
 def clearance_deadline(state: SkuRuleState, rules: RuleSet) -> int | None:
@@ -296,17 +319,17 @@ class View:
 
 @dataclass(slots=True)
 class AudienceState:
-    #: sku → customer → latest view time; category → customer → latest view time
-    by_sku: dict[str, dict[str, int]] = field(default_factory=dict)
-    by_category: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: sku → customer → recent view times (sorted, the last VIEWS_KEPT); same by category
+    by_sku: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    by_category: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     #: signals waiting for the region's views to catch up with their event time
     pending: list[ClearanceSignal] = field(default_factory=list)
     views_seen_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> AudienceState:
         return AudienceState(
-            {k: dict(v) for k, v in self.by_sku.items()},
-            {k: dict(v) for k, v in self.by_category.items()},
+            {k: {c: list(t) for c, t in v.items()} for k, v in self.by_sku.items()},
+            {k: {c: list(t) for c, t in v.items()} for k, v in self.by_category.items()},
             list(self.pending),
             self.views_seen_ms,
         )
@@ -322,15 +345,19 @@ def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> Audienc
     if state is None:
         state = AudienceState()
     for index, key in ((state.by_sku, view.sku), (state.by_category, view.category)):
-        viewers = index.setdefault(key, {})
-        viewers[view.customer_id] = max(view.ts_ms, viewers.get(view.customer_id, view.ts_ms))
+        times = index.setdefault(key, {}).setdefault(view.customer_id, [])
+        if view.ts_ms not in times:
+            times.append(view.ts_ms)
+            times.sort()
+            del times[:-VIEWS_KEPT]
     if view.ts_ms > state.views_seen_ms:
-        horizon = view.ts_ms - audience_horizon_ms(rules)
+        # Views are kept a day longer than the longest window, for signals that arrive late.
+        horizon = view.ts_ms - audience_horizon_ms(rules) - DAY_MS
         # Pruning is amortised: only when the clock crosses a whole hour.
         if view.ts_ms // 3_600_000 != state.views_seen_ms // 3_600_000:
             for index in (state.by_sku, state.by_category):
                 for key in list(index):
-                    kept = {c: t for c, t in index[key].items() if t > horizon}
+                    kept = {c: t for c, t in index[key].items() if t[-1] > horizon}
                     if kept:
                         index[key] = kept
                     else:
@@ -363,9 +390,10 @@ def release_signals(
         low, high = signal.ts_ms - window_ms, signal.ts_ms
         latest: dict[str, int] = {}
         for index, key in ((state.by_sku, signal.sku), (state.by_category, signal.category)):
-            for customer, ts in index.get(key, {}).items():
-                if low < ts <= high and ts > latest.get(customer, low):
-                    latest[customer] = ts
+            for customer, times in index.get(key, {}).items():
+                for ts in times:
+                    if low < ts <= high and ts > latest.get(customer, low):
+                        latest[customer] = ts
         chosen = sorted(latest.items(), key=lambda item: (-item[1], item[0]))[:max_audience]
         for customer, _ in sorted(chosen):
             offers.append(

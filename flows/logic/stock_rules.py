@@ -19,6 +19,7 @@ store can look for a surplus elsewhere in its region without another lookup.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flows.logic.rules import Rule
@@ -78,6 +79,8 @@ class SkuRuleState:
     last_selling: dict[str, int] = field(default_factory=dict)
     #: the latest event time seen for this sku
     seen_ms: int = 0
+    #: event time the clearance timer last looked (its deadlines up to here are done)
+    timer_checked_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> SkuRuleState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
@@ -92,6 +95,7 @@ class SkuRuleState:
             dict(self.first_seen),
             dict(self.last_selling),
             self.seen_ms,
+            self.timer_checked_ms,
         )
 
 
@@ -123,23 +127,43 @@ def target_level(reorder_point: int, sold_24h: int, target_cover_days: float) ->
     return max(reorder_point, math.ceil(target_cover_days * sold_24h))
 
 
+#: (sku, region) → the sku's current position at every location of the region. The flow
+#: reads it from the stock pool in Redis, and only when a rule fires: a decision that
+#: compares locations then does not depend on the order in which their changes arrived.
+RegionStock = Callable[[str, str], list[StockChange]]
+
+
+def region_positions(
+    state: SkuRuleState, sku: str, region: str, region_stock: RegionStock | None
+) -> dict[str, StockChange]:
+    if region_stock is not None:
+        return {p.location_id: p for p in region_stock(sku, region)}
+    return {loc: p for loc, p in state.positions.items() if p.region == region}
+
+
 def _largest_surplus(
-    state: SkuRuleState, change: StockChange, reorder_point: int
-) -> tuple[str, int] | None:
-    best: tuple[str, int] | None = None
-    for location, other in sorted(state.positions.items()):
+    others: dict[str, StockChange], change: StockChange, reorder_point: int
+) -> StockChange | None:
+    best: StockChange | None = None
+    for location, other in sorted(others.items()):
         if location == change.location_id or other.region != change.region:
             continue
         surplus = other.available - reorder_point
-        if surplus > 0 and (best is None or surplus > best[1]):
-            best = (location, surplus)
+        if surplus > 0 and (best is None or surplus > best.available - reorder_point):
+            best = other
     return best
 
 
 def evaluate_stock_rules(
-    state: SkuRuleState | None, change: StockChange, rules: list[Rule], reorder_point: int
+    state: SkuRuleState | None,
+    change: StockChange,
+    rules: list[Rule],
+    reorder_point: int,
+    region_stock: RegionStock | None = None,
 ) -> tuple[SkuRuleState, list[StockDecision | Suppressed]]:
-    """Apply one stock change to the low_stock / stockout rules of a sku."""
+    """Apply one stock change to the low_stock / stockout rules of a sku × location.
+
+    Without ``region_stock`` the other locations are those this state has seen."""
     if state is None:
         state = SkuRuleState()
     state.positions[change.location_id] = change
@@ -163,12 +187,16 @@ def evaluate_stock_rules(
         if suppressed is not None:
             out.append(suppressed)
             continue
-        out.append(_decision(state, rule, change, reorder_point))
+        out.append(_decision(state, rule, change, reorder_point, region_stock))
     return state, out
 
 
 def _decision(
-    state: SkuRuleState, rule: Rule, change: StockChange, reorder_point: int
+    state: SkuRuleState,
+    rule: Rule,
+    change: StockChange,
+    reorder_point: int,
+    region_stock: RegionStock | None,
 ) -> StockDecision:
     target = target_level(reorder_point, change.sold_24h, rule.params.get("target_cover_days", 7.0))
     needed = max(1, target - change.available)
@@ -187,9 +215,10 @@ def _decision(
             (change.cause,),
             change.ts_ms,
         )
-    source = _largest_surplus(state, change, reorder_point)
+    others = region_positions(state, change.sku, change.region, region_stock)
+    source = _largest_surplus(others, change, reorder_point)
     if source is not None:
-        location, surplus = source
+        location, surplus = source.location_id, source.available - reorder_point
         return StockDecision(
             rule.rule_id,
             "transfer",
@@ -202,7 +231,7 @@ def _decision(
             location,
             f"available {change.available} below reorder point {reorder_point}; "
             f"{location} holds {surplus} above its own",
-            (change.cause, state.positions[location].cause),
+            (change.cause, source.cause),
             change.ts_ms,
         )
     return StockDecision(

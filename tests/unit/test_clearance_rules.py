@@ -530,13 +530,14 @@ def test_a_customer_who_viewed_before_and_after_the_signal_is_offered() -> None:
 
 def test_the_audience_does_not_depend_on_how_views_and_signals_interleave() -> None:
     """As the flow does it: every view is added, then pending signals are released up to
-    the views' watermark."""
+    the views' watermark. Views are kept a day beyond the longest window, so a signal up to
+    a day late (in event time) finds the same audience; state stays bounded."""
     rules = ruleset(OVERSTOCK)  # viewed_within 7 days
     views = [
         View("early", "SKU1", CATEGORY, T0 - 6 * DAY),
         View("late", "SKU1", CATEGORY, T0 - HOUR),
         View("next", "SKU2", CATEGORY, T0 + HOUR),
-        View("later", "SKU2", CATEGORY, T0 + 3 * DAY),
+        View("later", "SKU2", CATEGORY, T0 + 20 * HOUR),
     ]
     signal_first = add_signal(None, signal(T0))
     released = []
@@ -545,9 +546,13 @@ def test_the_audience_does_not_depend_on_how_views_and_signals_interleave() -> N
         released += release_signals(signal_first, v.ts_ms, rules, 10)
     views_first = audience(views, rules)
     add_signal(views_first, signal(T0))
-    late_signal = release_signals(views_first, T0 + 3 * DAY, rules, 10)
+    late_signal = release_signals(views_first, T0 + 20 * HOUR, rules, 10)
     assert customers(released) == ["early", "late"]
     assert customers(late_signal) == ["early", "late"]
+    # Three days late is beyond what is kept: the oldest viewer is gone by then.
+    add_view(views_first, View("much-later", "SKU2", CATEGORY, T0 + 3 * DAY), rules)
+    add_signal(views_first, signal(T0))
+    assert customers(release_signals(views_first, T0 + 3 * DAY, rules, 10)) == ["late"]
 
 
 def test_audience_state_is_per_region() -> None:
