@@ -53,6 +53,17 @@ class LiveRules:
         except OSError:
             return ""
 
+    def watch(self) -> None:
+        """Also look for changes from a daemon thread, so a change is validated, logged and
+        counted when it is made, not only when the next event arrives."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(self.reload_seconds)
+                self.current()
+
+        threading.Thread(target=loop, name="rules-watch", daemon=True).start()
+
     def current(self) -> RuleSet:
         """The rules in force; looks for a changed file at most every ``reload_seconds``."""
         now = self._clock()

@@ -96,6 +96,8 @@ class _Context:
         self.config = config
         self.reference = reference
         self.rules = LiveRules(config.rules.file, config.rules.reload_seconds)
+        if not until_idle:
+            self.rules.watch()
         self.grace_ms = int(config.rules.timer_grace_seconds * 1000)
         self.idle_ms = None if until_idle else int(config.rules.idle_advance_seconds * 1000)
         #: tailing live topics (timers also follow the wall clock), or replaying to the end

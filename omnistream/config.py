@@ -69,11 +69,11 @@ class RulesConfig:
     reload_seconds: float = 2.0
     #: Event-time allowance for slightly out-of-order input: a timer (cart deadline, quiet
     #: hours end, clearance audience) fires once its input has moved this far past it.
-    timer_grace_seconds: float = 2.0
+    timer_grace_seconds: float = 0.5
     #: When an input partition has been silent this long (wall clock), its event time is
     #: assumed to move on with the wall clock, so timers fire during sparse live traffic.
     #: Only while tailing live topics; ``--until-idle`` replays use event time alone.
-    idle_advance_seconds: float = 1.0
+    idle_advance_seconds: float = 0.5
 
 
 @dataclass(frozen=True)
