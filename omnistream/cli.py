@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from flows.logic.reference import ReferenceDataError
 from omnistream.config import Config, ConfigError, load_config
@@ -71,6 +72,12 @@ def _cmd_rules_check(config: Config, args: argparse.Namespace) -> int:
     from omnistream.rules_cli import check_rules
 
     return check_rules(args.file)
+
+
+def _cmd_rules_backtest(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.backtest import run_backtest
+
+    return run_backtest(config, args.file, args.events, args.topic, args.triggers)
 
 
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
@@ -183,6 +190,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="the rules file (YAML)")
     _add_config_argument(check)
     check.set_defaults(handler=_cmd_rules_check)
+    backtest = rules_sub.add_parser(
+        "backtest",
+        help="replay recorded events through a rules file, offline",
+        description="Replay recorded events (events.resolved records, stock.changes "
+        "CloudEvents and wms.movements events) in event-time order through a rules file and "
+        "print what would fire per rule and variant, what cooldowns, the frequency cap and "
+        "control groups would hold back, and what would convert. Nothing is written to a live "
+        "topic or to Redis; the stock a rule looks up is the recorded stock at that moment.",
+    )
+    backtest.add_argument("file", help="the rules file to test (YAML)")
+    source = backtest.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--events", type=Path, metavar="FILE", help="a JSON-lines file of recorded events"
+    )
+    source.add_argument(
+        "--topic",
+        action="store_true",
+        help="read events.resolved, stock.changes and wms.movements of the configured broker "
+        "from their beginning to their current end",
+    )
+    backtest.add_argument(
+        "--triggers",
+        type=Path,
+        metavar="FILE",
+        help="also write every would-be trigger (JSON lines, with the topic it would go to)",
+    )
+    _add_config_argument(backtest)
+    backtest.set_defaults(handler=_cmd_rules_backtest)
 
     grafana = sub.add_parser(
         "grafana",
