@@ -31,11 +31,13 @@ from omnistream.processes import (
     wait_for_metrics,
 )
 from omnistream.reference import load_reference
+from omnistream.trigger_watch import TriggerWatch, percentile
 
 #: The flows the demo runs, with the input topics each consumes.
 DEMO_FLOWS: dict[str, tuple[str, ...]] = {
     "stock_pool": (topics.CLICKSTREAM, topics.POS_SALES, topics.WMS_MOVEMENTS),
     "identity_stitch": (topics.CLICKSTREAM, topics.POS_SALES),
+    "rule_triggers": (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS),
 }
 
 
@@ -85,15 +87,33 @@ class FlowProcess:
 def _wait_until_consumed(
     flows: list[FlowProcess], produced: dict[str, int], timeout_s: float
 ) -> None:
-    """Poll each flow's metrics until it consumed every message of its input topics."""
+    """Poll each flow's metrics until it consumed every message of its input topics. A flow
+    that reads other flows' outputs (whose size is not known in advance) is done once those
+    flows are and its own count has not moved for two seconds."""
     deadline = time.monotonic() + timeout_s
     last_print = 0.0
+    last_count: dict[str, tuple[float, float]] = {}
     while time.monotonic() < deadline:
         progress = [(f, f.consumed(), sum(produced.get(t, 0) for t in f.inputs)) for f in flows]
-        if all(done >= wanted for _, done, wanted in progress):
+        fed = [(f, done, wanted) for f, done, wanted in progress if f.inputs[0] in produced]
+        downstream = [(f, done) for f, done, _ in progress if f.inputs[0] not in produced]
+        upstream_done = all(done >= wanted for _, done, wanted in fed)
+        now = time.monotonic()
+        settled = True
+        for f, done in downstream:
+            count, since = last_count.get(f.name, (-1.0, now))
+            if done != count:
+                last_count[f.name] = (done, now)
+                settled = False
+            elif now - since < 2.0:
+                settled = False
+        if upstream_done and settled:
             break
         if time.monotonic() - last_print > 1:
-            line = "  ".join(f"{f.name} {int(done):,}/{wanted:,}" for f, done, wanted in progress)
+            line = "  ".join(
+                f"{f.name} {int(done):,}" + (f"/{wanted:,}" if f.inputs[0] in produced else "")
+                for f, done, wanted in progress
+            )
             print(f"\r  consumed: {line}", end="", file=sys.stderr)
             last_print = time.monotonic()
         time.sleep(0.25)
@@ -108,7 +128,43 @@ def _dead_letters(samples: Samples | None) -> dict[str, int]:
     return reasons
 
 
-def _print_summary(flows: list[FlowProcess], produced: dict[str, int], elapsed_s: float) -> None:
+def _print_triggers(samples: Samples | None, watch: TriggerWatch) -> None:
+    fired = sorted(
+        ((labels["rule"], labels["kind"], labels["variant"]), int(value))
+        for labels, value in (samples or {}).get("omnistream_triggers_fired_total", [])
+        if value > 0
+    )
+    print(f"triggers fired: {sum(n for _, n in fired):,}")
+    for (rule, kind, variant), n in fired:
+        print(f"  {rule:<20} {kind:<20} {variant:<14} {n:>7,}")
+    held: dict[str, int] = {}
+    for labels, value in (samples or {}).get("omnistream_triggers_suppressed_total", []):
+        held[labels["reason"]] = held.get(labels["reason"], 0) + int(value)
+    print(
+        "held back: "
+        + ("  ".join(f"{reason}={n:,}" for reason, n in sorted(held.items())) or "none")
+        + "  (control = sent to triggers.holdout only)"
+    )
+    conversions: dict[str, int] = {}
+    for labels, value in (samples or {}).get("omnistream_trigger_conversions_total", []):
+        key = f"{labels['rule']}/{labels['variant']}"
+        conversions[key] = conversions.get(key, 0) + int(value)
+    print(
+        "conversions: "
+        + ("  ".join(f"{key}={n}" for key, n in sorted(conversions.items())) or "none yet")
+    )
+    latencies = watch.latencies_ms()
+    if latencies:
+        print(
+            f"trigger latency (input produced → trigger on its topic, {len(latencies):,} "
+            f"event-driven triggers): p50 {percentile(latencies, 0.5):.0f} ms, "
+            f"p99 {percentile(latencies, 0.99):.0f} ms"
+        )
+
+
+def _print_summary(
+    flows: list[FlowProcess], produced: dict[str, int], elapsed_s: float, watch: TriggerWatch
+) -> None:
     samples = {f.name: scrape(f.port) for f in flows}
     stock, identity = samples.get("stock_pool"), samples.get("identity_stitch")
     print()
@@ -153,11 +209,18 @@ def _print_summary(flows: list[FlowProcess], produced: dict[str, int], elapsed_s
         + "  ".join(f"{reason}={n}" for reason, n in sorted(conflicts.items()))
     )
     print(f"identifiers linked: {int(total(identity, 'omnistream_identity_links_total')):,}")
+    _print_triggers(samples.get("rule_triggers"), watch)
     for f in flows:
         print(
             f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "
             "(while the demo runs; use --keep)"
         )
+    print(
+        "full stack (Kafka, Redis, the flows, Prometheus with alerts, Grafana boards): "
+        "OMNI_PII_KEY=<secret> GRAFANA_ADMIN_PASSWORD=<password> docker compose up -d "
+        "(Grafana http://127.0.0.1:3000, Prometheus http://127.0.0.1:9090; "
+        "add --profile demo for generated traffic)"
+    )
 
 
 def _start_flows(
@@ -209,13 +272,19 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             )
             started = time.monotonic()
             model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
+            watch = TriggerWatch(demo_config)
+            watch.start()
             stats = produce(
-                demo_config, model.events(args.events), rate=args.rate or None, progress=True
+                demo_config,
+                watch.stamp(model.events(args.events)),
+                rate=args.rate or None,
+                progress=True,
             )
             produced = dict(stats.produced)
             _wait_until_consumed(flows, produced, timeout_s=300)
             time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
-            _print_summary(flows, produced, time.monotonic() - started)
+            watch.stop()
+            _print_summary(flows, produced, time.monotonic() - started, watch)
             if args.keep:
                 print("running; Ctrl-C to stop", file=sys.stderr)
                 while all(f.process.poll() is None for f in flows):

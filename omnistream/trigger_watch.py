@@ -1,0 +1,111 @@
+"""Watching the trigger topics while traffic flows: what fired, and how long it took.
+
+Used by the demo (and the benchmark): a background consumer follows ``triggers.coupon``,
+``triggers.holdout`` and ``triggers.replenishment`` from their beginning; the producer side
+records when each input event was handed to the broker. The latency of a trigger is the time
+from producing its causing event (the newest input event named in its evidence) to the
+trigger's timestamp on its topic. Triggers that fire on a timer — a cart left for T minutes,
+a coupon held through quiet hours — are caused by the passing of time, not by an event, and
+are left out of that figure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from connectors import topics
+from connectors.generator import GeneratedEvent
+from connectors.kafka_clients import make_consumer
+from omnistream.config import Config
+
+TRIGGER_TOPICS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
+#: Rule kinds whose triggers come from a timer rather than from an input event.
+TIMER_KINDS = frozenset({"cart_abandonment"})
+
+
+@dataclass
+class SeenTrigger:
+    topic: str
+    arrived_ms: int
+    data: dict[str, Any]
+
+
+@dataclass
+class TriggerWatch:
+    config: Config
+    produced_at: dict[str, float] = field(default_factory=dict)
+    seen: list[SeenTrigger] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
+        """Pass events through, remembering when each was handed to the producer."""
+        for event in events:
+            if event.event_id is not None:
+                self.produced_at.setdefault(event.event_id, time.time() * 1000)
+            yield event
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._follow, name="trigger-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        consumer = make_consumer(
+            self.config, group_id=f"trigger-watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": "10"}
+        )
+        try:
+            assignments = []
+            for name in TRIGGER_TOPICS:
+                topic = self.config.topic(name)
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+            consumer.assign(assignments)
+            names = {self.config.topic(n): n for n in TRIGGER_TOPICS}
+            while not self._stop.is_set():
+                for message in consumer.consume(500, 0.2):
+                    value = message.value()
+                    if message.error() is not None or value is None:
+                        continue
+                    _, timestamp = message.timestamp()
+                    event = orjson.loads(value)
+                    self.seen.append(
+                        SeenTrigger(names.get(message.topic() or "", ""), timestamp, event["data"])
+                    )
+        finally:
+            consumer.close()
+
+    def latencies_ms(self) -> list[float]:
+        """Produce-to-topic latency of every event-driven trigger whose cause was produced
+        in this run."""
+        out = []
+        for trigger in self.seen:
+            data = trigger.data
+            if data.get("rule_kind") in TIMER_KINDS or data.get("held_until"):
+                continue
+            causes = [e.split("#", 1)[0] for e in data.get("evidence", ())]
+            produced = [self.produced_at[e] for e in causes if e in self.produced_at]
+            if produced:
+                out.append(trigger.arrived_ms - max(produced))
+        return out
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (``share`` in 0..1)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(share * len(ordered) + 0.999999) - 1))
+    return ordered[rank]
