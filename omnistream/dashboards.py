@@ -6,7 +6,7 @@ test fails when they drift from this file); Grafana provisions them from there
 ``grafana-client``.
 
 Error and rare-event panels end in ``or vector(0)``: no error is a real zero, not an empty
-panel. Boards for rule triggers and attribution come with those flows.
+panel. Attributed revenue panels come with the attribution flow.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+#: ``kind`` values of stock triggers in ``omnistream_triggers_fired_total`` (a regex).
+STOCK_TRIGGER_KINDS = "replenish|transfer|stockout|prepare"
 OUT_DIR = Path(__file__).resolve().parent.parent / "grafana" / "dashboards"
 
 
@@ -124,6 +126,33 @@ OPERATIONS = Board(
             "ops",
         ),
         Panel(
+            "Trigger latency p50 / p99",
+            (
+                (_quantile(0.5, "omnistream_trigger_latency_seconds", "rule"), "p50 {{rule}}"),
+                (
+                    "histogram_quantile(0.99, sum by (le) "
+                    "(rate(omnistream_trigger_latency_seconds_bucket[5m])))",
+                    "p99 all rules",
+                ),
+            ),
+            "s",
+            description="fired_at − event_time of triggers sent; alert when p99 > 5 s for "
+            "5 minutes (OmnistreamTriggerLatencyHigh).",
+        ),
+        Panel(
+            "Rules file reloads",
+            (
+                (
+                    "sum by (outcome) (increase(omnistream_rules_reloads_total[1h])) or vector(0)",
+                    "{{outcome}}",
+                ),
+                ("sum(omnistream_rules_active)", "rules in force"),
+            ),
+            "short",
+            description="Changed rules files seen by rule_triggers in the last hour; an "
+            "`invalid` one was refused and the previous rules stayed in force.",
+        ),
+        Panel(
             "Resident memory",
             (('process_resident_memory_bytes{job="omnistream"}', "{{flow}}"),),
             "bytes",
@@ -161,6 +190,22 @@ INVENTORY = Board(
         Panel(
             "Reserved units by region",
             (('sum by (region) (omnistream_stock_units{figure="reserved"})', "{{region}}"),),
+        ),
+        Panel(
+            "Replenishment and transfer triggers per second",
+            (
+                (
+                    _rate_by(
+                        "omnistream_triggers_fired_total",
+                        "kind",
+                        selector=f'kind=~"{STOCK_TRIGGER_KINDS}"',
+                    )
+                    + " or vector(0)",
+                    "{{kind}}",
+                ),
+            ),
+            "ops",
+            description="triggers.replenishment by kind: replenish, transfer, stockout, prepare.",
         ),
         Panel(
             "Stock positions written per second",
@@ -231,7 +276,81 @@ IDENTITY = Board(
     ),
 )
 
-BOARDS: tuple[Board, ...] = (OPERATIONS, INVENTORY, IDENTITY)
+_COUPONS = f'kind!~"{STOCK_TRIGGER_KINDS}"'
+_TRIGGERS_BY_ARM = (
+    "sum by (rule, variant) (omnistream_triggers_fired_total{" + _COUPONS + "}) "
+    'or sum by (rule, variant) (omnistream_triggers_suppressed_total{reason="control"})'
+)
+
+MARKETING = Board(
+    "omnistream-marketing",
+    "Omnistream · Marketing",
+    (
+        Panel(
+            "Coupon triggers per second by rule and variant",
+            (
+                (
+                    _rate_by("omnistream_triggers_fired_total", "rule, variant", selector=_COUPONS)
+                    + " or vector(0)",
+                    "{{rule}} {{variant}}",
+                ),
+            ),
+            "ops",
+            description="Coupons sent to triggers.coupon.",
+        ),
+        Panel(
+            "Holdouts per second by rule",
+            (
+                (
+                    _rate_by(
+                        "omnistream_triggers_suppressed_total", "rule", selector='reason="control"'
+                    )
+                    + " or vector(0)",
+                    "{{rule}}",
+                ),
+            ),
+            "ops",
+            description="Customers drawn into a rule's control group (triggers.holdout only).",
+        ),
+        Panel(
+            "Held back per second by reason",
+            (
+                (
+                    _rate_by("omnistream_triggers_suppressed_total", "reason") + " or vector(0)",
+                    "{{reason}}",
+                ),
+            ),
+            "ops",
+            description="cooldown, frequency cap, control group.",
+        ),
+        Panel(
+            "Conversions per second by rule and variant",
+            (
+                (
+                    _rate_by("omnistream_trigger_conversions_total", "rule, variant")
+                    + " or vector(0)",
+                    "{{rule}} {{variant}}",
+                ),
+            ),
+            "ops",
+        ),
+        Panel(
+            "Conversion rate per trigger (uplift against control)",
+            (
+                (
+                    "sum by (rule, variant) (omnistream_trigger_conversions_total) / "
+                    f"({_TRIGGERS_BY_ARM}) or vector(0)",
+                    "{{rule}} {{variant}}",
+                ),
+            ),
+            "percentunit",
+            description="Conversions of a rule × variant over the triggers (or holdouts) it "
+            "made since the flow started; a variant above `control` is uplift.",
+        ),
+    ),
+)
+
+BOARDS: tuple[Board, ...] = (OPERATIONS, INVENTORY, MARKETING, IDENTITY)
 
 
 def panel_json(panel: Panel, panel_id: int) -> dict[str, Any]:
