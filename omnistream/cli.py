@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flows.logic.reference import ReferenceDataError
+from flows.logic.rules import RulesError
 from omnistream.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -266,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(config, args))
     except (ConfigError, ReferenceDataError) as exc:
         print(f"omnistream: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"omnistream: rules file error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("omnistream: interrupted", file=sys.stderr)

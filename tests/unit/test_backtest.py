@@ -154,3 +154,14 @@ def test_backtest_refuses_an_invalid_rules_file(
     events.write_text("")
     assert main(["rules", "backtest", str(rules), "--events", str(events)]) == 1
     assert "kind" in capsys.readouterr().err
+
+
+def test_rule_triggers_refuses_to_start_on_an_invalid_rules_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {id: cart, kind: cart_abandonment, cooldown: soon}\n")
+    monkeypatch.setenv("OMNI_RULES", str(rules))
+    assert main(["run", "rule_triggers", "--until-idle"]) == 2
+    error = capsys.readouterr().err
+    assert "rule `cart` (#1)" in error and "cooldown" in error
