@@ -125,3 +125,20 @@ TRIGGER_INPUTS_SKIPPED = Counter(
     "not_perishable_receipt).",
     ["reason"],
 )
+ATTRIBUTED_REVENUE = Gauge(
+    "omnistream_attributed_revenue",
+    "Revenue credited to each channel by each attribution model since the totals began "
+    "(absolute, from the flow's totals; the same figures as Redis).",
+    ["model", "channel"],
+)
+ATTRIBUTED_CONVERSIONS = Gauge(
+    "omnistream_attributed_conversions",
+    "Conversions credited to each channel by each model (fractional: a conversion's credit "
+    "is split like its revenue).",
+    ["model", "channel"],
+)
+ATTRIBUTION_CONVERSIONS = Counter(
+    "omnistream_attribution_conversions_total",
+    "Conversions credited (each once), by whether they had touches (touched) or not (direct).",
+    ["path"],
+)

@@ -81,6 +81,12 @@ def _cmd_rules_backtest(config: Config, args: argparse.Namespace) -> int:
     return run_backtest(config, args.file, args.events, args.topic, args.triggers)
 
 
+def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.attribution_report import report
+
+    return report(config)
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -219,6 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_argument(backtest)
     backtest.set_defaults(handler=_cmd_rules_backtest)
+
+    attribution = sub.add_parser(
+        "attribution",
+        help="attribution totals",
+        description="Work with the totals of the attribution flow.",
+    )
+    attribution_sub = attribution.add_subparsers(
+        dest="attribution_command", required=True, metavar="ACTION"
+    )
+    attribution_report = attribution_sub.add_parser(
+        "report",
+        help="print attributed revenue and conversions per model and channel",
+        description="Print, per model (first_touch, last_touch, linear, time_decay, "
+        "position_based, markov), the revenue and conversions credited to each channel, from "
+        "the running totals the attribution flow keeps in Redis.",
+    )
+    _add_config_argument(attribution_report)
+    attribution_report.set_defaults(handler=_cmd_attribution_report)
 
     grafana = sub.add_parser(
         "grafana",

@@ -127,6 +127,23 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class AttributionConfig:
+    #: Touches older than this before a conversion are not credited.
+    lookback_days: float = 30.0
+    #: A path keeps at most this many touches (the oldest are dropped).
+    max_touches: int = 20
+    #: ``time_decay``: a touch's weight halves every this many days before the conversion.
+    half_life_days: float = 7.0
+    #: ``position_based``: shares of the first and the last touch (the rest to the middle).
+    first_share: float = 0.4
+    last_share: float = 0.4
+    #: ``markov``: the removal effects are refreshed after this many conversions …
+    markov_refresh_conversions: int = 100
+    #: … or this many minutes of event time, whichever comes first.
+    markov_refresh_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
 class FlowConfig:
     workers: int = 1
     #: Epoch length when recovery is off; shorter epochs flush sinks sooner.
@@ -139,6 +156,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
@@ -267,10 +285,23 @@ def _check_ranges(config: Config) -> None:
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
         "rules.reload_seconds": config.rules.reload_seconds,
+        "attribution.lookback_days": config.attribution.lookback_days,
+        "attribution.max_touches": config.attribution.max_touches,
+        "attribution.half_life_days": config.attribution.half_life_days,
+        "attribution.markov_refresh_conversions": config.attribution.markov_refresh_conversions,
+        "attribution.markov_refresh_minutes": config.attribution.markov_refresh_minutes,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{config.source}: key `{key}`: expected a value > 0, got {value!r}")
+    a = config.attribution
+    if not (
+        0 <= a.first_share <= 1 and 0 <= a.last_share <= 1 and a.first_share + a.last_share <= 1
+    ):
+        raise ConfigError(
+            f"{config.source}: key `attribution.first_share`/`attribution.last_share`: expected "
+            f"shares in [0, 1] adding up to at most 1, got {a.first_share!r} and {a.last_share!r}"
+        )
     if not 0 < config.metrics.port < 65536:
         raise ConfigError(
             f"{config.source}: key `metrics.port`: expected a port 1..65535, "

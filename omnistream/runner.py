@@ -28,6 +28,7 @@ FLOWS: dict[str, str] = {
     "stock_pool": "flows.stock_pool",
     "identity_stitch": "flows.identity_stitch",
     "rule_triggers": "flows.rule_triggers",
+    "attribution": "flows.attribution",
 }
 
 

@@ -1,0 +1,242 @@
+"""attribution: credit each conversion to the marketing touches before it (several models).
+
+Wiring only; the models are in ``flows.logic.attribution``.
+
+    events.resolved (touches: campaign visits, ad clicks; conversions: orders, till sales)
+    triggers.coupon (touches: coupons sent), identity.changes (merges)
+      → router, keyed by the customer id an item arrived with: a customer merged into
+        another hands its touches over and forwards everything later to it
+      → paths, keyed by the customer that owns the path: touches, conversions (each id once)
+      → credit, one key: heuristic models per path, the Markov chain over all paths
+      → attribution.credits; totals per model × channel → Redis and gauges
+
+Step ids are part of the recovery snapshots: keep them stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors import topics
+from connectors.attribution_io import (
+    DECODERS,
+    FLOW,
+    Absorb,
+    Conversion,
+    CustomerTouch,
+    Ignored,
+    credits_message,
+)
+from connectors.metrics import ATTRIBUTION_CONVERSIONS
+from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
+from flows.logic.attribution import (
+    MODELS,
+    AbandonedPath,
+    AttributionParams,
+    ConvertedPath,
+    Credits,
+    MarkovState,
+    PathState,
+    Touch,
+    add_path,
+    add_touches,
+    convert,
+    heuristic_credits,
+    markov_credit,
+)
+from flows.logic.events import Origin
+from omnistream.config import Config, load_config
+from omnistream.reference import load_reference
+from state.attribution_store import AttributionStore, TotalsCell
+
+DAY_MS = 86_400_000
+INPUTS = (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES)
+
+
+def params_of(config: Config) -> AttributionParams:
+    a = config.attribution
+    return AttributionParams(
+        lookback_ms=int(a.lookback_days * DAY_MS),
+        max_touches=a.max_touches,
+        half_life_ms=int(a.half_life_days * DAY_MS),
+        first_share=a.first_share,
+        last_share=a.last_share,
+        markov_refresh_conversions=a.markov_refresh_conversions,
+        markov_refresh_ms=int(a.markov_refresh_minutes * 60_000),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """Touches of a customer merged into the one this is sent to."""
+
+    touches: tuple[Touch, ...]
+
+
+@dataclass(slots=True)
+class RouterState:
+    absorbed_into: str | None = None
+    touches: tuple[Touch, ...] = ()
+
+
+def route(
+    state: RouterState | None, item: Any, params: AttributionParams
+) -> tuple[RouterState, list[tuple[str, Any]]]:
+    """Items keyed by the customer that owns the path. A merged customer keeps the touches it
+    has seen (bounded) to hand them over when the merge becomes known."""
+    if state is None:
+        state = RouterState()
+    if isinstance(item, Absorb):
+        if state.absorbed_into is not None or item.into == item.customer_id:
+            return state, []
+        state.absorbed_into = item.into
+        touches, state.touches = state.touches, ()
+        return state, [(item.into, Handover(touches))]
+    owner = state.absorbed_into
+    if isinstance(item, CustomerTouch):
+        if owner is None:
+            kept = (*state.touches, item.touch)
+            state.touches = kept[-max(1, params.max_touches) :]
+        return state, [(owner or item.customer_id, item.touch)]
+    assert isinstance(item, Conversion)
+    return state, [(owner or item.customer_id or "", item)]
+
+
+def follow_path(
+    state: PathState | None, item: Any, params: AttributionParams
+) -> tuple[PathState, list[ConvertedPath | AbandonedPath]]:
+    out: list[ConvertedPath | AbandonedPath] = []
+    if isinstance(item, Touch | Handover):
+        touches = [item] if isinstance(item, Touch) else list(item.touches)
+        state, abandoned = add_touches(state, touches, params)
+        out += abandoned
+        return state, out
+    assert isinstance(item, Conversion)
+    state, converted = convert(
+        state,
+        item.conversion_id,
+        item.customer_id,
+        item.revenue,
+        item.ts_ms,
+        item.event_id,
+        params,
+    )
+    if converted is not None:
+        out.append(converted)
+    return state, out
+
+
+def credit(
+    state: MarkovState | None, item: ConvertedPath | AbandonedPath, params: AttributionParams
+) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
+    if state is None:
+        state = MarkovState()
+    if isinstance(item, AbandonedPath):
+        add_path(state, item.channels, False)
+        return state, []
+    credited = heuristic_credits(item.path, item.ts_ms, item.revenue, params)
+    credited["markov"] = markov_credit(state, item.path, item.ts_ms, item.revenue, params)
+    ATTRIBUTION_CONVERSIONS.labels("touched" if item.path else "direct").inc()
+    return state, [(item, credited)]
+
+
+def accumulate(
+    totals: dict[str, dict[str, list[float]]] | None, item: tuple[ConvertedPath, Credits]
+) -> tuple[dict[str, dict[str, list[float]]], list[TotalsCell]]:
+    """Running totals per model × channel; emits the absolute cells this conversion changed."""
+    if totals is None:
+        totals = {}
+    converted, credited = item
+    cells: list[TotalsCell] = []
+    for model in MODELS:
+        table = totals.setdefault(model, {})
+        for channel, revenue in credited.get(model, {}).items():
+            cell = table.setdefault(channel, [0.0, 0.0])
+            cell[0] += revenue
+            if converted.revenue > 0:
+                cell[1] += revenue / converted.revenue
+            else:
+                cell[1] += 1.0 / len(credited[model])
+            cells.append((model, channel, cell[0], cell[1]))
+    return totals, cells
+
+
+def build(config: Config, *, until_idle: bool = False) -> Dataflow:
+    params = params_of(config)
+    reference = load_reference(config)
+
+    def decode(name: str, raw: bytes, origin: Origin) -> Any:
+        return DECODERS[name](raw, origin)
+
+    flow = Dataflow(FLOW)
+    inputs = kafka_events(
+        "inputs", flow, config, FLOW, INPUTS, reference, until_idle=until_idle, decoder=decode
+    )
+    items: Any = op.flat_map("items", inputs.oks, _inputs_of)
+    routed = op.flat_map(
+        "routed",
+        op.stateful_map(
+            "router",
+            op.key_on("key_by_arrival_customer", items, _arrival_key),
+            lambda state, item: route(state, item, params),
+        ),
+        lambda kv: kv[1],
+    )
+    paths = op.flat_map(
+        "path_outcomes",
+        op.stateful_map(
+            "paths",
+            op.key_on("key_by_owner", routed, lambda pair: pair[0]),
+            lambda state, pair: follow_path(state, pair[1], params),
+        ),
+        lambda kv: kv[1],
+    )
+    credited = op.flat_map(
+        "credited",
+        op.stateful_map(
+            "credit",
+            op.key_on("one_chain", paths, lambda _: "all"),
+            lambda state, item: credit(state, item, params),
+        ),
+        lambda kv: kv[1],
+    )
+    kafka_output(
+        "attribution_credits",
+        config,
+        topics.ATTRIBUTION_CREDITS,
+        op.map("encode_credits", credited, lambda pair: credits_message(*pair)),
+    )
+    cells = op.flat_map(
+        "totals_cells",
+        op.stateful_map("totals", op.key_on("all_totals", credited, lambda _: "all"), accumulate),
+        lambda kv: kv[1],
+    )
+
+    def open_writer() -> tuple[Any, Any]:
+        store = AttributionStore.from_config(config)
+        return store.write_cells, store.close
+
+    op.output("totals_store", cells, BatchSink(open_writer))
+    deadletter_output("deadletter", config, FLOW, inputs.errs)
+    return flow
+
+
+def _inputs_of(decoded: Any) -> list[Any]:
+    """The decoder gives a list of touches/conversions/merges, or ``Ignored``."""
+    return [] if isinstance(decoded, Ignored) else list(decoded)
+
+
+def _arrival_key(item: Any) -> str:
+    """Walk-in sales (no customer) share one key: they have no path and no merges."""
+    return item.customer_id or ""
+
+
+def __getattr__(name: str) -> Dataflow:
+    """``python -m bytewax.run flows.attribution:flow`` builds from the environment."""
+    if name == "flow":
+        return build(load_config())
+    raise AttributeError(name)
