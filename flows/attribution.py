@@ -15,11 +15,13 @@ Step ids are part of the recovery snapshots: keep them stable.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulLogic
 
 from connectors import topics
 from connectors.attribution_io import (
@@ -130,6 +132,49 @@ def follow_path(
     return state, out
 
 
+def _replay_order(item: Any) -> tuple[int, int]:
+    """Touches before a conversion of the same millisecond."""
+    return (item.ts_ms, 0 if isinstance(item, Touch) else 1)
+
+
+class PathLogic(StatefulLogic[Any, Any, tuple[PathState | None, list[Any]]]):
+    """One customer's path. Live, items are applied as they come. In a replay
+    (``--until-idle``) they are kept and applied at the end in event-time order, so a merge
+    read after the conversion it precedes still hands its touches over in time, and the
+    result does not depend on how the input topics interleaved."""
+
+    def __init__(
+        self,
+        params: AttributionParams,
+        live: bool,
+        resume: tuple[PathState | None, list[Any]] | None,
+    ) -> None:
+        self.params = params
+        self.live = live
+        self.state, self.pending = resume if resume is not None else (None, [])
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        if self.live:
+            self.state, out = follow_path(self.state, value, self.params)
+            return list(out), StatefulLogic.RETAIN
+        if isinstance(value, Handover):
+            self.pending += value.touches
+        else:
+            self.pending.append(value)
+        return [], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        for item in sorted(self.pending, key=_replay_order):
+            self.state, produced = follow_path(self.state, item, self.params)
+            out += produced
+        self.pending = []
+        return out, StatefulLogic.RETAIN
+
+    def snapshot(self) -> tuple[PathState | None, list[Any]]:
+        return copy.deepcopy(self.state), list(self.pending)
+
+
 def credit(
     state: MarkovState | None, item: ConvertedPath | AbandonedPath, params: AttributionParams
 ) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
@@ -186,12 +231,16 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         ),
         lambda kv: kv[1],
     )
-    paths = op.flat_map(
+    paths = op.map(
         "path_outcomes",
-        op.stateful_map(
+        op.stateful(
             "paths",
-            op.key_on("key_by_owner", routed, lambda pair: pair[0]),
-            lambda state, pair: follow_path(state, pair[1], params),
+            op.map_value(
+                "owned_item",
+                op.key_on("key_by_owner", routed, lambda pair: pair[0]),
+                lambda pair: pair[1],
+            ),
+            lambda resume: PathLogic(params, not until_idle, resume),
         ),
         lambda kv: kv[1],
     )
