@@ -74,15 +74,23 @@ def params_of(config: Config) -> AttributionParams:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """Touches of a customer merged into the one this is sent to."""
+    """Touches of a customer merged into the one this is sent to, and the conversions
+    already credited under the old id (so the store pickup of an order placed before the
+    merge is not credited again)."""
 
     touches: tuple[Touch, ...]
+    conversions: tuple[tuple[str, int], ...] = ()
+
+
+#: Conversions a router remembers per customer id, for a handover.
+ROUTER_CONVERSIONS_KEPT = 200
 
 
 @dataclass(slots=True)
 class RouterState:
     absorbed_into: str | None = None
     touches: tuple[Touch, ...] = ()
+    conversions: tuple[tuple[str, int], ...] = ()
 
 
 def route(
@@ -96,8 +104,9 @@ def route(
         if state.absorbed_into is not None or item.into == item.customer_id:
             return state, []
         state.absorbed_into = item.into
-        touches, state.touches = state.touches, ()
-        return state, [(item.into, Handover(touches))]
+        handover = Handover(state.touches, state.conversions)
+        state.touches, state.conversions = (), ()
+        return state, [(item.into, handover)]
     owner = state.absorbed_into
     if isinstance(item, CustomerTouch):
         if owner is None:
@@ -105,6 +114,9 @@ def route(
             state.touches = kept[-max(1, params.max_touches) :]
         return state, [(owner or item.customer_id, item.touch)]
     assert isinstance(item, Conversion)
+    if owner is None and item.customer_id:
+        seen = (*state.conversions, (item.conversion_id, item.ts_ms))
+        state.conversions = seen[-ROUTER_CONVERSIONS_KEPT:]
     return state, [(owner or item.customer_id or "", item)]
 
 
@@ -115,6 +127,9 @@ def follow_path(
     if isinstance(item, Touch | Handover):
         touches = [item] if isinstance(item, Touch) else list(item.touches)
         state, abandoned = add_touches(state, touches, params)
+        if isinstance(item, Handover):
+            for conversion_id, ts_ms in item.conversions:
+                state.converted.setdefault(conversion_id, ts_ms)
         out += abandoned
         return state, out
     assert isinstance(item, Conversion)
@@ -159,6 +174,11 @@ class PathLogic(StatefulLogic[Any, Any, tuple[PathState | None, list[Any]]]):
             return list(out), StatefulLogic.RETAIN
         if isinstance(value, Handover):
             self.pending += value.touches
+            if value.conversions:
+                # Credited under the old id: known here before anything is replayed.
+                self.state, _ = follow_path(
+                    self.state, Handover((), value.conversions), self.params
+                )
         else:
             self.pending.append(value)
         return [], StatefulLogic.RETAIN
