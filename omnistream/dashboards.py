@@ -6,7 +6,7 @@ test fails when they drift from this file); Grafana provisions them from there
 ``grafana-client``.
 
 Error and rare-event panels end in ``or vector(0)``: no error is a real zero, not an empty
-panel. Attributed revenue panels come with the attribution flow.
+panel.
 """
 
 from __future__ import annotations
@@ -346,6 +346,23 @@ MARKETING = Board(
             "percentunit",
             description="Conversions of a rule × variant over the triggers (or holdouts) it "
             "made since the flow started; a variant above `control` is uplift.",
+        ),
+        Panel(
+            "Attributed revenue by channel (per model)",
+            (("sum by (model, channel) (omnistream_attributed_revenue)", "{{model}} {{channel}}"),),
+            "currencyCNY",
+            description="Running totals of the attribution flow (the same as Redis and "
+            "`omnistream attribution report`).",
+        ),
+        Panel(
+            "Attributed conversions by channel (markov)",
+            (
+                (
+                    'sum by (channel) (omnistream_attributed_conversions{model="markov"})',
+                    "{{channel}}",
+                ),
+            ),
+            description="Conversions credited to each channel by the Markov model (fractional).",
         ),
     ),
 )

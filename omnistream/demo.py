@@ -20,6 +20,7 @@ from typing import IO
 
 from connectors import topics
 from connectors.generator import TrafficModel, produce
+from omnistream.attribution_report import report
 from omnistream.config import Config, dump_config
 from omnistream.embedded import EmbeddedStack, free_port
 from omnistream.processes import (
@@ -38,6 +39,7 @@ DEMO_FLOWS: dict[str, tuple[str, ...]] = {
     "stock_pool": (topics.CLICKSTREAM, topics.POS_SALES, topics.WMS_MOVEMENTS),
     "identity_stitch": (topics.CLICKSTREAM, topics.POS_SALES),
     "rule_triggers": (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS),
+    "attribution": (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES),
 }
 
 
@@ -285,6 +287,8 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
             watch.stop()
             _print_summary(flows, produced, time.monotonic() - started, watch)
+            print("\n== Attribution (omnistream attribution report) ==")
+            report(demo_config)
             if args.keep:
                 print("running; Ctrl-C to stop", file=sys.stderr)
                 while all(f.process.poll() is None for f in flows):

@@ -76,7 +76,7 @@ def assert_gone(pids: set[int]) -> None:
 
 def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     demo = start_demo("--events", "3000", "--rate", "0", "--bad-ratio", "0.02")
-    children = watch_children(demo, want=5, timeout_s=60)  # broker, redis, three flows
+    children = watch_children(demo, want=6, timeout_s=60)  # broker, redis, four flows
     output, _ = demo.communicate(timeout=300)
     assert demo.returncode == 0, output[-3000:]
     assert "== Omnistream demo summary ==" in output
@@ -85,6 +85,7 @@ def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     assert "dead letters:" in output and "metrics of stock_pool: http://127.0.0.1:" in output
     assert "events consumed by rule_triggers:" in output and "triggers fired:" in output
     assert "held back:" in output and "docker compose up" in output
+    assert "== Attribution" in output and "markov" in output and "direct" in output
     assert len(children) >= 4
     assert_gone(children)
 

@@ -23,7 +23,7 @@ from omnistream.reference import load_reference
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-FLOWS = ("stock_pool", "identity_stitch", "rule_triggers")
+FLOWS = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")
 
 
 def query(port: int, expr: str) -> dict:
