@@ -85,8 +85,12 @@ class PiiConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    #: Port of the flow's /metrics endpoint (Bytewax's dataflow API server).
+    #: Port of the flow's /metrics endpoint.
     port: int = 3030
+    #: Address it listens on: loopback unless configured otherwise. ``0.0.0.0`` (all
+    #: interfaces, e.g. inside a container) serves Bytewax's dataflow API endpoint, which
+    #: adds Bytewax's per-step metrics but cannot listen on one address only.
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from prometheus_client import start_http_server
 
 from omnistream.config import Config
 
@@ -30,6 +31,30 @@ FLOWS: dict[str, str] = {
     "rule_triggers": "flows.rule_triggers",
     "attribution": "flows.attribution",
 }
+
+
+#: Addresses meaning "every interface": only when configured so (compose, inside a container).
+ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104
+
+
+def serve_metrics(config: Config) -> str:
+    """Start the flow's one /metrics endpoint; returns a scratch directory to remove after.
+
+    On all interfaces, Bytewax's dataflow API server serves it (its per-step metrics plus
+    prometheus_client's default registry; it always listens on 0.0.0.0, and the variables
+    are read when the flow starts). On one address — loopback by default — prometheus_client
+    serves the default registry (Omnistream's and the process metrics) there instead.
+    """
+    cache_dir = tempfile.mkdtemp(prefix="omnistream-flow-")
+    if config.metrics.host in ALL_INTERFACES:
+        os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
+        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
+        # The API server also caches the dataflow's JSON picture; keep it out of the cwd.
+        os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", cache_dir)
+    else:
+        os.environ.pop("BYTEWAX_DATAFLOW_API_ENABLED", None)
+        start_http_server(config.metrics.port, addr=config.metrics.host)
+    return cache_dir
 
 
 def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> RecoveryConfig | None:
@@ -47,13 +72,7 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     """Build and run a flow until stopped (or until its inputs drain with ``until_idle``)."""
     module = importlib.import_module(FLOWS[name])
     flow = module.build(config, until_idle=until_idle)
-    # Bytewax serves /metrics (its own step metrics plus prometheus_client's default registry)
-    # from its dataflow API server; these variables are read when the flow starts.
-    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
-    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
-    # The API server also caches the dataflow's JSON picture; keep it out of the cwd.
-    cache_dir = tempfile.mkdtemp(prefix=f"omnistream-{name}-")
-    os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", cache_dir)
+    cache_dir = serve_metrics(config)
     recovery = prepare_recovery(
         config.recovery.dir,
         max(1, config.flow.workers),
@@ -61,10 +80,11 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     )
     epoch_s = config.recovery.snapshot_seconds if recovery else config.flow.epoch_seconds
     log.info(
-        "running %s (workers=%d, recovery=%s, metrics on :%d/metrics)",
+        "running %s (workers=%d, recovery=%s, metrics on %s:%d/metrics)",
         name,
         config.flow.workers,
         config.recovery.dir or "off",
+        config.metrics.host or "*",
         config.metrics.port,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
