@@ -87,6 +87,12 @@ def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
     return report(config)
 
 
+def _cmd_bench(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.bench import run_bench
+
+    return run_bench(config, args)
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -225,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_argument(backtest)
     backtest.set_defaults(handler=_cmd_rules_backtest)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput, trigger latency and memory against references",
+        description="Start an embedded broker and Redis and measure: a raw confluent-kafka "
+        "consumer and a plain Bytewax pipeline over a generated stream (the references), each "
+        "flow's events/s on the same stream with its inputs preloaded (and the ratio to the "
+        "reference) and peak memory, then trigger latency and stock freshness with all flows "
+        "live at a steady offered rate. Prints a table; --json writes the figures.",
+    )
+    from omnistream.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    _add_config_argument(bench)
+    bench.set_defaults(handler=_cmd_bench)
 
     attribution = sub.add_parser(
         "attribution",

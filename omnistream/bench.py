@@ -1,0 +1,322 @@
+"""``omnistream bench``: throughput, trigger latency and memory, next to references measured
+in the same run (machines are shared and noisy: a ratio means more than a figure alone).
+
+1. Generate a stream (``--events``, ``--customers``) and preload it into the input topics of
+   an embedded broker.
+2. ``raw_ceiling_eps``: this process consumes the three input topics with confluent-kafka and
+   parses every message's JSON, nothing else — the ceiling for any Python consumer here.
+3. ``reference_eps``: a plain Bytewax pipeline (``omnistream.bench_reference``) over the same
+   topics.
+4. Each flow on its own, with its inputs preloaded (stock_pool and identity_stitch read the
+   generated topics; rule_triggers and attribution what those wrote): events/s from the
+   first to the last event consumed (sampled from the flow's own counter every 50 ms), and
+   the process's peak resident memory (VmHWM).
+5. Latency, on fresh topics with all four flows running live and the generator offering a
+   steady ``--rate`` for ``--latency-seconds``: trigger latency from producing an input event
+   to the trigger (caused by it) arriving on its topic; stock freshness from producing a
+   warehouse movement to its effect being readable in Redis (a sample of movements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from connectors import topics
+from connectors.generator import GeneratedEvent, TrafficModel, produce
+from connectors.kafka_clients import ensure_topics, make_consumer
+from connectors.topics import ALL_TOPICS
+from omnistream.config import Config, dump_config
+from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
+from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
+from omnistream.reference import load_reference
+from omnistream.trigger_watch import TriggerWatch, percentile
+
+FLOW_ORDER = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=200_000, help="stream size (200000)")
+    parser.add_argument("--customers", type=int, default=20_000, help="customers (20000)")
+    parser.add_argument("--seed", type=int, default=11, help="traffic seed (11)")
+    parser.add_argument(
+        "--rate", type=float, default=1_000.0, help="offered events/s in the latency run (1000)"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=60.0, help="length of the latency run (60)"
+    )
+    parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class FlowRun:
+    eps: float
+    peak_rss_mb: float
+    consumed: float
+    seconds: float
+
+
+def run_until_idle(
+    name: str, config: Config, workdir: Path, command: list[str] | None = None
+) -> FlowRun:
+    """Run one flow until its inputs are drained, sampling its consumed counter and memory."""
+    port = free_port()
+    path = workdir / f"{name}.yaml"
+    dump_config(config.with_overrides(metrics={"port": port}), path)
+    with (workdir / f"{name}.log").open("wb") as log:
+        if command is None:
+            process = start_flow(name, path, until_idle=True, log=log)
+        else:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [*command, "--config", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+    flow_label = "reference" if command is not None else name
+    first = last = None
+    count = 0.0
+    peak = 0.0
+    while process.poll() is None:
+        samples = scrape(port, timeout_s=0.5)
+        now = time.monotonic()
+        if samples is not None:
+            seen = total(samples, "omnistream_events_consumed_total", flow=flow_label)
+            if seen > 0 and first is None:
+                first = now
+            if seen > count:
+                count, last = seen, now
+        peak = max(peak, peak_rss_mb(process.pid))
+        time.sleep(0.05)
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} exited with {process.returncode}; see {workdir / name}.log")
+    seconds = (last - first) if first is not None and last is not None else 0.0
+    eps = count / seconds if seconds > 0 else 0.0
+    return FlowRun(eps, peak, count, seconds)
+
+
+def raw_ceiling(config: Config) -> float:
+    """Consume the input topics in this process and parse each message's JSON (as the
+    reference pipeline does; no validation): events/s."""
+    consumer = make_consumer(
+        config, group_id=f"bench-raw-{uuid.uuid4().hex}", **{"enable.partition.eof": "true"}
+    )
+    assignments = []
+    for name in topics.INPUT_TOPICS:
+        topic = config.topic(name)
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+    consumer.assign(assignments)
+    pending = {(a.topic, a.partition) for a in assignments}
+    count = 0
+    first: float | None = None
+    last = 0.0
+    while pending:
+        for message in consumer.consume(1000, 1.0):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((message.topic(), message.partition()))
+                continue
+            if first is None:
+                first = time.monotonic()
+            try:
+                orjson.loads(message.value() or b"")
+            except orjson.JSONDecodeError:
+                pass  # a deliberately malformed event: parsed as far as it goes
+            count += 1
+            last = time.monotonic()
+    consumer.close()
+    return count / (last - first) if first is not None and last > first else 0.0
+
+
+@dataclass
+class FreshnessProbe:
+    """Samples movements and waits for each to be readable in Redis (its ``cause``)."""
+
+    config: Config
+    every: int = 10
+    produced_at: dict[str, tuple[float, str]] = field(default_factory=dict)
+    freshness_ms: list[float] = field(default_factory=list)
+    _seen: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def stamp(self, events: Any) -> Any:
+        for event in events:
+            if event.topic == topics.WMS_MOVEMENTS and event.bad_reason is None:
+                self._seen += 1
+                if self._seen % self.every == 0 and event.event_id and not event.duplicate:
+                    body = orjson.loads(event.value)
+                    key = f"{self.config.redis.key_prefix}stock:{body['sku']}:{body['location_id']}"
+                    self.produced_at[event.event_id] = (time.time() * 1000, key)
+            yield event
+
+    def follow(self) -> None:
+        """Poll Redis for the sampled movements until stopped (then two seconds more)."""
+        client = redis.Redis.from_url(self.config.redis.url)
+        stopped_at: float | None = None
+        while stopped_at is None or time.monotonic() - stopped_at < 2.0:
+            if stopped_at is None and self._stop.is_set():
+                stopped_at = time.monotonic()
+            pending = list(self.produced_at.items())
+            if pending:
+                pipe = client.pipeline(transaction=False)
+                for _, (_, key) in pending:
+                    pipe.hget(key, "cause")
+                now = time.time() * 1000
+                for (event_id, (sent, _)), cause in zip(pending, pipe.execute(), strict=True):
+                    if cause is not None and cause.decode() == event_id:
+                        self.freshness_ms.append(now - sent)
+                        del self.produced_at[event_id]
+                    elif now - sent > 30_000:
+                        del self.produced_at[event_id]  # overwritten by a later movement
+            time.sleep(0.005)
+        client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def latency_run(
+    config: Config, workdir: Path, events: list[GeneratedEvent], rate: float, seconds: float
+) -> dict[str, float]:
+    live = config.with_overrides(kafka={"topic_prefix": "live."})
+    ensure_topics(live, list(ALL_TOPICS))
+    processes = []
+    for name in FLOW_ORDER:
+        port = free_port()
+        path = workdir / f"live-{name}.yaml"
+        dump_config(live.with_overrides(metrics={"port": port}), path)
+        with (workdir / f"live-{name}.log").open("wb") as log:
+            processes.append((start_flow(name, path, log=log), port))
+    try:
+        for process, port in processes:
+            wait_for_metrics(port, process)
+        watch = TriggerWatch(live)
+        watch.start()
+        probe = FreshnessProbe(live)
+        follower = threading.Thread(target=probe.follow, daemon=True)
+        follower.start()
+        count = int(rate * seconds)
+        produce(live, probe.stamp(watch.stamp(events[:count])), rate=rate, progress=False)
+        time.sleep(3)  # the last triggers and Redis writes
+        watch.stop()
+        probe.stop()
+        follower.join(timeout=10)
+    finally:
+        for process, _ in processes:
+            stop_process(process)
+    latencies = watch.latencies_ms()
+    return {
+        "offered_eps": rate,
+        "trigger_p50_ms": round(percentile(latencies, 0.5), 1),
+        "trigger_p99_ms": round(percentile(latencies, 0.99), 1),
+        "triggers_measured": len(latencies),
+        "stock_freshness_p50_ms": round(percentile(probe.freshness_ms, 0.5), 1),
+        "stock_freshness_p99_ms": round(percentile(probe.freshness_ms, 0.99), 1),
+        "movements_measured": len(probe.freshness_ms),
+    }
+
+
+def run_bench(config: Config, args: argparse.Namespace) -> int:
+    if not config.pii.key:
+        config = config.with_overrides(pii={"key": uuid.uuid4().hex})
+    reference = load_reference(config)
+    results: dict[str, Any] = {"events": args.events}
+    with (
+        tempfile.TemporaryDirectory(prefix="omnistream-bench-") as tmp,
+        EmbeddedStack(Path(tmp) / "stack", partitions=args.partitions) as stack,
+    ):
+        workdir = Path(tmp)
+        bench = stack.config(config).with_overrides(kafka={"topic_prefix": "bench."})
+        ensure_topics(bench, [*ALL_TOPICS, "bench.reference"])
+        model = TrafficModel(reference, seed=args.seed, customers=args.customers)
+        events = list(model.events(args.events))
+        say(f"preloading {len(events):,} events …")
+        produce(bench, events, progress=False)
+        say("raw consumer …")
+        results["raw_ceiling_eps"] = round(raw_ceiling(bench), 1)
+        say("reference pipeline …")
+        ref = run_until_idle(
+            "reference",
+            bench,
+            workdir,
+            [sys.executable, "-m", "omnistream.bench_reference"],
+        )
+        results["reference_eps"] = round(ref.eps, 1)
+        flows: dict[str, Any] = {}
+        for name in FLOW_ORDER:
+            say(f"{name} …")
+            run = run_until_idle(name, bench, workdir)
+            flows[name] = {
+                "eps": round(run.eps, 1),
+                "ratio": round(run.eps / ref.eps, 3) if ref.eps else 0.0,
+                "peak_rss_mb": round(run.peak_rss_mb, 1),
+                "consumed": int(run.consumed),
+            }
+        results["flows"] = flows
+        say(f"latency: {args.rate:g} events/s for {args.latency_seconds:g} s …")
+        live_events = list(
+            TrafficModel(
+                reference,
+                seed=args.seed + 1,
+                customers=args.customers,
+                start_ms=int(time.time() * 1000),
+            ).events(int(args.rate * args.latency_seconds))
+        )
+        results["latency"] = latency_run(
+            bench, workdir, live_events, args.rate, args.latency_seconds
+        )
+    print_table(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"written to {args.json}")
+    return 0
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n== omnistream bench: {results['events']:,} events ==")
+    print(f"raw consumer ceiling   {results['raw_ceiling_eps']:>12,.0f} events/s")
+    print(f"reference pipeline     {results['reference_eps']:>12,.0f} events/s")
+    print(f"\n{'flow':<18} {'events/s':>10} {'ratio':>7} {'peak RSS MB':>12} {'consumed':>10}")
+    for name, row in results["flows"].items():
+        print(
+            f"{name:<18} {row['eps']:>10,.0f} {row['ratio']:>7.2f} "
+            f"{row['peak_rss_mb']:>12,.0f} {row['consumed']:>10,}"
+        )
+    lat = results["latency"]
+    print(
+        f"\nlatency at {lat['offered_eps']:,.0f} events/s offered: trigger p50 "
+        f"{lat['trigger_p50_ms']:,.0f} ms, p99 {lat['trigger_p99_ms']:,.0f} ms "
+        f"({lat['triggers_measured']:,} triggers); stock freshness p50 "
+        f"{lat['stock_freshness_p50_ms']:,.0f} ms, p99 {lat['stock_freshness_p99_ms']:,.0f} ms "
+        f"({lat['movements_measured']:,} movements)"
+    )

@@ -1,0 +1,90 @@
+"""The benchmark's reference: a plain Bytewax pipeline over the same events, in the same run.
+
+Kafka source (the three input topics) → decode the JSON → a keyed running count (by message
+key) → Kafka sink, one worker, with the same consumer settings as the flows. What a flow
+costs beyond this is Omnistream's own work; the ratio of the two is what the benchmark
+reports, because absolute figures on a shared, noisy machine say little on their own.
+
+Run as ``python -m omnistream.bench_reference --config PATH``; it stops once its inputs are
+drained and counts what it consumed in ``omnistream_events_consumed_total{flow="reference"}``
+on its metrics port, like the flows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from bytewax.run import cli_main
+from prometheus_client import start_http_server
+
+from connectors import topics
+from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
+from connectors.metrics import EVENTS_CONSUMED
+from connectors.streams import CONSUMER_DEFAULTS
+from omnistream.config import Config, load_config
+
+FLOW = "reference"
+
+
+def build(config: Config) -> Dataflow:
+    flow = Dataflow(FLOW)
+    source = kop.input(
+        "inputs",
+        flow,
+        brokers=brokers(config),
+        topics=[config.topic(name) for name in topics.INPUT_TOPICS],
+        tail=False,
+        add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
+        batch_size=config.kafka.batch_size,
+    )
+    consumed = EVENTS_CONSUMED.labels(FLOW, "all")
+
+    def decode(msg: KafkaSourceMessage[Any, Any]) -> tuple[str, Any]:
+        consumed.inc()
+        try:
+            value = orjson.loads(msg.value or b"")
+        except orjson.JSONDecodeError:
+            value = None
+        return (msg.key or b"").decode("utf-8", "replace"), value
+
+    def count(total: int | None, _value: Any) -> tuple[int, int]:
+        total = (total or 0) + 1
+        return total, total
+
+    counted = op.stateful_map(
+        "count",
+        op.key_on("key", op.map("decode", source.oks, decode), lambda kv: kv[0]),
+        lambda total, kv: count(total, kv[1]),
+    )
+    kop.output(
+        "out",
+        op.map(
+            "encode",
+            counted,
+            lambda kv: KafkaSinkMessage(key=kv[0].encode(), value=str(kv[1]).encode()),
+        ),
+        brokers=brokers(config),
+        topic=config.topic("bench.reference"),
+        add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
+    )
+    return flow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    start_http_server(config.metrics.port, addr=config.metrics.host)
+    cli_main(build(config), workers_per_process=1, epoch_interval=timedelta(seconds=0.5))
+
+
+if __name__ == "__main__":
+    main()
