@@ -56,8 +56,14 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     if not isinstance(ts, int) or isinstance(ts, bool):
         return _reject("bad_timestamp", "events.resolved: ts must be epoch ms", origin, raw)
     customer_id = record.get("customer_id")
+    codes = record.get("coupon_codes")
+    codes = codes if isinstance(codes, list) else []
     if not isinstance(customer_id, str) or not customer_id:
-        return Skipped("no_customer")
+        if not (codes and event_type in PURCHASE_TYPES):
+            return Skipped("no_customer")
+        # A till redeemed a coupon without a loyalty card: the flow looks up whose coupon
+        # the code is (``customer_id`` empty until then).
+        customer_id = ""
     lines = record.get("lines")
     lines = lines if isinstance(lines, list) else []
     skus = tuple(
@@ -69,8 +75,6 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     if region is None and store_id is not None and store_id in reference.locations:
         region = reference.locations[store_id].region  # a till sale: the store's region
     product = reference.products.get(sku) if sku else None
-    codes = record.get("coupon_codes")
-    codes = codes if isinstance(codes, list) else []
     return CustomerEvent(
         event_id=event_id,
         event_type=event_type,

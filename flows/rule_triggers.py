@@ -20,6 +20,7 @@ stable.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from datetime import datetime
@@ -39,7 +40,7 @@ from connectors.metrics import (
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
-from connectors.streams import deadletter_output, kafka_events, kafka_output
+from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
 from connectors.trigger_inputs import DECODERS, Skipped
 from connectors.triggers import FLOW, coupon_message, replenishment_message
 from flows.logic.clearance_rules import (
@@ -82,6 +83,7 @@ from flows.logic.stock_rules import (
 from flows.logic.stock_rules import Suppressed as StockSuppressed
 from omnistream.config import Config, load_config
 from omnistream.reference import load_reference
+from state.coupon_store import CouponStore
 from state.stock_store import StockStore
 
 INPUTS = (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS)
@@ -111,6 +113,11 @@ class _Context:
         if not hasattr(self._local, "store"):
             self._local.store = StockStore.from_config(self.config, self.reference)
         return self._local.store  # type: ignore[no-any-return]
+
+    def coupons(self) -> CouponStore:
+        if not hasattr(self._local, "coupons"):
+            self._local.coupons = CouponStore.from_config(self.config)
+        return self._local.coupons  # type: ignore[no-any-return]
 
     def nearby(self, region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
         return self.store().stores_with_stock(region, sku, minimum, FLOW)
@@ -384,7 +391,27 @@ def build(
             return None
         return item
 
-    records = op.filter_map("usable", inputs.oks, usable)
+    def claim_redeemers(batch: list[Any]) -> list[Any]:
+        """Receipts that redeemed a coupon without a loyalty card belong to the coupon's
+        customer; without a known code they have no customer and are skipped."""
+        anonymous = [x for x in batch if isinstance(x, CustomerEvent) and not x.customer_id]
+        if not anonymous:
+            return batch
+        owners = ctx.coupons().owners(sorted({c for x in anonymous for c in x.coupon_codes}))
+        out = []
+        for item in batch:
+            if isinstance(item, CustomerEvent) and not item.customer_id:
+                owner = next((owners[c] for c in item.coupon_codes if c in owners), None)
+                if owner is None:
+                    TRIGGER_INPUTS_SKIPPED.labels("no_customer").inc()
+                    continue
+                item = dataclasses.replace(item, customer_id=owner)
+            out.append(item)
+        return out
+
+    records = op.flat_map_batch(
+        "claim_redeemers", op.filter_map("usable", inputs.oks, usable), claim_redeemers
+    )
     split = op.branch("customer_or_stock", records, lambda x: isinstance(x, CustomerEvent))
     customer_events = split.trues
     stock_events = split.falses
@@ -466,6 +493,23 @@ def build(
         topics.TRIGGERS_COUPON,
         op.map("encode_coupons", coupon_split.trues, coupon_out),
     )
+
+    def open_code_writer() -> tuple[Any, Any]:
+        store = CouponStore.from_config(config)
+
+        def write(batch: list[CouponDecision]) -> None:
+            rules = ctx.rules.current()
+            keep_s = int(rules.conversion_window_s)
+            rows = []
+            for decision in batch:
+                rule = rules.by_id.get(decision.rule_id)
+                expires_s = int(rule.coupon.expires_in_s) if rule and rule.coupon else 0
+                rows.append((decision.code, decision.customer_id, expires_s + keep_s))
+            store.remember(rows)
+
+        return write, store.close
+
+    op.output("coupon_codes", coupon_split.trues, BatchSink(open_code_writer))
     kafka_output(
         "holdout_triggers",
         config,

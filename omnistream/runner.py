@@ -53,7 +53,17 @@ def serve_metrics(config: Config) -> str:
         os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", cache_dir)
     else:
         os.environ.pop("BYTEWAX_DATAFLOW_API_ENABLED", None)
-        start_http_server(config.metrics.port, addr=config.metrics.host)
+        try:
+            start_http_server(config.metrics.port, addr=config.metrics.host)
+        except OSError as exc:
+            # Like Bytewax's own server: a taken port costs the metrics (Prometheus then
+            # reports the flow down), not the flow.
+            log.error(
+                "metrics not served: cannot listen on %s:%d (%s)",
+                config.metrics.host,
+                config.metrics.port,
+                exc.strerror,
+            )
     return cache_dir
 
 

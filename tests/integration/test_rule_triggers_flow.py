@@ -19,11 +19,13 @@ import orjson
 import pytest
 
 from connectors.kafka_clients import make_producer
+from flows.logic.customer_rules import coupon_code
 from flows.logic.identity import by_priority, new_customer_id
 from flows.logic.rules import Experiment
 from flows.logic.trigger_policy import draw_variant
 from omnistream.config import Config, dump_config
-from omnistream.processes import start_flow, stop_process
+from omnistream.embedded import free_port
+from omnistream.processes import scrape, start_flow, stop_process
 from tests.kafka_helpers import TopicWatcher, read_topic
 
 pytestmark = pytest.mark.integration
@@ -133,6 +135,7 @@ def scenario() -> tuple[Script, dict[str, Any]]:
     milk, fresh = "SKU-10009", "SKU-10001"  # reorder point 22; perishable
     # Stock: Lujiazui (ST-SH-02) runs low and out while Jing'an (ST-SH-01) holds plenty.
     s.move("receipt", "WH-SH-01", "SKU-10012", 100, T0 - 100 * DAY)
+    s.move("receipt", "ST-SH-01", "SKU-10012", 50, T0 - 70 * MIN)
     s.move("receipt", "ST-SH-01", milk, 100, T0 - 60 * MIN)
     s.move("receipt", "ST-SH-02", milk, 30, T0 - 50 * MIN)
     s.sale("ST-SH-02", milk, 10, T0 - 40 * MIN)  # 20 < 22: low stock → transfer
@@ -165,6 +168,12 @@ def scenario() -> tuple[Script, dict[str, Any]]:
     b = shopper("b", "a")
     s.click(b, "add_to_cart", T0 + 1 * MIN, sku="SKU-10012", qty=1, price=13.9)
     s.click(b, "add_to_cart", T0 + 2 * MIN, sku="SKU-10010", qty=1, price=80.9)
+    # The next morning B redeems the cart coupon at a till without a loyalty card (sent
+    # once the coupon is out: the code must exist before a till can scan it).
+    code = coupon_code("cart", customer_of(b), "SKU-10012", (f"{b}-1",))
+    s.sale("ST-SH-01", "SKU-10012", 1, T0 + 23 * HOUR + MIN)
+    s.events[-1][1]["coupon_codes"] = [code]
+    expect["redemption"] = s.events.pop()
     # C orders in time: no coupon.
     s.click("c", "add_to_cart", T0 + 1 * MIN, sku="SKU-10012", qty=1, price=13.9)
     s.click(
@@ -224,11 +233,15 @@ def caused_by(event_id: str) -> Any:
     return check
 
 
-def start_live(config_path: Path, tmp_path: Path, *names: str) -> list[Any]:
-    processes = []
+def start_live(config: Config, tmp_path: Path, *names: str) -> dict[str, tuple[Any, int]]:
+    """Each flow with a metrics port of its own: name → (process, port)."""
+    processes = {}
     for name in names:
+        port = free_port()
+        path = tmp_path / f"{name}.yaml"
+        dump_config(config.with_overrides(metrics={"port": port}), path)
         with (tmp_path / f"{name}.log").open("ab") as log:
-            processes.append(start_flow(name, config_path, log=log))
+            processes[name] = (start_flow(name, path, log=log), port)
     return processes
 
 
@@ -259,6 +272,23 @@ def wait_for_counts(config: Config, counts: dict[str, int], timeout_s: float = 9
         time.sleep(0.5)
 
 
+def conversions_of(samples: Any) -> dict[tuple[str, str, str], float]:
+    return {
+        (labels["rule"], labels["variant"], labels["via"]): value
+        for labels, value in (samples or {}).get("omnistream_trigger_conversions_total", [])
+        if value > 0
+    }
+
+
+def wait_for_conversions(port: int, count: int, timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    samples = scrape(port)
+    while sum(conversions_of(samples).values()) < count and time.monotonic() < deadline:
+        time.sleep(0.3)
+        samples = scrape(port)
+    return samples
+
+
 def iso_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 
@@ -287,13 +317,10 @@ def replenishment_tuple(data: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @pytest.fixture
-def rules_config(omni_config: Config, tmp_path: Path) -> tuple[Config, Path]:
+def rules_config(omni_config: Config, tmp_path: Path) -> Config:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    config = omni_config.with_overrides(pii={"key": "test-secret"}, rules={"file": str(rules)})
-    config_path = tmp_path / "config.yaml"
-    dump_config(config, config_path)
-    return config, config_path
+    return omni_config.with_overrides(pii={"key": "test-secret"}, rules={"file": str(rules)})
 
 
 def read_data(config: Config, topic: str) -> list[dict[str, Any]]:
@@ -301,11 +328,11 @@ def read_data(config: Config, topic: str) -> list[dict[str, Any]]:
 
 
 def test_scripted_day_fires_exactly_the_expected_triggers(
-    rules_config: tuple[Config, Path], tmp_path: Path
+    rules_config: Config, tmp_path: Path
 ) -> None:
-    config, config_path = rules_config
+    config = rules_config
     script, expect = scenario()
-    flows = start_live(config_path, tmp_path, "stock_pool", "identity_stitch", "rule_triggers")
+    flows = start_live(config, tmp_path, "stock_pool", "identity_stitch", "rule_triggers")
     try:
         produce_in_order(config, script.events)
         wait_for_counts(
@@ -316,8 +343,10 @@ def test_scripted_day_fires_exactly_the_expected_triggers(
                 "triggers.replenishment": len(expect["replenishment"]),
             },
         )
+        produce_in_order(config, [expect["redemption"]])
+        metrics = wait_for_conversions(flows["rule_triggers"][1], 2)
     finally:
-        codes = [stop_process(process) for process in flows]
+        codes = [stop_process(process) for process, _ in flows.values()]
     assert codes == [0, 0, 0], (tmp_path / "rule_triggers.log").read_text(errors="replace")[-3000:]
 
     coupons = read_data(config, "triggers.coupon")
@@ -338,3 +367,9 @@ def test_scripted_day_fires_exactly_the_expected_triggers(
     assert by_rule["expiring"]["data"]["evidence"] == [expect["batch"]]
     assert by_rule["browse"]["data"]["coupon"]["kind"] == "percent_off"
     assert read_data(config, "deadletter") == []
+    # Closing the loop: the walk-in redemption of B's code converts the cart coupon; the
+    # browse coupon converts through A's order.
+    assert conversions_of(metrics) == {
+        ("cart", "a", "redeemed"): 1.0,
+        ("browse", "default", "purchase"): 1.0,
+    }
