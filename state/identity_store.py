@@ -232,18 +232,30 @@ class IdentityStore:
             snapshot = with_retries(FLOW, lambda: self._read(wanted))
             resolutions = []
             touched: set[str] = set()
+            graph = snapshot.graph
             for e in events:
-                before = {cid: len(c.identifiers) for cid, c in snapshot.graph.customers.items()}
+                # Only the customers owning this event's identifiers can change (the target
+                # gains identifiers, the others merge into it): compare those, not every
+                # customer of the batch, which made a batch quadratic.
+                related = {graph.owners.get(ident) for ident in e.identifiers} - {None}
+                before = {
+                    cid: len(graph.customers[cid].identifiers)
+                    for cid in related
+                    if cid in graph.customers
+                }
                 resolution = link_identifiers(
-                    snapshot.graph, e.identifiers, e.event_id, e.ts_ms, self.policy, self.junk
+                    graph, e.identifiers, e.event_id, e.ts_ms, self.policy, self.junk
                 )
                 resolutions.append(resolution)
                 for change in resolution.changes:
                     touched.add(change.customer_id)
+                if resolution.customer_id is not None:
+                    related.add(resolution.customer_id)
                 touched |= {
                     cid
-                    for cid, c in snapshot.graph.customers.items()
-                    if before.get(cid) != len(c.identifiers)
+                    for cid in related
+                    if cid in graph.customers
+                    and before.get(cid) != len(graph.customers[cid].identifiers)
                 }
             if with_retries(FLOW, functools.partial(self._write, snapshot, touched)):
                 REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
