@@ -20,7 +20,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
-from omnistream.config import Config
+from omnistream.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,14 @@ def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> Reco
 
 def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     """Build and run a flow until stopped (or until its inputs drain with ``until_idle``)."""
+    if not config.pii.key:
+        # Only identity_stitch hashes PII, but every flow decodes inputs that may carry it;
+        # a deployment without the secret is a misconfigured one, so nothing starts.
+        raise ConfigError(
+            f"{config.source}: key `pii.key`: expected the secret for hashing phone numbers "
+            "and e-mails (set OMNI_PII_KEY); flows refuse to start without it (the demo and "
+            "the benchmark make a development key)"
+        )
     module = importlib.import_module(FLOWS[name])
     flow = module.build(config, until_idle=until_idle)
     cache_dir = serve_metrics(config)

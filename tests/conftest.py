@@ -42,6 +42,7 @@ def omni_config(stack: EmbeddedStack) -> Config:
     config = stack.config().with_overrides(
         kafka={"topic_prefix": f"t{tag}."},
         redis={"key_prefix": f"omni{tag}:"},
+        pii={"key": f"test-secret-{tag}"},
     )
     ensure_topics(config, list(ALL_TOPICS))
     return config

@@ -243,7 +243,10 @@ def test_two_workers_end_with_the_same_partition_as_one(
     assert first == second
 
 
-def test_flow_refuses_to_start_without_the_pii_key(omni_config: Config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flow", ["stock_pool", "identity_stitch", "rule_triggers", "attribution"])
+def test_flows_refuse_to_start_without_the_pii_key(
+    omni_config: Config, tmp_path: Path, flow: str
+) -> None:
     config_path = tmp_path / "nokey.yaml"
     dump_config(omni_config.with_overrides(pii={"key": ""}), config_path)
     env = {k: v for k, v in os.environ.items() if k != "OMNI_PII_KEY"}
@@ -253,7 +256,7 @@ def test_flow_refuses_to_start_without_the_pii_key(omni_config: Config, tmp_path
             "-m",
             "omnistream.cli",
             "run",
-            "identity_stitch",
+            flow,
             "--until-idle",
             "--config",
             str(config_path),
