@@ -26,6 +26,9 @@ GIVE_UP_S = 300.0
 
 
 def connect(config: Config) -> redis.Redis:
+    """A client for ``redis.url``: ``redis://user:password@host:port/db`` for an ACL user or
+    a password, ``rediss://`` for TLS (with ``ssl_cert_reqs``/``ssl_ca_certs`` query
+    parameters as redis-py reads them)."""
     return redis.Redis.from_url(
         config.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
@@ -43,6 +46,10 @@ def with_retries(
     while True:
         try:
             return action()
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError):
+            # Wrong credentials or missing ACL permissions do not heal by waiting: stop with
+            # the error instead of retrying for minutes.
+            raise
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             REDIS_ERRORS.labels(flow).inc()
             waited = clock() - started

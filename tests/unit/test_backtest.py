@@ -162,6 +162,7 @@ def test_rule_triggers_refuses_to_start_on_an_invalid_rules_file(
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - {id: cart, kind: cart_abandonment, cooldown: soon}\n")
     monkeypatch.setenv("OMNI_RULES", str(rules))
+    monkeypatch.setenv("OMNI_PII_KEY", "unit-test-secret")
     assert main(["run", "rule_triggers", "--until-idle"]) == 2
     error = capsys.readouterr().err
     assert "rule `cart` (#1)" in error and "cooldown" in error
