@@ -1,0 +1,78 @@
+"""Security settings pass through the configuration to every client: Kafka SASL/TLS settings
+under ``kafka.client`` reach every Kafka source and sink of every flow and the command-line
+clients; Redis credentials and TLS come with ``redis.url``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bytewax.connectors.kafka import operators as kop
+
+from connectors.kafka_clients import client_settings
+from omnistream.config import Config
+from omnistream.runner import FLOWS
+from state.redis_io import connect
+
+SECURE = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "SCRAM-SHA-512",
+    "sasl.username": "omnistream",
+    "sasl.password": "not-a-real-secret",
+    "ssl.ca.location": "/etc/ssl/certs/ca-certificates.crt",
+}
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    real_input, real_output = kop.input, kop.output
+
+    def spy_input(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("source", kwargs))
+        return real_input(*args, **kwargs)
+
+    def spy_output(*args: Any, **kwargs: Any) -> Any:
+        seen.append(("sink", kwargs))
+        return real_output(*args, **kwargs)
+
+    monkeypatch.setattr(kop, "input", spy_input)
+    monkeypatch.setattr(kop, "output", spy_output)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_kafka_security_settings_reach_every_source_and_sink(
+    name: str, captured: list[tuple[str, dict[str, Any]]]
+) -> None:
+    import importlib
+
+    config = Config().with_overrides(kafka={"client": SECURE}, pii={"key": "unit-secret"})
+    importlib.import_module(FLOWS[name]).build(config)
+    kinds = {kind for kind, _ in captured}
+    assert kinds == {"source", "sink"}, name
+    for kind, kwargs in captured:
+        settings = kwargs["add_config"]
+        assert {k: settings[k] for k in SECURE} == SECURE, (name, kind)
+
+
+def test_kafka_security_settings_reach_command_line_clients() -> None:
+    config = Config().with_overrides(kafka={"client": SECURE, "bootstrap": "k1:9093,k2:9093"})
+    settings = client_settings(config)
+    assert settings["bootstrap.servers"] == "k1:9093,k2:9093"
+    assert {k: settings[k] for k in SECURE} == SECURE
+
+
+def test_redis_acl_user_password_and_tls_come_with_the_url() -> None:
+    config = Config().with_overrides(
+        redis={"url": "rediss://omni:pa55@redis.internal:6380/2?ssl_cert_reqs=required"}
+    )
+    client = connect(config)
+    try:
+        pool = client.connection_pool
+        assert pool.connection_class.__name__ == "SSLConnection"
+        kwargs = pool.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("omni", "pa55")
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.internal", 6380, 2)
+    finally:
+        client.close()
