@@ -10,7 +10,6 @@ order, not a second one) and ``receipt:<store>:<receipt>`` for a walk-in sale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,7 +19,7 @@ from connectors import topics
 from connectors.envelopes import cloud_event, cloud_event_id
 from flows.logic.attribution import ConvertedPath, Credits, Touch
 from flows.logic.events import Origin, Rejection
-from flows.logic.timeparse import format_event_time
+from flows.logic.timeparse import TimestampError, format_event_time, parse_event_time
 
 FLOW = "attribution"
 
@@ -66,10 +65,6 @@ def _json(raw: bytes, origin: Origin, name: str) -> dict[str, Any] | Rejection:
     return record
 
 
-def _time_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def decode_resolved(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
     record = _json(raw, origin, topics.EVENTS_RESOLVED)
     if isinstance(record, Rejection):
@@ -110,11 +105,11 @@ def decode_coupon(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignore
         touch = Touch(
             f"coupon:{data['rule_id']}",
             data["rule_id"],
-            _time_ms(record["time"]),
+            parse_event_time(record["time"]),
             str(record["id"]),
         )
         return [CustomerTouch(str(data["customer_id"]), touch)]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, TimestampError) as exc:
         return Rejection("bad_value", f"triggers.coupon: unusable field {exc}", origin, raw)
 
 

@@ -22,6 +22,7 @@ from flows.logic.customer_rules import CustomerEvent
 from flows.logic.events import MovementEvent, Origin, Rejection
 from flows.logic.reference import ReferenceData
 from flows.logic.stock_rules import ExpiryBatch, StockChange
+from flows.logic.timeparse import TimestampError, parse_event_time
 
 PURCHASE_TYPES = frozenset({"order_placed", "sale"})
 
@@ -98,7 +99,7 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         data = document["data"]
         sku, location_id = data["sku"], data["location_id"]
         location = reference.locations[location_id]
-        time_ms = _cloud_time_ms(document["time"])
+        time_ms = parse_event_time(document["time"])
         return StockChange(
             sku=sku,
             location_id=location_id,
@@ -113,15 +114,8 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         )
     except orjson.JSONDecodeError as exc:
         return _reject("malformed_json", f"stock.changes: {exc}", origin, raw)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, TimestampError) as exc:
         return _reject("bad_value", f"stock.changes: unusable field {exc}", origin, raw)
-
-
-def _cloud_time_ms(text: str) -> int:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError("time without offset")
-    return int(moment.timestamp() * 1000)
 
 
 def end_of_day_ms(day: str) -> int:
