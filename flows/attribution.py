@@ -117,6 +117,9 @@ def route(
     if owner is None and item.customer_id:
         seen = (*state.conversions, (item.conversion_id, item.ts_ms))
         state.conversions = seen[-ROUTER_CONVERSIONS_KEPT:]
+        # The conversion uses up the touches before it: a later handover must not bring
+        # them back to credit a second conversion.
+        state.touches = tuple(t for t in state.touches if t.ts_ms > item.ts_ms)
     return state, [(owner or item.customer_id or "", item)]
 
 

@@ -32,6 +32,8 @@ START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
 HEURISTIC_MODELS = ("first_touch", "last_touch", "linear", "time_decay", "position_based")
 MODELS = (*HEURISTIC_MODELS, "markov")
 DAY_MS = 86_400_000
+#: Credited conversion ids older than twice the lookback are forgotten, once an hour.
+PRUNE_EVERY_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +227,10 @@ class PathState:
 
     touches: list[Touch] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)  # conversion id → ts
+    pruned_at_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> PathState:
-        return PathState(list(self.touches), dict(self.converted))
+        return PathState(list(self.touches), dict(self.converted), self.pruned_at_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,10 @@ def convert(
     path = path_for(state.touches, ts_ms, params)
     state.touches = [t for t in state.touches if t.ts_ms > ts_ms]
     state.converted[conversion_id] = ts_ms
-    horizon = ts_ms - 2 * params.lookback_ms
-    state.converted = {c: t for c, t in state.converted.items() if t >= horizon}
+    if ts_ms - state.pruned_at_ms >= PRUNE_EVERY_MS:
+        # Amortised: the walk-in key holds every till receipt of the horizon, and rebuilding
+        # it on each conversion made a long replay quadratic.
+        horizon = ts_ms - 2 * params.lookback_ms
+        state.converted = {c: t for c, t in state.converted.items() if t >= horizon}
+        state.pruned_at_ms = ts_ms
     return state, ConvertedPath(conversion_id, customer_id, revenue, ts_ms, event_id, tuple(path))
