@@ -7,7 +7,11 @@ Keys (``<p>`` = key prefix):
   ``type:value``), ``v`` (version, bumped on every write) — internal;
 - ``<p>idseen:<type>:<value>`` JSON ``{"seen": [customer ids], "blocked_by": event id or
   null}`` — internal,
-  only for identifiers involved in conflicts.
+  only for identifiers involved in conflicts;
+- ``<p>idres:<event_id>`` JSON of what an event that changed the graph resolved to, kept a
+  week — internal: an event replayed after a crash finds its effects already applied, and
+  publishes the same changes again instead of none (written in the same script as the
+  changes themselves).
 
 A batch is resolved optimistically: one pipelined read of every identifier and customer it
 touches, the rules of ``flows.logic.identity`` applied in memory, then one Lua script that
@@ -69,6 +73,7 @@ for _, c in ipairs(doc.customers) do
   redis.call('EXPIRE', c[1], ttl)
 end
 for _, s in ipairs(doc.sightings) do redis.call('SET', s[1], s[2], 'EX', ttl) end
+for _, r in ipairs(doc.results) do redis.call('SET', r[1], r[2], 'EX', tonumber(ARGV[3])) end
 return 1
 """
 
@@ -92,6 +97,37 @@ class IdentityKeys:
 
     def sightings(self, ident: str) -> str:
         return f"{self.prefix}idseen:{ident}"
+
+    def result(self, event_id: str) -> str:
+        return f"{self.prefix}idres:{event_id}"
+
+
+#: How long an event's resolution is kept for a replay (after a crash, the flow resumes
+#: from a snapshot at most minutes old; a week covers restarts of a stopped deployment).
+RESULT_TTL_S = 7 * 86_400
+
+
+def encode_resolution(resolution: Resolution) -> str:
+    return orjson.dumps(
+        {
+            "customer_id": resolution.customer_id,
+            "created": resolution.created,
+            "junk": list(resolution.junk),
+            "changes": [
+                [c.kind, c.customer_id, list(c.identifiers), list(c.merged_from), c.reason]
+                for c in resolution.changes
+            ],
+        }
+    ).decode()
+
+
+def decode_resolution(raw: bytes | str) -> Resolution:
+    doc = orjson.loads(raw)
+    changes = tuple(
+        IdentityChange(kind, customer_id, tuple(identifiers), tuple(merged_from), reason)
+        for kind, customer_id, identifiers, merged_from, reason in doc["changes"]
+    )
+    return Resolution(doc["customer_id"], changes, tuple(doc["junk"]), doc["created"])
 
 
 @dataclass
@@ -179,7 +215,9 @@ class IdentityStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _write(self, snapshot: _Snapshot, touched: set[str]) -> bool:
+    def _write(
+        self, snapshot: _Snapshot, touched: set[str], results: list[list[str]] | None = None
+    ) -> bool:
         graph = snapshot.graph
         owner_writes = []
         for ident, owner in graph.owners.items():
@@ -219,8 +257,9 @@ class IdentityStore:
             "delete": delete,
             "customers": customers,
             "sightings": sightings,
+            "results": results or [],
         }
-        return bool(self._apply(args=[orjson.dumps(doc), self.ttl_s]))
+        return bool(self._apply(args=[orjson.dumps(doc), self.ttl_s, RESULT_TTL_S]))
 
     def resolve_batch(self, events: Sequence[EventIdentifiers]) -> list[Resolution]:
         """Link the identifiers of every event, in order; one resolution per event."""
@@ -230,10 +269,19 @@ class IdentityStore:
         wanted = [ident for e in events for ident in e.identifiers]
         for attempt in range(1, MAX_ATTEMPTS + 1):
             snapshot = with_retries(FLOW, lambda: self._read(wanted))
+            # An event seen before (a replay after a crash) already left its mark in Redis:
+            # give back what it resolved to then, so its outputs are the same again.
+            stored = with_retries(
+                FLOW, lambda: self.client.mget([self.keys.result(e.event_id) for e in events])
+            )
             resolutions = []
+            results: list[list[str]] = []
             touched: set[str] = set()
             graph = snapshot.graph
-            for e in events:
+            for e, previous in zip(events, stored, strict=True):
+                if previous is not None:
+                    resolutions.append(decode_resolution(previous))
+                    continue
                 # Only the customers owning this event's identifiers can change (the target
                 # gains identifiers, the others merge into it): compare those, not every
                 # customer of the batch, which made a batch quadratic.
@@ -247,6 +295,8 @@ class IdentityStore:
                     graph, e.identifiers, e.event_id, e.ts_ms, self.policy, self.junk
                 )
                 resolutions.append(resolution)
+                if resolution.changes or resolution.created:
+                    results.append([self.keys.result(e.event_id), encode_resolution(resolution)])
                 for change in resolution.changes:
                     touched.add(change.customer_id)
                 if resolution.customer_id is not None:
@@ -257,7 +307,7 @@ class IdentityStore:
                     if cid in graph.customers
                     and before.get(cid) != len(graph.customers[cid].identifiers)
                 }
-            if with_retries(FLOW, functools.partial(self._write, snapshot, touched)):
+            if with_retries(FLOW, functools.partial(self._write, snapshot, touched, results)):
                 REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
                 return resolutions
             IDENTITY_CAS_RETRIES.inc()

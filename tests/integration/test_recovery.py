@@ -47,10 +47,12 @@ def output_ids(config: Config) -> set[str]:
     return {json.loads(m.value())["id"] for m in read_topic(config, "stock.changes", 60)}
 
 
-def run(config: Config, path: Path, kill_after_s: float | None = None) -> int:
+def run(
+    config: Config, path: Path, kill_after_s: float | None = None, name: str = "stock_pool"
+) -> int:
     dump_config(config, path)
     with path.with_suffix(".log").open("ab") as log:
-        process = start_flow("stock_pool", path, until_idle=True, log=log)
+        process = start_flow(name, path, until_idle=True, log=log)
         try:
             return process.wait(timeout=kill_after_s or 600)
         except subprocess.TimeoutExpired:
