@@ -102,9 +102,12 @@ class _Context:
             self.rules.watch()
         self.grace_ms = int(config.rules.timer_grace_seconds * 1000)
         self.idle_ms = None if until_idle else int(config.rules.idle_advance_seconds * 1000)
-        #: tailing live topics (timers also follow the wall clock), or replaying to the end
-        self.live = not until_idle
         self._local = threading.local()
+
+    @property
+    def live(self) -> bool:
+        """Tailing live topics (timers also follow the wall clock), or replaying to the end."""
+        return self.idle_ms is not None
 
     def clock(self, name: str) -> EventClock:
         return clocks(name, self.grace_ms, self.idle_ms)
@@ -157,19 +160,19 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         self.state, fired = on_event(self.state, event, rules, self.ctx.nearby)
         return [*due, *fired], StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[Any], bool]:
+    def _fire_due(self) -> tuple[list[Any], bool]:
+        """Timers (carts, quiet hours) due by the clock of the customer's partition."""
         mark = self.ctx.clock("customers").watermark(self._stream())
         if mark is None:
             return [], StatefulLogic.RETAIN
         out = on_time(self.state, self.customer_id, mark, self.ctx.rules.current())
         return out, StatefulLogic.RETAIN
 
+    def on_notify(self) -> tuple[list[Any], bool]:
+        return self._fire_due()
+
     def on_eof(self) -> tuple[list[Any], bool]:
-        mark = self.ctx.clock("customers").watermark(self._stream())
-        if mark is None:
-            return [], StatefulLogic.RETAIN
-        out = on_time(self.state, self.customer_id, mark, self.ctx.rules.current())
-        return out, StatefulLogic.RETAIN
+        return self._fire_due()
 
     def notify_at(self) -> datetime | None:
         if not self.ctx.live:

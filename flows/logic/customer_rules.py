@@ -145,8 +145,6 @@ class CustomerState:
     held: list[CouponDecision] = field(default_factory=list)
     #: coupons and holdouts sent within the conversion window, not yet converted
     open_triggers: list[OpenTrigger] = field(default_factory=list)
-    #: the latest event time seen for this customer (its own clock)
-    seen_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
@@ -158,20 +156,6 @@ class CustomerState:
             Ledger(dict(self.ledger.last_fired), dict(self.ledger.coupons_per_day)),
             list(self.held),
             [dataclasses.replace(t) for t in self.open_triggers],
-            self.seen_ms,
-        )
-
-    def is_empty(self) -> bool:
-        """Nothing left that a later event or timer could need."""
-        return (
-            not (
-                self.views
-                or self.carts
-                or self.held
-                or self.open_triggers
-                or self.ledger.last_fired
-            )
-            and self.last_purchase_ms is None
         )
 
 
@@ -203,7 +187,6 @@ def on_event(
         state = CustomerState()
     out: list[Outcome] = []
     ts = event.ts_ms
-    state.seen_ms = max(state.seen_ms, ts)
     # win_back looks at the purchase history *before* this event.
     for rule in rules.of_kind("win_back"):
         inactive_ms = rule.params["inactive_days"] * DAY_MS

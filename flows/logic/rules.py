@@ -124,9 +124,16 @@ class RuleSet:
     #: customers offered one clearance coupon, at most (most recent viewers first)
     max_audience: int = 1000
     by_id: dict[str, Rule] = field(default_factory=dict, compare=False)
+    #: enabled rules per kind, built once when the file is loaded (asked on every event)
+    by_kind: dict[str, list[Rule]] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            if rule.enabled:
+                self.by_kind.setdefault(rule.kind, []).append(rule)
 
     def of_kind(self, kind: str) -> list[Rule]:
-        return [r for r in self.rules if r.kind == kind and r.enabled]
+        return self.by_kind.get(kind, [])
 
 
 def parse_duration(value: object) -> float | None:
