@@ -73,6 +73,25 @@ def kafka_events(
     decoder of CONTRACT §1 for flows that read other flows' outputs; it returns a record or a
     ``Rejection``.
     """
+    messages, consumer_errors = kafka_messages(
+        step_id, flow, config, topic_names, until_idle=until_idle
+    )
+    decode = message_decoder(config, flow_name, topic_names, reference, hasher, decoder)
+    decoded = op.map(f"{step_id}_decode", messages, decode)
+    split = op.branch(f"{step_id}_valid", decoded, lambda item: not isinstance(item, Rejection))
+    errs = op.merge(f"{step_id}_errors", split.falses, consumer_errors)
+    return EventStreams(oks=split.trues, errs=errs)  # type: ignore[arg-type]
+
+
+def kafka_messages(
+    step_id: str,
+    flow: Dataflow,
+    config: Config,
+    topic_names: Sequence[str],
+    *,
+    until_idle: bool,
+) -> tuple[Stream[KafkaSourceMessage[Any, Any]], Stream[Rejection]]:
+    """The raw messages of the (prefixed) input topics, and consumer errors as rejections."""
     source = kop.input(
         step_id,
         flow,
@@ -83,6 +102,23 @@ def kafka_events(
         batch_size=config.kafka.batch_size,
     )
 
+    def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
+        msg = err.msg
+        origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
+        return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
+
+    return source.oks, op.map(f"{step_id}_consumer_errors", source.errs, consumer_error)
+
+
+def message_decoder(
+    config: Config,
+    flow_name: str,
+    topic_names: Sequence[str],
+    reference: ReferenceData,
+    hasher: PiiHasher | None = None,
+    decoder: Callable[[str, bytes, Origin], Any] | None = None,
+) -> Callable[[KafkaSourceMessage[Any, Any]], Any]:
+    """message → event or ``Rejection``, counting what each flow consumed per topic."""
     # Per-topic lookups done once, not per message (this runs for every input message).
     names = {config.topic(name): name for name in topic_names}
     consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
@@ -96,19 +132,7 @@ def kafka_events(
             return decoder(name, msg.value or b"", origin)  # type: ignore[no-any-return]
         return decode_message(name, msg.value, origin, reference, hasher)
 
-    def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
-        msg = err.msg
-        origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
-        return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
-
-    decoded = op.map(f"{step_id}_decode", source.oks, decode)
-    split = op.branch(f"{step_id}_valid", decoded, lambda item: not isinstance(item, Rejection))
-    errs = op.merge(
-        f"{step_id}_errors",
-        split.falses,
-        op.map(f"{step_id}_consumer_errors", source.errs, consumer_error),
-    )
-    return EventStreams(oks=split.trues, errs=errs)  # type: ignore[arg-type]
+    return decode
 
 
 def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> Rejection:

@@ -1,23 +1,27 @@
 """stock_pool: one central pool of stock per sku × location (CONTRACT §2).
 
-Wiring only; the arithmetic is in ``flows.logic.stock``, ``flows.logic.orders`` and
-``flows.logic.stock_totals``.
+Wiring only; the arithmetic is in ``flows.logic.stock``, ``flows.logic.orders``,
+``flows.logic.stock_totals`` and ``flows.logic.stock_shard``.
 
     inputs (clickstream orders, pos.sales, wms.movements)
-      → decode (rejections → deadletter)
+      → decode a Kafka batch (rejections → deadletter), group its movements by stock shard
       → order events: key by order shard → order_book → reserve/release movements
-      → till receipts and warehouse movements → movements
-      → key by sku:location → stock_position (dedup, counts, windows)
-      → Redis ``stock:<sku>:<location>`` + ``stock.changes``
-      → key by sku → sku_totals → Redis totals
-      → key by region|location type → segment_totals → stock gauges
+      → key by stock shard (a crc32 of the sku) → stock_shard: positions (dedup, counts,
+        windows) and sku totals of every location of the shard's skus, one bundle at a time
+      → Redis ``stock:<sku>:<location>`` and totals (one pipeline) + ``stock.changes``
+      → segment_totals → stock gauges
 
-Step ids are part of the recovery snapshots: keep them stable.
+Movements travel in bundles, not one by one: Bytewax's cost per item and step was most of
+the flow's time (see the README's benchmark section). Step ids are part of the recovery
+snapshots: keep them stable (snapshots of the per-item layout before bundles do not restore
+into this one).
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -31,8 +35,9 @@ from connectors.streams import (
     BatchSink,
     deadletter_output,
     event_rejection,
-    kafka_events,
+    kafka_messages,
     kafka_output,
+    message_decoder,
 )
 from flows.logic.events import ClickEvent, InputEvent, MovementEvent, PosEvent, Rejection
 from flows.logic.orders import OrderBook, OrderConflict, order_shard, route_order_event
@@ -42,21 +47,19 @@ from flows.logic.stock import (
     StockMovement,
     StockPolicy,
     StockPosition,
-    StockState,
     TooLate,
-    apply_movement,
     movement_of_wms,
     movements_of_pos,
 )
-from flows.logic.stock_totals import (
-    SegmentShare,
-    SegmentState,
-    SegmentTotals,
-    SkuTotals,
-    SkuTotalsState,
-    update_segment,
-    update_sku_totals,
+from flows.logic.stock_shard import (
+    Bundle,
+    ShardOutcome,
+    ShardState,
+    apply_bundle,
+    apply_shares,
+    stock_shard,
 )
+from flows.logic.stock_totals import SegmentTotals
 from omnistream.config import Config, load_config
 from omnistream.reference import load_reference
 from state.stock_store import StockStore
@@ -88,6 +91,14 @@ def movements_of(event: InputEvent) -> list[StockMovement]:
     return [movement_of_wms(event)]
 
 
+def is_rejection(item: object) -> TypeGuard[Rejection]:
+    return isinstance(item, Rejection)
+
+
+def is_bundle(item: object) -> TypeGuard[Bundle]:
+    return isinstance(item, Bundle)
+
+
 def conflict_rejection(conflict: OrderConflict) -> Rejection:
     e = conflict.event
     return event_rejection(
@@ -99,17 +110,6 @@ def conflict_rejection(conflict: OrderConflict) -> Rejection:
         order_id=e.order_id,
         ts=e.ts_ms,
     )
-
-
-def outcome_of(
-    keyed: tuple[str, StockPosition | TooLate | None],
-) -> StockPosition | TooLate | None:
-    """None (a duplicate) is dropped by the ``filter_map`` that calls this."""
-    return keyed[1]
-
-
-def is_position(outcome: object) -> TypeGuard[StockPosition]:
-    return isinstance(outcome, StockPosition)
 
 
 def too_late_rejection(late: object) -> Rejection:
@@ -170,6 +170,33 @@ def _noop() -> None:
     """Nothing to release when the gauge sink closes."""
 
 
+def bundle_movements(
+    decoded: list[InputEvent | Rejection], shard_of: Callable[[str], str]
+) -> list[Rejection | ClickEvent | Bundle]:
+    """Sort one Kafka batch: rejections and order events go on alone; the movements of till
+    receipts and warehouse events are grouped by stock shard, one ``Bundle`` per shard.
+
+    Clickstream events other than orders do not touch stock and end here (identity_stitch
+    and rule_triggers read them); a malformed one is still dead-lettered by the decoder.
+    """
+    out: list[Rejection | ClickEvent | Bundle] = []
+    bundles: dict[str, list[StockMovement]] = {}
+    for item in decoded:
+        if isinstance(item, Rejection):
+            out.append(item)
+        elif is_order_event(item):
+            out.append(item)  # type: ignore[arg-type]
+        elif is_stock_event(item):
+            for movement in movements_of(item):
+                shard = shard_of(movement.sku)
+                group = bundles.get(shard)
+                if group is None:
+                    group = bundles[shard] = []
+                group.append(movement)
+    out.extend(Bundle(shard, movements) for shard, movements in bundles.items())
+    return out
+
+
 def build(
     config: Config, *, until_idle: bool = False, reference: ReferenceData | None = None
 ) -> Dataflow:
@@ -178,16 +205,28 @@ def build(
     policy = policy_of(config)
     order_ttl_ms = policy.reservation_ttl_ms
     shards = config.stock.order_shards
+    stock_shards = config.stock.stock_shards
 
     flow = Dataflow(FLOW)
-    events = kafka_events(
-        "inputs", flow, config, FLOW, topics.INPUT_TOPICS, reference, until_idle=until_idle
+    messages, consumer_errors = kafka_messages(
+        "inputs", flow, config, topics.INPUT_TOPICS, until_idle=until_idle
     )
+    decode = message_decoder(config, FLOW, topics.INPUT_TOPICS, reference)
+    shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
+
+    sorted_items = op.flat_map_batch(
+        "inputs_decode",
+        messages,
+        lambda batch: bundle_movements([decode(msg) for msg in batch], shard_of),
+    )
+    decoded_split = op.branch("inputs_rejected", sorted_items, is_rejection)
+    work_split = op.branch("bundles", decoded_split.falses, is_bundle)
 
     # Online orders reserve and release; the order book remembers where.
-    orders = op.filter("order_events", events.oks, is_order_event)
     keyed_orders = op.key_on(
-        "key_by_order_shard", orders, lambda e: order_shard(getattr(e, "order_id", ""), shards)
+        "key_by_order_shard",
+        work_split.falses,
+        lambda e: order_shard(getattr(e, "order_id", ""), shards),
     )
 
     def route(book: OrderBook | None, event: Any) -> tuple[OrderBook, Any]:
@@ -200,87 +239,71 @@ def build(
         lambda kv: [conflict_rejection(kv[1])] if isinstance(kv[1], OrderConflict) else kv[1],
     )
     order_split = op.branch("order_ok", routed_items, lambda x: isinstance(x, StockMovement))
+    order_bundles = op.map(
+        "order_bundles", order_split.trues, lambda m: Bundle(shard_of(m.sku), [m])
+    )
+    bundles = op.merge("all_bundles", work_split.trues, order_bundles)
 
-    stock_events = op.filter("stock_events", events.oks, is_stock_event)
-    movements = op.merge(
-        "all_movements", order_split.trues, op.flat_map("to_movements", stock_events, movements_of)
+    def apply(state: ShardState | None, bundle: Bundle) -> tuple[ShardState, ShardOutcome]:
+        return apply_bundle(state, bundle.movements, policy, reference)
+
+    outcomes = op.map(
+        "shard_outcome",
+        op.stateful_map(
+            "stock_shard", op.key_on("key_by_shard", bundles, lambda b: b.shard), apply
+        ),
+        lambda kv: kv[1],
     )
 
-    keyed = op.key_on("key_by_sku_location", movements, lambda m: m.key)
-
-    def apply(
-        state: StockState | None, movement: StockMovement
-    ) -> tuple[StockState, StockPosition | TooLate | None]:
-        return apply_movement(state, movement, policy)
-
-    outcomes = op.filter_map(
-        "drop_duplicates", op.stateful_map("stock_position", keyed, apply), outcome_of
-    )
-    outcome_split = op.branch("position_ok", outcomes, is_position)
-    positions = outcome_split.trues
-
-    def open_position_writer() -> tuple[Any, Any]:
+    def open_store_writer() -> tuple[Any, Any]:
         store = StockStore.from_config(config, reference)
+        lag = PROCESSING_LAG.labels(FLOW)
 
-        def write(batch: list[StockPosition]) -> None:
-            store.write_positions(batch)
+        def write(batch: list[ShardOutcome]) -> None:
+            positions = [p for outcome in batch for p in outcome.positions]
+            store.write_positions(positions, [t for outcome in batch for t in outcome.totals])
             now_ms = time.time() * 1000
-            lag = PROCESSING_LAG.labels(FLOW)
-            for position in batch:
+            for position in positions:
                 lag.observe(max(0.0, (now_ms - position.as_of_ms) / 1000))
 
         return write, store.close
 
-    op.output("stock_store", positions, BatchSink(open_position_writer))
+    op.output("stock_store", outcomes, BatchSink(open_store_writer))
     kafka_output(
         "stock_changes",
         config,
         topics.STOCK_CHANGES,
-        op.map("encode_stock_changed", positions, lambda p: stock_changed_message(p, reference)),
+        op.flat_map(
+            "encode_stock_changed",
+            outcomes,
+            lambda o: [stock_changed_message(p, reference) for p in o.positions],
+        ),
     )
 
-    # Totals per sku (Redis) and per region × location type (gauges).
-    def totals(
-        state: SkuTotalsState | None, position: StockPosition
-    ) -> tuple[SkuTotalsState, SkuTotals]:
-        return update_sku_totals(state, position, reference)
-
-    sku_totals = op.map(
-        "sku_totals_value",
-        op.stateful_map("sku_totals", op.key_on("key_by_sku", positions, lambda p: p.sku), totals),
-        lambda kv: kv[1],
-    )
-
-    def open_totals_writer() -> tuple[Any, Any]:
-        store = StockStore.from_config(config, reference)
-        return store.write_totals, store.close
-
-    op.output("stock_totals_store", sku_totals, BatchSink(open_totals_writer))
-
-    shares = op.map("segment_shares", sku_totals, lambda t: (t.segment, t.sku, t.share))
-
-    def segment(
-        state: SegmentState | None, item: tuple[tuple[str, str], str, SegmentShare]
-    ) -> tuple[SegmentState, SegmentTotals]:
-        seg, sku, share = item
-        return update_segment(state, seg, sku, share)
-
+    # Totals per region × location type (gauges): one state for the process-wide gauges.
     segment_totals = op.map(
         "segment_totals_value",
         op.stateful_map(
             "segment_totals",
-            op.key_on("key_by_segment", shares, lambda s: f"{s[0][0]}|{s[0][1]}"),
-            segment,
+            op.key_on("key_segments", outcomes, lambda _: "segments"),
+            lambda state, outcome: apply_shares(state, outcome.shares),
         ),
         lambda kv: kv[1],
     )
-    op.output("publish_stock_gauges", segment_totals, BatchSink(lambda: (publish_segments, _noop)))
+    op.output(
+        "publish_stock_gauges",
+        segment_totals,
+        BatchSink(lambda: (lambda batch: publish_segments([t for ts in batch for t in ts]), _noop)),
+    )
 
     rejections = op.merge(
         "rejections",
-        events.errs,
+        decoded_split.trues,
+        consumer_errors,
         order_split.falses,
-        op.map("too_late", outcome_split.falses, too_late_rejection),
+        op.flat_map(
+            "too_late", outcomes, lambda o: [too_late_rejection(late) for late in o.refused]
+        ),
     )
     deadletter_output("deadletter", config, FLOW, rejections)
     return flow

@@ -60,6 +60,28 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    parser.add_argument(
+        "--flows",
+        type=_flow_names,
+        default=FLOW_ORDER,
+        metavar="NAMES",
+        help="comma-separated flows to measure on their own (all four); for profiling one flow",
+    )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the live latency run (its JSON figures are then absent); for profiling",
+    )
+
+
+def _flow_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FLOW_ORDER]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(FLOW_ORDER)}; got {text!r}"
+        )
+    return names
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -269,7 +291,7 @@ def run_bench(config: Config, args: argparse.Namespace) -> int:
         )
         results["reference_eps"] = round(ref.eps, 1)
         flows: dict[str, Any] = {}
-        for name in FLOW_ORDER:
+        for name in args.flows:
             say(f"{name} …")
             run = run_until_idle(name, bench, workdir)
             flows[name] = {
@@ -279,18 +301,19 @@ def run_bench(config: Config, args: argparse.Namespace) -> int:
                 "consumed": int(run.consumed),
             }
         results["flows"] = flows
-        say(f"latency: {args.rate:g} events/s for {args.latency_seconds:g} s …")
-        live_events = list(
-            TrafficModel(
-                reference,
-                seed=args.seed + 1,
-                customers=args.customers,
-                start_ms=int(time.time() * 1000),
-            ).events(int(args.rate * args.latency_seconds))
-        )
-        results["latency"] = latency_run(
-            bench, workdir, live_events, args.rate, args.latency_seconds
-        )
+        if not args.no_latency:
+            say(f"latency: {args.rate:g} events/s for {args.latency_seconds:g} s …")
+            live_events = list(
+                TrafficModel(
+                    reference,
+                    seed=args.seed + 1,
+                    customers=args.customers,
+                    start_ms=int(time.time() * 1000),
+                ).events(int(args.rate * args.latency_seconds))
+            )
+            results["latency"] = latency_run(
+                bench, workdir, live_events, args.rate, args.latency_seconds
+            )
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -312,7 +335,9 @@ def print_table(results: dict[str, Any]) -> None:
             f"{name:<18} {row['eps']:>10,.0f} {row['ratio']:>7.2f} "
             f"{row['peak_rss_mb']:>12,.0f} {row['consumed']:>10,}"
         )
-    lat = results["latency"]
+    lat = results.get("latency")
+    if lat is None:
+        return
     print(
         f"\nlatency at {lat['offered_eps']:,.0f} events/s offered: trigger p50 "
         f"{lat['trigger_p50_ms']:,.0f} ms, p99 {lat['trigger_p99_ms']:,.0f} ms "

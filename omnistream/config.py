@@ -112,6 +112,9 @@ class StockConfig:
     order_ttl_days: float = 30.0
     #: Orders are kept in this many shards, each expiring its old orders on its own.
     order_shards: int = 64
+    #: Positions and sku totals are kept in this many shards (by sku); each is one keyed
+    #: state, so more shards spread the pool over more workers and make smaller snapshots.
+    stock_shards: int = 16
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,7 @@ def _check_ranges(config: Config) -> None:
         "stock.dedup_hours": config.stock.dedup_hours,
         "stock.order_ttl_days": config.stock.order_ttl_days,
         "stock.order_shards": config.stock.order_shards,
+        "stock.stock_shards": config.stock.stock_shards,
         "flow.workers": config.flow.workers,
         "identity.max_anon": config.identity.max_anon,
         "identity.max_phone": config.identity.max_phone,

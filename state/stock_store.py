@@ -15,6 +15,7 @@ batch is written: the values are absolute, so the earlier ones are already super
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +73,14 @@ class StockStore:
     def close(self) -> None:
         self.client.close()
 
-    def write_positions(self, positions: list[StockPosition]) -> int:
+    def write_positions(
+        self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()
+    ) -> int:
+        """Write the latest of each position and of each sku's totals in one pipeline (one
+        round trip per batch: Redis answers ~10× more commands pipelined than one by one)."""
         latest = {(p.sku, p.location_id): p for p in positions}
-        if not latest:
+        latest_totals = {t.sku: t for t in totals}
+        if not latest and not latest_totals:
             return 0
 
         def write() -> None:
@@ -104,22 +110,7 @@ class StockStore:
                 )
                 if p.days_of_cover is None:
                     pipe.hdel(key, "days_of_cover")
-            pipe.execute()
-
-        started = time.perf_counter()
-        with_retries(FLOW, write)
-        REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
-        STOCK_POSITIONS_WRITTEN.inc(len(latest))
-        return len(latest)
-
-    def write_totals(self, totals: list[SkuTotals]) -> None:
-        latest = {t.sku: t for t in totals}
-        if not latest:
-            return
-
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for t in latest.values():
+            for t in latest_totals.values():
                 self._hset_figures(pipe, self.keys.sku_total(t.sku), t.total, t.as_of_ms)
                 for region, figures in t.regions.items():
                     self._hset_figures(
@@ -127,7 +118,11 @@ class StockStore:
                     )
             pipe.execute()
 
+        started = time.perf_counter()
         with_retries(FLOW, write)
+        REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
+        STOCK_POSITIONS_WRITTEN.inc(len(latest))
+        return len(latest)
 
     @staticmethod
     def _hset_figures(pipe: Any, key: str, figures: Figures, as_of_ms: int) -> None:

@@ -23,6 +23,7 @@ Rules that must hold (each has a test):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -128,6 +129,54 @@ class OrderReservation:
 
 
 @dataclass(slots=True)
+class SalesLog:
+    """Sales of one sku × location, sorted by event time, with running sums of units.
+
+    Why not a plain list of (ts, units): the hour and day windows are asked after every
+    movement, and summing a day of sales each time was the flow's largest cost. With running
+    sums a window is two bisections; sales arrive almost always in time order (an append), and
+    a late one is inserted in place.
+    """
+
+    ts: list[int] = field(default_factory=list)
+    #: ``cum[i]`` = units of sales ``0..i``.
+    cum: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def add(self, ts_ms: int, units: int) -> None:
+        if not self.ts or ts_ms >= self.ts[-1]:
+            self.ts.append(ts_ms)
+            self.cum.append((self.cum[-1] if self.cum else 0) + units)
+            return
+        at = bisect.bisect_right(self.ts, ts_ms)
+        self.ts.insert(at, ts_ms)
+        self.cum.insert(at, (self.cum[at - 1] if at else 0) + units)
+        for later in range(at + 1, len(self.cum)):
+            self.cum[later] += units
+
+    def units(self, after_ms: int, until_ms: int) -> int:
+        """Units sold with ``after_ms < ts <= until_ms``."""
+        end = bisect.bisect_right(self.ts, until_ms)
+        start = bisect.bisect_right(self.ts, after_ms, 0, end)
+        if end <= start:
+            return 0
+        return self.cum[end - 1] - (self.cum[start - 1] if start else 0)
+
+    def drop_until(self, ts_ms: int) -> None:
+        """Forget sales with ``ts <= ts_ms`` (outside every window from now on)."""
+        cut = bisect.bisect_right(self.ts, ts_ms)
+        if cut:
+            base = self.cum[cut - 1]
+            self.ts = self.ts[cut:]
+            self.cum = [c - base for c in self.cum[cut:]]
+
+    def copy(self) -> SalesLog:
+        return SalesLog(list(self.ts), list(self.cum))
+
+
+@dataclass(slots=True)
 class StockState:
     """What the flow remembers per sku × location (kept in Bytewax state, snapshotted)."""
 
@@ -142,8 +191,8 @@ class StockState:
     as_of_ms: int = 0
     #: (ts, on_hand delta) of applied movements, to rebase a late stock count.
     history: list[tuple[int, int]] = field(default_factory=list)
-    #: (ts, units) of sales, for the event-time windows.
-    sales: list[tuple[int, int]] = field(default_factory=list)
+    #: Sales, for the event-time windows.
+    sales: SalesLog = field(default_factory=SalesLog)
     #: movement_id → ts, to drop duplicates.
     seen: dict[str, int] = field(default_factory=dict)
     next_prune_ms: int = 0
@@ -165,7 +214,7 @@ class StockState:
             count_event_id=self.count_event_id,
             as_of_ms=self.as_of_ms,
             history=list(self.history),
-            sales=list(self.sales),
+            sales=self.sales.copy(),
             seen=dict(self.seen),
             next_prune_ms=self.next_prune_ms,
         )
@@ -239,7 +288,7 @@ def _prune(state: StockState, policy: StockPolicy) -> None:
     state.next_prune_ms = now + PRUNE_EVERY_MS
     state.seen = {mid: ts for mid, ts in state.seen.items() if ts >= now - policy.dedup_ms}
     state.history = [(ts, d) for ts, d in state.history if ts >= now - policy.late_window_ms]
-    state.sales = [(ts, q) for ts, q in state.sales if ts > now - DAY_MS]
+    state.sales.drop_until(now - DAY_MS)
     state.reservations = {
         order: held
         for order, held in state.reservations.items()
@@ -250,8 +299,8 @@ def _prune(state: StockState, policy: StockPolicy) -> None:
 
 def position_of(state: StockState, movement: StockMovement) -> StockPosition:
     now = state.as_of_ms
-    sold_1h = sum(q for ts, q in state.sales if now - HOUR_MS < ts <= now)
-    sold_24h = sum(q for ts, q in state.sales if now - DAY_MS < ts <= now)
+    sold_1h = state.sales.units(now - HOUR_MS, now)
+    sold_24h = state.sales.units(now - DAY_MS, now)
     reserved = state.reserved
     available = state.on_hand - reserved
     cover = round(available / sold_24h, 3) if sold_24h > 0 else None
@@ -343,4 +392,4 @@ def _apply_flow(state: StockState, movement: StockMovement) -> None:
     if _consumes_reservation(movement):
         _reservation(state, movement.order_id or "", movement.ts_ms).consumed += movement.qty
     if _is_sold(movement):
-        state.sales.append((movement.ts_ms, movement.qty))
+        state.sales.add(movement.ts_ms, movement.qty)
