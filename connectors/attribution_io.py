@@ -10,16 +10,15 @@ order, not a second one) and ``receipt:<store>:<receipt>`` for a walk-in sale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from bytewax.connectors.kafka import KafkaSinkMessage
 
 from connectors import topics
+from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
 from connectors.envelopes import cloud_event, cloud_event_id
 from flows.logic.attribution import ConvertedPath, Credits, Touch
 from flows.logic.events import Origin, Rejection
-from flows.logic.timeparse import TimestampError, format_event_time, parse_event_time
+from flows.logic.timeparse import format_event_time
 
 FLOW = "attribution"
 
@@ -55,25 +54,11 @@ class Ignored:
 AttributionInput = CustomerTouch | Conversion | Absorb
 
 
-def _json(raw: bytes, origin: Origin, name: str) -> dict[str, Any] | Rejection:
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Rejection("malformed_json", f"{name}: {exc}", origin, raw)
-    if not isinstance(record, dict):
-        return Rejection("malformed_json", f"{name}: not a JSON object", origin, raw)
-    return record
-
-
 def decode_resolved(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
-    record = _json(raw, origin, topics.EVENTS_RESOLVED)
-    if isinstance(record, Rejection):
-        return record
-    event_id, event_type, ts = record.get("event_id"), record.get("event_type"), record.get("ts")
-    if not isinstance(event_id, str) or not isinstance(event_type, str):
-        return Rejection("missing_field", "events.resolved: event_id/event_type", origin, raw)
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        return Rejection("bad_timestamp", "events.resolved: ts must be epoch ms", origin, raw)
+    try:
+        record, event_id, event_type, ts = resolved_head(raw)
+    except Invalid as invalid:
+        return Rejection(invalid.reason, f"events.resolved: {invalid.error}", origin, raw)
     customer = record.get("customer_id") if isinstance(record.get("customer_id"), str) else None
     out: list[AttributionInput] = []
     campaign = record.get("campaign") if isinstance(record.get("campaign"), dict) else None
@@ -97,34 +82,38 @@ def decode_resolved(raw: bytes, origin: Origin) -> list[AttributionInput] | Igno
 
 
 def decode_coupon(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
-    record = _json(raw, origin, topics.TRIGGERS_COUPON)
-    if isinstance(record, Rejection):
-        return record
+    """A coupon sent is a touch of its customer; ids must be strings (they become keys and
+    channel names), the time an event time like any other."""
     try:
-        data = record["data"]
-        touch = Touch(
-            f"coupon:{data['rule_id']}",
-            data["rule_id"],
-            parse_event_time(record["time"]),
-            str(record["id"]),
-        )
-        return [CustomerTouch(str(data["customer_id"]), touch)]
-    except (KeyError, TypeError, ValueError, TimestampError) as exc:
-        return Rejection("bad_value", f"triggers.coupon: unusable field {exc}", origin, raw)
+        record = load_object(raw)
+        fields = Fields(record)
+        coupon_id = fields.req_string("id")
+        time_ms = event_time(record, "time")
+        data = fields.obj("data")
+        assert data is not None
+        rule_id = data.req_string("rule_id")
+        customer_id = data.req_string("customer_id")
+    except Invalid as invalid:
+        return Rejection(invalid.reason, f"triggers.coupon: {invalid.error}", origin, raw)
+    return [CustomerTouch(customer_id, Touch(f"coupon:{rule_id}", rule_id, time_ms, coupon_id))]
 
 
 def decode_identity(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
-    record = _json(raw, origin, topics.IDENTITY_CHANGES)
-    if isinstance(record, Rejection):
-        return record
-    data = record.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("customer_id"), str):
-        return Rejection("bad_value", "identity.changes: no data.customer_id", origin, raw)
-    if data.get("kind") != "merged":
-        return Ignored("not_a_merge")
-    merged = data.get("merged_from")
-    merged = merged if isinstance(merged, list) else []
-    return [Absorb(old, data["customer_id"]) for old in merged if isinstance(old, str)]
+    try:
+        record = load_object(raw)
+        data = Fields(record).obj("data")
+        assert data is not None
+        customer_id = data.req_string("customer_id")
+        if data.data.get("kind") != "merged":
+            return Ignored("not_a_merge")
+        merged = data.data.get("merged_from")
+        if merged is None:
+            merged = []
+        if not isinstance(merged, list) or not all(isinstance(old, str) for old in merged):
+            raise Invalid("bad_type", "`data.merged_from` must be a list of customer ids")
+    except Invalid as invalid:
+        return Rejection(invalid.reason, f"identity.changes: {invalid.error}", origin, raw)
+    return [Absorb(old, customer_id) for old in merged]
 
 
 DECODERS = {

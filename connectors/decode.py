@@ -321,6 +321,54 @@ def _timestamp(head: dict[str, Any]) -> int:
         raise Invalid("bad_timestamp", f"`ts`: {exc}") from None
 
 
+#: ``_Fields`` for decoders of Omnistream's own topics (``connectors.trigger_inputs``,
+#: ``connectors.attribution_io``), so a bad field gets the same reason code on every topic.
+Fields = _Fields
+
+
+def load_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object of one message, or ``Invalid`` (``too_large``, ``malformed_json``).
+
+    The size check comes first so a huge message is never parsed; orjson refuses invalid
+    UTF-8, NaN/Infinity and nesting past 1024 levels (the ``RecursionError`` guard is for
+    parsers that recurse in Python)."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Invalid("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid("malformed_json", f"not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise Invalid("malformed_json", "JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise Invalid("malformed_json", "a message must be a JSON object")
+    return data
+
+
+def event_time(data: dict[str, Any], key: str) -> int:
+    """Epoch ms of ``data[key]``, or ``Invalid`` (``missing_field``, ``bad_timestamp``)."""
+    if data.get(key) is None:
+        raise Invalid("missing_field", f"missing field `{key}`")
+    try:
+        return parse_event_time(data[key])
+    except TimestampError as exc:
+        raise Invalid("bad_timestamp", f"`{key}`: {exc}") from None
+
+
+def resolved_head(raw: bytes) -> tuple[dict[str, Any], str, str, int]:
+    """Record, ``event_id``, ``event_type`` and ``ts`` of an ``events.resolved`` message, or
+    ``Invalid``. Two flows read that topic; both must refuse a foreign record the same way,
+    and an event time outside 2000..2099 must not reach their clocks and timers."""
+    record = load_object(raw)
+    f = Fields(record)
+    event_id = f.req_string("event_id")
+    event_type = f.req_string("event_type", max_chars=64)
+    ts = record.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+        raise Invalid("bad_timestamp", "`ts` must be epoch milliseconds")  # as identity writes it
+    return record, event_id, event_type, event_time(record, "ts")
+
+
 def decode_message(
     topic: str,
     value: bytes | None,
@@ -331,14 +379,7 @@ def decode_message(
     """Decode one message of an input topic (``topic`` without prefix)."""
     raw = value or b""
     try:
-        if len(raw) > MAX_MESSAGE_BYTES:
-            raise Invalid("too_large", f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise Invalid("malformed_json", f"not valid JSON: {str(exc)[:200]}") from None
-        if not isinstance(data, dict):
-            raise Invalid("malformed_json", "a message must be a JSON object")
+        data = load_object(raw)
         f = _Fields(data)
         event_id = f.req_string("event_id")
         event_type = f.req_string("event_type", max_chars=64)

@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from connectors import topics
-from connectors.decode import decode_message
+from connectors.decode import (
+    Fields,
+    Invalid,
+    decode_message,
+    event_time,
+    load_object,
+    resolved_head,
+)
 from flows.logic.customer_rules import CustomerEvent
 from flows.logic.events import MovementEvent, Origin, Rejection
 from flows.logic.reference import ReferenceData
 from flows.logic.stock_rules import ExpiryBatch, StockChange
-from flows.logic.timeparse import TimestampError, parse_event_time
 
 PURCHASE_TYPES = frozenset({"order_placed", "sale"})
 
@@ -46,16 +50,9 @@ def _str(record: dict[str, Any], key: str) -> str | None:
 
 def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> TriggerInput:
     try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return _reject("malformed_json", f"events.resolved: {exc}", origin, raw)
-    if not isinstance(record, dict):
-        return _reject("malformed_json", "events.resolved: not a JSON object", origin, raw)
-    event_id, event_type, ts = record.get("event_id"), record.get("event_type"), record.get("ts")
-    if not isinstance(event_id, str) or not isinstance(event_type, str):
-        return _reject("missing_field", "events.resolved: event_id/event_type", origin, raw)
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        return _reject("bad_timestamp", "events.resolved: ts must be epoch ms", origin, raw)
+        record, event_id, event_type, ts = resolved_head(raw)
+    except Invalid as invalid:
+        return _reject(invalid.reason, f"events.resolved: {invalid.error}", origin, raw)
     customer_id = record.get("customer_id")
     codes = record.get("coupon_codes")
     codes = codes if isinstance(codes, list) else []
@@ -94,28 +91,42 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
 
 
 def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) -> TriggerInput:
+    """A ``stock.changes`` CloudEvent; every field the rules use is checked, since the sku
+    and location become state keys (a list there crashed the flow) and the figures feed
+    arithmetic."""
     try:
-        document = orjson.loads(raw)
-        data = document["data"]
-        sku, location_id = data["sku"], data["location_id"]
-        location = reference.locations[location_id]
-        time_ms = parse_event_time(document["time"])
-        return StockChange(
-            sku=sku,
-            location_id=location_id,
-            region=location.region,
-            available=int(data["available"]),
-            sold_24h=int(data["sold_24h"]),
-            ts_ms=time_ms,
-            cause=str(data["cause"]),
-            on_hand=int(data["on_hand"]),
-            location_type=location.type,
-            source_partition=origin.partition,
+        document = load_object(raw)
+        time_ms = event_time(document, "time")
+        data = Fields(document).obj("data")
+        assert data is not None
+        sku = data.req_string("sku")
+        location_id = data.req_string("location_id")
+        available, on_hand, sold_24h = (
+            data.integer(key) for key in ("available", "on_hand", "sold_24h")
         )
-    except orjson.JSONDecodeError as exc:
-        return _reject("malformed_json", f"stock.changes: {exc}", origin, raw)
-    except (KeyError, TypeError, ValueError, TimestampError) as exc:
-        return _reject("bad_value", f"stock.changes: unusable field {exc}", origin, raw)
+        assert available is not None and on_hand is not None and sold_24h is not None
+        if sold_24h < 0:
+            raise Invalid("bad_value", "`data.sold_24h` must be ≥ 0")
+        cause = data.req_string("cause")
+        location = reference.locations.get(location_id)
+        if location is None:
+            raise Invalid("unknown_location", f"location {location_id!r} is not in the reference")
+        if sku not in reference.products:
+            raise Invalid("unknown_sku", f"sku {sku!r} is not in the product reference data")
+    except Invalid as invalid:
+        return _reject(invalid.reason, f"stock.changes: {invalid.error}", origin, raw)
+    return StockChange(
+        sku=sku,
+        location_id=location_id,
+        region=location.region,
+        available=available,
+        sold_24h=sold_24h,
+        ts_ms=time_ms,
+        cause=cause,
+        on_hand=on_hand,
+        location_type=location.type,
+        source_partition=origin.partition,
+    )
 
 
 def end_of_day_ms(day: str) -> int:

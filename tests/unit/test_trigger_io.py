@@ -163,7 +163,15 @@ def test_an_event_without_a_customer_is_skipped(
         (b"[1, 2]", "malformed_json"),
         (b'"a string"', "malformed_json"),
         (raw({k: v for k, v in resolved().items() if k != "event_id"}), "missing_field"),
-        (raw(resolved(event_id=7)), "missing_field"),
+        (raw(resolved(event_id=7)), "bad_type"),
+        (raw(resolved(event_id="")), "bad_value"),
+        (raw({k: v for k, v in resolved().items() if k != "ts"}), "missing_field"),
+        # Epoch ms in year 9999 / 2**62 reached the event clocks and crashed date formatting.
+        (raw(resolved(ts=253_402_214_400_000)), "bad_timestamp"),
+        (raw(resolved(ts=2**62)), "bad_timestamp"),
+        (raw(resolved(zz_pad="x" * 1_048_576)), "too_large"),
+        (b"[" * 5000 + b"]" * 5000, "malformed_json"),
+        (b'{"event_id": "e", "ts": NaN}', "malformed_json"),
         (raw(resolved(event_type=None)), "missing_field"),
         (raw(resolved(ts="2026-11-22T10:00:00Z")), "bad_timestamp"),
         (raw(resolved(ts=1.5e12)), "bad_timestamp"),
@@ -238,27 +246,53 @@ def test_a_stock_change_keeps_its_time_to_the_millisecond(
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "reason"),
     [
-        stock_changed(sold_24h=None),
-        stock_changed(available=None),
-        stock_changed(on_hand=None),
-        stock_changed(cause=None),
-        stock_changed(sku=None),
-        stock_changed(location_id="WH-NOWHERE"),
-        stock_changed(available="many"),
-        raw({"specversion": "1.0", "time": "2026-11-22T10:00:00Z"}),  # no data
-        stock_changed().replace(b'"time":"2026-11-22T10:00:00.123Z"', b'"time":"yesterday"'),
-        stock_changed().replace(
-            b'"time":"2026-11-22T10:00:00.123Z"', b'"time":"2026-11-22T10:00:00"'
+        (stock_changed(sold_24h=None), "missing_field"),
+        (stock_changed(available=None), "missing_field"),
+        (stock_changed(on_hand=None), "missing_field"),
+        (stock_changed(cause=None), "missing_field"),
+        (stock_changed(sku=None), "missing_field"),
+        (raw({"specversion": "1.0", "time": "2026-11-22T10:00:00Z"}), "missing_field"),  # no data
+        (stock_changed(location_id="WH-NOWHERE"), "unknown_location"),
+        (stock_changed(sku="SKU-NOWHERE"), "unknown_sku"),
+        (stock_changed(available="many"), "bad_type"),
+        (stock_changed(available="7"), "bad_type"),
+        (stock_changed(available=3.5), "bad_type"),
+        # A list as sku became a state key and crashed rule_triggers (unhashable).
+        (stock_changed(sku=["SKU-10001"]), "bad_type"),
+        (stock_changed(location_id={"id": 1}), "bad_type"),
+        (stock_changed(on_hand=10**15), "bad_value"),
+        (stock_changed(sold_24h=-1), "bad_value"),
+        (stock_changed().replace(b'"available":35', b'"available":1e400'), "malformed_json"),
+        (
+            stock_changed().replace(b'"time":"2026-11-22T10:00:00.123Z"', b'"time":"yesterday"'),
+            "bad_timestamp",
         ),
-        raw([1, 2]),
+        (
+            stock_changed().replace(
+                b'"time":"2026-11-22T10:00:00.123Z"', b'"time":"2026-11-22T10:00:00"'
+            ),
+            "bad_timestamp",
+        ),
+        (
+            stock_changed().replace(
+                b'"time":"2026-11-22T10:00:00.123Z"', b'"time":"9999-11-22T10:00:00Z"'
+            ),
+            "bad_timestamp",
+        ),
+        (raw([1, 2]), "malformed_json"),
+        (b"null", "malformed_json"),
+        (stock_changed(zz_pad="x" * 1_048_576), "too_large"),
     ],
 )
-def test_an_unusable_stock_change_is_a_bad_value(reference: ReferenceData, payload: bytes) -> None:
+def test_an_unusable_stock_change_is_refused_with_its_reason(
+    reference: ReferenceData, payload: bytes, reason: str
+) -> None:
+    """The same reason codes as on the input topics, so one dashboard reads them all."""
     rejection = decode_stock_change(payload, ORIGIN, reference)
     assert isinstance(rejection, Rejection)
-    assert rejection.reason == "bad_value"
+    assert rejection.reason == reason
     assert rejection.origin == ORIGIN
     assert rejection.raw == payload
 
