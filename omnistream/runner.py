@@ -6,6 +6,7 @@ as a subprocess so every flow runs exactly as operators run it.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -78,6 +79,20 @@ def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> Reco
     return RecoveryConfig(str(path), backup_interval=backup)
 
 
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Collect cycles less often: a flow allocates a few objects per event and keeps many of
+    them in its state, so with CPython's defaults the collector kept re-walking live state
+    (a third of stock_pool's time per movement in a profile). Flow state holds no reference
+    cycles worth reclaiming early; what was built at start-up is frozen out of collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
 def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
     """Build and run a flow until stopped (or until its inputs drain with ``until_idle``)."""
     if not config.pii.key:
@@ -106,6 +121,7 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
         config.metrics.port,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    tune_garbage_collector()
     try:
         cli_main(
             flow,

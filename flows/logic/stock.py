@@ -32,7 +32,7 @@ from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 #: Pruning of remembered ids and history runs at most this often (event time).
-PRUNE_EVERY_MS = 5 * 60_000
+PRUNE_EVERY_MS = 60 * 60_000
 
 #: Sign of each movement kind on on_hand; ``stock_count`` is absolute, reserve/release touch
 #: only ``reserved``.
@@ -282,19 +282,32 @@ def _is_sold(movement: StockMovement) -> bool:
 
 
 def _prune(state: StockState, policy: StockPolicy) -> None:
+    """Forget what no later movement can need, at most once per ``PRUNE_EVERY_MS``.
+
+    A container is rebuilt only when its first entry (almost always its oldest: entries are
+    appended in arrival order) has expired. An older entry left further in is harmless: the
+    history is only summed from a count's time on, and a remembered id only drops a
+    duplicate that would otherwise be refused as too late; so the cost per movement stays
+    O(1) instead of a pass over a week of ids.
+    """
     now = state.as_of_ms
     if now < state.next_prune_ms:
         return
     state.next_prune_ms = now + PRUNE_EVERY_MS
-    state.seen = {mid: ts for mid, ts in state.seen.items() if ts >= now - policy.dedup_ms}
-    state.history = [(ts, d) for ts, d in state.history if ts >= now - policy.late_window_ms]
+    seen_after = now - policy.dedup_ms
+    if state.seen and next(iter(state.seen.values())) < seen_after:
+        state.seen = {mid: ts for mid, ts in state.seen.items() if ts >= seen_after}
+    history_after = now - policy.late_window_ms
+    if state.history and state.history[0][0] < history_after:
+        state.history = [(ts, d) for ts, d in state.history if ts >= history_after]
     state.sales.drop_until(now - DAY_MS)
-    state.reservations = {
-        order: held
-        for order, held in state.reservations.items()
-        if held.ts_ms >= now - policy.reservation_ttl_ms
-        and not (held.settled and held.ts_ms < now - policy.dedup_ms)
-    }
+    if state.reservations:
+        state.reservations = {
+            order: held
+            for order, held in state.reservations.items()
+            if held.ts_ms >= now - policy.reservation_ttl_ms
+            and not (held.settled and held.ts_ms < seen_after)
+        }
 
 
 def position_of(state: StockState, movement: StockMovement) -> StockPosition:

@@ -83,8 +83,8 @@ def apply_bundle(
         state = ShardState()
     positions: list[StockPosition] = []
     refused: list[TooLate] = []
-    totals: dict[str, SkuTotals] = {}
-    shares: dict[tuple[tuple[str, str], str], SegmentShare] = {}
+    #: sku → location → its latest position in this bundle.
+    latest: dict[str, dict[str, StockPosition]] = {}
     for movement in movements:
         key = movement.key
         position_state, outcome = apply_to_position(state.positions.get(key), movement, policy)
@@ -95,16 +95,20 @@ def apply_bundle(
             refused.append(outcome)
             continue
         positions.append(outcome)
-        sku_state, sku_totals = update_sku_totals(state.skus.get(outcome.sku), outcome, reference)
-        state.skus[outcome.sku] = sku_state
-        totals[outcome.sku] = sku_totals
-        shares[(sku_totals.segment, outcome.sku)] = sku_totals.share
-    return state, ShardOutcome(
-        positions,
-        refused,
-        list(totals.values()),
-        [(segment, sku, share) for (segment, sku), share in shares.items()],
-    )
+        by_location = latest.get(outcome.sku)
+        if by_location is None:
+            by_location = latest[outcome.sku] = {}
+        by_location[outcome.location_id] = outcome
+    totals: list[SkuTotals] = []
+    shares: list[tuple[tuple[str, str], str, SegmentShare]] = []
+    for sku, by_location in latest.items():
+        sku_state, sku_totals, sku_shares = update_sku_totals(
+            state.skus.get(sku), by_location.values(), reference
+        )
+        state.skus[sku] = sku_state
+        totals.append(sku_totals)
+        shares.extend((segment, sku, share) for segment, share in sku_shares)
+    return state, ShardOutcome(positions, refused, totals, shares)
 
 
 @dataclass(slots=True)

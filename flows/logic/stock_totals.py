@@ -12,6 +12,7 @@ costs O(1) rather than a re-sum over every location or sku. Two levels:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flows.logic.reference import ReferenceData
@@ -86,9 +87,6 @@ class SkuTotals:
     total: Figures
     #: Region totals of the sku (every region it is held in).
     regions: dict[str, Figures]
-    #: The segment the changed location belongs to, and the sku's new share of it.
-    segment: tuple[str, str]
-    share: SegmentShare
     as_of_ms: int
 
 
@@ -117,27 +115,35 @@ def is_low_stock(position: StockPosition, reorder_point: int) -> bool:
 
 
 def update_sku_totals(
-    state: SkuTotalsState | None, position: StockPosition, reference: ReferenceData
-) -> tuple[SkuTotalsState, SkuTotals]:
+    state: SkuTotalsState | None, positions: Iterable[StockPosition], reference: ReferenceData
+) -> tuple[SkuTotalsState, SkuTotals, list[tuple[tuple[str, str], SegmentShare]]]:
+    """Replace the positions of one sku's locations (each location's latest) in its totals.
+
+    Returns the new totals and the sku's new share of every segment a position touched.
+    Replacement makes the result independent of how changes are grouped: folding a batch's
+    latest positions gives what folding every intermediate one would.
+    """
     if state is None:
         state = SkuTotalsState()
-    location = reference.locations[position.location_id]
-    reorder_point = reference.products[position.sku].reorder_point
-    old = state.positions.get(position.location_id)
-    state.positions[position.location_id] = position
-    old_figures, new_figures = Figures.of(old), Figures.of(position)
-    state.total = state.total.replace(old_figures, new_figures)
-    region = state.regions.get(location.region, Figures())
-    state.regions[location.region] = region.replace(old_figures, new_figures)
-    segment = (location.region, location.type)
-    share = state.segments.get(segment, SegmentShare()).replace(
-        SegmentShare.of(old, reorder_point), SegmentShare.of(position, reorder_point)
-    )
-    state.segments[segment] = share
-    state.as_of_ms = max(state.as_of_ms, position.as_of_ms)
-    return state, SkuTotals(
-        position.sku, state.total, dict(state.regions), segment, share, state.as_of_ms
-    )
+    touched: dict[tuple[str, str], SegmentShare] = {}
+    for position in positions:
+        location = reference.locations[position.location_id]
+        reorder_point = reference.products[position.sku].reorder_point
+        old = state.positions.get(position.location_id)
+        state.positions[position.location_id] = position
+        old_figures, new_figures = Figures.of(old), Figures.of(position)
+        state.total = state.total.replace(old_figures, new_figures)
+        region = state.regions.get(location.region, Figures())
+        state.regions[location.region] = region.replace(old_figures, new_figures)
+        segment = (location.region, location.type)
+        share = state.segments.get(segment, SegmentShare()).replace(
+            SegmentShare.of(old, reorder_point), SegmentShare.of(position, reorder_point)
+        )
+        state.segments[segment] = touched[segment] = share
+        state.as_of_ms = max(state.as_of_ms, position.as_of_ms)
+    sku = next(iter(state.positions.values())).sku
+    totals = SkuTotals(sku, state.total, dict(state.regions), state.as_of_ms)
+    return state, totals, list(touched.items())
 
 
 @dataclass(slots=True)
