@@ -15,25 +15,22 @@ import orjson
 from flows.logic.events import ClickEvent, PosEvent
 
 _DROPPED = frozenset({"origin", "phone_hash", "email_hash"})
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
-    return value
+#: Fields written per event class, looked up once: this runs for every resolved event.
+_WRITTEN: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in _DROPPED)
+    for cls in (ClickEvent, PosEvent)
+}
 
 
 def resolved_event(event: ClickEvent | PosEvent, customer_id: str | None) -> bytes:
+    """Nested values (order lines, campaign, fulfillment) are dataclasses that orjson
+    writes as objects with all their fields; tuples become arrays."""
     record: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        if f.name in _DROPPED:
-            continue
-        value = getattr(event, f.name)
+    for name in _WRITTEN[type(event)]:
+        value = getattr(event, name)
         if value is None or value == ():
             continue
-        record["ts" if f.name == "ts_ms" else f.name] = _plain(value)
+        record["ts" if name == "ts_ms" else name] = value
     record["customer_id"] = customer_id
     record["source_topic"] = "clickstream" if isinstance(event, ClickEvent) else "pos.sales"
     return orjson.dumps(record)

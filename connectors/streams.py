@@ -36,8 +36,12 @@ X = TypeVar("X")
 #: p99 14.6 s); 100 → p99 3.0 s; 250 → p50 225 ms, p99 340 ms; 500 → p50 339 ms, p99 520 ms
 #: (``omnistream demo --events 40000 --rate 1000``, 2 cores). A fetch with data returns at
 #: once, so backlogs are read as fast as with short waits.
+#: ``queued.max.messages.kbytes`` bounds each consumer's read-ahead: librdkafka's default
+#: (64 MiB per consumer, and a flow has one per input partition) let a flow catching up on
+#: a backlog hold hundreds of MB of prefetched messages; 8 MiB still holds many batches.
 CONSUMER_DEFAULTS: dict[str, str] = {
     "fetch.wait.max.ms": "250",
+    "queued.max.messages.kbytes": "8192",
     "fetch.min.bytes": "1",
     "statistics.interval.ms": "0",
 }
