@@ -6,6 +6,7 @@ Writes are absolute values, so retrying a pipeline that may have half-applied is
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -52,6 +53,11 @@ def with_retries(
             raise
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             REDIS_ERRORS.labels(flow).inc()
+            if _tls_refused(exc):
+                # A certificate the client does not trust (or a TLS/plain mismatch) is a
+                # configuration error like wrong credentials: stop now, naming it.
+                log.error("%s: Redis TLS handshake refused, not retrying: %s", flow, exc)
+                raise
             waited = clock() - started
             if waited >= GIVE_UP_S:
                 log.error("%s: Redis unreachable for %.0f s, giving up: %s", flow, waited, exc)
@@ -59,3 +65,16 @@ def with_retries(
             log.warning("%s: Redis error (%s); retrying in %.1f s", flow, exc, backoff)
             sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """redis-py wraps the ``ssl`` error of a failed handshake in a ``ConnectionError``; the
+    original stays in the exception's context."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError | ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

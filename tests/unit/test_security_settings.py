@@ -4,15 +4,17 @@ clients; Redis credentials and TLS come with ``redis.url``."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pytest
+import redis
 from bytewax.connectors.kafka import operators as kop
 
 from connectors.kafka_clients import client_settings
 from omnistream.config import Config
 from omnistream.runner import FLOWS
-from state.redis_io import connect
+from state.redis_io import connect, with_retries
 
 SECURE = {
     "security.protocol": "SASL_SSL",
@@ -76,3 +78,30 @@ def test_redis_acl_user_password_and_tls_come_with_the_url() -> None:
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.internal", 6380, 2)
     finally:
         client.close()
+
+
+def test_an_untrusted_redis_certificate_stops_at_once_instead_of_retrying() -> None:
+    """A wrong CA does not heal by waiting: the first failure is raised (no back-off), while
+    a plain connection failure is retried."""
+    sleeps: list[float] = []
+
+    def handshake_refused() -> None:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
+        except OSError as exc:
+            raise redis.ConnectionError("Error 1 connecting to 127.0.0.1:6380.") from exc
+
+    with pytest.raises(redis.ConnectionError):
+        with_retries("test", handshake_refused, sleep=sleeps.append)
+    assert sleeps == []
+
+    attempts = iter([redis.ConnectionError("refused"), None])
+
+    def refused_once() -> str:
+        error = next(attempts)
+        if error is not None:
+            raise error
+        return "ok"
+
+    assert with_retries("test", refused_once, sleep=sleeps.append) == "ok"
+    assert sleeps == [0.1]
