@@ -111,30 +111,47 @@ def conversion_probability(
     transitions: dict[str, dict[str, float]], removed: str | None = None
 ) -> float:
     """P(reaching ``conversion`` from ``start``) in the absorbing chain; visiting ``removed``
-    leads to ``null``. Solved by value iteration (a few channels: quick and exact enough)."""
-    states = [s for s in transitions if s != removed]
-    probability = dict.fromkeys(states, 0.0)
-    probability[CONVERSION] = 1.0
-    for _ in range(10_000):
-        delta = 0.0
-        for state in states:
-            outgoing = transitions[state]
-            total = sum(outgoing.values())
-            if total == 0:
-                continue
-            value = (
-                sum(
-                    count * probability.get(target, 0.0)
-                    for target, count in outgoing.items()
-                    if target != removed
-                )
-                / total
-            )
-            delta = max(delta, abs(value - probability[state]))
-            probability[state] = value
-        if delta < 1e-13:
-            break
-    return probability.get(START, 0.0)
+    leads to ``null``.
+
+    Solved exactly as the linear system ``p = Q·p + r`` over the transient states (Gaussian
+    elimination with partial pivoting; a chain has a state per channel, so a dozen or so).
+    Value iteration needed thousands of sweeps when channels loop on themselves, and was
+    most of the flow's time. Every recorded state reaches ``conversion`` or ``null`` (paths
+    end there), so the system has exactly one solution.
+    """
+    states = [s for s in transitions if s not in (CONVERSION, NULL, removed) and transitions[s]]
+    if START not in states:
+        return 0.0
+    index = {state: n for n, state in enumerate(states)}
+    size = len(states)
+    # Row n: p[n] − Σ_t P(n→t)·p[t] = P(n→conversion), augmented with the right-hand side.
+    rows: list[list[float]] = []
+    for state in states:
+        outgoing = transitions[state]
+        total = sum(outgoing.values())
+        row = [0.0] * (size + 1)
+        row[index[state]] = 1.0
+        for target, count in outgoing.items():
+            if target == CONVERSION:
+                row[size] += count / total
+            elif target in index:
+                row[index[target]] -= count / total
+        rows.append(row)
+    for col in range(size):
+        pivot = max(range(col, size), key=lambda r: abs(rows[r][col]))
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        lead = rows[col][col]
+        if lead == 0.0:
+            continue  # unreachable for chains built by add_path; left at 0 rather than fail
+        for r in range(size):
+            if r != col and rows[r][col] != 0.0:
+                factor = rows[r][col] / lead
+                target_row, source_row = rows[r], rows[col]
+                for c in range(col, size + 1):
+                    target_row[c] -= factor * source_row[c]
+    start = index[START]
+    lead = rows[start][start]
+    return rows[start][size] / lead if lead != 0.0 else 0.0
 
 
 def removal_effects(transitions: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -10,15 +10,20 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import pandas as pd
+import pytest
 from ChannelAttribution import markov_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.attribution_io import Absorb, Conversion, CustomerTouch
 from flows.attribution import Handover, RouterState, accumulate, credit, follow_path, route
 from flows.logic.attribution import (
+    CONVERSION,
     DAY_MS,
     DIRECT,
     HEURISTIC_MODELS,
     MODELS,
+    START,
     AbandonedPath,
     AttributionParams,
     ConvertedPath,
@@ -27,6 +32,7 @@ from flows.logic.attribution import (
     PathState,
     Touch,
     add_path,
+    conversion_probability,
     convert,
     heuristic_credits,
     markov_credit,
@@ -440,3 +446,51 @@ def test_accumulated_totals_equal_the_sum_of_credits() -> None:
             assert abs(totals[model][channel][0] - amount) < 0.005, (model, channel)
         counted = sum(cell[1] for cell in totals[model].values())
         assert abs(counted - conversions) < 1e-6, model
+
+
+def iterated_conversion_probability(
+    transitions: dict[str, dict[str, float]], removed: str | None = None
+) -> float:
+    """Reference: plain value iteration to convergence (what the linear solve replaced)."""
+    probability = {state: 0.0 for state in transitions if state != removed}
+    probability[CONVERSION] = 1.0
+    for _ in range(100_000):
+        delta = 0.0
+        for state, outgoing in transitions.items():
+            total = sum(outgoing.values())
+            if state in (removed, CONVERSION) or total == 0:
+                continue
+            value = (
+                sum(n * probability.get(t, 0.0) for t, n in outgoing.items() if t != removed)
+                / total
+            )
+            delta = max(delta, abs(value - probability[state]))
+            probability[state] = value
+        if delta < 1e-14:
+            break
+    return probability.get(START, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    paths=st.lists(
+        st.tuples(
+            st.lists(
+                st.sampled_from(["email", "search", "social", "coupon", "ads"]),
+                min_size=1,
+                max_size=6,
+            ),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_markov_linear_solve_equals_value_iteration(paths: list[tuple[list[str], bool]]) -> None:
+    state = MarkovState()
+    for channels, converted in paths:
+        add_path(state, channels, converted)
+    for removed in [None, *sorted({c for channels, _ in paths for c in channels})]:
+        assert conversion_probability(state.transitions, removed) == pytest.approx(
+            iterated_conversion_probability(state.transitions, removed), abs=1e-9
+        )
