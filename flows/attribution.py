@@ -92,6 +92,11 @@ class RouterState:
     touches: tuple[Touch, ...] = ()
     conversions: tuple[tuple[str, int], ...] = ()
 
+    def __deepcopy__(self, memo: dict[int, object]) -> RouterState:
+        """Bytewax snapshots state every epoch; the fields are immutable (frozen touches in
+        tuples), so a new holder is a full copy (the generic deepcopy was 8% of the flow)."""
+        return RouterState(self.absorbed_into, self.touches, self.conversions)
+
 
 def route(
     state: RouterState | None, item: Any, params: AttributionParams
