@@ -53,6 +53,11 @@ def change_ids(config: Config) -> set[str]:
     return {json.loads(m.value())["id"] for m in read_topic(config, "identity.changes", 60)}
 
 
+def resolved_ids(config: Config) -> set[str]:
+    """Distinct input event ids republished on ``events.resolved`` (duplicates allowed)."""
+    return {json.loads(m.value())["event_id"] for m in read_topic(config, "events.resolved", 60)}
+
+
 def test_identity_sigkill_and_resume_equals_an_uninterrupted_run(
     omni_config: Config, tmp_path: Path
 ) -> None:
@@ -84,6 +89,8 @@ def test_identity_sigkill_and_resume_equals_an_uninterrupted_run(
     assert len(first) > 5000
     assert set(first) == set(second)
     assert grouping(first) == grouping(second)
+    # Every event resolved once at least, none invented: the same distinct event ids.
+    assert resolved_ids(steady) == resolved_ids(crashed)
     same_id = sum(first[i] == second[i] for i in first)
     steady_ids, crashed_ids = change_ids(steady), change_ids(crashed)
     print(
