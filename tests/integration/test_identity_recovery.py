@@ -98,3 +98,7 @@ def test_identity_sigkill_and_resume_equals_an_uninterrupted_run(
         f"{len(steady_ids)} steady, {len(crashed_ids)} crashed, "
         f"{len(crashed_ids - steady_ids)} new, {len(steady_ids - crashed_ids)} missing"
     )
+    # Identity changes depend on the cross-partition arrival order around the restart (see
+    # the module docstring): a few differ, as between two uninterrupted runs; replayed events
+    # that published nothing used to lose a quarter of them.
+    assert len(crashed_ids ^ steady_ids) <= 0.02 * len(steady_ids)
