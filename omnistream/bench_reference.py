@@ -88,7 +88,11 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config)
     start_http_server(config.metrics.port, addr=config.metrics.host)
-    cli_main(build(config), workers_per_process=1, epoch_interval=timedelta(seconds=0.5))
+    cli_main(
+        build(config),
+        workers_per_process=1,
+        epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
+    )
 
 
 if __name__ == "__main__":

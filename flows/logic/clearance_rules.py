@@ -43,6 +43,10 @@ from flows.logic.trigger_policy import DAY_MS, Ledger
 #: View times kept per customer and sku (or category): enough to find the last view before
 #: a signal even when the customer has come back since.
 VIEWS_KEPT = 8
+#: Views older than the audience horizon are dropped when the region's clock crosses a
+#: multiple of this (event time): often enough to bound memory, rarely enough that the pass
+#: over every view stays cheap (hourly, it was 7 % of rule_triggers at 60,000 customers).
+AUDIENCE_PRUNE_MS = 6 * 3_600_000
 #: How long after its expiry a batch is still kept (then it is written off, not cleared).
 EXPIRED_KEEP_MS = DAY_MS
 
@@ -319,17 +323,18 @@ class View:
 
 @dataclass(slots=True)
 class AudienceState:
-    #: sku → customer → recent view times (sorted, the last VIEWS_KEPT); same by category
-    by_sku: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-    by_category: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    #: sku → customer → recent view times (sorted, the last VIEWS_KEPT); same by category.
+    #: Tuples, replaced on change: a snapshot copies the dicts, not every list in them.
+    by_sku: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    by_category: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     #: signals waiting for the region's views to catch up with their event time
     pending: list[ClearanceSignal] = field(default_factory=list)
     views_seen_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> AudienceState:
         return AudienceState(
-            {k: {c: list(t) for c, t in v.items()} for k, v in self.by_sku.items()},
-            {k: {c: list(t) for c, t in v.items()} for k, v in self.by_category.items()},
+            {k: dict(v) for k, v in self.by_sku.items()},
+            {k: dict(v) for k, v in self.by_category.items()},
             list(self.pending),
             self.views_seen_ms,
         )
@@ -345,16 +350,15 @@ def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> Audienc
     if state is None:
         state = AudienceState()
     for index, key in ((state.by_sku, view.sku), (state.by_category, view.category)):
-        times = index.setdefault(key, {}).setdefault(view.customer_id, [])
+        customers = index.setdefault(key, {})
+        times = customers.get(view.customer_id, ())
         if view.ts_ms not in times:
-            times.append(view.ts_ms)
-            times.sort()
-            del times[:-VIEWS_KEPT]
+            customers[view.customer_id] = tuple(sorted((*times, view.ts_ms)))[-VIEWS_KEPT:]
     if view.ts_ms > state.views_seen_ms:
         # Views are kept a day longer than the longest window, for signals that arrive late.
         horizon = view.ts_ms - audience_horizon_ms(rules) - DAY_MS
-        # Pruning is amortised: only when the clock crosses a whole hour.
-        if view.ts_ms // 3_600_000 != state.views_seen_ms // 3_600_000:
+        # Pruning is amortised: only when the clock crosses a multiple of the period.
+        if view.ts_ms // AUDIENCE_PRUNE_MS != state.views_seen_ms // AUDIENCE_PRUNE_MS:
             for index in (state.by_sku, state.by_category):
                 for key in list(index):
                     kept = {c: t for c, t in index[key].items() if t[-1] > horizon}
