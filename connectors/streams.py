@@ -34,8 +34,12 @@ X = TypeVar("X")
 #: flows poll a dozen or more consumers each: with ``fetch.wait.max.ms`` 10 the broker spent
 #: a whole core answering empty fetches and fell behind at 1,000 events/s (trigger latency
 #: p99 14.6 s); 100 → p99 3.0 s; 250 → p50 225 ms, p99 340 ms; 500 → p50 339 ms, p99 520 ms
-#: (``omnistream demo --events 40000 --rate 1000``, 2 cores). A fetch with data returns at
-#: once, so backlogs are read as fast as with short waits.
+#: (``omnistream demo --events 40000 --rate 1000``, 2 cores). But the embedded broker's
+#: in-memory log costs more per fetch as it fills: over the benchmark's 60 s at 1,000
+#: events/s its CPU climbed to 1.3 cores with 250 ms and starved the flows for 1–3 s in about
+#: half the runs (trigger p99 0.3 s or 1.5–3.9 s); with 500 ms it stays under 0.7 core and
+#: p50 is 285 ms, p99 540 ms run after run. A fetch with data returns at once, so backlogs
+#: are read as fast as with short waits.
 #: ``queued.max.messages.kbytes`` bounds each consumer's read-ahead: librdkafka's default
 #: (64 MiB per consumer, and a flow has one per input partition) let a flow catching up on a
 #: backlog hold hundreds of MB of prefetched messages (rule_triggers: 612 MB peak on a
@@ -43,7 +47,7 @@ X = TypeVar("X")
 #: than the broker refills it) but slows a bare consumer, so the benchmark's reference
 #: pipeline runs without the cap.
 CONSUMER_DEFAULTS: dict[str, str] = {
-    "fetch.wait.max.ms": "250",
+    "fetch.wait.max.ms": "500",
     "queued.max.messages.kbytes": "2048",
     "fetch.min.bytes": "1",
     "statistics.interval.ms": "0",
