@@ -111,6 +111,41 @@ class FlowRun:
     seconds: float
 
 
+@dataclass
+class Sampler:
+    """What a flow consumed (its own counter) and its memory, sampled every 50 ms: events/s
+    is the count over the time from the first to the last sample that saw it grow."""
+
+    port: int
+    flow: str
+    pid: int
+    first: float | None = None
+    last: float | None = None
+    count: float = 0.0
+    peak: float = 0.0
+
+    def sample(self) -> bool:
+        """Take one sample; True when the count grew."""
+        samples = scrape(self.port, timeout_s=0.5)
+        now = time.monotonic()
+        grew = False
+        if samples is not None:
+            seen = total(samples, "omnistream_events_consumed_total", flow=self.flow)
+            if seen > 0 and self.first is None:
+                self.first = now
+            if seen > self.count:
+                self.count, self.last, grew = seen, now, True
+        self.peak = max(self.peak, peak_rss_mb(self.pid))
+        time.sleep(0.05)
+        return grew
+
+    def result(self) -> FlowRun:
+        first, last = self.first, self.last
+        seconds = (last - first) if first is not None and last is not None else 0.0
+        eps = self.count / seconds if seconds > 0 else 0.0
+        return FlowRun(eps, self.peak, self.count, seconds)
+
+
 def run_until_idle(
     name: str, config: Config, workdir: Path, command: list[str] | None = None
 ) -> FlowRun:
@@ -128,26 +163,12 @@ def run_until_idle(
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,
             )
-    flow_label = "reference" if command is not None else name
-    first = last = None
-    count = 0.0
-    peak = 0.0
+    sampler = Sampler(port, "reference" if command is not None else name, process.pid)
     while process.poll() is None:
-        samples = scrape(port, timeout_s=0.5)
-        now = time.monotonic()
-        if samples is not None:
-            seen = total(samples, "omnistream_events_consumed_total", flow=flow_label)
-            if seen > 0 and first is None:
-                first = now
-            if seen > count:
-                count, last = seen, now
-        peak = max(peak, peak_rss_mb(process.pid))
-        time.sleep(0.05)
+        sampler.sample()
     if process.returncode != 0:
         raise RuntimeError(f"{name} exited with {process.returncode}; see {workdir / name}.log")
-    seconds = (last - first) if first is not None and last is not None else 0.0
-    eps = count / seconds if seconds > 0 else 0.0
-    return FlowRun(eps, peak, count, seconds)
+    return sampler.result()
 
 
 #: Topics each flow reads (the bench counts them to know when a tailing flow is done).
@@ -190,35 +211,24 @@ def run_tailing(name: str, config: Config, workdir: Path, expected: int) -> Flow
     dump_config(config.with_overrides(metrics={"port": port}), path)
     with (workdir / f"{name}.log").open("wb") as log:
         process = start_flow(name, path, log=log)
-    first = last = None
-    count = 0.0
-    peak = 0.0
+    sampler = Sampler(port, name, process.pid)
     progressed = time.monotonic()
     try:
-        while count < expected or time.monotonic() - progressed < QUIET_S:
+        while sampler.count < expected or time.monotonic() - progressed < QUIET_S:
             if process.poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with {process.returncode}; see {workdir / name}.log"
                 )
-            samples = scrape(port, timeout_s=0.5)
-            now = time.monotonic()
-            if samples is not None:
-                seen = total(samples, "omnistream_events_consumed_total", flow=name)
-                if seen > 0 and first is None:
-                    first = now
-                if seen > count:
-                    count, last, progressed = seen, now, now
-            if now - progressed > STALL_S:
+            if sampler.sample():
+                progressed = time.monotonic()
+            if time.monotonic() - progressed > STALL_S:
                 raise RuntimeError(
-                    f"{name} consumed {count:,.0f} of {expected:,} messages and then nothing "
-                    f"for {STALL_S:.0f} s; see {workdir / name}.log"
+                    f"{name} consumed {sampler.count:,.0f} of {expected:,} messages and then "
+                    f"nothing for {STALL_S:.0f} s; see {workdir / name}.log"
                 )
-            peak = max(peak, peak_rss_mb(process.pid))
-            time.sleep(0.05)
     finally:
         stop_process(process)
-    seconds = (last - first) if first is not None and last is not None else 0.0
-    return FlowRun(count / seconds if seconds > 0 else 0.0, peak, count, seconds)
+    return sampler.result()
 
 
 def raw_ceiling(config: Config) -> float:
