@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from connectors.generator import TrafficModel, produce
-from omnistream.config import Config, dump_config
+from omnistream.config import Config
 from omnistream.embedded import die_with_parent, free_port, redis_server_binary
-from omnistream.processes import start_flow
 from omnistream.reference import load_reference
+from tests.integration.test_redis_auth import run_stock_pool
 from tests.tls_helpers import make_certificates
 
 pytestmark = pytest.mark.integration
@@ -94,15 +94,6 @@ def test_tls_server_refuses_plain_tcp_and_an_untrusted_ca(tls_redis: TlsRedis) -
     with redis.Redis.from_url(tls_redis.url(tls_redis.ca), socket_timeout=5) as trusted:
         assert trusted.ping()
         assert trusted.acl_whoami() == USER
-
-
-def run_stock_pool(config: Config, tmp_path: Path, name: str) -> tuple[int, str]:
-    path = tmp_path / f"{name}.yaml"
-    dump_config(config, path)
-    log_path = tmp_path / f"{name}.log"
-    with log_path.open("wb") as log:
-        code = start_flow("stock_pool", path, until_idle=True, log=log).wait(timeout=120)
-    return code, log_path.read_text(errors="replace")
 
 
 def test_flow_writes_its_stock_pool_over_tls(
