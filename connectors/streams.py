@@ -45,7 +45,7 @@ X = TypeVar("X")
 #: backlog hold hundreds of MB of prefetched messages (rule_triggers: 612 MB peak on a
 #: 1,000,000-event backlog with 8 MiB). 2 MiB keeps the flows' throughput (they are slower
 #: than the broker refills it) but slows a bare consumer, so the benchmark's reference
-#: pipeline runs without the cap.
+#: pipeline reads ahead more (``omnistream.bench_reference``).
 CONSUMER_DEFAULTS: dict[str, str] = {
     "fetch.wait.max.ms": "500",
     "queued.max.messages.kbytes": "2048",
@@ -56,7 +56,8 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class EventStreams:
-    oks: Stream[InputEvent]
+    #: Decoded records, or what ``per_batch`` made of them.
+    oks: Stream[Any]
     errs: Stream[Rejection]
 
 
@@ -76,6 +77,7 @@ def kafka_events(
     until_idle: bool,
     hasher: PiiHasher | None = None,
     decoder: Callable[[str, bytes, Origin], Any] | None = None,
+    per_batch: Callable[[list[Any]], list[Any]] | None = None,
 ) -> EventStreams:
     """Consume the (prefixed) input topics and decode every message.
 
@@ -83,26 +85,13 @@ def kafka_events(
     once its inputs are drained. ``decoder(topic name, bytes, origin)`` replaces the input
     decoder of CONTRACT §1 for flows that read other flows' outputs; it returns a record or a
     ``Rejection``.
+
+    Messages are decoded a Kafka batch at a time in one step: a Bytewax step per event cost
+    more than most of what a flow then does with it. ``per_batch(records)`` turns a batch's
+    valid records into what the flow works on (movements grouped by shard, events resolved
+    in one Redis round trip …) in that same step; a ``Rejection`` it returns is dead-lettered
+    like the decoder's.
     """
-    messages, consumer_errors = kafka_messages(
-        step_id, flow, config, topic_names, until_idle=until_idle
-    )
-    decode = message_decoder(config, flow_name, topic_names, reference, hasher, decoder)
-    decoded = op.map(f"{step_id}_decode", messages, decode)
-    split = op.branch(f"{step_id}_valid", decoded, lambda item: not isinstance(item, Rejection))
-    errs = op.merge(f"{step_id}_errors", split.falses, consumer_errors)
-    return EventStreams(oks=split.trues, errs=errs)  # type: ignore[arg-type]
-
-
-def kafka_messages(
-    step_id: str,
-    flow: Dataflow,
-    config: Config,
-    topic_names: Sequence[str],
-    *,
-    until_idle: bool,
-) -> tuple[Stream[KafkaSourceMessage[Any, Any]], Stream[Rejection]]:
-    """The raw messages of the (prefixed) input topics, and consumer errors as rejections."""
     source = kop.input(
         step_id,
         flow,
@@ -112,24 +101,40 @@ def kafka_messages(
         add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
         batch_size=config.kafka.batch_size,
     )
+    decode = _message_decoder(config, flow_name, topic_names, reference, hasher, decoder)
+
+    def decode_batch(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
+        out: list[Any] = []
+        records: list[Any] = []
+        for item in map(decode, batch):
+            (out if isinstance(item, Rejection) else records).append(item)
+        out += per_batch(records) if per_batch is not None else records
+        return out
 
     def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
         msg = err.msg
         origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
         return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
 
-    return source.oks, op.map(f"{step_id}_consumer_errors", source.errs, consumer_error)
+    decoded = op.flat_map_batch(f"{step_id}_decode", source.oks, decode_batch)
+    split = op.branch(f"{step_id}_rejected", decoded, lambda item: isinstance(item, Rejection))
+    errs = op.merge(
+        f"{step_id}_errors",
+        split.trues,
+        op.map(f"{step_id}_consumer_errors", source.errs, consumer_error),
+    )
+    return EventStreams(oks=split.falses, errs=errs)
 
 
-def message_decoder(
+def _message_decoder(
     config: Config,
     flow_name: str,
     topic_names: Sequence[str],
     reference: ReferenceData,
-    hasher: PiiHasher | None = None,
-    decoder: Callable[[str, bytes, Origin], Any] | None = None,
+    hasher: PiiHasher | None,
+    decoder: Callable[[str, bytes, Origin], Any] | None,
 ) -> Callable[[KafkaSourceMessage[Any, Any]], Any]:
-    """message → event or ``Rejection``, counting what each flow consumed per topic."""
+    """message → record or ``Rejection``, counting what each flow consumed per topic."""
     # Per-topic lookups done once, not per message (this runs for every input message).
     names = {config.topic(name): name for name in topic_names}
     consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}

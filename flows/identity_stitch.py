@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
 from connectors import topics
@@ -32,8 +32,8 @@ from connectors.metrics import (
     PROCESSING_LAG,
 )
 from connectors.resolved import resolved_event
-from connectors.streams import deadletter_output, kafka_messages, kafka_output, message_decoder
-from flows.logic.events import ClickEvent, PosEvent
+from connectors.streams import deadletter_output, kafka_events, kafka_output
+from flows.logic.events import ClickEvent, InputEvent, PosEvent
 from flows.logic.identity import (
     IdentityChange,
     Resolution,
@@ -46,6 +46,7 @@ from omnistream.reference import load_reference
 from state.identity_store import EventIdentifiers, IdentityStore
 
 FLOW = "identity_stitch"
+INPUTS = (topics.CLICKSTREAM, topics.POS_SALES)
 
 
 def require_pii_key(config: Config) -> str:
@@ -120,25 +121,15 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         return value if value is not None else ""
 
     flow = Dataflow(FLOW)
-    input_topics = (topics.CLICKSTREAM, topics.POS_SALES)
-    messages, consumer_errors = kafka_messages(
-        "inputs", flow, config, input_topics, until_idle=until_idle
-    )
-    decode = message_decoder(config, FLOW, input_topics, reference, hasher)
 
-    def resolve(batch: list[KafkaSourceMessage[Any, Any]]) -> list[tuple[str, Any]]:
-        """Decode a Kafka batch and resolve its events in one Redis round trip; decoding
-        here rather than in a step of its own saves two hops per event."""
-        out: list[tuple[str, Any]] = []
-        items: list[ClickEvent | PosEvent] = []
-        for decoded in map(decode, batch):
-            if isinstance(decoded, ClickEvent | PosEvent):
-                items.append(decoded)
-            else:
-                out.append(("rejected", decoded))
+    def resolve(batch: list[InputEvent]) -> list[tuple[str, Any]]:
+        """Resolve a Kafka batch's events in one Redis round trip (run inside the decoding
+        step, so no step is paid per event before this)."""
+        items = [e for e in batch if isinstance(e, ClickEvent | PosEvent)]
         resolutions = store().resolve_batch(
             [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
         )
+        out: list[tuple[str, Any]] = []
         now_ms = time.time() * 1000
         lag = PROCESSING_LAG.labels(FLOW)
         for event, resolution in zip(items, resolutions, strict=True):
@@ -151,9 +142,18 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
                 out.append(("change", change_message(change, event.event_id, event.ts_ms)))
         return out
 
-    resolved = op.flat_map_batch("resolve", messages, resolve)
-    split = op.branch("resolved_or_other", resolved, lambda item: item[0] == "resolved")
-    others = op.branch("change_or_rejected", split.falses, lambda item: item[0] == "change")
+    events = kafka_events(
+        "inputs",
+        flow,
+        config,
+        FLOW,
+        INPUTS,
+        reference,
+        until_idle=until_idle,
+        hasher=hasher,
+        per_batch=resolve,
+    )
+    split = op.branch("resolved_or_change", events.oks, lambda item: item[0] == "resolved")
     kafka_output(
         "events_resolved",
         config,
@@ -164,14 +164,9 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         "identity_changes",
         config,
         topics.IDENTITY_CHANGES,
-        op.map("change_message", others.trues, lambda item: item[1]),
+        op.map("change_message", split.falses, lambda item: item[1]),
     )
-    rejections = op.merge(
-        "rejections",
-        op.map("rejection", others.falses, lambda item: item[1]),
-        consumer_errors,
-    )
-    deadletter_output("deadletter", config, FLOW, rejections)
+    deadletter_output("deadletter", config, FLOW, events.errs)
     return flow
 
 

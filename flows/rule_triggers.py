@@ -40,13 +40,7 @@ from connectors.metrics import (
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
-from connectors.streams import (
-    BatchSink,
-    deadletter_output,
-    kafka_messages,
-    kafka_output,
-    message_decoder,
-)
+from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
 from connectors.trigger_inputs import DECODERS, Skipped
 from connectors.triggers import FLOW, coupon_message, replenishment_message
 from flows.logic.clearance_rules import (
@@ -74,7 +68,7 @@ from flows.logic.customer_rules import (
     on_time,
 )
 from flows.logic.customer_rules import Suppressed as CustomerSuppressed
-from flows.logic.events import Origin, Rejection
+from flows.logic.events import Origin
 from flows.logic.reference import ReferenceData
 from flows.logic.rules import RuleSet
 from flows.logic.stock_rules import (
@@ -390,10 +384,6 @@ def build(
         return DECODERS[name](raw, origin, reference)
 
     flow = Dataflow(FLOW)
-    messages, consumer_errors = kafka_messages(
-        "inputs", flow, config, INPUTS, until_idle=until_idle
-    )
-    decode_message = message_decoder(config, FLOW, INPUTS, reference, decoder=decode)
 
     def claim_redeemers(batch: list[Any]) -> list[Any]:
         """Receipts that redeemed a coupon without a loyalty card belong to the coupon's
@@ -413,24 +403,29 @@ def build(
             out.append(item)
         return out
 
-    def decode_batch(batch: list[Any]) -> list[Any]:
-        """Decode a Kafka batch, count what the rules skip, and find the customers of
-        anonymous coupon redemptions: one step, rather than three hops per record."""
-        usable = []
-        for item in map(decode_message, batch):
+    def usable(records: list[Any]) -> list[Any]:
+        """Count what the rules skip and find the customers of anonymous coupon
+        redemptions, once per Kafka batch, inside the decoding step."""
+        kept = []
+        for item in records:
             if isinstance(item, Skipped):
                 TRIGGER_INPUTS_SKIPPED.labels(item.reason).inc()
             else:
-                usable.append(item)
-        return claim_redeemers(usable)
+                kept.append(item)
+        return claim_redeemers(kept)
 
-    decoded = op.branch(
-        "inputs_rejected",
-        op.flat_map_batch("inputs_decode", messages, decode_batch),
-        lambda x: isinstance(x, Rejection),
+    inputs = kafka_events(
+        "inputs",
+        flow,
+        config,
+        FLOW,
+        INPUTS,
+        reference,
+        until_idle=until_idle,
+        decoder=decode,
+        per_batch=usable,
     )
-    records = decoded.falses
-    split = op.branch("customer_or_stock", records, lambda x: isinstance(x, CustomerEvent))
+    split = op.branch("customer_or_stock", inputs.oks, lambda x: isinstance(x, CustomerEvent))
     customer_events = split.trues
     stock_events = split.falses
 
@@ -545,12 +540,7 @@ def build(
             lambda d: replenishment_message(d, int(time.time() * 1000)),
         ),
     )
-    deadletter_output(
-        "deadletter",
-        config,
-        FLOW,
-        op.merge("rejections", decoded.trues, consumer_errors),
-    )
+    deadletter_output("deadletter", config, FLOW, inputs.errs)
     return flow
 
 

@@ -35,9 +35,8 @@ from connectors.streams import (
     BatchSink,
     deadletter_output,
     event_rejection,
-    kafka_messages,
+    kafka_events,
     kafka_output,
-    message_decoder,
 )
 from flows.logic.events import ClickEvent, InputEvent, MovementEvent, PosEvent, Rejection
 from flows.logic.orders import OrderBook, OrderConflict, order_shard, route_order_event
@@ -65,6 +64,7 @@ from omnistream.reference import load_reference
 from state.stock_store import StockStore
 
 FLOW = "stock_pool"
+INPUTS = topics.INPUT_TOPICS
 DAY_MS = 24 * HOUR_MS
 
 
@@ -89,10 +89,6 @@ def movements_of(event: InputEvent) -> list[StockMovement]:
         return movements_of_pos(event)
     assert isinstance(event, MovementEvent)
     return [movement_of_wms(event)]
-
-
-def is_rejection(item: object) -> TypeGuard[Rejection]:
-    return isinstance(item, Rejection)
 
 
 def is_bundle(item: object) -> TypeGuard[Bundle]:
@@ -171,20 +167,18 @@ def _noop() -> None:
 
 
 def bundle_movements(
-    decoded: list[InputEvent | Rejection], shard_of: Callable[[str], str]
-) -> list[Rejection | ClickEvent | Bundle]:
-    """Sort one Kafka batch: rejections and order events go on alone; the movements of till
+    records: list[InputEvent], shard_of: Callable[[str], str]
+) -> list[ClickEvent | Bundle]:
+    """Sort one Kafka batch's valid events: order events go on alone; the movements of till
     receipts and warehouse events are grouped by stock shard, one ``Bundle`` per shard.
 
     Clickstream events other than orders do not touch stock and end here (identity_stitch
     and rule_triggers read them); a malformed one is still dead-lettered by the decoder.
     """
-    out: list[Rejection | ClickEvent | Bundle] = []
+    out: list[ClickEvent | Bundle] = []
     bundles: dict[str, list[StockMovement]] = {}
-    for item in decoded:
-        if isinstance(item, Rejection):
-            out.append(item)
-        elif is_order_event(item):
+    for item in records:
+        if is_order_event(item):
             out.append(item)  # type: ignore[arg-type]
         elif is_stock_event(item):
             for movement in movements_of(item):
@@ -208,19 +202,18 @@ def build(
     stock_shards = config.stock.stock_shards
 
     flow = Dataflow(FLOW)
-    messages, consumer_errors = kafka_messages(
-        "inputs", flow, config, topics.INPUT_TOPICS, until_idle=until_idle
-    )
-    decode = message_decoder(config, FLOW, topics.INPUT_TOPICS, reference)
     shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
-
-    sorted_items = op.flat_map_batch(
-        "inputs_decode",
-        messages,
-        lambda batch: bundle_movements([decode(msg) for msg in batch], shard_of),
+    events = kafka_events(
+        "inputs",
+        flow,
+        config,
+        FLOW,
+        INPUTS,
+        reference,
+        until_idle=until_idle,
+        per_batch=lambda records: bundle_movements(records, shard_of),
     )
-    decoded_split = op.branch("inputs_rejected", sorted_items, is_rejection)
-    work_split = op.branch("bundles", decoded_split.falses, is_bundle)
+    work_split = op.branch("bundles", events.oks, is_bundle)
 
     # Online orders reserve and release; the order book remembers where.
     keyed_orders = op.key_on(
@@ -261,7 +254,7 @@ def build(
 
         def write(batch: list[ShardOutcome]) -> None:
             positions = [p for outcome in batch for p in outcome.positions]
-            store.write_positions(positions, [t for outcome in batch for t in outcome.totals])
+            store.write(positions, [t for outcome in batch for t in outcome.totals])
             now_ms = time.time() * 1000
             for position in positions:
                 lag.observe(max(0.0, (now_ms - position.as_of_ms) / 1000))
@@ -298,8 +291,7 @@ def build(
 
     rejections = op.merge(
         "rejections",
-        decoded_split.trues,
-        consumer_errors,
+        events.errs,
         order_split.falses,
         op.flat_map(
             "too_late", outcomes, lambda o: [too_late_rejection(late) for late in o.refused]

@@ -43,6 +43,7 @@ from connectors import topics
 from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.kafka_clients import ensure_topics, make_consumer
 from connectors.topics import ALL_TOPICS
+from flows import attribution, identity_stitch, rule_triggers, stock_pool
 from omnistream.config import Config, dump_config
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
@@ -173,10 +174,10 @@ def run_until_idle(
 
 #: Topics each flow reads (the bench counts them to know when a tailing flow is done).
 FLOW_INPUTS: dict[str, tuple[str, ...]] = {
-    "stock_pool": topics.INPUT_TOPICS,
-    "identity_stitch": (topics.CLICKSTREAM, topics.POS_SALES),
-    "rule_triggers": (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS),
-    "attribution": (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES),
+    "stock_pool": stock_pool.INPUTS,
+    "identity_stitch": identity_stitch.INPUTS,
+    "rule_triggers": rule_triggers.INPUTS,
+    "attribution": attribution.INPUTS,
 }
 #: A tailing flow that consumed nothing new for this long has stalled: the bench stops.
 STALL_S = 120.0

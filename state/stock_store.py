@@ -73,9 +73,7 @@ class StockStore:
     def close(self) -> None:
         self.client.close()
 
-    def write_positions(
-        self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()
-    ) -> int:
+    def write(self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()) -> int:
         """Write the latest of each position and of each sku's totals in one pipeline (one
         round trip per batch: Redis answers ~10× more commands pipelined than one by one)."""
         latest = {(p.sku, p.location_id): p for p in positions}

@@ -103,7 +103,7 @@ def apply_bundle(
     shares: list[tuple[tuple[str, str], str, SegmentShare]] = []
     for sku, by_location in latest.items():
         sku_state, sku_totals, sku_shares = update_sku_totals(
-            state.skus.get(sku), by_location.values(), reference
+            state.skus.get(sku), sku, by_location.values(), reference
         )
         state.skus[sku] = sku_state
         totals.append(sku_totals)

@@ -115,7 +115,10 @@ def is_low_stock(position: StockPosition, reorder_point: int) -> bool:
 
 
 def update_sku_totals(
-    state: SkuTotalsState | None, positions: Iterable[StockPosition], reference: ReferenceData
+    state: SkuTotalsState | None,
+    sku: str,
+    positions: Iterable[StockPosition],
+    reference: ReferenceData,
 ) -> tuple[SkuTotalsState, SkuTotals, list[tuple[tuple[str, str], SegmentShare]]]:
     """Replace the positions of one sku's locations (each location's latest) in its totals.
 
@@ -126,9 +129,9 @@ def update_sku_totals(
     if state is None:
         state = SkuTotalsState()
     touched: dict[tuple[str, str], SegmentShare] = {}
+    reorder_point = reference.products[sku].reorder_point
     for position in positions:
         location = reference.locations[position.location_id]
-        reorder_point = reference.products[position.sku].reorder_point
         old = state.positions.get(position.location_id)
         state.positions[position.location_id] = position
         old_figures, new_figures = Figures.of(old), Figures.of(position)
@@ -141,7 +144,6 @@ def update_sku_totals(
         )
         state.segments[segment] = touched[segment] = share
         state.as_of_ms = max(state.as_of_ms, position.as_of_ms)
-    sku = next(iter(state.positions.values())).sku
     totals = SkuTotals(sku, state.total, dict(state.regions), state.as_of_ms)
     return state, totals, list(touched.items())
 
