@@ -15,6 +15,12 @@ Rules (each has a test):
   event resolves to the customer of the first usable one.
 - Two customers merge when an event links them; the older one (first seen, then smaller id)
   keeps its id and takes every identifier of the other.
+- A customer's id is the one its oldest event (event time, then the smaller minted id) mints,
+  whatever order the events arrive in: the id, like the grouping, is a function of the
+  events alone, so a restart or a rebuild that reads partitions in another interleaving ends
+  with the same ``omni:id:*`` values. An event older than its customer (a late arrival from
+  another partition) therefore renames the customer, reported as a ``merged`` change from the
+  old id — the same change subscribers already follow for merges.
 - A merge (or a new identifier) that would give one customer two different ``user`` or two
   different ``member`` identifiers is refused and reported as a ``conflict``: a shared
   device must not fuse strangers. So is one that would exceed a per-type limit.
@@ -250,9 +256,6 @@ def link_identifiers(
             linked.append(ident)
             continue
         survivor, absorbed = sorted([target, other], key=Customer.age_key)
-        if created and survivor is target:
-            # A customer minted by this very event is never older than a known one.
-            survivor, absorbed = other, target
         survivor.identifiers |= absorbed.identifiers
         for moved in absorbed.identifiers:
             graph.owners[moved] = survivor.customer_id
@@ -277,6 +280,26 @@ def link_identifiers(
         target = survivor
     if linked:
         changes.insert(0, IdentityChange("linked", target.customer_id, tuple(linked)))
+    minted_id = new_customer_id(event_id, primary)
+    if (ts_ms, minted_id) < target.age_key():
+        # This event is older than everything its customer was built from (it arrived
+        # late, from another partition): the customer takes the id this event would have
+        # minted had it arrived first, so ids do not depend on arrival order.
+        renamed = Customer(minted_id, ts_ms, target.identifiers)
+        del graph.customers[target.customer_id]
+        graph.customers[minted_id] = renamed
+        for moved in renamed.identifiers:
+            graph.owners[moved] = minted_id
+        absorbed_into[target.customer_id] = minted_id
+        changes.append(
+            IdentityChange(
+                "merged",
+                minted_id,
+                tuple(sorted(renamed.identifiers)),
+                merged_from=(target.customer_id,),
+            )
+        )
+        target = renamed
     if absorbed_into:  # conflicts and sightings name the customers that still exist
         conflicts = [
             dataclasses.replace(c, customer_id=_final(c.customer_id, absorbed_into))

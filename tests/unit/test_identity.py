@@ -182,6 +182,76 @@ def test_without_conflicts_customers_are_the_connected_components(
     assert not graph.blocked
 
 
+@st.composite
+def timed_streams_in_two_orders(
+    draw: st.DrawFn,
+) -> tuple[list[tuple[str, int, list[str]]], list[tuple[str, int, list[str]]]]:
+    """Conflict-free events with event times (ties included), and the same events in another
+    arrival order, as two partitions read in another interleaving would deliver them."""
+    stream = draw(conflict_free_streams())
+    times = draw(st.lists(st.integers(0, 20), min_size=len(stream), max_size=len(stream)))
+    events = [
+        (f"e{n}", T0 + t * MINUTE, ids)
+        for n, (t, ids) in enumerate(zip(times, stream, strict=True))
+    ]
+    return events, draw(st.permutations(events))
+
+
+@settings(max_examples=300, deadline=None)
+@given(timed_streams_in_two_orders())
+def test_customer_ids_do_not_depend_on_the_arrival_order(
+    orders: tuple[list[tuple[str, int, list[str]]], list[tuple[str, int, list[str]]]],
+) -> None:
+    """Each customer ends with the id its oldest event mints, however the events arrive, so
+    a restart reading the partitions in another interleaving ends with the same keys."""
+    graphs = []
+    for events in orders:
+        graph = IdentityGraph()
+        for event_id, ts, identifiers in events:
+            link(graph, event_id, *identifiers, ts=ts, policy=UNLIMITED)
+        assert_consistent(graph)
+        graphs.append(graph)
+    first, second = graphs
+    assert first.owners == second.owners
+    assert {c: v.first_seen_ms for c, v in first.customers.items()} == {
+        c: v.first_seen_ms for c, v in second.customers.items()
+    }
+    for customer_id, customer in first.customers.items():  # the oldest event's id, in order
+        oldest = min(
+            (ts, new_customer_id(event_id, by_priority(ids)[0]))
+            for event_id, ts, ids in orders[0]
+            if set(ids) <= customer.identifiers
+        )
+        assert (customer.first_seen_ms, customer_id) == oldest
+
+
+def test_an_older_event_arriving_late_renames_its_customer_as_a_merge() -> None:
+    graph = IdentityGraph()
+    later = link(graph, "e-later", "anon:a", "anon:b", ts=T0 + MINUTE).customer_id
+    late_arrival = link(graph, "e-earlier", "anon:b", ts=T0)
+    renamed = new_customer_id("e-earlier", "anon:b")
+    assert late_arrival.customer_id == renamed != later
+    assert not late_arrival.created
+    (merged,) = late_arrival.changes
+    assert merged == IdentityChange("merged", renamed, ("anon:a", "anon:b"), merged_from=(later,))
+    assert graph.owners == {"anon:a": renamed, "anon:b": renamed}
+    assert graph.customers[renamed].first_seen_ms == T0 and later not in graph.customers
+    assert link(graph, "e-earlier", "anon:b", ts=T0).changes == ()  # a replay changes nothing
+
+
+def test_an_older_event_minting_a_customer_absorbs_the_younger_one() -> None:
+    graph = IdentityGraph()
+    later = link(graph, "e-later", "anon:a", ts=T0 + MINUTE).customer_id
+    late_arrival = link(graph, "e-earlier", "anon:a", "order:1", ts=T0)
+    minted = new_customer_id("e-earlier", "order:1")  # order outranks anon
+    assert late_arrival.customer_id == minted and late_arrival.created
+    assert late_arrival.changes == (
+        IdentityChange("linked", minted, ("order:1",)),
+        IdentityChange("merged", minted, ("anon:a",), merged_from=(later,)),
+    )
+    assert graph.owners == {"anon:a": minted, "order:1": minted}
+
+
 JUNK_POOL = ("anon:null", "anon:", "member:0", "order:-1", "user:undefined")
 
 
@@ -381,7 +451,7 @@ def test_a_custom_junk_pattern_is_refused_too() -> None:
 def test_the_highest_priority_identifier_is_skipped_when_it_is_junk() -> None:
     graph = IdentityGraph()
     device = link(graph, "e1", "anon:dev").customer_id
-    resolution = link(graph, "e2", "user:undefined", "anon:dev")
+    resolution = link(graph, "e2", "user:undefined", "anon:dev", ts=T0 + MINUTE)
     assert resolution.customer_id == device
     assert resolution.junk == ("user:undefined",)
 
@@ -580,8 +650,8 @@ def test_an_identifier_beyond_its_type_limit_is_refused() -> None:
 def test_a_merge_beyond_a_type_limit_is_refused() -> None:
     graph = IdentityGraph()
     ann = link(graph, "e1", "user:ann", "anon:a1", "anon:a2", policy=TWO_ANON).customer_id
-    other = link(graph, "e2", "phone:p", "anon:b1", policy=TWO_ANON).customer_id
-    merge = link(graph, "e3", "user:ann", "phone:p", policy=TWO_ANON)
+    other = link(graph, "e2", "phone:p", "anon:b1", ts=T0 + MINUTE, policy=TWO_ANON).customer_id
+    merge = link(graph, "e3", "user:ann", "phone:p", ts=T0 + 2 * MINUTE, policy=TWO_ANON)
     assert conflict_reasons(merge) == ["limit_anon"]
     assert of_kind(merge, "merged") == []
     assert graph.owners["phone:p"] == graph.owners["anon:b1"] == other != ann

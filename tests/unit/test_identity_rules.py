@@ -178,15 +178,15 @@ def test_erasure_forgets_every_identifier_and_a_later_event_starts_afresh() -> N
 def test_store_pickup_joins_the_member_to_the_online_customer() -> None:
     graph = IdentityGraph()
     online = link(graph, "o1", "anon:dev", "user:cat", "order:100").customer_id
-    pickup = link(graph, "p1", "member:m-cat", "order:100")
+    pickup = link(graph, "p1", "member:m-cat", "order:100", ts=T0 + 1)
     assert pickup.customer_id == online == graph.owners["member:m-cat"]
 
 
 def test_event_resolves_to_its_highest_priority_identifier() -> None:
     graph = IdentityGraph()
     ann = link(graph, "e1", "user:ann", "email:e").customer_id
-    bob = link(graph, "e2", "user:bob").customer_id
-    mixed = link(graph, "e3", "email:e", "user:bob")  # user outranks email
+    bob = link(graph, "e2", "user:bob", ts=T0 + 1).customer_id
+    mixed = link(graph, "e3", "email:e", "user:bob", ts=T0 + 2)  # user outranks email
     assert mixed.customer_id == bob != ann
 
 
