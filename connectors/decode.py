@@ -9,10 +9,9 @@ hashes here (when a hasher is given) and dropped otherwise; they never travel fu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -73,43 +72,60 @@ class _Fields:
     def _get(self, key: str, required: bool) -> Any:
         value = self.data.get(key)
         if value is None and required:
-            raise Invalid("missing_field", f"missing field `{self._name(key)}`")
+            self._missing(key)
         return value
+
+    # Each accessor returns a well-formed value on its first line and leaves every other
+    # case, with its reason code, to ``_refuse_*``: nine fields per event pass through here,
+    # and one call per field instead of three was a quarter of the decoding time.
 
     def string(self, key: str, required: bool = True, max_chars: int = MAX_ID_CHARS) -> str | None:
-        value = self._get(key, required)
-        if value is None:
+        value = self.data.get(key)
+        if type(value) is str and 0 < len(value) <= max_chars and not value.isspace():
+            return value
+        if value is None and not required:
             return None
-        if not isinstance(value, str):
-            raise Invalid("bad_type", f"`{self._name(key)}` must be a string")
-        if not value.strip() or len(value) > max_chars:
-            raise Invalid("bad_value", f"`{self._name(key)}` must be 1..{max_chars} characters")
-        return value
+        self._refuse_string(key, value, max_chars)
 
     def req_string(self, key: str, max_chars: int = MAX_ID_CHARS) -> str:
-        value = self.string(key, True, max_chars)
-        assert value is not None
-        return value
+        value = self.data.get(key)
+        if type(value) is str and 0 < len(value) <= max_chars and not value.isspace():
+            return value
+        self._refuse_string(key, value, max_chars)
+
+    def _refuse_string(self, key: str, value: Any, max_chars: int) -> NoReturn:
+        if value is None:
+            self._missing(key)
+        if not isinstance(value, str):
+            raise Invalid("bad_type", f"`{self._name(key)}` must be a string")
+        raise Invalid("bad_value", f"`{self._name(key)}` must be 1..{max_chars} characters")
+
+    def _missing(self, key: str) -> NoReturn:
+        raise Invalid("missing_field", f"missing field `{self._name(key)}`")
 
     def integer(self, key: str, required: bool = True) -> int | None:
-        value = self._get(key, required)
+        value = self.data.get(key)
+        if type(value) is int and -1_000_000_000 <= value <= 1_000_000_000:
+            return value
         if value is None:
+            if required:
+                self._missing(key)
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid("bad_type", f"`{self._name(key)}` must be an integer")
-        if abs(value) > 1_000_000_000:
-            raise Invalid("bad_value", f"`{self._name(key)}` is out of range")
-        return value
+        raise Invalid("bad_value", f"`{self._name(key)}` is out of range")
 
     def number(self, key: str, required: bool = True) -> float | None:
-        value = self._get(key, required)
+        value = self.data.get(key)
+        if (type(value) is float or type(value) is int) and 0 <= value <= 1e12:
+            return float(value)  # NaN fails the comparison; orjson refuses Infinity
         if value is None:
+            if required:
+                self._missing(key)
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid("bad_type", f"`{self._name(key)}` must be a number")
-        if not math.isfinite(value) or value < 0 or value > 1e12:
-            raise Invalid("bad_value", f"`{self._name(key)}` must be a finite number ≥ 0")
-        return float(value)
+        raise Invalid("bad_value", f"`{self._name(key)}` must be a finite number ≥ 0")
 
     def obj(self, key: str, required: bool = True) -> _Fields | None:
         value = self._get(key, required)

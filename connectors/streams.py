@@ -23,7 +23,7 @@ from connectors.envelopes import deadletter_record
 from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
 from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
 from connectors.topics import DEADLETTER
-from flows.logic.events import InputEvent, Origin, Rejection
+from flows.logic.events import Origin, Rejection
 from flows.logic.reference import ReferenceData
 from omnistream.config import Config
 
@@ -101,12 +101,12 @@ def kafka_events(
         add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
         batch_size=config.kafka.batch_size,
     )
-    decode = _message_decoder(config, flow_name, topic_names, reference, hasher, decoder)
+    decode_all = _batch_decoder(config, flow_name, topic_names, reference, hasher, decoder)
 
     def decode_batch(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
         out: list[Any] = []
         records: list[Any] = []
-        for item in map(decode, batch):
+        for item in decode_all(batch):
             (out if isinstance(item, Rejection) else records).append(item)
         out += per_batch(records) if per_batch is not None else records
         return out
@@ -126,29 +126,36 @@ def kafka_events(
     return EventStreams(oks=split.falses, errs=errs)
 
 
-def _message_decoder(
+def _batch_decoder(
     config: Config,
     flow_name: str,
     topic_names: Sequence[str],
     reference: ReferenceData,
     hasher: PiiHasher | None,
     decoder: Callable[[str, bytes, Origin], Any] | None,
-) -> Callable[[KafkaSourceMessage[Any, Any]], Any]:
-    """message → record or ``Rejection``, counting what each flow consumed per topic."""
+) -> Callable[[list[KafkaSourceMessage[Any, Any]]], list[Any]]:
+    """messages → records or ``Rejection``s, counting what each flow consumed per topic once
+    per batch (a counter increment per message takes a lock each time)."""
     # Per-topic lookups done once, not per message (this runs for every input message).
     names = {config.topic(name): name for name in topic_names}
-    consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
 
-    def decode(msg: KafkaSourceMessage[Any, Any]) -> InputEvent | Rejection:
-        topic = msg.topic or ""
-        name = names.get(topic) or _unprefixed(config, topic)
-        (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc()
-        origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
-        if decoder is not None:
-            return decoder(name, msg.value or b"", origin)  # type: ignore[no-any-return]
-        return decode_message(name, msg.value, origin, reference, hasher)
+    def decode_all(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
+        out: list[Any] = []
+        counts: dict[str, int] = {}
+        for msg in batch:
+            topic = msg.topic or ""
+            name = names.get(topic) or _unprefixed(config, topic)
+            counts[name] = counts.get(name, 0) + 1
+            origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
+            if decoder is not None:
+                out.append(decoder(name, msg.value or b"", origin))
+            else:
+                out.append(decode_message(name, msg.value, origin, reference, hasher))
+        for name, count in counts.items():
+            EVENTS_CONSUMED.labels(flow_name, name).inc(count)
+        return out
 
-    return decode
+    return decode_all
 
 
 def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> Rejection:

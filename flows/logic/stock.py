@@ -58,7 +58,7 @@ class StockPolicy:
     reservation_ttl_ms: int = 30 * DAY_MS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per movement (see flows.logic.events)
 class StockMovement:
     """One line of one event, at one sku × location.
 
@@ -85,7 +85,7 @@ def stock_key(sku: str, location_id: str) -> str:
     return f"{sku}:{location_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per movement (see flows.logic.events)
 class StockPosition:
     """Absolute figures of one sku × location after a change."""
 
