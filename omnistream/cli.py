@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start an embedded broker and Redis and measure: a raw confluent-kafka "
         "consumer and a plain Bytewax pipeline over a generated stream (the references), each "
         "flow's events/s on the same stream with its inputs preloaded (and the ratio to the "
-        "reference) and peak memory, then trigger latency and stock freshness with all flows "
+        "reference, run again after each flow and averaged over the runs around it) and peak "
+        "memory, then trigger latency and stock freshness with all flows "
         "live at a steady offered rate. Prints a table; --json writes the figures.",
     )
     from omnistream.bench import add_bench_arguments

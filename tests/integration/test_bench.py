@@ -26,9 +26,13 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert figures["events"] == 20000
     assert figures["reference_eps"] > 0 and figures["raw_ceiling_eps"] > 0
     assert set(figures["flows"]) == set(FLOWS)
+    runs = figures["reference_runs"]  # before each flow and after the last
+    assert len(runs) == len(FLOWS) + 1 and min(runs) > 0
+    assert min(runs) <= figures["reference_eps"] <= max(runs)
     for name in FLOWS:
         row = figures["flows"][name]
         assert row["eps"] > 0 and row["ratio"] > 0 and row["peak_rss_mb"] > 0, (name, row)
+        assert row["ratio"] == pytest.approx(row["eps"] / row["reference_eps"], abs=0.001)
     latency = figures["latency"]
     assert latency["offered_eps"] == 1000
     for key in ("trigger_p50_ms", "trigger_p99_ms", "stock_freshness_p99_ms"):
