@@ -78,6 +78,7 @@ def kafka_events(
     hasher: PiiHasher | None = None,
     decoder: Callable[[str, bytes, Origin], Any] | None = None,
     per_batch: Callable[[list[Any]], list[Any]] | None = None,
+    only_types: frozenset[str] | None = None,
 ) -> EventStreams:
     """Consume the (prefixed) input topics and decode every message.
 
@@ -90,7 +91,8 @@ def kafka_events(
     more than most of what a flow then does with it. ``per_batch(records)`` turns a batch's
     valid records into what the flow works on (movements grouped by shard, events resolved
     in one Redis round trip …) in that same step; a ``Rejection`` it returns is dead-lettered
-    like the decoder's.
+    like the decoder's. ``only_types`` limits full decoding to those event types (see
+    ``decode_message``); events of other types are counted as consumed and go no further.
     """
     source = kop.input(
         step_id,
@@ -101,7 +103,9 @@ def kafka_events(
         add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
         batch_size=config.kafka.batch_size,
     )
-    decode_all = _batch_decoder(config, flow_name, topic_names, reference, hasher, decoder)
+    decode_all = _batch_decoder(
+        config, flow_name, topic_names, reference, hasher, decoder, only_types
+    )
 
     def decode_batch(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
         out: list[Any] = []
@@ -133,6 +137,7 @@ def _batch_decoder(
     reference: ReferenceData,
     hasher: PiiHasher | None,
     decoder: Callable[[str, bytes, Origin], Any] | None,
+    only_types: frozenset[str] | None,
 ) -> Callable[[list[KafkaSourceMessage[Any, Any]]], list[Any]]:
     """messages → records or ``Rejection``s, counting what each flow consumed per topic once
     per batch (a counter increment per message takes a lock each time)."""
@@ -149,8 +154,10 @@ def _batch_decoder(
             origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
             if decoder is not None:
                 out.append(decoder(name, msg.value or b"", origin))
-            else:
-                out.append(decode_message(name, msg.value, origin, reference, hasher))
+                continue
+            record = decode_message(name, msg.value, origin, reference, hasher, only_types)
+            if record is not None:
+                out.append(record)
         for name, count in counts.items():
             EVENTS_CONSUMED.labels(flow_name, name).inc(count)
         return out

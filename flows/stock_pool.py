@@ -38,7 +38,15 @@ from connectors.streams import (
     kafka_events,
     kafka_output,
 )
-from flows.logic.events import ClickEvent, InputEvent, MovementEvent, PosEvent, Rejection
+from flows.logic.events import (
+    MOVEMENT_EVENT_TYPES,
+    POS_EVENT_TYPES,
+    ClickEvent,
+    InputEvent,
+    MovementEvent,
+    PosEvent,
+    Rejection,
+)
 from flows.logic.orders import OrderBook, OrderConflict, order_shard, route_order_event
 from flows.logic.reference import ReferenceData
 from flows.logic.stock import (
@@ -65,6 +73,11 @@ from state.stock_store import StockStore
 
 FLOW = "stock_pool"
 INPUTS = topics.INPUT_TOPICS
+ORDER_EVENT_TYPES = frozenset({"order_placed", "order_cancelled"})
+#: What stock_pool decodes in full: orders from the clickstream, every till and warehouse
+#: event. Other clickstream events are checked up to their type and skipped (their bodies
+#: are identity_stitch's to validate and dead-letter).
+DECODED_TYPES = ORDER_EVENT_TYPES | POS_EVENT_TYPES | MOVEMENT_EVENT_TYPES
 DAY_MS = 24 * HOUR_MS
 
 
@@ -77,7 +90,7 @@ def policy_of(config: Config) -> StockPolicy:
 
 
 def is_order_event(event: InputEvent) -> bool:
-    return isinstance(event, ClickEvent) and event.event_type in {"order_placed", "order_cancelled"}
+    return isinstance(event, ClickEvent) and event.event_type in ORDER_EVENT_TYPES
 
 
 def is_stock_event(event: InputEvent) -> bool:
@@ -172,8 +185,8 @@ def bundle_movements(
     """Sort one Kafka batch's valid events: order events go on alone; the movements of till
     receipts and warehouse events are grouped by stock shard, one ``Bundle`` per shard.
 
-    Clickstream events other than orders do not touch stock and end here (identity_stitch
-    and rule_triggers read them); a malformed one is still dead-lettered by the decoder.
+    Clickstream events other than orders do not touch stock: the decoder already skipped
+    them (``DECODED_TYPES``), and any that still come are dropped here.
     """
     out: list[ClickEvent | Bundle] = []
     bundles: dict[str, list[StockMovement]] = {}
@@ -212,6 +225,7 @@ def build(
         reference,
         until_idle=until_idle,
         per_batch=lambda records: bundle_movements(records, shard_of),
+        only_types=DECODED_TYPES,
     )
     work_split = op.branch("bundles", events.oks, is_bundle)
 

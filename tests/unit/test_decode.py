@@ -203,3 +203,33 @@ def test_deadletter_raw_is_capped_at_64_kib() -> None:
 
 def test_mask_pii_handles_escaped_quotes() -> None:
     assert "secret" not in mask_pii('{"email": "se\\"cret@x.io"}')
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # A product view with a broken body: not stock_pool's to decode (identity_stitch
+        # dead-letters it), so it is skipped without a rejection.
+        ({"event_type": "product_view", "sku": 7, "anonymous_id": ""}, None),
+        # An order with the same kind of fault is stock_pool's: refused as usual.
+        ({"event_type": "order_placed", "lines": "none"}, "missing_field"),
+        # Faults up to the event type are refused whatever the type.
+        ({"event_type": "product_view", "event_id": None}, "missing_field"),
+        ({"event_type": "product_view", "ts": None}, "missing_field"),
+        ({"event_type": "receipt"}, "unknown_event_type"),
+        (b"{not json", "malformed_json"),
+    ],
+)
+def test_only_the_listed_event_types_are_decoded_in_full(
+    payload: dict | bytes, expected: str | None
+) -> None:
+    if isinstance(payload, dict):
+        base = {"event_id": "c1", "ts": "2026-11-22T02:15:30Z", "channel": "app"}
+        payload = orjson.dumps({k: v for k, v in {**base, **payload}.items() if v is not None})
+    only = frozenset({"order_placed", "order_cancelled"})
+    result = decode_message("clickstream", payload, ORIGIN, REF, only_types=only)
+    if expected is None:
+        assert result is None
+        assert isinstance(decode("clickstream", payload), Rejection)  # without the filter
+    else:
+        assert isinstance(result, Rejection) and result.reason == expected
