@@ -124,7 +124,13 @@ def kind_of(ident: str) -> str:
 def by_priority(identifiers: Iterable[str]) -> list[str]:
     """Distinct identifiers, highest priority first (stable within a type)."""
     unique = list(dict.fromkeys(identifiers))
-    return sorted(unique, key=lambda ident: _RANK[kind_of(ident)])
+    if len(unique) > 1:
+        unique.sort(key=_rank_of)
+    return unique
+
+
+def _rank_of(ident: str) -> int:
+    return _RANK[ident.partition(":")[0]]
 
 
 @dataclass(slots=True)
@@ -280,8 +286,10 @@ def link_identifiers(
         target = survivor
     if linked:
         changes.insert(0, IdentityChange("linked", target.customer_id, tuple(linked)))
-    minted_id = new_customer_id(event_id, primary)
-    if (ts_ms, minted_id) < target.age_key():
+    if (
+        ts_ms <= target.first_seen_ms
+        and (ts_ms, minted_id := new_customer_id(event_id, primary)) < target.age_key()
+    ):
         # This event is older than everything its customer was built from (it arrived
         # late, from another partition): the customer takes the id this event would have
         # minted had it arrived first, so ids do not depend on arrival order.
