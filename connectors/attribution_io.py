@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bytewax.connectors.kafka import KafkaSinkMessage
-
 from connectors import topics
 from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
-from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from flows.logic.attribution import ConvertedPath, Credits, Touch
 from flows.logic.events import Origin, Rejection
 from flows.logic.timeparse import format_event_time
@@ -125,7 +123,7 @@ DECODERS = {
 
 def credits_message(
     converted: ConvertedPath, credited: Credits, origin_key: bytes | None = None
-) -> KafkaSinkMessage[bytes | None, bytes]:
+) -> OutMessage:
     data = {
         "conversion_id": converted.conversion_id,
         "customer_id": converted.customer_id,
@@ -147,4 +145,4 @@ def credits_message(
         data=data,
     )
     key = converted.customer_id.encode() if converted.customer_id else origin_key
-    return KafkaSinkMessage(key=key, value=value)
+    return OutMessage(key=key, value=value)

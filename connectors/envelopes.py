@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -17,6 +17,18 @@ from flows.logic.timeparse import format_event_time
 
 MAX_RAW_CHARS = 64 * 1024
 SOURCE_PREFIX = "omnistream"
+
+
+class OutMessage(NamedTuple):
+    """One message for an output topic, as ``connectors.streams.kafka_output`` produces it.
+
+    A plain pair rather than Bytewax's ``KafkaSinkMessage`` (a frozen dataclass with a
+    headers list): the flows publish one or more per input event, and building those cost
+    about 4 µs each, a tenth of identity_stitch's time."""
+
+    key: bytes | None
+    value: bytes
+
 
 #: Values of these keys are PII and are masked wherever they appear in dead letters, whatever
 #: the quoting: JSON, JSON escaped inside a string, Python reprs, key=value text.

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import bytewax.operators as op
 import orjson
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Producer
 
 from connectors.decode import PiiHasher, decode_message
-from connectors.envelopes import deadletter_record
+from connectors.envelopes import OutMessage, deadletter_record
 from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
 from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
 from connectors.topics import DEADLETTER
@@ -143,6 +144,8 @@ def _batch_decoder(
     per batch (a counter increment per message takes a lock each time)."""
     # Per-topic lookups done once, not per message (this runs for every input message).
     names = {config.topic(name): name for name in topic_names}
+    # Created up front so every input's series exists (at 0) before its first message.
+    consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
 
     def decode_all(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
         out: list[Any] = []
@@ -159,7 +162,7 @@ def _batch_decoder(
             if record is not None:
                 out.append(record)
         for name, count in counts.items():
-            EVENTS_CONSUMED.labels(flow_name, name).inc(count)
+            (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc(count)
         return out
 
     return decode_all
@@ -173,24 +176,58 @@ def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> R
 def deadletter_output(
     step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection]
 ) -> None:
-    def encode(rejection: Rejection) -> KafkaSinkMessage[bytes | None, bytes]:
+    def encode(rejection: Rejection) -> OutMessage:
         DEADLETTERS.labels(flow_name, rejection.reason).inc()
         key, value = deadletter_record(rejection, flow_name)
-        return KafkaSinkMessage(key=key, value=value)
+        return OutMessage(key=key, value=value)
 
     kafka_output(step_id, config, DEADLETTER, op.map(f"{step_id}_encode", rejections, encode))
 
 
 def kafka_output(
-    step_id: str, config: Config, topic_name: str, messages: Stream[KafkaSinkMessage[Any, Any]]
+    step_id: str, config: Config, topic_name: str, messages: Stream[OutMessage]
 ) -> None:
-    kop.output(
-        step_id,
-        messages,
-        brokers=brokers(config),
-        topic=config.topic(topic_name),
+    sink = PairSink(
+        brokers(config),
+        config.topic(topic_name),
         add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
     )
+    # PairSink subclasses KafkaSink for its producer but takes OutMessage pairs.
+    op.output(step_id, messages, cast("DynamicSink[OutMessage]", sink))
+
+
+class _PairPartition(StatelessSinkPartition[OutMessage]):
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    def write_batch(self, items: list[OutMessage]) -> None:
+        produce = self._producer.produce
+        for key, value in items:
+            while True:
+                try:
+                    produce(self._topic, value, key)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self._producer.poll(0.1)
+        # Delivered before Bytewax moves on (and may snapshot past the batch): at least once.
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class PairSink(KafkaSink):
+    """Bytewax's ``KafkaSink`` (the same producer, built the same way from ``add_config``)
+    for ``OutMessage`` pairs: it skips the per-message conversion step and dataclass, the
+    empty headers list and the ``poll`` per message that Bytewax's sink pays, and still
+    flushes each batch."""
+
+    def build(  # type: ignore[override]
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> _PairPartition:
+        partition = super().build(step_id, worker_index, worker_count)
+        return _PairPartition(partition._producer, self._topic or "")
 
 
 class _BatchPartition(StatelessSinkPartition[X], Generic[X]):

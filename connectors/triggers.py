@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSinkMessage
-
-from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.metrics import TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
 from flows.logic.customer_rules import CouponDecision
 from flows.logic.rules import RuleSet
@@ -67,9 +65,7 @@ def coupon_data(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -> d
     return data
 
 
-def coupon_message(
-    decision: CouponDecision, rules: RuleSet, fired_at_ms: int
-) -> KafkaSinkMessage[bytes, bytes]:
+def coupon_message(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -> OutMessage:
     """A coupon for triggers.coupon, or for triggers.holdout when the customer drew control."""
     kind = "holdout" if decision.holdout else "coupon"
     value = cloud_event(
@@ -90,12 +86,10 @@ def coupon_message(
         TRIGGER_LATENCY.labels(decision.rule_id).observe(
             max(0.0, (fired_at_ms - decision.sent_at_ms) / 1000)
         )
-    return KafkaSinkMessage(key=decision.customer_id.encode(), value=value)
+    return OutMessage(key=decision.customer_id.encode(), value=value)
 
 
-def replenishment_message(
-    decision: StockDecision, fired_at_ms: int
-) -> KafkaSinkMessage[bytes, bytes]:
+def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessage:
     key = f"{decision.sku}:{decision.location_id}"
     data = {
         "rule_id": decision.rule_id,
@@ -124,4 +118,4 @@ def replenishment_message(
     TRIGGER_LATENCY.labels(decision.rule_id).observe(
         max(0.0, (fired_at_ms - decision.event_time_ms) / 1000)
     )
-    return KafkaSinkMessage(key=key.encode(), value=value)
+    return OutMessage(key=key.encode(), value=value)

@@ -17,11 +17,10 @@ import time
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
 from connectors import topics
-from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.metrics import (
     IDENTITY_CONFLICTS,
     IDENTITY_CUSTOMERS_CREATED,
@@ -72,9 +71,7 @@ def count_resolution(resolution: Resolution) -> None:
             IDENTITY_CONFLICTS.labels(change.reason or "unknown").inc()
 
 
-def change_message(
-    change: IdentityChange, cause: str, time_ms: int
-) -> KafkaSinkMessage[bytes, bytes]:
+def change_message(change: IdentityChange, cause: str, time_ms: int) -> OutMessage:
     """The id is derived from the cause, the kind and the identifiers, not the position in
     the event's list of changes, so a replay republishes the same id."""
     data = {
@@ -93,14 +90,12 @@ def change_message(
         time_ms=time_ms,
         data=data,
     )
-    return KafkaSinkMessage(key=change.customer_id.encode(), value=value)
+    return OutMessage(key=change.customer_id.encode(), value=value)
 
 
-def resolved_message(
-    event: ClickEvent | PosEvent, customer_id: str | None
-) -> KafkaSinkMessage[bytes | None, bytes]:
+def resolved_message(event: ClickEvent | PosEvent, customer_id: str | None) -> OutMessage:
     key = customer_id.encode() if customer_id else event.origin.key
-    return KafkaSinkMessage(key=key, value=resolved_event(event, customer_id))
+    return OutMessage(key=key, value=resolved_event(event, customer_id))
 
 
 def build(config: Config, *, until_idle: bool = False) -> Dataflow:

@@ -27,11 +27,11 @@ from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 
 from connectors import topics
+from connectors.envelopes import OutMessage
 from connectors.event_clock import EventClock, clocks
 from connectors.live_rules import LiveRules
 from connectors.metrics import (
@@ -495,7 +495,7 @@ def build(
     coupons = op.filter("coupons", everything, lambda x: isinstance(x, CouponDecision))
     coupon_split = op.branch("coupon_or_holdout", coupons, lambda d: not d.holdout)
 
-    def coupon_out(decision: CouponDecision) -> KafkaSinkMessage[bytes, bytes]:
+    def coupon_out(decision: CouponDecision) -> OutMessage:
         now_ms = int(time.time() * 1000)
         PROCESSING_LAG.labels(FLOW).observe(max(0.0, (now_ms - decision.sent_at_ms) / 1000))
         return coupon_message(decision, ctx.rules.current(), now_ms)

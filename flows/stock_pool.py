@@ -25,11 +25,10 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 
 from connectors import topics
-from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
 from connectors.streams import (
     BatchSink,
@@ -137,9 +136,7 @@ def too_late_rejection(late: object) -> Rejection:
     )
 
 
-def stock_changed_message(
-    position: StockPosition, reference: ReferenceData
-) -> KafkaSinkMessage[bytes, bytes]:
+def stock_changed_message(position: StockPosition, reference: ReferenceData) -> OutMessage:
     key = f"{position.sku}:{position.location_id}"
     data = {
         "sku": position.sku,
@@ -161,7 +158,7 @@ def stock_changed_message(
         time_ms=position.as_of_ms,
         data=data,
     )
-    return KafkaSinkMessage(key=key.encode(), value=value)
+    return OutMessage(key=key.encode(), value=value)
 
 
 def publish_segments(batch: list[SegmentTotals]) -> None:

@@ -204,7 +204,7 @@ def test_no_module_builds_a_kafka_client_outside_the_factories() -> None:
                 and func.attr in {"input", "output"}
                 and isinstance(func.value, ast.Name)
                 and func.value.id == "kop"
-            ) or name in {"KafkaSource", "KafkaSink"}
+            ) or name in {"KafkaSource", "KafkaSink", "PairSink"}
             if is_kop:
                 bytewax_calls += 1
                 add_config = next((k.value for k in node.keywords if k.arg == "add_config"), None)

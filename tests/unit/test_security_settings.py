@@ -11,6 +11,7 @@ import pytest
 import redis
 from bytewax.connectors.kafka import operators as kop
 
+from connectors import streams
 from connectors.kafka_clients import client_settings
 from omnistream.config import Config
 from omnistream.runner import FLOWS
@@ -28,18 +29,19 @@ SECURE = {
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     seen: list[tuple[str, dict[str, Any]]] = []
-    real_input, real_output = kop.input, kop.output
+    real_input = kop.input
 
     def spy_input(*args: Any, **kwargs: Any) -> Any:
         seen.append(("source", kwargs))
         return real_input(*args, **kwargs)
 
-    def spy_output(*args: Any, **kwargs: Any) -> Any:
-        seen.append(("sink", kwargs))
-        return real_output(*args, **kwargs)
+    class SpySink(streams.PairSink):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(("sink", kwargs))
+            super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(kop, "input", spy_input)
-    monkeypatch.setattr(kop, "output", spy_output)
+    monkeypatch.setattr(streams, "PairSink", SpySink)
     return seen
 
 
