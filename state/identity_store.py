@@ -56,10 +56,17 @@ MAX_ATTEMPTS = 50
 _APPLY = """
 local doc = cjson.decode(ARGV[1])
 local ttl = tonumber(ARGV[2])
-for _, check in ipairs(doc.owners) do
-  local current = redis.call('GET', check[1])
-  if current == false then current = '' end
-  if current ~= check[2] then return 0 end
+-- Owners are checked by MGET in chunks (unpack's limit): a GET per key from Lua cost the
+-- server more than the rest of the script.
+local keys, expected = doc.owner_keys, doc.owner_values
+for first = 1, #keys, 4000 do
+  local last = math.min(first + 3999, #keys)
+  local current = redis.call('MGET', unpack(keys, first, last))
+  for i = first, last do
+    local value = current[i - first + 1]
+    if value == false then value = '' end
+    if value ~= expected[i] then return 0 end
+  end
 end
 for _, check in ipairs(doc.versions) do
   local current = redis.call('HGET', check[1], 'v')
@@ -256,7 +263,8 @@ class IdentityStore:
             if snapshot.sightings.get(ident) != encoded:
                 sightings.append([self.keys.sightings(ident), encoded.decode()])
         doc = {
-            "owners": [[self.keys.owner(i), o] for i, o in snapshot.owners.items()],
+            "owner_keys": [self.keys.owner(i) for i in snapshot.owners],
+            "owner_values": list(snapshot.owners.values()),
             "versions": [[self.keys.customer(c), v] for c, v in snapshot.versions.items()],
             "owner_writes": owner_writes,
             "delete": delete,
