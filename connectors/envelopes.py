@@ -28,6 +28,8 @@ class OutMessage(NamedTuple):
 
     key: bytes | None
     value: bytes
+    #: Full topic name, when one sink writes several topics (else the sink's own topic).
+    topic: str | None = None
 
 
 #: Values of these keys are PII and are masked wherever they appear in dead letters, whatever

@@ -185,11 +185,13 @@ def deadletter_output(
 
 
 def kafka_output(
-    step_id: str, config: Config, topic_name: str, messages: Stream[OutMessage]
+    step_id: str, config: Config, topic_name: str | None, messages: Stream[OutMessage]
 ) -> None:
+    """Produce ``messages`` to ``topic_name`` (prefixed here), or each to its own
+    ``OutMessage.topic`` (already prefixed) when ``topic_name`` is None."""
     sink = PairSink(
         brokers(config),
-        config.topic(topic_name),
+        None if topic_name is None else config.topic(topic_name),
         add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
     )
     # PairSink subclasses KafkaSink for its producer but takes OutMessage pairs.
@@ -203,10 +205,10 @@ class _PairPartition(StatelessSinkPartition[OutMessage]):
 
     def write_batch(self, items: list[OutMessage]) -> None:
         produce = self._producer.produce
-        for key, value in items:
+        for key, value, topic in items:
             while True:
                 try:
-                    produce(self._topic, value, key)
+                    produce(topic or self._topic, value, key)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
-import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors import topics
@@ -71,7 +69,9 @@ def count_resolution(resolution: Resolution) -> None:
             IDENTITY_CONFLICTS.labels(change.reason or "unknown").inc()
 
 
-def change_message(change: IdentityChange, cause: str, time_ms: int) -> OutMessage:
+def change_message(
+    change: IdentityChange, cause: str, time_ms: int, topic: str | None = None
+) -> OutMessage:
     """The id is derived from the cause, the kind and the identifiers, not the position in
     the event's list of changes, so a replay republishes the same id."""
     data = {
@@ -90,12 +90,14 @@ def change_message(change: IdentityChange, cause: str, time_ms: int) -> OutMessa
         time_ms=time_ms,
         data=data,
     )
-    return OutMessage(key=change.customer_id.encode(), value=value)
+    return OutMessage(change.customer_id.encode(), value, topic)
 
 
-def resolved_message(event: ClickEvent | PosEvent, customer_id: str | None) -> OutMessage:
+def resolved_message(
+    event: ClickEvent | PosEvent, customer_id: str | None, topic: str | None = None
+) -> OutMessage:
     key = customer_id.encode() if customer_id else event.origin.key
-    return OutMessage(key=key, value=resolved_event(event, customer_id))
+    return OutMessage(key, resolved_event(event, customer_id), topic)
 
 
 def build(config: Config, *, until_idle: bool = False) -> Dataflow:
@@ -117,14 +119,17 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
 
     flow = Dataflow(FLOW)
 
-    def resolve(batch: list[InputEvent]) -> list[tuple[str, Any]]:
+    resolved_topic = config.topic(topics.EVENTS_RESOLVED)
+    changes_topic = config.topic(topics.IDENTITY_CHANGES)
+
+    def resolve(batch: list[InputEvent]) -> list[OutMessage]:
         """Resolve a Kafka batch's events in one Redis round trip (run inside the decoding
         step, so no step is paid per event before this)."""
         items = [e for e in batch if isinstance(e, ClickEvent | PosEvent)]
         resolutions = store().resolve_batch(
             [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
         )
-        out: list[tuple[str, Any]] = []
+        out: list[OutMessage] = []
         now_ms = time.time() * 1000
         lag = PROCESSING_LAG.labels(FLOW)
         for event, resolution in zip(items, resolutions, strict=True):
@@ -132,9 +137,9 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
             count_resolution(resolution)
             if resolution.created:
                 IDENTITY_CUSTOMERS_CREATED.inc()
-            out.append(("resolved", resolved_message(event, resolution.customer_id)))
+            out.append(resolved_message(event, resolution.customer_id, resolved_topic))
             for change in resolution.changes:
-                out.append(("change", change_message(change, event.event_id, event.ts_ms)))
+                out.append(change_message(change, event.event_id, event.ts_ms, changes_topic))
         return out
 
     events = kafka_events(
@@ -148,19 +153,9 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         hasher=hasher,
         per_batch=resolve,
     )
-    split = op.branch("resolved_or_change", events.oks, lambda item: item[0] == "resolved")
-    kafka_output(
-        "events_resolved",
-        config,
-        topics.EVENTS_RESOLVED,
-        op.map("resolved_message", split.trues, lambda item: item[1]),
-    )
-    kafka_output(
-        "identity_changes",
-        config,
-        topics.IDENTITY_CHANGES,
-        op.map("change_message", split.falses, lambda item: item[1]),
-    )
+    # One sink for both topics (each message names its own): a branch and a map per output
+    # message cost more than the producer call itself.
+    kafka_output("outputs", config, None, events.oks)
     deadletter_output("deadletter", config, FLOW, events.errs)
     return flow
 
