@@ -293,31 +293,15 @@ class IdentityStore:
                 if previous is not None:
                     resolutions.append(decode_resolution(previous))
                     continue
-                # Only the customers owning this event's identifiers can change (the target
-                # gains identifiers, the others merge into it): compare those, not every
-                # customer of the batch, which made a batch quadratic.
-                related = {graph.owners.get(ident) for ident in e.identifiers} - {None}
-                before = {
-                    cid: len(graph.customers[cid].identifiers)
-                    for cid in related
-                    if cid in graph.customers
-                }
                 resolution = link_identifiers(
                     graph, e.identifiers, e.event_id, e.ts_ms, self.policy, self.junk
                 )
                 resolutions.append(resolution)
                 if resolution.changes or resolution.created:
                     results.append([self.keys.result(e.event_id), encode_resolution(resolution)])
-                for change in resolution.changes:
-                    touched.add(change.customer_id)
-                if resolution.customer_id is not None:
-                    related.add(resolution.customer_id)
-                touched |= {
-                    cid
-                    for cid in related
-                    if cid in graph.customers
-                    and before.get(cid) != len(graph.customers[cid].identifiers)
-                }
+                # Every customer an event changes (gains identifiers, absorbs another, is
+                # minted or renamed) is named by one of its changes.
+                touched.update(change.customer_id for change in resolution.changes)
             if with_retries(FLOW, functools.partial(self._write, snapshot, touched, results)):
                 REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
                 return resolutions
