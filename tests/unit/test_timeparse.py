@@ -43,7 +43,15 @@ def test_parse_equals_datetime(when: datetime, fraction: str, offset: str, separ
 
 @pytest.mark.parametrize(
     "value",
-    ["2026-02-30T00:00:00Z", "2026-11-01T25:00:00Z", "2026-11-01T10:00:00", "9999-12-31T00:00Z"],
+    [
+        "2026-02-30T00:00:00Z",
+        "2026-11-01T25:00:00Z",
+        "2026-11-01T23:60:00Z",
+        "2026-11-01T23:59:60Z",  # no leap seconds, as in datetime
+        "2026-11-01T10:00:00+24:00",
+        "2026-11-01T10:00:00",
+        "9999-12-31T00:00Z",
+    ],
 )
 def test_impossible_or_offsetless_times_are_refused(value: str) -> None:
     with pytest.raises(TimestampError):
