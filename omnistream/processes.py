@@ -7,6 +7,7 @@ it; these helpers start one with a given configuration file, stop it cleanly, an
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -66,8 +67,8 @@ def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> Sample
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as reply:
             text = reply.read().decode("utf-8")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
+        return None  # not up yet, stopping, or cut off mid-reply (IncompleteRead)
     samples: Samples = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
