@@ -80,6 +80,7 @@ def kafka_events(
     decoder: Callable[[str, bytes, Origin], Any] | None = None,
     per_batch: Callable[[list[Any]], list[Any]] | None = None,
     only_types: frozenset[str] | None = None,
+    dead_letters_inline: bool = False,
 ) -> EventStreams:
     """Consume the (prefixed) input topics and decode every message.
 
@@ -94,6 +95,11 @@ def kafka_events(
     in one Redis round trip …) in that same step; a ``Rejection`` it returns is dead-lettered
     like the decoder's. ``only_types`` limits full decoding to those event types (see
     ``decode_message``); events of other types are counted as consumed and go no further.
+
+    With ``dead_letters_inline``, ``per_batch`` returns ``OutMessage``s naming their topics
+    and the batch's rejections join them as ``deadletter`` messages, so the flow writes one
+    stream through one sink (``kafka_output(..., None, ...)``) and pays no branch step per
+    output message; ``errs`` then carries the consumer's errors only.
     """
     source = kop.input(
         step_id,
@@ -108,11 +114,15 @@ def kafka_events(
         config, flow_name, topic_names, reference, hasher, decoder, only_types
     )
 
+    deadletter_topic = config.topic(DEADLETTER)
+
     def decode_batch(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
         out: list[Any] = []
         records: list[Any] = []
         for item in decode_all(batch):
             (out if isinstance(item, Rejection) else records).append(item)
+        if dead_letters_inline:
+            out = [deadletter_message(r, flow_name, deadletter_topic) for r in out]
         out += per_batch(records) if per_batch is not None else records
         return out
 
@@ -122,6 +132,9 @@ def kafka_events(
         return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
 
     decoded = op.flat_map_batch(f"{step_id}_decode", source.oks, decode_batch)
+    if dead_letters_inline:
+        consumer_errors = op.map(f"{step_id}_consumer_errors", source.errs, consumer_error)
+        return EventStreams(oks=decoded, errs=consumer_errors)
     split = op.branch(f"{step_id}_rejected", decoded, lambda item: isinstance(item, Rejection))
     errs = op.merge(
         f"{step_id}_errors",
@@ -173,15 +186,24 @@ def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> R
     return Rejection(reason, error, origin, orjson.dumps(fields))
 
 
+def deadletter_message(
+    rejection: Rejection, flow_name: str, topic: str | None = None
+) -> OutMessage:
+    """The ``deadletter`` record of a rejection, counted in the dead-letter metric."""
+    DEADLETTERS.labels(flow_name, rejection.reason).inc()
+    key, value = deadletter_record(rejection, flow_name)
+    return OutMessage(key, value, topic)
+
+
 def deadletter_output(
     step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection]
 ) -> None:
-    def encode(rejection: Rejection) -> OutMessage:
-        DEADLETTERS.labels(flow_name, rejection.reason).inc()
-        key, value = deadletter_record(rejection, flow_name)
-        return OutMessage(key=key, value=value)
-
-    kafka_output(step_id, config, DEADLETTER, op.map(f"{step_id}_encode", rejections, encode))
+    kafka_output(
+        step_id,
+        config,
+        DEADLETTER,
+        op.map(f"{step_id}_encode", rejections, lambda r: deadletter_message(r, flow_name)),
+    )
 
 
 def kafka_output(

@@ -152,9 +152,10 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         until_idle=until_idle,
         hasher=hasher,
         per_batch=resolve,
+        dead_letters_inline=True,
     )
-    # One sink for both topics (each message names its own): a branch and a map per output
-    # message cost more than the producer call itself.
+    # One sink for both topics and the batch's dead letters (each message names its topic):
+    # a branch and a map per output message cost more than the producer call itself.
     kafka_output("outputs", config, None, events.oks)
     deadletter_output("deadletter", config, FLOW, events.errs)
     return flow
