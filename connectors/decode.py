@@ -20,6 +20,7 @@ from flows.logic.events import (
     CLICK_EVENT_TYPES,
     FULFILLMENT_TYPES,
     MOVEMENT_EVENT_TYPES,
+    ORDER_EVENT_TYPES,
     POS_EVENT_TYPES,
     Campaign,
     ClickEvent,
@@ -49,7 +50,6 @@ _TOPIC_EVENT_TYPES = {
 }
 _POSITIVE_QTY_MOVEMENTS = frozenset({"receipt", "shipment", "transfer_out", "transfer_in"})
 _PRODUCT_EVENTS = frozenset({"product_view", "add_to_cart", "remove_from_cart"})
-_ORDER_EVENTS = frozenset({"order_placed", "order_cancelled"})
 
 
 class Invalid(Exception):
@@ -208,7 +208,7 @@ def _decode_click(
         if qty is not None and qty < 1:
             raise Invalid("bad_value", "`qty` must be ≥ 1")
         price = f.number("price", required=False)
-    if event_type in _ORDER_EVENTS:
+    if event_type in ORDER_EVENT_TYPES:
         order_id = f.req_string("order_id")
         lines = _lines(f, reference)
         total = f.number("total", required=event_type == "order_placed")

@@ -39,6 +39,7 @@ from connectors.streams import (
 )
 from flows.logic.events import (
     MOVEMENT_EVENT_TYPES,
+    ORDER_EVENT_TYPES,
     POS_EVENT_TYPES,
     ClickEvent,
     InputEvent,
@@ -72,7 +73,6 @@ from state.stock_store import StockStore
 
 FLOW = "stock_pool"
 INPUTS = topics.INPUT_TOPICS
-ORDER_EVENT_TYPES = frozenset({"order_placed", "order_cancelled"})
 #: What stock_pool decodes in full: orders from the clickstream, every till and warehouse
 #: event. Other clickstream events are checked up to their type and skipped (their bodies
 #: are identity_stitch's to validate and dead-letter).

@@ -27,6 +27,8 @@ CLICK_EVENT_TYPES = frozenset(
         "ad_click",
     }
 )
+#: Clickstream events that reserve or release stock (and carry order lines).
+ORDER_EVENT_TYPES = frozenset({"order_placed", "order_cancelled"})
 POS_EVENT_TYPES = frozenset({"sale", "return"})
 MOVEMENT_EVENT_TYPES = frozenset(
     {
