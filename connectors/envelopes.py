@@ -18,6 +18,17 @@ from flows.logic.timeparse import format_event_time
 MAX_RAW_CHARS = 64 * 1024
 SOURCE_PREFIX = "omnistream"
 
+#: The CloudEvents Kafka protocol binding tells structured from binary mode by the message's
+#: ``content-type`` header alone: without it a receiver reads the value as the *data* of a
+#: binary-mode event and looks for ``ce_*`` headers that are not there (the Java SDK and
+#: Knative then reject the message). Every CloudEvent output carries this header.
+CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
+#: The headers of one structured-mode CloudEvent message, typed as confluent-kafka's
+#: ``produce`` takes them; one shared list, passed as is to every produce call.
+CLOUDEVENT_HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("content-type", CLOUDEVENT_CONTENT_TYPE.encode("ascii"))
+]
+
 
 class OutMessage(NamedTuple):
     """One message for an output topic, as ``connectors.streams.kafka_output`` produces it.
@@ -109,7 +120,8 @@ def cloud_event(
     time_ms: int,
     data: dict[str, Any],
 ) -> bytes:
-    """A CloudEvents 1.0 structured-mode JSON document."""
+    """A CloudEvents 1.0 structured-mode JSON document (the message value; publish it with
+    ``CLOUDEVENT_HEADERS``)."""
     return orjson.dumps(
         {
             "specversion": "1.0",

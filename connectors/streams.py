@@ -20,10 +20,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
 from connectors.decode import PiiHasher, decode_message
-from connectors.envelopes import OutMessage, deadletter_record
-from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
+from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
+from connectors.kafka_clients import brokers, producer_settings
 from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
-from connectors.topics import DEADLETTER
+from connectors.topics import CLOUDEVENT_TOPICS, DEADLETTER
 from flows.logic.events import Origin, Rejection
 from flows.logic.reference import ReferenceData
 from omnistream.config import Config
@@ -214,23 +214,30 @@ def kafka_output(
     sink = PairSink(
         brokers(config),
         None if topic_name is None else config.topic(topic_name),
-        add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
+        add_config=producer_settings(config),
+        cloudevent_topics=frozenset(config.topic(name) for name in CLOUDEVENT_TOPICS),
     )
     # PairSink subclasses KafkaSink for its producer but takes OutMessage pairs.
     op.output(step_id, messages, cast("DynamicSink[OutMessage]", sink))
 
 
 class _PairPartition(StatelessSinkPartition[OutMessage]):
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, cloudevent_topics: frozenset[str]) -> None:
         self._producer = producer
         self._topic = topic
+        self._cloudevent_topics = cloudevent_topics
 
     def write_batch(self, items: list[OutMessage]) -> None:
         produce = self._producer.produce
+        cloudevent_topics = self._cloudevent_topics
         for key, value, topic in items:
+            topic = topic or self._topic
+            # Structured-mode CloudEvents say so in their header; dead letters and
+            # events.resolved (plain JSON, possibly in the same batch) carry none.
+            headers = CLOUDEVENT_HEADERS if topic in cloudevent_topics else None
             while True:
                 try:
-                    produce(topic or self._topic, value, key)
+                    produce(topic, value, key, headers=headers)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
@@ -245,13 +252,24 @@ class PairSink(KafkaSink):
     """Bytewax's ``KafkaSink`` (the same producer, built the same way from ``add_config``)
     for ``OutMessage`` pairs: it skips the per-message conversion step and dataclass, the
     empty headers list and the ``poll`` per message that Bytewax's sink pays, and still
-    flushes each batch."""
+    flushes each batch. Messages to ``cloudevent_topics`` (full names) get the
+    structured-mode ``content-type`` header (``CLOUDEVENT_HEADERS``), the others none."""
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topic: str | None,
+        add_config: dict[str, Any] | None = None,
+        cloudevent_topics: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(brokers, topic, add_config)
+        self._cloudevent_topics = cloudevent_topics
 
     def build(  # type: ignore[override]
         self, step_id: str, worker_index: int, worker_count: int
     ) -> _PairPartition:
         partition = super().build(step_id, worker_index, worker_count)
-        return _PairPartition(partition._producer, self._topic or "")
+        return _PairPartition(partition._producer, self._topic or "", self._cloudevent_topics)
 
 
 class _BatchPartition(StatelessSinkPartition[X], Generic[X]):

@@ -16,6 +16,20 @@ ATTRIBUTION_CREDITS = "attribution.credits"
 STOCK_CHANGES = "stock.changes"
 DEADLETTER = "deadletter"
 
+#: Output topics whose messages are CloudEvents (CONTRACT §3), published in structured mode
+#: with the ``content-type`` header of the Kafka binding. ``events.resolved`` and
+#: ``deadletter`` are plain JSON and carry no such header.
+CLOUDEVENT_TOPICS: frozenset[str] = frozenset(
+    {
+        IDENTITY_CHANGES,
+        TRIGGERS_COUPON,
+        TRIGGERS_HOLDOUT,
+        TRIGGERS_REPLENISHMENT,
+        ATTRIBUTION_CREDITS,
+        STOCK_CHANGES,
+    }
+)
+
 ALL_TOPICS: tuple[str, ...] = (
     *INPUT_TOPICS,
     EVENTS_RESOLVED,

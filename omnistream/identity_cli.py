@@ -7,7 +7,7 @@ import sys
 import time
 
 from connectors import topics
-from connectors.envelopes import cloud_event, cloud_event_id
+from connectors.envelopes import CLOUDEVENT_HEADERS, cloud_event, cloud_event_id
 from connectors.kafka_clients import make_producer
 from flows.logic.identity import PRIORITY, identifier, kind_of, pii_identifier_value
 from omnistream.config import Config
@@ -84,7 +84,10 @@ def forget(config: Config, kind: str, value: str) -> int:
     )
     producer = make_producer(config)
     producer.produce(
-        config.topic(topics.IDENTITY_CHANGES), key=change.customer_id.encode(), value=payload
+        config.topic(topics.IDENTITY_CHANGES),
+        key=change.customer_id.encode(),
+        value=payload,
+        headers=CLOUDEVENT_HEADERS,  # a structured-mode CloudEvent like the flow's changes
     )
     if producer.flush(30) != 0:
         print("omnistream forget: the erased event could not be delivered", file=sys.stderr)

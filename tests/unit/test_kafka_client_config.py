@@ -49,6 +49,13 @@ CLIENT_CLASSES = {"Consumer", "Producer", "AdminClient", "DeserializingConsumer"
                   "SerializingProducer"}  # fmt: skip
 #: The only modules allowed to construct confluent-kafka clients directly: the factory module,
 #: and the embedded stack's readiness probe of the plaintext broker it started itself.
+#: What an ``add_config`` must be built from so that ``kafka.client`` reaches the client.
+KAFKA_CLIENT_SETTINGS = (
+    "config.kafka.client",
+    "producer_settings(config)",
+    "consumer_settings(config",
+    "admin_settings(config)",
+)
 CLIENT_FACTORIES = {"connectors/kafka_clients.py", "omnistream/embedded.py"}
 
 
@@ -164,7 +171,7 @@ def test_settings_in_kafka_client_win_over_built_in_defaults(recorder: Recorder)
     """A site's own tuning or security choice under ``kafka.client`` is never overwritten by
     a default of ours (e.g. a producer's ``enable.idempotence``)."""
     config = secure_config().with_overrides(
-        kafka={"client": {**SECURE, "enable.idempotence": "true", "fetch.wait.max.ms": "500"}}
+        kafka={"client": {**SECURE, "enable.idempotence": "false", "fetch.wait.max.ms": "250"}}
     )
     kafka_clients.make_producer(config)
     kafka_clients.make_consumer(config, "group")
@@ -175,8 +182,43 @@ def test_settings_in_kafka_client_win_over_built_in_defaults(recorder: Recorder)
     sinks[0].build("step", 0, 1)
     producers = [s for kind, s in recorder.created if kind == "Producer"]
     consumers = [s for kind, s in recorder.created if kind == "Consumer"]
-    assert producers and all(s["enable.idempotence"] == "true" for s in producers)
-    assert consumers and all(s["fetch.wait.max.ms"] == "500" for s in consumers)
+    assert producers and all(s["enable.idempotence"] == "false" for s in producers)
+    assert consumers and all(s["fetch.wait.max.ms"] == "250" for s in consumers)
+
+
+#: A ``kafka.client`` with tuning of both kinds next to the shared security settings.
+MIXED = {**SECURE, "fetch.wait.max.ms": "250", "session.timeout.ms": "6000", "linger.ms": "20",
+         "acks": "all", "statistics.interval.ms": "0"}  # fmt: skip
+
+
+def test_each_kind_of_client_gets_only_its_own_and_the_shared_properties(
+    recorder: Recorder,
+) -> None:
+    """librdkafka ignores a property of the other kind with a ``CONFWARN`` line on stderr;
+    ``kafka.client`` is one set for all clients, so each kind takes its share of it: the
+    factories' clients and the flows' sink producers (the flows' sources are checked end to
+    end, by the flow logs, in ``tests/integration/test_subscriber_example.py``)."""
+    config = secure_config().with_overrides(kafka={"client": MIXED})
+    kafka_clients.make_producer(config)
+    kafka_clients.make_consumer(config, "group")
+    kafka_clients.make_admin(config)
+    for sink in kafka_steps(importlib.import_module(FLOWS["identity_stitch"]).build(config))[1]:
+        sink.build("step", 0, 1)
+    kinds = [kind for kind, _ in recorder.created]
+    assert kinds[:3] == ["Producer", "Consumer", "AdminClient"], kinds
+    assert kinds[3:] and set(kinds[3:]) == {"Producer"}, kinds  # the flow's sinks
+    for kind, settings in recorder.created:
+        wrong = {
+            "Producer": kafka_clients.CONSUMER_ONLY,
+            "Consumer": kafka_clients.PRODUCER_ONLY,
+            "AdminClient": kafka_clients.CONSUMER_ONLY | kafka_clients.PRODUCER_ONLY,
+        }[kind]
+        assert not set(settings) & wrong, (kind, settings)
+        assert settings["statistics.interval.ms"] == "0"  # shared ones reach every kind
+    producer = next(s for kind, s in recorder.created if kind == "Producer")
+    consumer = next(s for kind, s in recorder.created if kind == "Consumer")
+    assert (producer["linger.ms"], producer["acks"]) == ("20", "all")
+    assert (consumer["fetch.wait.max.ms"], consumer["session.timeout.ms"]) == ("250", "6000")
 
 
 def project_modules() -> list[Path]:
@@ -209,7 +251,7 @@ def test_no_module_builds_a_kafka_client_outside_the_factories() -> None:
                 bytewax_calls += 1
                 add_config = next((k.value for k in node.keywords if k.arg == "add_config"), None)
                 text = ast.unparse(add_config) if add_config is not None else ""
-                if "config.kafka.client" not in text:
+                if not any(s in text for s in KAFKA_CLIENT_SETTINGS):
                     offenders.append(f"{relative}:{node.lineno}: {name} without kafka.client")
     assert bytewax_calls >= 4  # the scan sees the flows' sources and sinks
     assert not offenders, offenders
