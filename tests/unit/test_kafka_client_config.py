@@ -47,8 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("connectors", "flows", "omnistream", "state")
 CLIENT_CLASSES = {"Consumer", "Producer", "AdminClient", "DeserializingConsumer",
                   "SerializingProducer"}  # fmt: skip
-#: The only modules allowed to construct confluent-kafka clients directly: the factory module,
-#: and the embedded stack's readiness probe of the plaintext broker it started itself.
 #: What an ``add_config`` must be built from so that ``kafka.client`` reaches the client.
 KAFKA_CLIENT_SETTINGS = (
     "config.kafka.client",
@@ -56,6 +54,8 @@ KAFKA_CLIENT_SETTINGS = (
     "consumer_settings(config",
     "admin_settings(config)",
 )
+#: The only modules allowed to construct confluent-kafka clients directly: the factory module,
+#: and the embedded stack's readiness probe of the plaintext broker it started itself.
 CLIENT_FACTORIES = {"connectors/kafka_clients.py", "omnistream/embedded.py"}
 
 
