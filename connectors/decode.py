@@ -371,6 +371,17 @@ def event_time(data: dict[str, Any], key: str) -> int:
         raise Invalid("bad_timestamp", f"`{key}`: {exc}") from None
 
 
+def message_event_time(raw: bytes | None) -> int | None:
+    """Event time of a message left undecoded (``only_types``), or None when it has none.
+
+    Read for one message per partition and batch: how far a partition has been read counts
+    the events a flow skips too (``flows.logic.progress``)."""
+    try:
+        return event_time(load_object(raw or b""), "ts")
+    except Invalid:
+        return None
+
+
 def resolved_head(raw: bytes) -> tuple[dict[str, Any], str, str, int]:
     """Record, ``event_id``, ``event_type`` and ``ts`` of an ``events.resolved`` message, or
     ``Invalid``. Two flows read that topic; both must refuse a foreign record the same way,

@@ -13,18 +13,19 @@ from typing import Any, Generic, TypeVar, cast
 
 import bytewax.operators as op
 import orjson
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
+from bytewax.connectors.kafka import KafkaError, KafkaSink
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
-from connectors.decode import PiiHasher, decode_message
+from connectors.decode import PiiHasher, decode_message, message_event_time
 from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
 from connectors.kafka_clients import brokers, producer_settings
+from connectors.kafka_source import READ_PROGRESS, AlignedKafkaSource, PartitionEnd, SourceItem
 from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
 from connectors.topics import CLOUDEVENT_TOPICS, DEADLETTER
 from flows.logic.events import Origin, Rejection
+from flows.logic.progress import PartitionReport
 from flows.logic.reference import ReferenceData
 from omnistream.config import Config
 
@@ -59,7 +60,9 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 class EventStreams:
     #: Decoded records, or what ``per_batch`` made of them.
     oks: Stream[Any]
-    errs: Stream[Rejection]
+    #: Rejections (decoder, ``per_batch`` and consumer errors); None with
+    #: ``dead_letters_inline``, where they travel in ``oks`` as dead-letter messages.
+    errs: Stream[Rejection] | None = None
 
 
 def _unprefixed(config: Config, topic: str) -> str:
@@ -78,7 +81,7 @@ def kafka_events(
     until_idle: bool,
     hasher: PiiHasher | None = None,
     decoder: Callable[[str, bytes, Origin], Any] | None = None,
-    per_batch: Callable[[list[Any]], list[Any]] | None = None,
+    per_batch: Callable[[list[Any], list[PartitionReport]], list[Any]] | None = None,
     only_types: frozenset[str] | None = None,
     dead_letters_inline: bool = False,
 ) -> EventStreams:
@@ -90,58 +93,56 @@ def kafka_events(
     ``Rejection``.
 
     Messages are decoded a Kafka batch at a time in one step: a Bytewax step per event cost
-    more than most of what a flow then does with it. ``per_batch(records)`` turns a batch's
-    valid records into what the flow works on (movements grouped by shard, events resolved
-    in one Redis round trip …) in that same step; a ``Rejection`` it returns is dead-lettered
-    like the decoder's. ``only_types`` limits full decoding to those event types (see
+    more than most of what a flow then does with it. ``per_batch(records, reports)`` turns a
+    batch's valid records into what the flow works on (movements grouped by shard, events
+    resolved in one Redis round trip …) in that same step; ``reports`` say how far each
+    partition of the batch has been read (``flows.logic.progress``), for flows that apply
+    their inputs in event-time order. A ``Rejection`` it returns is dead-lettered like the
+    decoder's. ``only_types`` limits full decoding to those event types (see
     ``decode_message``); events of other types are counted as consumed and go no further.
 
     With ``dead_letters_inline``, ``per_batch`` returns ``OutMessage``s naming their topics
     and the batch's rejections join them as ``deadletter`` messages, so the flow writes one
     stream through one sink (``kafka_output(..., None, ...)``) and pays no branch step per
-    output message; ``errs`` then carries the consumer's errors only.
+    output message.
     """
-    source = kop.input(
-        step_id,
-        flow,
-        brokers=brokers(config),
-        topics=[config.topic(name) for name in topic_names],
-        tail=not until_idle,
+    source = AlignedKafkaSource(
+        brokers(config),
+        [config.topic(name) for name in topic_names],
         add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
+        tail=not until_idle,
         batch_size=config.kafka.batch_size,
+        alignment_ms=int(config.flow.alignment_seconds * 1000),
     )
+    raw = op.input(step_id, flow, source)
     decode_all = _batch_decoder(
         config, flow_name, topic_names, reference, hasher, decoder, only_types
     )
 
     deadletter_topic = config.topic(DEADLETTER)
 
-    def decode_batch(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
+    def decode_batch(batch: list[SourceItem]) -> list[Any]:
         out: list[Any] = []
         records: list[Any] = []
-        for item in decode_all(batch):
+        items, reports = decode_all(batch)
+        for item in items:
             (out if isinstance(item, Rejection) else records).append(item)
         if dead_letters_inline:
             out = [deadletter_message(r, flow_name, deadletter_topic) for r in out]
-        out += per_batch(records) if per_batch is not None else records
+        out += per_batch(records, reports) if per_batch is not None else records
         return out
 
-    def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
-        msg = err.msg
-        origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
-        return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
-
-    decoded = op.flat_map_batch(f"{step_id}_decode", source.oks, decode_batch)
+    decoded = op.flat_map_batch(f"{step_id}_decode", raw, decode_batch)
     if dead_letters_inline:
-        consumer_errors = op.map(f"{step_id}_consumer_errors", source.errs, consumer_error)
-        return EventStreams(oks=decoded, errs=consumer_errors)
+        return EventStreams(oks=decoded)
     split = op.branch(f"{step_id}_rejected", decoded, lambda item: isinstance(item, Rejection))
-    errs = op.merge(
-        f"{step_id}_errors",
-        split.trues,
-        op.map(f"{step_id}_consumer_errors", source.errs, consumer_error),
-    )
-    return EventStreams(oks=split.falses, errs=errs)
+    return EventStreams(oks=split.falses, errs=split.trues)
+
+
+def _consumer_error(err: KafkaError[Any, Any]) -> Rejection:
+    msg = err.msg
+    origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
+    return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
 
 
 def _batch_decoder(
@@ -152,31 +153,77 @@ def _batch_decoder(
     hasher: PiiHasher | None,
     decoder: Callable[[str, bytes, Origin], Any] | None,
     only_types: frozenset[str] | None,
-) -> Callable[[list[KafkaSourceMessage[Any, Any]]], list[Any]]:
-    """messages → records or ``Rejection``s, counting what each flow consumed per topic once
-    per batch (a counter increment per message takes a lock each time)."""
+) -> Callable[[list[SourceItem]], tuple[list[Any], list[PartitionReport]]]:
+    """source items → (records or ``Rejection``s, a report per partition of the batch).
+
+    Counts what each flow consumed per topic once per batch (a counter increment per
+    message takes a lock each time). A partition's report carries the largest event time
+    read on it so far: of the records decoded, and of the batch's last message that was
+    left undecoded (``only_types``), whose time alone is read. Consumer errors become
+    ``kafka_error`` rejections, so nothing is dropped silently.
+    """
     # Per-topic lookups done once, not per message (this runs for every input message).
     names = {config.topic(name): name for name in topic_names}
     # Created up front so every input's series exists (at 0) before its first message.
     consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
+    #: (prefixed topic, partition) → largest event time read so far (this worker's).
+    latest: dict[tuple[str, int], int] = {}
 
-    def decode_all(batch: list[KafkaSourceMessage[Any, Any]]) -> list[Any]:
+    def decode_all(batch: list[SourceItem]) -> tuple[list[Any], list[PartitionReport]]:
         out: list[Any] = []
         counts: dict[str, int] = {}
+        batch_latest: dict[tuple[str, int], int | None] = {}
+        skipped: dict[tuple[str, int], bytes | None] = {}
+        ended: set[tuple[str, int]] = set()
         for msg in batch:
+            if isinstance(msg, PartitionEnd):
+                key = (msg.topic, msg.partition)
+                ended.add(key)
+                batch_latest.setdefault(key, None)
+                continue
+            if isinstance(msg, KafkaError):
+                out.append(_consumer_error(msg))
+                continue
             topic = msg.topic or ""
+            partition = msg.partition or 0
+            key = (topic, partition)
+            ended.discard(key)
             name = names.get(topic) or _unprefixed(config, topic)
             counts[name] = counts.get(name, 0) + 1
-            origin = Origin(topic, msg.partition or 0, msg.offset or 0, msg.key)
+            origin = Origin(topic, partition, msg.offset or 0, msg.key)
             if decoder is not None:
-                out.append(decoder(name, msg.value or b"", origin))
-                continue
-            record = decode_message(name, msg.value, origin, reference, hasher, only_types)
-            if record is not None:
-                out.append(record)
+                record = decoder(name, msg.value or b"", origin)
+            else:
+                record = decode_message(name, msg.value, origin, reference, hasher, only_types)
+                if record is None:
+                    skipped[key] = msg.value
+                    batch_latest.setdefault(key, None)
+                    continue
+            out.append(record)
+            ts = getattr(record, "ts_ms", None)
+            seen = batch_latest.get(key)
+            if ts is not None and (seen is None or ts > seen):
+                batch_latest[key] = ts
+            else:
+                batch_latest.setdefault(key, None)
+        for key, value in skipped.items():
+            ts = message_event_time(value)
+            seen = batch_latest.get(key)
+            if ts is not None and (seen is None or ts > seen):
+                batch_latest[key] = ts
+        reports: list[PartitionReport] = []
+        for key, ts in batch_latest.items():
+            before = latest.get(key)
+            if ts is not None and (before is None or ts > before):
+                latest[key] = before = ts
+            at_end = key in ended
+            READ_PROGRESS.record(key[0], key[1], before, at_end)
+            topic, partition = key
+            name = names.get(topic) or _unprefixed(config, topic)
+            reports.append(PartitionReport(name, partition, before, at_end))
         for name, count in counts.items():
             (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc(count)
-        return out
+        return out, reports
 
     return decode_all
 
@@ -196,8 +243,11 @@ def deadletter_message(
 
 
 def deadletter_output(
-    step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection]
+    step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection] | None
 ) -> None:
+    """Publish rejections on ``deadletter`` (nothing to wire for None: see ``EventStreams``)."""
+    if rejections is None:
+        return
     kafka_output(
         step_id,
         config,

@@ -29,7 +29,7 @@ from connectors.metrics import (
     PROCESSING_LAG,
 )
 from connectors.resolved import resolved_event
-from connectors.streams import deadletter_output, kafka_events, kafka_output
+from connectors.streams import kafka_events, kafka_output
 from flows.logic.events import ClickEvent, InputEvent, PosEvent
 from flows.logic.identity import (
     IdentityChange,
@@ -38,6 +38,7 @@ from flows.logic.identity import (
     kind_of,
     pii_identifier_value,
 )
+from flows.logic.progress import PartitionReport
 from omnistream.config import Config, ConfigError, load_config
 from omnistream.reference import load_reference
 from state.identity_store import EventIdentifiers, IdentityStore
@@ -122,7 +123,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
     resolved_topic = config.topic(topics.EVENTS_RESOLVED)
     changes_topic = config.topic(topics.IDENTITY_CHANGES)
 
-    def resolve(batch: list[InputEvent]) -> list[OutMessage]:
+    def resolve(batch: list[InputEvent], reports: list[PartitionReport]) -> list[OutMessage]:
         """Resolve a Kafka batch's events in one Redis round trip (run inside the decoding
         step, so no step is paid per event before this)."""
         items = [e for e in batch if isinstance(e, ClickEvent | PosEvent)]
@@ -157,7 +158,6 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
     # One sink for both topics and the batch's dead letters (each message names its topic):
     # a branch and a map per output message cost more than the producer call itself.
     kafka_output("outputs", config, None, events.oks)
-    deadletter_output("deadletter", config, FLOW, events.errs)
     return flow
 
 

@@ -75,6 +75,7 @@ from flows.logic.stock_rules import (
     CampaignState,
     ExpiryBatch,
     SkuRuleState,
+from flows.logic.progress import PartitionReport
     StockChange,
     StockDecision,
     evaluate_campaign_prep,
@@ -403,7 +404,7 @@ def build(
             out.append(item)
         return out
 
-    def usable(records: list[Any]) -> list[Any]:
+    def usable(records: list[Any], reports: list[PartitionReport]) -> list[Any]:
         """Count what the rules skip and find the customers of anonymous coupon
         redemptions, once per Kafka batch, inside the decoding step."""
         kept = []

@@ -4,12 +4,19 @@ Wiring only; the arithmetic is in ``flows.logic.stock``, ``flows.logic.orders``,
 ``flows.logic.stock_totals`` and ``flows.logic.stock_shard``.
 
     inputs (clickstream orders, pos.sales, wms.movements)
-      → decode a Kafka batch (rejections → deadletter), group its movements by stock shard
-      → order events: key by order shard → order_book → reserve/release movements
-      → key by stock shard (a crc32 of the sku) → stock_shard: positions (dedup, counts,
-        windows) and sku totals of every location of the shard's skus, one bundle at a time
+      → decode a Kafka batch (rejections → deadletter), group its movements by stock shard,
+        each group with the batch's partition reports (how far each partition is read)
+      → order events of the batch: order_book (one state) → reserve/release movements,
+        grouped by stock shard, with the clickstream partitions' reports
+      → key by stock shard (a crc32 of the sku) → stock_shard: buffers what is ahead of the
+        slowest partition still being read and folds the rest in event-time order into
+        positions (dedup, counts, windows) and sku totals of every location of its skus
       → Redis ``stock:<sku>:<location>`` and totals (one pipeline) + ``stock.changes``
       → segment_totals → stock gauges
+
+Every batch reports to every shard, even with nothing for it, and the order book passes the
+clickstream's reports on: a shard applies a movement once every input partition has been
+read past it (or to its end), whatever order the topics are read in (``flows.logic.progress``).
 
 Movements travel in bundles, not one by one: Bytewax's cost per item and step was most of
 the flow's time (see the README's benchmark section). Step ids are part of the recovery
@@ -29,6 +36,8 @@ from bytewax.dataflow import Dataflow
 
 from connectors import topics
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.kafka_clients import client_settings
+from connectors.kafka_source import list_partitions
 from connectors.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
 from connectors.streams import (
     BatchSink,
@@ -47,7 +56,8 @@ from flows.logic.events import (
     PosEvent,
     Rejection,
 )
-from flows.logic.orders import OrderBook, OrderConflict, order_shard, route_order_event
+from flows.logic.orders import OrderBatch, OrderBook, OrderConflict, route_order_batch
+from flows.logic.progress import Partition, PartitionReport, partitions_of
 from flows.logic.reference import ReferenceData
 from flows.logic.stock import (
     HOUR_MS,
@@ -177,19 +187,26 @@ def _noop() -> None:
 
 
 def bundle_movements(
-    records: list[InputEvent], shard_of: Callable[[str], str]
-) -> list[ClickEvent | Bundle]:
-    """Sort one Kafka batch's valid events: order events go on alone; the movements of till
-    receipts and warehouse events are grouped by stock shard, one ``Bundle`` per shard.
+    records: list[InputEvent],
+    reports: list[PartitionReport],
+    shard_of: Callable[[str], str],
+    shard_keys: list[str],
+) -> list[OrderBatch | Bundle]:
+    """Sort one Kafka batch's valid events: the order events go to the order book in one
+    ``OrderBatch`` with the reports of the batch's clickstream partitions; the movements of
+    till receipts and warehouse events are grouped by stock shard, and every shard gets a
+    ``Bundle`` with the reports of the batch's other partitions, movements or not.
 
     Clickstream events other than orders do not touch stock: the decoder already skipped
     them (``DECODED_TYPES``), and any that still come are dropped here.
     """
-    out: list[ClickEvent | Bundle] = []
+    click_reports = tuple(r for r in reports if r.topic == topics.CLICKSTREAM)
+    stock_reports = tuple(r for r in reports if r.topic != topics.CLICKSTREAM)
+    orders: list[ClickEvent] = []
     bundles: dict[str, list[StockMovement]] = {}
     for item in records:
         if is_order_event(item):
-            out.append(item)  # type: ignore[arg-type]
+            orders.append(item)  # type: ignore[arg-type]
         elif is_stock_event(item):
             for movement in movements_of(item):
                 shard = shard_of(movement.sku)
@@ -197,19 +214,53 @@ def bundle_movements(
                 if group is None:
                     group = bundles[shard] = []
                 group.append(movement)
-    out.extend(Bundle(shard, movements) for shard, movements in bundles.items())
+    out: list[OrderBatch | Bundle] = []
+    if orders or click_reports:
+        out.append(OrderBatch(orders, click_reports))
+    out.extend(shard_bundles(bundles, stock_reports, shard_keys))
     return out
 
 
+def shard_bundles(
+    movements: dict[str, list[StockMovement]],
+    reports: tuple[PartitionReport, ...],
+    shard_keys: list[str],
+) -> list[Bundle]:
+    """A bundle for every shard when there are reports to pass on, else for those with
+    movements."""
+    if not reports:
+        return [Bundle(shard, group, ()) for shard, group in movements.items()]
+    return [Bundle(shard, movements.get(shard, []), reports) for shard in shard_keys]
+
+
+def input_partitions(config: Config) -> dict[str, int]:
+    """Partition count of each input topic (CONTRACT names), read from the broker."""
+    counts = list_partitions(
+        client_settings(config), [config.topic(name) for name in INPUTS], timeout_s=10.0
+    )
+    return {name: counts[config.topic(name)] for name in INPUTS}
+
+
 def build(
-    config: Config, *, until_idle: bool = False, reference: ReferenceData | None = None
+    config: Config,
+    *,
+    until_idle: bool = False,
+    reference: ReferenceData | None = None,
+    partitions: dict[str, int] | None = None,
 ) -> Dataflow:
-    """The stock_pool dataflow for ``config``; ``until_idle`` stops it once inputs drain."""
+    """The stock_pool dataflow for ``config``; ``until_idle`` stops it once inputs drain.
+
+    ``partitions`` (input topic → partition count) are the partitions every shard waits
+    for before it applies anything; read from the broker when not given."""
     reference = reference if reference is not None else load_reference(config)
     policy = policy_of(config)
     order_ttl_ms = policy.reservation_ttl_ms
-    shards = config.stock.order_shards
     stock_shards = config.stock.stock_shards
+    shard_keys = [f"stock-{i}" for i in range(stock_shards)]
+    expected = partitions_of(partitions if partitions is not None else input_partitions(config))
+    expected_orders: frozenset[Partition] = frozenset(
+        p for p in expected if p[0] == topics.CLICKSTREAM
+    )
 
     flow = Dataflow(FLOW)
     shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
@@ -221,35 +272,33 @@ def build(
         INPUTS,
         reference,
         until_idle=until_idle,
-        per_batch=lambda records: bundle_movements(records, shard_of),
+        per_batch=lambda records, reports: bundle_movements(
+            records, reports, shard_of, shard_keys
+        ),
         only_types=DECODED_TYPES,
     )
     work_split = op.branch("bundles", events.oks, is_bundle)
 
-    # Online orders reserve and release; the order book remembers where.
-    keyed_orders = op.key_on(
-        "key_by_order_shard",
-        work_split.falses,
-        lambda e: order_shard(getattr(e, "order_id", ""), shards),
-    )
+    # Online orders reserve and release; the order book remembers where. One state: it
+    # sees every clickstream partition's reports and passes them on to every shard.
+    def route(book: OrderBook | None, batch: OrderBatch) -> tuple[OrderBook, list[Any]]:
+        book, movements, conflicts = route_order_batch(book, batch, order_ttl_ms, expected_orders)
+        by_shard: dict[str, list[StockMovement]] = {}
+        for movement in movements:
+            by_shard.setdefault(shard_of(movement.sku), []).append(movement)
+        out: list[Any] = [conflict_rejection(c) for c in conflicts]
+        out.extend(shard_bundles(by_shard, batch.reports, shard_keys))
+        return book, out
 
-    def route(book: OrderBook | None, event: Any) -> tuple[OrderBook, Any]:
-        return route_order_event(book, event, order_ttl_ms)
-
-    routed = op.stateful_map("order_book", keyed_orders, route)
-    routed_items = op.flat_map(
-        "order_movements",
-        routed,
-        lambda kv: [conflict_rejection(kv[1])] if isinstance(kv[1], OrderConflict) else kv[1],
+    routed = op.stateful_map(
+        "order_book", op.key_on("key_order_book", work_split.falses, lambda _: "orders"), route
     )
-    order_split = op.branch("order_ok", routed_items, lambda x: isinstance(x, StockMovement))
-    order_bundles = op.map(
-        "order_bundles", order_split.trues, lambda m: Bundle(shard_of(m.sku), [m])
-    )
-    bundles = op.merge("all_bundles", work_split.trues, order_bundles)
+    routed_items = op.flat_map("order_movements", routed, lambda kv: kv[1])
+    order_split = op.branch("order_ok", routed_items, is_bundle)
+    bundles = op.merge("all_bundles", work_split.trues, order_split.trues)
 
     def apply(state: ShardState | None, bundle: Bundle) -> tuple[ShardState, ShardOutcome]:
-        return apply_bundle(state, bundle.movements, policy, reference)
+        return apply_bundle(state, bundle, policy, reference, expected)
 
     outcomes = op.map(
         "shard_outcome",
@@ -300,6 +349,7 @@ def build(
         BatchSink(lambda: (lambda batch: publish_segments([t for ts in batch for t in ts]), _noop)),
     )
 
+    assert events.errs is not None, "stock_pool keeps its rejections apart from its outputs"
     rejections = op.merge(
         "rejections",
         events.errs,

@@ -110,8 +110,6 @@ class StockConfig:
     dedup_hours: float = 168.0
     #: How long (event time) an open order is remembered to route its cancellation.
     order_ttl_days: float = 30.0
-    #: Orders are kept in this many shards, each expiring its old orders on its own.
-    order_shards: int = 64
     #: Positions and sku totals are kept in this many shards (by sku); each is one keyed
     #: state, so more shards spread the pool over more workers and make smaller snapshots.
     stock_shards: int = 16
@@ -158,6 +156,10 @@ class FlowConfig:
     #: (rule_triggers copied its region audiences every half second); sinks write each batch
     #: as it comes, so latency does not depend on it (trigger p99 ≈ 0.3 s with 0.5 s or 5 s).
     epoch_seconds: float = 10.0
+    #: While catching up, a partition whose latest event time is more than this ahead of
+    #: the slowest partition still being read (in the same process) waits for it. It bounds
+    #: what the flows hold back to apply in event-time order; it does not change results.
+    alignment_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,6 @@ def _check_ranges(config: Config) -> None:
         "stock.late_window_hours": config.stock.late_window_hours,
         "stock.dedup_hours": config.stock.dedup_hours,
         "stock.order_ttl_days": config.stock.order_ttl_days,
-        "stock.order_shards": config.stock.order_shards,
         "stock.stock_shards": config.stock.stock_shards,
         "flow.workers": config.flow.workers,
         "identity.max_anon": config.identity.max_anon,
@@ -293,6 +294,7 @@ def _check_ranges(config: Config) -> None:
         "identity.max_customers_per_identifier": config.identity.max_customers_per_identifier,
         "identity.ttl_days": config.identity.ttl_days,
         "flow.epoch_seconds": config.flow.epoch_seconds,
+        "flow.alignment_seconds": config.flow.alignment_seconds,
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
         "rules.reload_seconds": config.rules.reload_seconds,

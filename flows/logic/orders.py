@@ -1,10 +1,12 @@
 """The order book: where each online order reserved its stock.
 
 An ``order_cancelled`` event need not say where the order was to be fulfilled, so the flow
-remembers, per order, the location and lines of its ``order_placed``. Orders are spread over
-a fixed number of shards (``order_shard``) so that each shard can expire its old orders by
-event time on its own: Bytewax state per order id could never be dropped without a later
-event for that same order.
+remembers, per order, the location and lines of its ``order_placed``. The book is one state
+(Bytewax state per order id could never be dropped without a later event for that same
+order), fed a batch of order events at a time with the reports of the clickstream partitions
+they came from; it expires old orders against the low watermark of those partitions, and
+passes the reports on with the reservations it makes, so that the stock shards know how far
+the order path has come (``flows.logic.progress``).
 
 Out-of-order arrival is handled: a cancellation seen before its placement is remembered, and
 the placement that follows reserves nothing.
@@ -13,10 +15,10 @@ the placement that follows reserves nothing.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from dataclasses import dataclass, field
 
 from flows.logic.events import ClickEvent
+from flows.logic.progress import InputProgress, Partition, PartitionReport
 from flows.logic.stock import (
     PRUNE_EVERY_MS,
     StockMovement,
@@ -41,6 +43,8 @@ class OrderBook:
     orders: dict[str, OrderRecord] = field(default_factory=dict)
     as_of_ms: int = 0
     next_prune_ms: int = 0
+    #: How far the clickstream partitions have been read (expiry counts back from it).
+    progress: InputProgress = field(default_factory=InputProgress)
 
     def __deepcopy__(self, memo: dict[int, object]) -> OrderBook:
         """Records are the only mutable parts (events are frozen): a cheap full copy for
@@ -49,7 +53,16 @@ class OrderBook:
             {oid: dataclasses.replace(rec) for oid, rec in self.orders.items()},
             self.as_of_ms,
             self.next_prune_ms,
+            self.progress.__deepcopy__(memo),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderBatch:
+    """The order events of one Kafka batch and the reports of its clickstream partitions."""
+
+    events: list[ClickEvent]
+    reports: tuple[PartitionReport, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +73,35 @@ class OrderConflict:
     error: str
 
 
-def order_shard(order_id: str, shards: int) -> str:
-    """Stable shard of an order id (crc32: the same in every process and Python version)."""
-    return f"orders-{zlib.crc32(order_id.encode('utf-8')) % shards}"
+def route_order_batch(
+    book: OrderBook | None,
+    batch: OrderBatch,
+    ttl_ms: int,
+    expected: frozenset[Partition] = frozenset(),
+) -> tuple[OrderBook, list[StockMovement], list[OrderConflict]]:
+    """Reserve/release movements and refused placements of a batch of order events."""
+    if book is None:
+        book = OrderBook(progress=InputProgress(expected))
+    if batch.reports:
+        book.progress.report(batch.reports)
+    movements: list[StockMovement] = []
+    conflicts: list[OrderConflict] = []
+    for event in batch.events:
+        book, routed = route_order_event(book, event, ttl_ms)
+        if isinstance(routed, OrderConflict):
+            conflicts.append(routed)
+        else:
+            movements.extend(routed)
+    return book, movements, conflicts
 
 
 def route_order_event(
     book: OrderBook | None, event: ClickEvent, ttl_ms: int
 ) -> tuple[OrderBook, list[StockMovement] | OrderConflict]:
-    """Turn an ``order_placed``/``order_cancelled`` into reserve/release movements."""
+    """Turn an ``order_placed``/``order_cancelled`` into reserve/release movements.
+
+    Old orders are forgotten ``ttl_ms`` behind the low watermark of the clickstream
+    partitions (``book.progress``), or behind the latest order when no report has come."""
     if book is None:
         book = OrderBook()
     order_id = event.order_id
@@ -100,7 +133,11 @@ def route_order_event(
     book.as_of_ms = max(book.as_of_ms, event.ts_ms)
     if book.as_of_ms >= book.next_prune_ms:
         book.next_prune_ms = book.as_of_ms + PRUNE_EVERY_MS
-        horizon = book.as_of_ms - ttl_ms
+        tracked = book.progress.expected or book.progress.reported
+        progress_ms = book.progress.progress_ms if tracked else book.as_of_ms
+        if progress_ms is None:
+            return book, movements
+        horizon = progress_ms - ttl_ms
         book.orders = {oid: rec for oid, rec in book.orders.items() if rec.ts_ms >= horizon}
     return book, movements
 

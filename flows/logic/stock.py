@@ -18,7 +18,9 @@ Rules that must hold (each has a test):
 - ``days_of_cover = available / sold_24h``, None when nothing sold in 24 h.
 - A movement older than the dedup horizon cannot be told from a replayed duplicate and is
   refused (``too_late``) instead of being applied twice; so is a stock count older than the
-  late window, whose effect could no longer be computed exactly.
+  late window, whose effect could no longer be computed exactly. Both horizons count back
+  from the flow's low watermark over all its input partitions, never from this position's
+  latest event (a replay reads some partitions days ahead of others).
 """
 
 from __future__ import annotations
@@ -281,8 +283,13 @@ def _is_sold(movement: StockMovement) -> bool:
     )
 
 
-def _prune(state: StockState, policy: StockPolicy) -> None:
+def _prune(state: StockState, policy: StockPolicy, progress_ms: int | None) -> None:
     """Forget what no later movement can need, at most once per ``PRUNE_EVERY_MS``.
+
+    Horizons count back from the flow's low watermark (``progress_ms``), not from this
+    position's latest event: during a replay another partition may still be days behind, and
+    what it will deliver must still find the ids and history it needs. Without a watermark
+    yet, nothing but the sales windows is pruned.
 
     A container is rebuilt only when its first entry (almost always its oldest: entries are
     appended in arrival order) has expired. An older entry left further in is harmless: the
@@ -294,18 +301,20 @@ def _prune(state: StockState, policy: StockPolicy) -> None:
     if now < state.next_prune_ms:
         return
     state.next_prune_ms = now + PRUNE_EVERY_MS
-    seen_after = now - policy.dedup_ms
+    state.sales.drop_until(now - DAY_MS)
+    if progress_ms is None:
+        return
+    seen_after = progress_ms - policy.dedup_ms
     if state.seen and next(iter(state.seen.values())) < seen_after:
         state.seen = {mid: ts for mid, ts in state.seen.items() if ts >= seen_after}
-    history_after = now - policy.late_window_ms
+    history_after = progress_ms - policy.late_window_ms
     if state.history and state.history[0][0] < history_after:
         state.history = [(ts, d) for ts, d in state.history if ts >= history_after]
-    state.sales.drop_until(now - DAY_MS)
     if state.reservations:
         state.reservations = {
             order: held
             for order, held in state.reservations.items()
-            if held.ts_ms >= now - policy.reservation_ttl_ms
+            if held.ts_ms >= progress_ms - policy.reservation_ttl_ms
             and not (held.settled and held.ts_ms < seen_after)
         }
 
@@ -332,10 +341,39 @@ def position_of(state: StockState, movement: StockMovement) -> StockPosition:
     )
 
 
+def lateness(
+    movement: StockMovement, policy: StockPolicy, progress_ms: int | None
+) -> TooLate | None:
+    """Why a movement (not a duplicate) must be refused, judged against the flow's low
+    watermark ``progress_ms``; None when it can be applied."""
+    if progress_ms is None:
+        return None
+    if movement.ts_ms < progress_ms - policy.dedup_ms:
+        return TooLate(
+            movement,
+            "older than the duplicate-detection horizon "
+            f"({policy.dedup_ms // HOUR_MS} h behind the flow's low watermark)",
+        )
+    if movement.kind == "stock_count" and movement.ts_ms < progress_ms - policy.late_window_ms:
+        return TooLate(
+            movement,
+            f"stock count older than the late window ({policy.late_window_ms // HOUR_MS} h "
+            "behind the flow's low watermark)",
+        )
+    return None
+
+
 def apply_movement(
-    state: StockState | None, movement: StockMovement, policy: StockPolicy
+    state: StockState | None,
+    movement: StockMovement,
+    policy: StockPolicy,
+    progress_ms: int | None = None,
 ) -> tuple[StockState, StockPosition | TooLate | None]:
     """Fold one movement into the state of its sku × location.
+
+    ``progress_ms`` is the flow's low watermark over all its input partitions
+    (``flows.logic.progress``): a movement is too late only when it is older than a horizon
+    relative to the whole flow, never because another partition was read faster.
 
     Returns the new position, ``TooLate`` when the movement must be refused, or None for a
     duplicate (nothing changed, nothing to emit).
@@ -344,18 +382,10 @@ def apply_movement(
         state = StockState()
     if movement.movement_id in state.seen:
         return state, None
-    if state.as_of_ms and movement.ts_ms < state.as_of_ms - policy.dedup_ms:
-        return state, TooLate(
-            movement,
-            "older than the duplicate-detection horizon "
-            f"({policy.dedup_ms // HOUR_MS} h behind the latest event)",
-        )
+    late = lateness(movement, policy, progress_ms)
+    if late is not None:
+        return state, late
     if movement.kind == "stock_count":
-        if state.as_of_ms and movement.ts_ms < state.as_of_ms - policy.late_window_ms:
-            return state, TooLate(
-                movement,
-                f"stock count older than the late window ({policy.late_window_ms // HOUR_MS} h)",
-            )
         _apply_count(state, movement)
     elif movement.kind in RESERVATION_KINDS:
         _apply_reservation(state, movement)
@@ -363,7 +393,7 @@ def apply_movement(
         _apply_flow(state, movement)
     state.seen[movement.movement_id] = movement.ts_ms
     state.as_of_ms = max(state.as_of_ms, movement.ts_ms)
-    _prune(state, policy)
+    _prune(state, policy, progress_ms)
     return state, position_of(state, movement)
 
 

@@ -11,6 +11,13 @@ A shard holds every location of its skus, so a sku's totals are computed next to
 positions, once per bundle rather than once per movement. Shards are chosen by a stable hash
 of the sku (crc32), the same in every process, so a replay after a restart meets the state
 it left.
+
+Order: a shard applies movements in event-time order across all input partitions, whatever
+order the partitions are read in. Every bundle carries the reports of the partitions it
+came from (``flows.logic.progress``); the shard buffers what is ahead of the release bound
+and applies, oldest first (ties by movement id), what every partition still being read has
+passed. So a rebuild from history publishes the positions of event-time order, not
+intermediate ones that never existed, and lateness is judged against the whole flow.
 """
 
 from __future__ import annotations
@@ -18,8 +25,16 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from flows.logic.progress import EventTimeBuffer, InputProgress, Partition, PartitionReport
 from flows.logic.reference import ReferenceData
-from flows.logic.stock import StockMovement, StockPolicy, StockPosition, StockState, TooLate
+from flows.logic.stock import (
+    StockMovement,
+    StockPolicy,
+    StockPosition,
+    StockState,
+    TooLate,
+    lateness,
+)
 from flows.logic.stock import apply_movement as apply_to_position
 from flows.logic.stock_totals import (
     SegmentShare,
@@ -39,10 +54,12 @@ def stock_shard(sku: str, shards: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """Movements of one shard, in arrival order (per sku × location order is kept)."""
+    """Movements of one shard from one batch, with the reports of the partitions the batch
+    read: a bundle without movements still tells the shard how far those partitions are."""
 
     shard: str
     movements: list[StockMovement]
+    reports: tuple[PartitionReport, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,9 @@ class ShardOutcome:
 class ShardState:
     positions: dict[str, StockState] = field(default_factory=dict)
     skus: dict[str, SkuTotalsState] = field(default_factory=dict)
+    progress: InputProgress = field(default_factory=InputProgress)
+    #: Movements that arrived ahead of the release bound.
+    pending: EventTimeBuffer[StockMovement] = field(default_factory=EventTimeBuffer)
 
     def __deepcopy__(self, memo: dict[int, object]) -> ShardState:
         """Bytewax snapshots state every epoch: the per-position and per-sku states know how
@@ -69,25 +89,67 @@ class ShardState:
         return ShardState(
             {key: state.__deepcopy__(memo) for key, state in self.positions.items()},
             {sku: state.__deepcopy__(memo) for sku, state in self.skus.items()},
+            self.progress.__deepcopy__(memo),
+            self.pending.__deepcopy__(memo),
         )
 
 
 def apply_bundle(
     state: ShardState | None,
+    bundle: Bundle,
+    policy: StockPolicy,
+    reference: ReferenceData,
+    expected: frozenset[Partition] = frozenset(),
+) -> tuple[ShardState, ShardOutcome]:
+    """Take in a bundle and fold, in event-time order, every movement the release bound now
+    allows: positions, refusals, then totals. ``expected`` are the input partitions that
+    must report before anything is applied (a shard built before any report knows them)."""
+    if state is None:
+        state = ShardState(progress=InputProgress(expected))
+    pending = state.pending
+    refused: list[TooLate] = []
+    # Lateness is judged on arrival, against the flow's progress before this batch: what
+    # waits in the buffer was on time and is applied, however far the watermark has moved
+    # on by its release (one topic may be read to its end long before another).
+    progress_ms = state.progress.progress_ms
+    for movement in bundle.movements:
+        position = state.positions.get(movement.key)
+        late = None
+        if position is None or movement.movement_id not in position.seen:
+            late = lateness(movement, policy, progress_ms)
+        if late is None:
+            pending.add(movement.ts_ms, movement.movement_id, movement)
+        else:
+            refused.append(late)
+    if bundle.reports:
+        state.progress.report(bundle.reports)
+    released = pending.release(state.progress.release_bound())
+    return state, fold_movements(state, released, policy, reference, refused)
+
+
+def fold_movements(
+    state: ShardState,
     movements: list[StockMovement],
     policy: StockPolicy,
     reference: ReferenceData,
-) -> tuple[ShardState, ShardOutcome]:
-    """Fold a bundle of movements into the shard: positions, refusals, then totals."""
-    if state is None:
-        state = ShardState()
+    refused: list[TooLate] | None = None,
+) -> ShardOutcome:
+    """Fold movements, in the order given, into the shard's positions and sku totals.
+
+    The horizon passed down is the flow's low watermark, but never past the oldest movement
+    folded here: these were judged on arrival, and forgetting counts back from it."""
     positions: list[StockPosition] = []
-    refused: list[TooLate] = []
+    refused = [] if refused is None else refused
+    progress_ms = state.progress.progress_ms
+    if progress_ms is not None and movements:
+        progress_ms = min(progress_ms, movements[0].ts_ms)
     #: sku → location → its latest position in this bundle.
     latest: dict[str, dict[str, StockPosition]] = {}
     for movement in movements:
         key = movement.key
-        position_state, outcome = apply_to_position(state.positions.get(key), movement, policy)
+        position_state, outcome = apply_to_position(
+            state.positions.get(key), movement, policy, progress_ms
+        )
         state.positions[key] = position_state
         if outcome is None:
             continue  # a duplicate: nothing changed
@@ -108,7 +170,7 @@ def apply_bundle(
         state.skus[sku] = sku_state
         totals.append(sku_totals)
         shares.extend((segment, sku, share) for segment, share in sku_shares)
-    return state, ShardOutcome(positions, refused, totals, shares)
+    return ShardOutcome(positions, refused, totals, shares)
 
 
 @dataclass(slots=True)

@@ -31,7 +31,8 @@ import pytest
 from bytewax.connectors.kafka import KafkaSink, KafkaSource
 from bytewax.dataflow import Dataflow
 
-from connectors import kafka_clients
+from connectors import kafka_clients, kafka_source
+from connectors.kafka_source import AlignedKafkaSource
 from omnistream import bench_reference
 from omnistream.config import Config
 from omnistream.runner import FLOWS
@@ -56,7 +57,12 @@ KAFKA_CLIENT_SETTINGS = (
 )
 #: The only modules allowed to construct confluent-kafka clients directly: the factory module,
 #: and the embedded stack's readiness probe of the plaintext broker it started itself.
-CLIENT_FACTORIES = {"connectors/kafka_clients.py", "omnistream/embedded.py"}
+#: The flows' source builds a consumer per partition from the settings the flow assembled.
+CLIENT_FACTORIES = {
+    "connectors/kafka_clients.py",
+    "connectors/kafka_source.py",
+    "omnistream/embedded.py",
+}
 
 
 class Stop(Exception):
@@ -93,9 +99,10 @@ def assert_secure(created: list[tuple[str, dict[str, Any]]], bootstrap: str) -> 
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     """Record every client Bytewax's connector and ``connectors.kafka_clients`` construct."""
     rec = Recorder()
-    for module in (bytewax_kafka, kafka_clients):
+    for module in (bytewax_kafka, kafka_clients, kafka_source):
         for kind in ("Consumer", "Producer", "AdminClient"):
-            monkeypatch.setattr(module, kind, rec.cls(kind))
+            if hasattr(module, kind):
+                monkeypatch.setattr(module, kind, rec.cls(kind))
     yield rec
 
 
@@ -105,14 +112,16 @@ def secure_config() -> Config:
     )
 
 
-def kafka_steps(flow: Dataflow) -> tuple[list[KafkaSource], list[KafkaSink]]:
-    """The KafkaSource and KafkaSink objects inside a built dataflow (any nesting depth)."""
-    sources: list[KafkaSource] = []
+def kafka_steps(
+    flow: Dataflow,
+) -> tuple[list[KafkaSource | AlignedKafkaSource], list[KafkaSink]]:
+    """The Kafka sources and sinks inside a built dataflow (any nesting depth)."""
+    sources: list[KafkaSource | AlignedKafkaSource] = []
     sinks: list[KafkaSink] = []
 
     def walk(step: Any) -> None:
         for value in vars(step).values():
-            if isinstance(value, KafkaSource):
+            if isinstance(value, KafkaSource | AlignedKafkaSource):
                 sources.append(value)
             elif isinstance(value, KafkaSink):
                 sinks.append(value)
@@ -124,6 +133,14 @@ def kafka_steps(flow: Dataflow) -> tuple[list[KafkaSource], list[KafkaSink]]:
 
 
 DATAFLOWS = {**FLOWS, "bench_reference": bench_reference.__name__}
+#: stock_pool reads its inputs' partition counts at build time; given here instead.
+BUILD_ARGS: dict[str, dict[str, Any]] = {
+    "stock_pool": {"partitions": {"clickstream": 4, "pos.sales": 4, "wms.movements": 4}}
+}
+
+
+def build_flow(name: str, config: Config) -> Dataflow:
+    return importlib.import_module(DATAFLOWS[name]).build(config, **BUILD_ARGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(DATAFLOWS))
@@ -133,7 +150,7 @@ def test_every_client_a_dataflow_opens_gets_the_security_settings(
     """Drive Bytewax's own client construction: the admin client that lists partitions, the
     consumer per partition and the producer per sink worker."""
     config = secure_config()
-    flow = importlib.import_module(DATAFLOWS[name]).build(config)
+    flow = build_flow(name, config)
     sources, sinks = kafka_steps(flow)
     assert sources and sinks, name
     for source in sources:
@@ -175,7 +192,7 @@ def test_settings_in_kafka_client_win_over_built_in_defaults(recorder: Recorder)
     )
     kafka_clients.make_producer(config)
     kafka_clients.make_consumer(config, "group")
-    flow = importlib.import_module(FLOWS["stock_pool"]).build(config)
+    flow = build_flow("stock_pool", config)
     sources, sinks = kafka_steps(flow)
     with pytest.raises(Stop):
         sources[0].build_part("step", f"0-{next(iter(sources[0]._topics))}", None)
@@ -246,7 +263,7 @@ def test_no_module_builds_a_kafka_client_outside_the_factories() -> None:
                 and func.attr in {"input", "output"}
                 and isinstance(func.value, ast.Name)
                 and func.value.id == "kop"
-            ) or name in {"KafkaSource", "KafkaSink", "PairSink"}
+            ) or name in {"KafkaSource", "KafkaSink", "PairSink", "AlignedKafkaSource"}
             if is_kop:
                 bytewax_calls += 1
                 add_config = next((k.value for k in node.keywords if k.arg == "add_config"), None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flows.logic.events import ClickEvent, Fulfillment, OrderLine, Origin
-from flows.logic.orders import OrderConflict, order_shard, route_order_event
+from flows.logic.orders import OrderConflict, route_order_event
 
 ORIGIN = Origin("clickstream", 0, 0, b"a")
 TTL = 30 * 24 * 3_600_000
@@ -72,8 +72,3 @@ def test_old_orders_expire_by_event_time() -> None:
     )
     book, _ = route_order_event(book, other, TTL)
     assert set(book.orders) == {"o2"}
-
-
-def test_shards_are_stable() -> None:
-    assert order_shard("o1", 64) == order_shard("o1", 64)
-    assert len({order_shard(f"o{i}", 8) for i in range(200)}) == 8

@@ -1,0 +1,230 @@
+"""The flows' Kafka source: Bytewax's partitioned source, plus what event-time order needs.
+
+Bytewax's own ``KafkaSource`` is close, but it cannot say when a tailing partition has been
+read to its end, and it lists partitions without a timeout. This one:
+
+- tells the flow when a partition is at its end (``PartitionEnd`` in the batch, every time
+  the consumer reaches the end), so a partition with nothing in flight holds nothing back
+  (``flows.logic.progress``); with ``tail=False`` the partition then stops;
+- aligns partitions on event time while catching up: a partition whose latest event time is
+  more than ``alignment_ms`` ahead of the slowest partition still being read in this process
+  waits (as Flink's watermark alignment does), so the event-time buffers downstream stay
+  small even when one topic would otherwise be read days ahead of another. Alignment only
+  bounds memory and is per process; the order itself comes from the reports downstream.
+- lists partitions with a timeout, failing with one clear message.
+
+Event times are not known here (the payload is decoded downstream, on the same worker):
+``READ_PROGRESS`` is where the decode step records them for the alignment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import AdminClient
+
+#: How long a partition waiting for the others sleeps before it looks again.
+ALIGNMENT_WAIT = timedelta(milliseconds=50)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionEnd:
+    """The consumer of ``topic``/``partition`` reached the end of what the broker holds."""
+
+    topic: str
+    partition: int
+
+
+SourceItem = KafkaSourceMessage[Any, Any] | KafkaError[Any, Any] | PartitionEnd
+
+
+class ReadProgress:
+    """Latest event time read per partition in this process, for source alignment.
+
+    Written by the decode step, read by the source partitions of every worker thread of the
+    process; a lock keeps the two consistent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[str, int], int] = {}
+        self._at_end: set[tuple[str, int]] = set()
+
+    def record(self, topic: str, partition: int, latest_ms: int | None, at_end: bool) -> None:
+        key = (topic, partition)
+        with self._lock:
+            if latest_ms is not None and latest_ms > self._latest.get(key, latest_ms - 1):
+                self._latest[key] = latest_ms
+            if at_end:
+                self._at_end.add(key)
+            else:
+                self._at_end.discard(key)
+
+    def ahead_by(self, topic: str, partition: int) -> int:
+        """How far (event-time ms) this partition is ahead of the slowest partition still
+        being read; 0 when it is the slowest or nothing is known."""
+        key = (topic, partition)
+        with self._lock:
+            own = self._latest.get(key)
+            if own is None:
+                return 0
+            reading = [t for k, t in self._latest.items() if k != key and k not in self._at_end]
+        return max(0, own - min(reading)) if reading else 0
+
+    def forget(self, topic: str, partition: int) -> None:
+        """A partition that stopped (``tail=False``) must not hold the others back."""
+        with self._lock:
+            self._at_end.add((topic, partition))
+
+
+#: The one registry of this process (each flow runs in a process of its own).
+READ_PROGRESS = ReadProgress()
+
+
+def list_partitions(
+    config: dict[str, Any], topics: Iterable[str], timeout_s: float
+) -> dict[str, int]:
+    """Partition count of each topic, or ``RuntimeError`` naming the brokers and the topic."""
+    admin = AdminClient(config)
+    counts: dict[str, int] = {}
+    for topic in topics:
+        try:
+            metadata = admin.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:  # transport failure or timeout
+            raise RuntimeError(
+                f"cannot read the partitions of Kafka topic {topic!r} from "
+                f"{config.get('bootstrap.servers')} within {timeout_s:g} s: {exc}"
+            ) from None
+        topic_metadata = metadata.topics.get(topic)
+        if topic_metadata is None or topic_metadata.error is not None or not (
+            topic_metadata.partitions
+        ):
+            reason = topic_metadata.error if topic_metadata is not None else "not in metadata"
+            raise RuntimeError(f"Kafka topic {topic!r} cannot be read: {reason}")
+        counts[topic] = len(topic_metadata.partitions)
+    return counts
+
+
+class _Partition(StatefulSourcePartition[SourceItem, int]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        batch_size: int,
+        tail: bool,
+        alignment_ms: int | None,
+    ) -> None:
+        self._consumer = Consumer(config)
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._topic = topic
+        self._partition = partition
+        self._offset = offset
+        self._batch_size = batch_size
+        self._tail = tail
+        self._alignment_ms = alignment_ms
+        self._stopping = False
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[SourceItem]:
+        if self._stopping:
+            READ_PROGRESS.forget(self._topic, self._partition)
+            raise StopIteration
+        if (
+            self._alignment_ms is not None
+            and READ_PROGRESS.ahead_by(self._topic, self._partition) > self._alignment_ms
+        ):
+            self._awake = datetime.now(UTC) + ALIGNMENT_WAIT
+            return []
+        self._awake = None
+        batch: list[SourceItem] = []
+        last_offset: int | None = None
+        for msg in self._consumer.consume(self._batch_size, 0.001):
+            error = msg.error()
+            if error is not None and error.code() == ConfluentKafkaError._PARTITION_EOF:
+                batch.append(PartitionEnd(self._topic, self._partition))
+                if not self._tail:
+                    self._stopping = True
+                    break
+                continue
+            message: KafkaSourceMessage[Any, Any] = KafkaSourceMessage(
+                key=msg.key(),
+                value=msg.value(),
+                topic=msg.topic(),
+                headers=list(msg.headers() or []),  # type: ignore[arg-type]
+                latency=msg.latency(),
+                offset=msg.offset(),
+                partition=msg.partition(),
+                timestamp=msg.timestamp(),
+            )
+            batch.append(message if error is None else KafkaError(error, message))
+            offset = msg.offset()
+            if offset is not None and offset >= 0:
+                last_offset = offset
+        if last_offset is not None:
+            self._offset = last_offset + 1
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
+    """Every partition of ``topics`` (prefixed names), from the beginning or from the
+    recovery snapshot; see the module docstring for what it adds to Bytewax's source."""
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topics: list[str],
+        *,
+        add_config: dict[str, Any],
+        tail: bool,
+        batch_size: int,
+        alignment_ms: int | None,
+        metadata_timeout_s: float = 10.0,
+    ) -> None:
+        self._config = {"bootstrap.servers": ",".join(brokers), **add_config}
+        self._topics = topics
+        self._tail = tail
+        self._batch_size = batch_size
+        self._alignment_ms = alignment_ms
+        self._timeout_s = metadata_timeout_s
+
+    def list_parts(self) -> list[str]:
+        counts = list_partitions(self._config, self._topics, self._timeout_s)
+        return [f"{p}-{topic}" for topic, n in counts.items() for p in range(n)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        index, topic = for_part.split("-", 1)
+        config = {
+            # Bytewax assigns partitions itself and keeps offsets in its recovery snapshots.
+            "group.id": "BYTEWAX_IGNORED",
+            "enable.auto.commit": "false",
+            **self._config,
+            "enable.partition.eof": "true",
+        }
+        return _Partition(
+            config,
+            topic,
+            int(index),
+            OFFSET_BEGINNING if resume_state is None else resume_state,
+            self._batch_size,
+            self._tail,
+            self._alignment_ms,
+        )
