@@ -15,6 +15,12 @@ Wiring only; the rules are in ``flows.logic.customer_rules``, ``flows.logic.stoc
 Timers follow event time (``connectors.event_clock``). The rules file is re-read while the
 flow runs (``connectors.live_rules``). Step ids are part of the recovery snapshots: keep them
 stable.
+
+Everything a replay holds for the end must be in the snapshots, or a run killed after the
+last snapshot before the end loses it on resume (issue 14): each key's snapshot carries the
+clock marks of its streams (the clocks are per thread, outside Bytewax's state), and the
+campaign step its coupons waiting for the end. Snapshots written before that (shorter
+tuples, a bare state) still resume.
 """
 
 from __future__ import annotations
@@ -69,13 +75,13 @@ from flows.logic.customer_rules import (
 )
 from flows.logic.customer_rules import Suppressed as CustomerSuppressed
 from flows.logic.events import Origin
+from flows.logic.progress import PartitionReport
 from flows.logic.reference import ReferenceData
 from flows.logic.rules import RuleSet
 from flows.logic.stock_rules import (
     CampaignState,
     ExpiryBatch,
     SkuRuleState,
-from flows.logic.progress import PartitionReport
     StockChange,
     StockDecision,
     evaluate_campaign_prep,
@@ -130,7 +136,8 @@ class _Context:
         return self.store().region_positions(sku, region, FLOW)
 
 
-CustomerSnapshot = tuple[str, CustomerState, int]
+#: customer id, state, partition of ``events.resolved``, and that partition's clock mark
+CustomerSnapshot = tuple[str, CustomerState, int, int | None]
 
 
 class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
@@ -140,9 +147,14 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
 
     def __init__(self, ctx: _Context, resume: CustomerSnapshot | None) -> None:
         self.ctx = ctx
-        self.customer_id, self.state, self.partition = (
-            resume if resume is not None else ("", CustomerState(), 0)
-        )
+        self.customer_id, self.state, self.partition = "", CustomerState(), 0
+        if resume is not None:
+            self.customer_id, self.state, self.partition = resume[:3]
+            mark = resume[3] if len(resume) > 3 else None
+            if mark is not None:
+                # The partition may have nothing left to read: without its mark, the timers
+                # due at the end of a replay would never fire.
+                self.ctx.clock("customers").restore({self._stream(): mark})
 
     def _stream(self) -> tuple[str, int]:
         return ("resolved", self.partition)
@@ -181,10 +193,12 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         return self.ctx.clock("customers").wake_at(self._stream(), next_deadline(self.state))
 
     def snapshot(self) -> CustomerSnapshot:
-        return self.customer_id, copy.deepcopy(self.state), self.partition
+        mark = self.ctx.clock("customers").mark(self._stream())
+        return self.customer_id, copy.deepcopy(self.state), self.partition, mark
 
 
-LocationSnapshot = tuple[str, SkuRuleState]
+#: sku, state, and the clock marks of the stock partitions
+LocationSnapshot = tuple[str, SkuRuleState, dict[Any, int]]
 
 
 class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
@@ -197,7 +211,11 @@ class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
 
     def __init__(self, ctx: _Context, resume: LocationSnapshot | None) -> None:
         self.ctx = ctx
-        self.sku, self.state = resume if resume is not None else ("", SkuRuleState())
+        self.sku, self.state = "", SkuRuleState()
+        if resume is not None:
+            self.sku, self.state = resume[0], resume[1]
+            if len(resume) > 2:
+                self._clock().restore(resume[2])
         self._product()
 
     def _product(self) -> None:
@@ -262,18 +280,28 @@ class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
         return self._clock().wake_at("stock", deadline, group=True)
 
     def snapshot(self) -> LocationSnapshot:
-        return self.sku, copy.deepcopy(self.state)
+        return self.sku, copy.deepcopy(self.state), self._clock().marks("stock")
 
 
-class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignState]):
+#: counts so far, and the coupons a replay holds for the end
+CampaignSnapshot = tuple[CampaignState, list[CouponDecision]]
+
+
+class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignSnapshot]):
     """Coupons naming one store for one sku (``campaign_prep``). Live, each coupon counts as
     it comes; in a replay they are counted in event-time order at the end, since coupons of
-    different customers arrive in no fixed order."""
+    different customers arrive in no fixed order — so the coupons held for the end are part
+    of the snapshot: a resumed replay would otherwise count only those read after it."""
 
-    def __init__(self, ctx: _Context, resume: CampaignState | None) -> None:
+    def __init__(self, ctx: _Context, resume: CampaignSnapshot | CampaignState | None) -> None:
         self.ctx = ctx
-        self.state = resume
+        self.state: CampaignState | None = None
         self.pending: list[CouponDecision] = []
+        if isinstance(resume, tuple):
+            self.state, pending = resume
+            self.pending = list(pending)
+        else:
+            self.state = resume
 
     def _count(self, decision: CouponDecision) -> list[Any]:
         assert decision.store_id is not None and decision.sku is not None
@@ -308,17 +336,27 @@ class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignState]):
         self.pending = []
         return out, StatefulLogic.RETAIN
 
-    def snapshot(self) -> CampaignState:
-        return copy.deepcopy(self.state) if self.state is not None else CampaignState()
+    def snapshot(self) -> CampaignSnapshot:
+        state = copy.deepcopy(self.state) if self.state is not None else CampaignState()
+        return state, list(self.pending)  # decisions are frozen: a new list is a copy
 
 
-class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
+#: views and pending signals, and the clock marks of the view partitions
+AudienceSnapshot = tuple[AudienceState, dict[Any, int]]
+
+
+class AudienceLogic(StatefulLogic[Any, Offer, AudienceSnapshot]):
     """One region's recent product views; turns clearance signals into offers once the
     views have caught up with the signal's event time."""
 
-    def __init__(self, ctx: _Context, resume: AudienceState | None) -> None:
+    def __init__(self, ctx: _Context, resume: AudienceSnapshot | AudienceState | None) -> None:
         self.ctx = ctx
-        self.state = resume if resume is not None else AudienceState()
+        self.state = AudienceState()
+        if isinstance(resume, tuple):
+            self.state, marks = resume
+            self.ctx.clock("views").restore(marks)
+        elif resume is not None:
+            self.state = resume
 
     def _release(self, mark: int | None) -> list[Offer]:
         if mark is None or not self.state.pending:
@@ -353,8 +391,8 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceState]):
         pending = min((s.ts_ms for s in self.state.pending), default=None)
         return self.ctx.clock("views").wake_at("views", pending, group=True)
 
-    def snapshot(self) -> AudienceState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> AudienceSnapshot:
+        return copy.deepcopy(self.state), self.ctx.clock("views").marks("views")
 
 
 def _view_of(event: CustomerEvent) -> tuple[str, View] | None:

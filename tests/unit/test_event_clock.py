@@ -187,3 +187,32 @@ def test_clocks_are_one_per_name_and_per_thread() -> None:
     assert len(theirs) == 2
     assert theirs[0] is theirs[1]  # the same within the other thread
     assert theirs[0] is not mine  # but not the calling thread's clock
+
+
+def test_marks_restore_into_a_fresh_clock_taking_the_latest_of_each_stream() -> None:
+    """A clock is not Bytewax state: keys carry its marks in their snapshots and a resumed
+    process restores them (several keys restore the same stream; the latest counts)."""
+    clock, _ = make_clock(grace_ms=500)
+    clock.observe(("stock", 0), T0)
+    clock.observe(("stock", 1), T0 + 9_000)
+    clock.observe(("views", 0), T0 + 1)
+    assert clock.marks("stock") == {("stock", 0): T0, ("stock", 1): T0 + 9_000}
+    assert clock.mark(("stock", 1)) == T0 + 9_000
+    assert clock.mark(("stock", 7)) is None
+
+    resumed, _ = make_clock(grace_ms=500)
+    resumed.restore({("stock", 0): T0 + 3_000})  # a key snapshotted later …
+    resumed.restore(clock.marks("stock"))  # … and one snapshotted earlier
+    assert resumed.marks() == {("stock", 0): T0 + 3_000, ("stock", 1): T0 + 9_000}
+    assert resumed.latest() == T0 + 9_000
+    assert resumed.low_watermark("stock") == T0 + 3_000
+    resumed.observe(("stock", 0), T0 + 1_000)  # replayed events do not move it back
+    assert resumed.mark(("stock", 0)) == T0 + 3_000
+
+
+def test_a_restored_stream_counts_as_just_heard_from_while_tailing() -> None:
+    clock, wall = make_clock(grace_ms=500, idle_advance_ms=500)
+    clock.restore({0: T0})
+    assert clock.watermark(0) == T0 - 500  # no jump by the time the flow was down
+    wall.advance(1_500)
+    assert clock.watermark(0) == T0 - 500 + 1_000

@@ -1,0 +1,185 @@
+"""rule_triggers' stateful steps resumed from their snapshots, as after a SIGKILL (issue 14).
+
+A resumed process starts with fresh per-thread event clocks: whatever a replay leaves for the
+end of the input (timers due by a partition's clock, coupons counted for campaign_prep) must
+come back from the snapshots, or it is lost when the partition has nothing left to read
+after the resume. Each "process" below runs in a thread of its own, so it gets clocks of its
+own, as a new process would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from flows.logic.customer_rules import CouponDecision, CustomerEvent
+from flows.logic.stock_rules import StockChange, StockDecision
+from flows.rule_triggers import CampaignLogic, CustomerLogic, LocationLogic, _Context
+from omnistream.config import Config
+from omnistream.reference import load_reference
+
+CONFIG = Config()
+REFERENCE = load_reference(CONFIG)
+CST = timezone(timedelta(hours=8))
+NOON = int(datetime(2026, 11, 18, 12, tzinfo=CST).timestamp() * 1000)  # no quiet hours
+HOUR = 3_600_000
+T = TypeVar("T")
+
+
+def in_new_process(work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread of its own: fresh thread-local clocks, like a new process."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def replay_context() -> _Context:
+    return _Context(CONFIG, REFERENCE, until_idle=True)
+
+
+def event(customer: str, event_type: str, ts_ms: int, sku: str | None = None) -> CustomerEvent:
+    return CustomerEvent(
+        event_id=f"{customer}-{event_type}-{ts_ms}",
+        event_type=event_type,
+        ts_ms=ts_ms,
+        customer_id=customer,
+        sku=sku,
+        source_partition=2,
+    )
+
+
+def carts(outputs: list[Any]) -> list[CouponDecision]:
+    return [o for o in outputs if isinstance(o, CouponDecision)]
+
+
+def test_a_cart_left_for_the_end_still_fires_when_its_partition_has_nothing_left() -> None:
+    """A carts, B's later event moves the partition's clock past A's deadline; the run is
+    killed after both were snapshotted, so after the resume nothing of that partition is read
+    again. At the end A's cart must fire as in the uninterrupted run (before the fix the
+    resumed clock had never seen the partition and the coupon was silently lost)."""
+    sku = next(iter(REFERENCE.products))
+
+    def first_run() -> tuple[Any, Any, list[Any]]:
+        """Snapshots as of a kill after both events were read, then the end of the input
+        as an uninterrupted run reaches it."""
+        ctx = replay_context()
+        a, b = CustomerLogic(ctx, None), CustomerLogic(ctx, None)
+        a.on_item(event("cust-a", "add_to_cart", NOON, sku))
+        b.on_item(event("cust-b", "page_view", NOON + 2 * HOUR))
+        snapshots = a.snapshot(), b.snapshot()
+        uninterrupted, _ = a.on_eof()
+        return *snapshots, uninterrupted
+
+    snap_a, snap_b, uninterrupted = in_new_process(first_run)
+    assert [d.evidence for d in carts(uninterrupted)] == [(f"cust-a-add_to_cart-{NOON}",)]
+
+    def resumed() -> list[Any]:
+        ctx = replay_context()
+        # Bytewax builds every snapshotted key on resume, then calls on_eof on each.
+        a, _b = CustomerLogic(ctx, snap_a), CustomerLogic(ctx, snap_b)
+        out, _ = a.on_eof()
+        return out
+
+    assert carts(in_new_process(resumed)) == carts(uninterrupted)
+
+
+def test_snapshots_written_before_the_clock_marks_still_resume() -> None:
+    sku = next(iter(REFERENCE.products))
+
+    def old_snapshot() -> Any:
+        ctx = replay_context()
+        logic = CustomerLogic(ctx, None)
+        logic.on_item(event("cust-a", "add_to_cart", NOON, sku))
+        return logic.snapshot()[:3]  # (customer id, state, partition): the old layout
+
+    snapshot = in_new_process(old_snapshot)
+
+    def resumed() -> tuple[str, int]:
+        logic = CustomerLogic(replay_context(), snapshot)
+        return logic.customer_id, len(logic.state.carts)
+
+    assert in_new_process(resumed) == ("cust-a", 1)
+
+
+def test_stock_clock_marks_come_back_with_any_location() -> None:
+    sku = next(iter(REFERENCE.products))
+    location = next(iter(REFERENCE.locations.values()))
+
+    def first_run() -> Any:
+        ctx = replay_context()
+        logic = LocationLogic(ctx, None)
+        ctx.region_stock = lambda sku, region: []  # type: ignore[method-assign]
+        change = StockChange(
+            sku, location.location_id, location.region, 50, 1, NOON, "cause-1", 50,
+            location.type, source_partition=3,
+        )  # fmt: skip
+        logic.on_item(change)
+        return logic.snapshot()
+
+    snapshot = in_new_process(first_run)
+
+    def resumed() -> int | None:
+        ctx = replay_context()
+        LocationLogic(ctx, snapshot)
+        return ctx.clock("stock").latest()
+
+    assert in_new_process(resumed) == NOON
+
+
+class FakeStock:
+    """The stock a campaign_prep trigger reads when it fires (Redis in the flow)."""
+
+    def available(self, sku: str, location_id: str, flow: str) -> int:
+        return 0
+
+
+def decision(n: int, store_id: str, sku: str) -> CouponDecision:
+    return CouponDecision(
+        rule_id="cart-abandonment",
+        customer_id=f"cust-{n}",
+        variant="amount_15",
+        sku=sku,
+        store_id=store_id,
+        reason="test",
+        evidence=(f"ev-{n}",),
+        event_time_ms=NOON + n * 1000,
+    )
+
+
+def test_coupons_held_for_campaign_prep_survive_a_resume() -> None:
+    """A replay counts campaign coupons at the end: the ones read before the snapshot must
+    come back with it (they were dropped, so a resumed run missed its campaign_prep trigger
+    or published one with other evidence: a new id)."""
+    store = next(loc for loc in REFERENCE.locations.values() if loc.type == "store")
+    sku = next(iter(REFERENCE.products))
+    coupons = [decision(n, store.location_id, sku) for n in range(60)]
+
+    def run(resume: Any, items: list[CouponDecision], finish: bool) -> tuple[Any, list[Any]]:
+        ctx = replay_context()
+        ctx.store = lambda: FakeStock()  # type: ignore[assignment, method-assign, return-value]
+        logic = CampaignLogic(ctx, resume)
+        for item in items:
+            logic.on_item(item)
+        out = logic.on_eof()[0] if finish else []
+        return logic.snapshot(), out
+
+    _, uninterrupted = in_new_process(lambda: run(None, coupons, True))
+    prepared = [o for o in uninterrupted if isinstance(o, StockDecision)]
+    assert [p.kind for p in prepared] == ["prepare"]
+    snapshot, _ = in_new_process(lambda: run(None, coupons[:40], False))
+    _, resumed = in_new_process(lambda: run(snapshot, coupons[40:], True))
+    assert resumed == uninterrupted
