@@ -194,12 +194,15 @@ class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
         topics: list[str],
         *,
         add_config: dict[str, Any],
+        admin_config: dict[str, Any] | None = None,
         tail: bool,
         batch_size: int,
         alignment_ms: int | None,
         metadata_timeout_s: float = 10.0,
     ) -> None:
         self._config = {"bootstrap.servers": ",".join(brokers), **add_config}
+        #: For listing partitions: librdkafka warns about consumer properties there.
+        self._admin_config = {"bootstrap.servers": ",".join(brokers), **(admin_config or {})}
         self._topics = topics
         self._tail = tail
         self._batch_size = batch_size
@@ -207,7 +210,7 @@ class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
         self._timeout_s = metadata_timeout_s
 
     def list_parts(self) -> list[str]:
-        counts = list_partitions(self._config, self._topics, self._timeout_s)
+        counts = list_partitions(self._admin_config, self._topics, self._timeout_s)
         return [f"{p}-{topic}" for topic, n in counts.items() for p in range(n)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:

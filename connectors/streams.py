@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from connectors.decode import PiiHasher, decode_message, message_event_time
 from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
-from connectors.kafka_clients import brokers, producer_settings
+from connectors.kafka_clients import admin_settings, brokers, consumer_settings, producer_settings
 from connectors.kafka_source import READ_PROGRESS, AlignedKafkaSource, PartitionEnd, SourceItem
 from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
 from connectors.topics import CLOUDEVENT_TOPICS, DEADLETTER
@@ -109,7 +109,8 @@ def kafka_events(
     source = AlignedKafkaSource(
         brokers(config),
         [config.topic(name) for name in topic_names],
-        add_config={**CONSUMER_DEFAULTS, **config.kafka.client},
+        add_config=consumer_settings(config, CONSUMER_DEFAULTS),
+        admin_config=admin_settings(config),
         tail=not until_idle,
         batch_size=config.kafka.batch_size,
         alignment_ms=int(config.flow.alignment_seconds * 1000),

@@ -36,7 +36,7 @@ from bytewax.dataflow import Dataflow
 
 from connectors import topics
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.kafka_clients import client_settings
+from connectors.kafka_clients import admin_settings
 from connectors.kafka_source import list_partitions
 from connectors.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
 from connectors.streams import (
@@ -236,7 +236,7 @@ def shard_bundles(
 def input_partitions(config: Config) -> dict[str, int]:
     """Partition count of each input topic (CONTRACT names), read from the broker."""
     counts = list_partitions(
-        client_settings(config), [config.topic(name) for name in INPUTS], timeout_s=10.0
+        admin_settings(config), [config.topic(name) for name in INPUTS], timeout_s=10.0
     )
     return {name: counts[config.topic(name)] for name in INPUTS}
 

@@ -36,6 +36,7 @@ from connectors.kafka_source import AlignedKafkaSource
 from omnistream import bench_reference
 from omnistream.config import Config
 from omnistream.runner import FLOWS
+from tests.flow_builds import build_flow
 
 SECURE: dict[str, str] = {
     "security.protocol": "SASL_SSL",
@@ -133,14 +134,10 @@ def kafka_steps(
 
 
 DATAFLOWS = {**FLOWS, "bench_reference": bench_reference.__name__}
-#: stock_pool reads its inputs' partition counts at build time; given here instead.
-BUILD_ARGS: dict[str, dict[str, Any]] = {
-    "stock_pool": {"partitions": {"clickstream": 4, "pos.sales": 4, "wms.movements": 4}}
-}
 
 
-def build_flow(name: str, config: Config) -> Dataflow:
-    return importlib.import_module(DATAFLOWS[name]).build(config, **BUILD_ARGS.get(name, {}))
+def build(name: str, config: Config) -> Dataflow:
+    return build_flow(DATAFLOWS[name], config)
 
 
 @pytest.mark.parametrize("name", sorted(DATAFLOWS))
@@ -150,7 +147,7 @@ def test_every_client_a_dataflow_opens_gets_the_security_settings(
     """Drive Bytewax's own client construction: the admin client that lists partitions, the
     consumer per partition and the producer per sink worker."""
     config = secure_config()
-    flow = build_flow(name, config)
+    flow = build(name, config)
     sources, sinks = kafka_steps(flow)
     assert sources and sinks, name
     for source in sources:
@@ -192,7 +189,7 @@ def test_settings_in_kafka_client_win_over_built_in_defaults(recorder: Recorder)
     )
     kafka_clients.make_producer(config)
     kafka_clients.make_consumer(config, "group")
-    flow = build_flow("stock_pool", config)
+    flow = build("stock_pool", config)
     sources, sinks = kafka_steps(flow)
     with pytest.raises(Stop):
         sources[0].build_part("step", f"0-{next(iter(sources[0]._topics))}", None)

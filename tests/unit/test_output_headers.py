@@ -9,7 +9,6 @@ The producer is replaced by a recorder (the sinks build Bytewax's ``KafkaSink`` 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from flows.logic.identity import IdentityChange
 from omnistream import identity_cli
 from omnistream.config import Config
 from omnistream.runner import FLOWS
+from tests.flow_builds import build_flow
 
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
@@ -86,7 +86,7 @@ def test_every_sink_heads_cloudevents_and_only_cloudevents(
     a topic of its own writes each message to the topic the message names): CloudEvent
     topics carry the structured-mode header, plain-JSON topics none."""
     cfg = config()
-    sinks = pair_sinks(importlib.import_module(FLOWS[name]).build(cfg))
+    sinks = pair_sinks(build_flow(FLOWS[name], cfg))
     assert sinks
     full_names = {cfg.topic(t): t for t in topics.ALL_TOPICS}
     for sink in sinks:
@@ -108,7 +108,7 @@ def test_every_cloudevent_topic_is_written_by_some_flow(producers: list[Recordin
     cfg = config()
     own_topics: set[str] = set()
     for module in FLOWS.values():
-        for sink in pair_sinks(importlib.import_module(module).build(cfg)):
+        for sink in pair_sinks(build_flow(module, cfg)):
             if sink._topic is not None:
                 own_topics.add(sink._topic)
     short = {cfg.topic(t): t for t in topics.ALL_TOPICS}
@@ -119,7 +119,7 @@ def test_every_cloudevent_topic_is_written_by_some_flow(producers: list[Recordin
 
 def test_flow_sinks_are_idempotent_producers(producers: list[RecordingProducer]) -> None:
     cfg = config()
-    for sink in pair_sinks(importlib.import_module(FLOWS["stock_pool"]).build(cfg)):
+    for sink in pair_sinks(build_flow(FLOWS["stock_pool"], cfg)):
         sink.build("step", 0, 1)
     assert producers
     assert all(p.config["enable.idempotence"] == "true" for p in producers)

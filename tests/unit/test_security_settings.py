@@ -15,6 +15,7 @@ from connectors.kafka_clients import client_settings
 from omnistream.config import Config
 from omnistream.runner import FLOWS
 from state.redis_io import connect, with_retries
+from tests.flow_builds import build_flow
 
 SECURE = {
     "security.protocol": "SASL_SSL",
@@ -48,12 +49,9 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]
 def test_kafka_security_settings_reach_every_source_and_sink(
     name: str, captured: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    import importlib
 
     config = Config().with_overrides(kafka={"client": SECURE}, pii={"key": "unit-secret"})
-    # stock_pool reads its inputs' partition counts at build time; given here instead.
-    extra = {"partitions": {"clickstream": 1, "pos.sales": 1, "wms.movements": 1}}
-    importlib.import_module(FLOWS[name]).build(config, **(extra if name == "stock_pool" else {}))
+    build_flow(FLOWS[name], config)
     kinds = {kind for kind, _ in captured}
     assert kinds == {"source", "sink"}, name
     for kind, kwargs in captured:
