@@ -1,0 +1,94 @@
+"""Running a flow to the end of its input, or SIGKILLing it on the way, for the recovery tests.
+
+Where a flow is killed decides what a resume has to get right, and a wall-clock kill time
+lands anywhere between start-up and exit depending on the machine's load. So kills follow
+the flow's own progress instead: the ``omnistream_events_consumed_total`` it serves on its
+metrics port (counted per Kafka batch as it is decoded, replays included):
+
+- ``Kill.first_read()``: as soon as it has consumed anything, long before its first
+  recovery snapshot (the test gives it a long snapshot interval): a resume must start over
+  from nothing recorded;
+- ``Kill.at_fraction(f)``: once it has consumed a fraction of its input. Late points are
+  where a resume found partitions with nothing left to read (issue 14: timers left for the
+  end of a replay were lost there).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnistream.config import Config, dump_config
+from omnistream.embedded import free_port
+from omnistream.processes import scrape, start_flow, total
+
+CONSUMED = "omnistream_events_consumed_total"
+
+
+@dataclass(frozen=True)
+class Kill:
+    """When to SIGKILL a flow: once it has consumed ``messages`` input messages."""
+
+    messages: int
+    label: str
+
+    @classmethod
+    def first_read(cls) -> Kill:
+        return cls(1, "at its first read")
+
+    @classmethod
+    def at_fraction(cls, fraction: float, input_messages: int) -> Kill:
+        return cls(max(1, int(fraction * input_messages)), f"at {fraction:.0%} of its input")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    #: input messages it had consumed when killed (None: it was not killed)
+    consumed: float | None
+    seconds: float
+
+    @property
+    def killed(self) -> bool:
+        return self.code == -signal.SIGKILL
+
+
+def run_flow(
+    name: str,
+    config: Config,
+    path: Path,
+    kill: Kill | None = None,
+    timeout_s: float = 600.0,
+) -> Outcome:
+    """``omnistream run NAME --until-idle`` with ``config`` (written to ``path``; the log goes
+    next to it), to the end or until ``kill`` says so."""
+    port = free_port()
+    dump_config(config.with_overrides(metrics={"port": port, "host": "127.0.0.1"}), path)
+    started = time.monotonic()
+    with path.with_suffix(".log").open("ab") as log:
+        process = start_flow(name, path, until_idle=True, log=log)
+        try:
+            consumed = None if kill is None else _kill_when(process, port, name, kill, timeout_s)
+            code = process.wait(timeout=timeout_s)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    return Outcome(code, consumed, time.monotonic() - started)
+
+
+def _kill_when(
+    process: subprocess.Popen[bytes], port: int, flow: str, kill: Kill, timeout_s: float
+) -> float | None:
+    """Poll the flow's metrics; SIGKILL it once it has consumed ``kill.messages``."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        consumed = total(scrape(port, timeout_s=1.0), CONSUMED, flow=flow)
+        if consumed >= kill.messages:
+            process.send_signal(signal.SIGKILL)
+            return consumed
+        time.sleep(0.005)
+    return None
