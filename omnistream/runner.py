@@ -69,13 +69,26 @@ def serve_metrics(config: Config) -> str:
 
 
 def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> RecoveryConfig | None:
-    """Create the recovery partitions on first use; later starts resume from them."""
+    """Create the recovery partitions on first use; later starts resume from them.
+
+    They are created in a scratch directory inside ``directory`` and moved in with
+    ``part-0`` last, so a process killed while creating them leaves either no ``part-0``
+    (the next start creates them again) or all of them: Bytewax opens every ``*.sqlite3``
+    there, and a half-made one stopped every later start ("No recovery partitions found").
+    """
     if not directory:
         return None
     path = Path(directory)
-    if not path.exists() or not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, partitions)
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "part-0.sqlite3").exists():
+        for leftover in path.glob(".init-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".init-", dir=path))
+        init_db_dir(staging, partitions)
+        parts = sorted(staging.glob("part-*.sqlite3"), key=lambda p: p.name == "part-0.sqlite3")
+        for part in parts:
+            os.replace(part, path / part.name)
+        staging.rmdir()
     return RecoveryConfig(str(path), backup_interval=backup)
 
 
