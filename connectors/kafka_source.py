@@ -3,14 +3,18 @@
 Bytewax's own ``KafkaSource`` is close, but it cannot say when a tailing partition has been
 read to its end, and it lists partitions without a timeout. This one:
 
-- tells the flow when a partition is at its end (``PartitionEnd`` in the batch, every time
-  the consumer reaches the end), so a partition with nothing in flight holds nothing back
+- tells the flow when a partition is at its end (``PartitionEnd`` at the end of the batch
+  that reached the high watermark of the last fetch, or on librdkafka's end-of-partition
+  event), so a partition with nothing in flight holds nothing back
   (``flows.logic.progress``); with ``tail=False`` the partition then stops;
 - aligns partitions on event time while catching up: a partition whose latest event time is
-  more than ``alignment_ms`` ahead of the slowest partition still being read in this process
-  waits (as Flink's watermark alignment does), so the event-time buffers downstream stay
-  small even when one topic would otherwise be read days ahead of another. Alignment only
-  bounds memory and is per process; the order itself comes from the reports downstream.
+  more than ``alignment_ms`` ahead of the slowest partition that is catching up (more than a
+  batch behind its high watermark) in this process waits, as Flink's watermark alignment
+  does, so the event-time buffers downstream stay small even when one topic would otherwise
+  be read days ahead of another. Live, no partition is a batch behind and nothing waits
+  (the benchmark's generator runs event time hundreds of times faster than the wall clock,
+  where an alignment against partitions merely between two fetches held triggers back).
+  Alignment only bounds memory and is per process; the order comes from the reports.
 - lists partitions with a timeout, failing with one clear message.
 
 Event times are not known here (the payload is decoded downstream, on the same worker):
@@ -57,6 +61,8 @@ class ReadProgress:
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, int], int] = {}
         self._at_end: set[tuple[str, int]] = set()
+        #: Partitions more than a batch behind their high watermark.
+        self._catching_up: set[tuple[str, int]] = set()
 
     def record(self, topic: str, partition: int, latest_ms: int | None, at_end: bool) -> None:
         key = (topic, partition)
@@ -68,21 +74,35 @@ class ReadProgress:
             else:
                 self._at_end.discard(key)
 
+    def backlog(self, topic: str, partition: int, catching_up: bool) -> None:
+        """Written by the source partition after each poll."""
+        key = (topic, partition)
+        with self._lock:
+            if catching_up:
+                self._catching_up.add(key)
+            else:
+                self._catching_up.discard(key)
+
     def ahead_by(self, topic: str, partition: int) -> int:
-        """How far (event-time ms) this partition is ahead of the slowest partition still
-        being read; 0 when it is the slowest or nothing is known."""
+        """How far (event-time ms) this partition is ahead of the slowest partition that is
+        catching up; 0 when it is the slowest, nothing is catching up or nothing is known."""
         key = (topic, partition)
         with self._lock:
             own = self._latest.get(key)
             if own is None:
                 return 0
-            reading = [t for k, t in self._latest.items() if k != key and k not in self._at_end]
-        return max(0, own - min(reading)) if reading else 0
+            behind = [
+                t
+                for k, t in self._latest.items()
+                if k != key and k in self._catching_up and k not in self._at_end
+            ]
+        return max(0, own - min(behind)) if behind else 0
 
     def forget(self, topic: str, partition: int) -> None:
         """A partition that stopped (``tail=False``) must not hold the others back."""
         with self._lock:
             self._at_end.add((topic, partition))
+            self._catching_up.discard((topic, partition))
 
 
 #: The one registry of this process (each flow runs in a process of its own).
@@ -125,7 +145,10 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         alignment_ms: int | None,
     ) -> None:
         self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        self._assigned = TopicPartition(topic, partition, offset)
+        self._consumer.assign([self._assigned])
+        #: The last batch ended at the partition's end (``PartitionEnd`` already sent).
+        self._at_end = False
         self._topic = topic
         self._partition = partition
         self._offset = offset
@@ -148,13 +171,11 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         self._awake = None
         batch: list[SourceItem] = []
         last_offset: int | None = None
+        end_event = False
         for msg in self._consumer.consume(self._batch_size, 0.001):
             error = msg.error()
             if error is not None and error.code() == ConfluentKafkaError._PARTITION_EOF:
-                batch.append(PartitionEnd(self._topic, self._partition))
-                if not self._tail:
-                    self._stopping = True
-                    break
+                end_event = True
                 continue
             message: KafkaSourceMessage[Any, Any] = KafkaSourceMessage(
                 key=msg.key(),
@@ -172,7 +193,28 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
                 last_offset = offset
         if last_offset is not None:
             self._offset = last_offset + 1
+        backlog = self._backlog()
+        READ_PROGRESS.backlog(self._topic, self._partition, backlog > self._batch_size)
+        at_end = end_event or (backlog == 0 and (batch or not self._at_end))
+        if batch and not at_end:
+            self._at_end = False
+        elif at_end and (batch or not self._at_end):
+            # Once per arrival at the end (librdkafka's own event comes later, or not at all
+            # for a batch that ended exactly at the high watermark of its fetch).
+            self._at_end = True
+            batch.append(PartitionEnd(self._topic, self._partition))
+            if not self._tail:
+                self._stopping = True
         return batch
+
+    def _backlog(self) -> int:
+        """Messages between the next offset and the high watermark of the last fetch; -1
+        while no fetch has told it (the cached value costs no request)."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(self._assigned, cached=True)
+        except KafkaException:
+            return -1
+        return max(0, high - self._offset) if high >= 0 else -1
 
     def next_awake(self) -> datetime | None:
         return self._awake
