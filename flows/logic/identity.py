@@ -308,7 +308,17 @@ def link_identifiers(
             )
         )
         target = renamed
-    if absorbed_into:  # conflicts and sightings name the customers that still exist
+    if absorbed_into:  # changes, conflicts and sightings name the customers that still exist
+        # A change made before its customer was itself absorbed (a customer this event
+        # minted takes a younger one, then joins an older one) must name the survivor, or a
+        # subscriber folding the changes keeps the absorbed identifiers under a customer
+        # nothing maps on: its merged_from alias would point at an id never announced.
+        changes = [
+            c
+            if c.customer_id not in absorbed_into
+            else dataclasses.replace(c, customer_id=_final(c.customer_id, absorbed_into))
+            for c in changes
+        ]
         conflicts = [
             dataclasses.replace(c, customer_id=_final(c.customer_id, absorbed_into))
             for c in conflicts
