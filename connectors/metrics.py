@@ -52,7 +52,7 @@ REDIS_WRITE_SECONDS = Histogram(
 )
 REDIS_ERRORS = Counter(
     "omnistream_redis_errors_total",
-    "Redis calls that failed (each retried with back-off), by flow.",
+    "Failed Redis attempts, each one (the one retry policy retries them with back-off), by flow.",
     ["flow"],
 )
 IDENTITY_LINKS = Counter(

@@ -1,73 +1,117 @@
 """Redis connection and the one retry policy used by every store.
 
 Writes are absolute values, so retrying a pipeline that may have half-applied is safe.
+
+One policy, here: redis-py's own retry is turned off (``Retry(NoBackoff(), 0)``; newer
+redis-py versions retry three times by default when a client is built directly, and a URL may
+ask for ``retry_on_timeout``), so every failed attempt reaches ``with_retries``, is counted in
+``omnistream_redis_errors_total`` and logged, instead of two policies stacked with the inner
+one's failures invisible.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from connectors.metrics import REDIS_ERRORS
+from omnistream import stopping
 from omnistream.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Back-off doubles from FIRST to MAX seconds; after GIVE_UP seconds of failures the error is
-#: raised, the flow stops, and a restart resumes from its recovery snapshot.
+#: The back-off ceiling doubles from FIRST to MAX seconds and each wait is drawn between half
+#: of it and all of it (jitter: flows and workers that lost Redis together do not come back in
+#: lockstep); after GIVE_UP seconds of failures ``RedisGaveUp`` is raised, the flow stops with
+#: one line, and a restart resumes from its recovery snapshot.
 FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 GIVE_UP_S = 300.0
 
 
-def connect(config: Config) -> redis.Redis:
+class RedisGaveUp(RuntimeError):
+    """Redis failed for ``GIVE_UP_S`` seconds in a row (the runner adds the address and the
+    setting to check when it reports it)."""
+
+
+def connect(
+    config: Config, *, socket_timeout_s: float = 10.0, connect_timeout_s: float = 5.0
+) -> redis.Redis:
     """A client for ``redis.url``: ``redis://user:password@host:port/db`` for an ACL user or
     a password, ``rediss://`` for TLS (with ``ssl_cert_reqs``/``ssl_ca_certs`` query
-    parameters as redis-py reads them)."""
+    parameters as redis-py reads them). Without a retry of its own (see the module doc)."""
     return redis.Redis.from_url(
-        config.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        config.redis.url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
     )
+
+
+def describe(url: str) -> str:
+    """``redis.url`` without its user, password and query: safe to print."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    port = parts.port or 6379
+    return f"{parts.scheme or 'redis'}://{host}:{port}{parts.path or '/0'}"
 
 
 def with_retries(
     flow: str,
     action: Callable[[], T],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], bool | None] = stopping.wait,
     clock: Callable[[], float] = time.monotonic,
+    jitter: Callable[[], float] = random.random,
 ) -> T:
-    """Run ``action``, retrying Redis connection failures with bounded exponential back-off."""
+    """Run ``action``, retrying Redis connection failures with bounded, jittered exponential
+    back-off: every failed attempt is counted and every retry logged once at WARNING.
+
+    ``sleep(seconds)`` returns True when a stop was requested meanwhile (the default sleeps on
+    the process's stop flag): the wait then ends at once with ``StopRequested``, so a flow
+    waiting out an outage still stops within seconds of SIGTERM.
+    """
     started = clock()
-    backoff = FIRST_BACKOFF_S
+    ceiling = FIRST_BACKOFF_S
     while True:
         try:
             return action()
         except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError):
             # Wrong credentials or missing ACL permissions do not heal by waiting: stop with
             # the error instead of retrying for minutes.
+            REDIS_ERRORS.labels(flow).inc()
             raise
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             REDIS_ERRORS.labels(flow).inc()
-            if _tls_refused(exc):
+            if tls_refused(exc):
                 # A certificate the client does not trust (or a TLS/plain mismatch) is a
                 # configuration error like wrong credentials: stop now, naming it.
                 log.error("%s: Redis TLS handshake refused, not retrying: %s", flow, exc)
                 raise
             waited = clock() - started
             if waited >= GIVE_UP_S:
-                log.error("%s: Redis unreachable for %.0f s, giving up: %s", flow, waited, exc)
-                raise
-            log.warning("%s: Redis error (%s); retrying in %.1f s", flow, exc, backoff)
-            sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+                raise RedisGaveUp(f"{flow}: Redis failed for {waited:.0f} s: {exc}") from exc
+            delay = ceiling * (0.5 + 0.5 * jitter())
+            log.warning("%s: Redis error (%s); retrying in %.2f s", flow, exc, delay)
+            if sleep(delay):
+                stop = f"{flow}: stop requested while waiting for Redis"
+                raise stopping.StopRequested(stop) from exc
+            ceiling = min(ceiling * 2, MAX_BACKOFF_S)
 
 
-def _tls_refused(exc: BaseException) -> bool:
+def tls_refused(exc: BaseException) -> bool:
     """redis-py wraps the ``ssl`` error of a failed handshake in a ``ConnectionError``; the
     original stays in the exception's context."""
     seen: BaseException | None = exc

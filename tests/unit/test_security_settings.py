@@ -104,5 +104,5 @@ def test_an_untrusted_redis_certificate_stops_at_once_instead_of_retrying() -> N
             raise error
         return "ok"
 
-    assert with_retries("test", refused_once, sleep=sleeps.append) == "ok"
+    assert with_retries("test", refused_once, sleep=sleeps.append, jitter=lambda: 1.0) == "ok"
     assert sleeps == [0.1]
