@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from omnistream.config import Config, dump_config
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, total
+from tests.kafka_helpers import read_topic
 
 CONSUMED = "omnistream_events_consumed_total"
 
@@ -92,3 +95,16 @@ def _kill_when(
             return consumed
         time.sleep(0.005)
     return None
+
+
+def deadletters(config: Config) -> set[tuple[str, int, int, str, str]]:
+    """Distinct refusals on ``deadletter``: (input topic without the prefix, partition,
+    offset, reason, flow) — what identifies a dead letter (CONTRACT §3 keys them by topic,
+    partition and offset), the same for two copies of one input under two prefixes."""
+    prefix = config.kafka.topic_prefix
+    found = set()
+    for message in read_topic(config, "deadletter", timeout_s=60):
+        record = orjson.loads(message.value() or b"{}")
+        topic = record["topic"].removeprefix(prefix)
+        found.add((topic, record["partition"], record["offset"], record["reason"], record["flow"]))
+    return found

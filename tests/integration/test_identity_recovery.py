@@ -1,21 +1,25 @@
-"""identity_stitch killed with SIGKILL mid-run and resumed from its recovery snapshots ends
-with the same customers as an uninterrupted run: the same identifiers, grouped the same way,
-under the same customer ids (every customer is named after its oldest event, whatever order
-the partitions are read in).
+"""identity_stitch killed with SIGKILL and resumed from its recovery snapshots ends with the
+same customers as an uninterrupted run: the same identifiers, grouped the same way, under the
+same customer ids (every customer is named after its oldest event, whatever order the
+partitions are read in) — killed at its first read, before any snapshot, or at a random point.
 
-The exact list of identity changes still depends on that order (which link or rename
-announced a customer first), so two uninterrupted runs already differ by a few percent of
-their change ids; a resumed run stays within that, where before events replayed after the
-crash published no change at all (their links were already in Redis) and a quarter of the
-changes went missing."""
+Its outputs after the resume: ``events.resolved`` carries the same distinct event ids,
+``deadletter`` the same refused messages, and ``identity.changes`` converges (CONTRACT §4):
+a subscriber keeping identifier → customer from every ``linked`` and ``merged`` change, with
+each ``merged_from`` id an alias of the customer, ends with exactly the ``omni:id:*`` mapping,
+whatever order it reads them in. The change ids themselves depend on that order (which link
+or rename announced a customer first), so they may differ between any two runs, killed or
+not; a run whose replayed events published nothing (their links were already in Redis) once
+lost a quarter of them and could not converge.
+"""
 
 from __future__ import annotations
 
 import json
 import random
-import signal
-import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,10 +29,12 @@ from connectors.kafka_clients import ensure_topics
 from connectors.topics import ALL_TOPICS
 from omnistream.config import Config
 from omnistream.reference import load_reference
-from tests.integration.test_recovery import run
+from tests.crash_helpers import Kill, deadletters, run_flow
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
+
+EVENTS = 50_000
 
 
 def owners(config: Config) -> dict[str, str]:
@@ -38,7 +44,10 @@ def owners(config: Config) -> dict[str, str]:
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         values = client.mget(keys) if keys else []
-        return {k.decode()[len(prefix) :]: v.decode() for k, v in zip(keys, values, strict=True)}
+        return {
+            k.decode()[len(prefix) :]: v.decode() if isinstance(v, bytes) else str(v)
+            for k, v in zip(keys, values, strict=True)
+        }
     finally:
         client.close()
 
@@ -51,60 +60,104 @@ def grouping(owner_of: dict[str, str]) -> set[frozenset[str]]:
     return {frozenset(group) for group in groups.values()}
 
 
-def change_ids(config: Config) -> set[str]:
-    return {json.loads(m.value())["id"] for m in read_topic(config, "identity.changes", 60)}
+def changes(config: Config) -> list[dict[str, Any]]:
+    return [json.loads(m.value() or b"{}") for m in read_topic(config, "identity.changes", 60)]
+
+
+def folded(published: list[dict[str, Any]]) -> dict[str, str]:
+    """What a subscriber of ``identity.changes`` ends with (CONTRACT §4), in any reading
+    order: every customer an identifier was linked or merged to must lead, through the
+    aliases, to one surviving customer, or the answer would depend on the order."""
+    alias: dict[str, str] = {}
+    named: dict[str, set[str]] = defaultdict(set)
+    for change in published:
+        data = change["data"]
+        assert data["kind"] != "erased"  # nobody is forgotten here
+        if data["kind"] in ("linked", "merged"):
+            for ident in data["identifiers"]:
+                named[ident].add(data["customer_id"])
+            for old in data["merged_from"]:
+                if old != data["customer_id"]:
+                    assert alias.setdefault(old, data["customer_id"]) == data["customer_id"], (
+                        f"{old} merged into two customers"
+                    )
+
+    def resolve(customer: str) -> str:
+        seen = {customer}
+        while (target := alias.get(customer)) is not None and target not in seen:
+            seen.add(target)
+            customer = target
+        return customer
+
+    mapping: dict[str, str] = {}
+    for ident, customers in named.items():
+        survivors = {resolve(c) for c in customers}
+        assert len(survivors) == 1, f"{ident} ends with {sorted(survivors)}, by reading order"
+        mapping[ident] = survivors.pop()
+    return mapping
 
 
 def resolved_ids(config: Config) -> set[str]:
     """Distinct input event ids republished on ``events.resolved`` (duplicates allowed)."""
-    return {json.loads(m.value())["event_id"] for m in read_topic(config, "events.resolved", 60)}
+    return {
+        json.loads(m.value() or b"{}")["event_id"]
+        for m in read_topic(config, "events.resolved", 60)
+    }
 
 
 def test_identity_sigkill_and_resume_equals_an_uninterrupted_run(
     omni_config: Config, tmp_path: Path
 ) -> None:
     steady = omni_config.with_overrides(pii={"key": "recovery-secret"})
-    crashed = steady.with_overrides(
-        kafka={"topic_prefix": steady.kafka.topic_prefix + "crash."},
-        redis={"key_prefix": steady.redis.key_prefix + "crash:"},
-        recovery={
-            "dir": str(tmp_path / "recovery"),
-            "snapshot_seconds": 0.5,
-            "backup_seconds": 0.0001,
-        },
-    )
-    ensure_topics(crashed, list(ALL_TOPICS))
-    events = list(TrafficModel(load_reference(steady), seed=29, customers=5000).events(50_000))
+    events = list(TrafficModel(load_reference(steady), seed=29, customers=5000).events(EVENTS))
     produce(steady, events, progress=False)
-    produce(crashed, events, progress=False)
+    first = run_flow("identity_stitch", steady, tmp_path / "steady.yaml")
+    assert first.code == 0
+    expected = owners(steady)
+    print(f"\nsteady: {len(expected)} identifiers in {first.seconds:.1f} s")
+    assert len(expected) > 5000
+    assert folded(changes(steady)) == expected  # the contract holds without a crash
+    expected_resolved, expected_refused = resolved_ids(steady), deadletters(steady)
+    steady_changes = {c["id"] for c in changes(steady)}
 
-    started = time.monotonic()
-    assert run(steady, tmp_path / "steady.yaml", name="identity_stitch") == 0
-    steady_s = time.monotonic() - started
-    kill_at = random.Random().uniform(0.4, 0.75) * steady_s
-    code = run(crashed, tmp_path / "crashed.yaml", kill_after_s=kill_at, name="identity_stitch")
-    assert code == -signal.SIGKILL, "the run finished before the kill"
-    assert run(crashed, tmp_path / "crashed.yaml", name="identity_stitch") == 0
+    crashes = [
+        ("early", Kill.first_read(), 60.0),  # nothing snapshotted yet
+        ("random", Kill.at_fraction(random.Random().uniform(0.05, 0.95), EVENTS), 0.5),
+    ]
+    for tag, kill, snapshot_s in crashes:
+        crashed = steady.with_overrides(
+            kafka={"topic_prefix": f"{steady.kafka.topic_prefix}{tag}."},
+            redis={"key_prefix": f"{steady.redis.key_prefix}{tag}:"},
+            recovery={
+                "dir": str(tmp_path / tag),
+                "snapshot_seconds": snapshot_s,
+                "backup_seconds": 0.0001,
+            },
+        )
+        ensure_topics(crashed, list(ALL_TOPICS))
+        produce(crashed, events, progress=False)
+        path = tmp_path / f"{tag}.yaml"
+        killed = run_flow("identity_stitch", crashed, path, kill)
+        assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
+        resumed = run_flow("identity_stitch", crashed, path)
+        assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
 
-    first, second = owners(steady), owners(crashed)
-    print(f"\nkilled after {kill_at:.1f} s of a {steady_s:.1f} s run; {len(first)} identifiers")
-    assert len(first) > 5000
-    assert set(first) == set(second)
-    assert grouping(first) == grouping(second)
-    # ... and the same customer ids: each customer is named after its oldest event, however
-    # the partitions interleaved around the restart.
-    different = {i: (first[i], second[i]) for i in first if first[i] != second[i]}
-    assert not different, f"{len(different)} identifiers differ, e.g. {list(different.items())[:3]}"
-    # Every event resolved once at least, none invented: the same distinct event ids.
-    assert resolved_ids(steady) == resolved_ids(crashed)
-    steady_ids, crashed_ids = change_ids(steady), change_ids(crashed)
-    print(
-        f"change ids: "
-        f"{len(steady_ids)} steady, {len(crashed_ids)} crashed, "
-        f"{len(crashed_ids - steady_ids)} new, {len(steady_ids - crashed_ids)} missing"
-    )
-    # Identity changes depend on the cross-partition arrival order around the restart (see
-    # the module docstring): some differ (0 to 3.7 % of the ids, new plus missing, over five
-    # runs), as between two uninterrupted runs; replayed events that published nothing used
-    # to lose a quarter of them.
-    assert len(crashed_ids ^ steady_ids) <= 0.1 * len(steady_ids)
+        second = owners(crashed)
+        published = changes(crashed)
+        crashed_changes = {c["id"] for c in published}
+        print(
+            f"{tag}: killed {kill.label} ({killed.consumed:.0f} of {EVENTS} read, "
+            f"{killed.seconds:.1f} s); change ids {len(steady_changes)} steady, "
+            f"{len(crashed_changes)} resumed, {len(crashed_changes - steady_changes)} new, "
+            f"{len(steady_changes - crashed_changes)} missing"
+        )
+        assert set(second) == set(expected)
+        assert grouping(second) == grouping(expected)
+        # ... and the same customer ids: each customer is named after its oldest event,
+        # however the partitions interleaved around the restart.
+        different = {i: (expected[i], second[i]) for i in expected if expected[i] != second[i]}
+        assert not different, f"{len(different)} identifiers differ: {list(different.items())[:3]}"
+        assert folded(published) == second  # identity.changes converges
+        # Every event resolved at least once, none invented; the same refusals.
+        assert resolved_ids(crashed) == expected_resolved
+        assert deadletters(crashed) == expected_refused

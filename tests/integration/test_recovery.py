@@ -1,13 +1,11 @@
-"""stock_pool killed with SIGKILL mid-run and restarted from its recovery snapshots ends with
-the same Redis stock and the same set of output event ids as an uninterrupted run."""
+"""stock_pool killed with SIGKILL and restarted from its recovery snapshots ends with the
+same Redis stock, the same set of ``stock.changes`` ids and the same dead letters as an
+uninterrupted run — killed at its first read (before any snapshot) or at a random point."""
 
 from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,14 @@ import redis
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import ensure_topics
 from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, dump_config
-from omnistream.processes import start_flow
+from omnistream.config import Config
 from omnistream.reference import load_reference
+from tests.crash_helpers import Kill, deadletters, run_flow
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
+
+EVENTS = 50_000
 
 
 def stock_hashes(config: Config) -> dict[bytes, dict[bytes, bytes]]:
@@ -44,51 +44,52 @@ def stock_hashes(config: Config) -> dict[bytes, dict[bytes, bytes]]:
 
 
 def output_ids(config: Config) -> set[str]:
-    return {json.loads(m.value())["id"] for m in read_topic(config, "stock.changes", 60)}
-
-
-def run(
-    config: Config, path: Path, kill_after_s: float | None = None, name: str = "stock_pool"
-) -> int:
-    dump_config(config, path)
-    with path.with_suffix(".log").open("ab") as log:
-        process = start_flow(name, path, until_idle=True, log=log)
-        try:
-            return process.wait(timeout=kill_after_s or 600)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            return process.wait(timeout=30)
+    return {json.loads(m.value() or b"{}")["id"] for m in read_topic(config, "stock.changes", 60)}
 
 
 def test_sigkill_and_resume_equals_an_uninterrupted_run(
     omni_config: Config, tmp_path: Path
 ) -> None:
-    events = list(TrafficModel(load_reference(omni_config), seed=17, bad_ratio=0.01).events(50_000))
+    reference = load_reference(omni_config)
+    events = list(TrafficModel(reference, seed=17, bad_ratio=0.01).events(EVENTS))
     steady = omni_config
-    crashed = omni_config.with_overrides(
-        kafka={"topic_prefix": omni_config.kafka.topic_prefix + "crash."},
-        redis={"key_prefix": omni_config.redis.key_prefix + "crash:"},
-        recovery={
-            "dir": str(tmp_path / "recovery"),
-            "snapshot_seconds": 0.5,
-            "backup_seconds": 0.0001,
-        },
-    )
-    ensure_topics(crashed, list(ALL_TOPICS))
     produce(steady, events, progress=False)
-    produce(crashed, events, progress=False)
+    first = run_flow("stock_pool", steady, tmp_path / "steady.yaml")
+    assert first.code == 0
+    expected_stock, expected_ids = stock_hashes(steady), output_ids(steady)
+    expected_refused = deadletters(steady)
+    print(
+        f"\nsteady: {len(expected_stock)} positions, {len(expected_ids)} change ids, "
+        f"{len(expected_refused)} dead letters in {first.seconds:.1f} s"
+    )
 
-    started = time.monotonic()
-    assert run(steady, tmp_path / "steady.yaml") == 0
-    steady_s = time.monotonic() - started
-
-    started = time.monotonic()
-    kill_at = random.Random().uniform(0.35, 0.75) * steady_s  # a random point of the run
-    code = run(crashed, tmp_path / "crashed.yaml", kill_after_s=kill_at)
-    killed = code == -signal.SIGKILL
-    assert run(crashed, tmp_path / "crashed.yaml") == 0
-    print(f"\nkilled after {kill_at:.1f} s: {killed}; total {time.monotonic() - started:.1f} s")
-    assert killed, "the run finished before the kill; shorten kill_at or lengthen the stream"
-
-    assert stock_hashes(crashed) == stock_hashes(steady)
-    assert output_ids(crashed) == output_ids(steady)
+    crashes = [
+        ("early", Kill.first_read(), 60.0),  # nothing snapshotted yet
+        ("random", Kill.at_fraction(random.Random().uniform(0.05, 0.95), EVENTS), 0.5),
+    ]
+    for tag, kill, snapshot_s in crashes:
+        crashed = omni_config.with_overrides(
+            kafka={"topic_prefix": f"{omni_config.kafka.topic_prefix}{tag}."},
+            redis={"key_prefix": f"{omni_config.redis.key_prefix}{tag}:"},
+            recovery={
+                "dir": str(tmp_path / tag),
+                "snapshot_seconds": snapshot_s,
+                "backup_seconds": 0.0001,
+            },
+        )
+        ensure_topics(crashed, list(ALL_TOPICS))
+        produce(crashed, events, progress=False)
+        path = tmp_path / f"{tag}.yaml"
+        killed = run_flow("stock_pool", crashed, path, kill)
+        assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
+        resumed = run_flow("stock_pool", crashed, path)
+        assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
+        ids = output_ids(crashed)
+        print(
+            f"{tag}: killed {kill.label} ({killed.consumed:.0f} of {EVENTS} read, "
+            f"{killed.seconds:.1f} s), resumed in {resumed.seconds:.1f} s; {len(ids)} change ids, "
+            f"{len(ids - expected_ids)} new, {len(expected_ids - ids)} missing"
+        )
+        assert stock_hashes(crashed) == expected_stock
+        assert ids == expected_ids
+        assert deadletters(crashed) == expected_refused
