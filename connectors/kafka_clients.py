@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -21,6 +22,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors.kafka_logging import LIBRDKAFKA_LOG, LibrdkafkaLog
 from omnistream.config import Config
 
 #: Producer defaults tuned for low latency on a local broker; ``kafka.client`` overrides them.
@@ -70,15 +72,26 @@ PRODUCER_ONLY: frozenset[str] = frozenset({
 })  # fmt: skip
 
 
-ClientSettings = dict[str, str | int | float | bool]
+ClientSettings = dict[str, str | int | float | bool | LibrdkafkaLog]
+
+
+def librdkafka_logger() -> LibrdkafkaLog:
+    """The ``logger`` every client gets: librdkafka's lines go through Python logging
+    (logger ``librdkafka``), each kind at most once a minute (``connectors.kafka_logging``)."""
+    return LIBRDKAFKA_LOG
 
 
 def client_settings(config: Config) -> ClientSettings:
-    """Settings shared by every client: the brokers plus ``kafka.client``, unfiltered.
+    """Settings shared by every client: the brokers, the ``logger`` (librdkafka's own lines
+    through Python logging instead of a flood on stderr) plus ``kafka.client``, unfiltered.
 
     Prefer ``producer_settings``/``consumer_settings``/``admin_settings``, which leave out
     what the other kind of client would warn about."""
-    return {"bootstrap.servers": config.kafka.bootstrap, **config.kafka.client}
+    return {
+        "bootstrap.servers": config.kafka.bootstrap,
+        "logger": librdkafka_logger(),
+        **config.kafka.client,
+    }
 
 
 def _without(settings: ClientSettings, names: frozenset[str]) -> ClientSettings:
@@ -128,8 +141,9 @@ def make_consumer(config: Config, group_id: str, **overrides: str) -> Consumer:
     return Consumer({**consumer_settings(config, defaults), **overrides})
 
 
-def make_admin(config: Config) -> AdminClient:
-    return AdminClient(admin_settings(config))
+def make_admin(config: Config, **overrides: object) -> AdminClient:
+    settings: dict[str, Any] = {**admin_settings(config), **overrides}
+    return AdminClient(settings)
 
 
 def ensure_topics(config: Config, names: list[str], timeout_s: float = 30.0) -> None:
