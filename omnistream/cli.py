@@ -1,8 +1,9 @@
 """The ``omnistream`` command (CONTRACT §7).
 
 Every subcommand reads one configuration (``--config`` or ``OMNI_CONFIG``, plus ``OMNI_*``
-overrides), validated before anything starts. Exit codes: 0 success, 1 runtime failure,
-2 usage or configuration error.
+overrides), validated before anything starts; those that need the broker or Redis check that
+they answer first. Exit codes: 0 success (also a flow stopped by SIGTERM or Ctrl-C), 1 runtime
+failure (an unreachable broker or Redis: one line), 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -38,28 +39,40 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _needs(config: Config, *, kafka: bool = False, redis: bool = False) -> None:
+    """Fail in seconds, with one line, when the broker or Redis a command needs is not there
+    (``omnistream.preflight``), instead of hanging on the first call."""
+    from omnistream.preflight import check
+
+    check(config, kafka=kafka, redis=redis)
+
+
 def _cmd_stock(config: Config, args: argparse.Namespace) -> int:
     from omnistream.reference import load_reference
     from omnistream.stock_report import print_stock
 
+    _needs(config, redis=True)
     return print_stock(config, load_reference(config), args.sku)
 
 
 def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
     from connectors.generator import run_generate
 
+    _needs(config, kafka=True)
     return run_generate(config, args)
 
 
 def _cmd_whois(config: Config, args: argparse.Namespace) -> int:
     from omnistream.identity_cli import whois
 
+    _needs(config, redis=True)
     return whois(config, args.type, args.value)
 
 
 def _cmd_forget(config: Config, args: argparse.Namespace) -> int:
     from omnistream.identity_cli import forget
 
+    _needs(config, kafka=True, redis=True)
     return forget(config, args.type, args.value)
 
 
@@ -78,12 +91,15 @@ def _cmd_rules_check(config: Config, args: argparse.Namespace) -> int:
 def _cmd_rules_backtest(config: Config, args: argparse.Namespace) -> int:
     from omnistream.backtest import run_backtest
 
+    if args.topic:
+        _needs(config, kafka=True)
     return run_backtest(config, args.file, args.events, args.topic, args.triggers)
 
 
 def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
     from omnistream.attribution_report import report
 
+    _needs(config, redis=True)
     return report(config)
 
 
@@ -308,9 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A process started in the background of a non-interactive shell inherits SIGINT as
     # ignored; restore Ctrl-C so it always stops the command.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    from omnistream.preflight import Unreachable
+
     try:
         config = load_config(args.config)
         return int(args.handler(config, args))
+    except Unreachable as exc:
+        # One line, no traceback: what could not be reached, why, and the setting to check.
+        print(f"omnistream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (ConfigError, ReferenceDataError) as exc:
         print(f"omnistream: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,192 @@
+"""Is the broker there, is Redis there: checked before a flow or command starts.
+
+Without these checks a flow started against an unreachable broker waited forever (Bytewax's
+Kafka source lists partitions without a timeout) while librdkafka printed a line every 50 ms,
+and one started without Redis waited inside its first write. Instead every flow and every
+command that needs them asks the broker for metadata and Redis for ``PING`` first, both at
+once, and gives up after ``TIMEOUT_S`` with one line naming what could not be reached, why,
+and the setting to check (``Unreachable``; the command line prints it and exits 1).
+
+A dependency that is merely slow to come up (a compose stack starting in any order) gets the
+whole ``TIMEOUT_S``: the checks keep asking until then. Wrong Redis credentials or a refused
+TLS handshake do not heal by waiting and fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from omnistream.config import Config
+
+# The clients (confluent-kafka, redis-py) are imported by the checks themselves: the command
+# line imports this module for ``Unreachable`` on every command, most of which need neither.
+
+#: How long each check keeps trying before it reports the dependency unreachable.
+TIMEOUT_S = 10.0
+#: Where an operator sets the broker and Redis addresses (named in every message about them).
+KAFKA_SETTING = "kafka.bootstrap / OMNI_KAFKA_BOOTSTRAP"
+REDIS_SETTING = "redis.url / OMNI_REDIS_URL"
+#: Named too when ``kafka.client`` carries security settings, which can be the cause.
+KAFKA_SECURITY_SETTING = "the SASL/TLS settings under kafka.client"
+#: Interval between two attempts of a check.
+_RETRY_S = 0.25
+
+
+class Unreachable(RuntimeError):
+    """A dependency did not answer; ``str()`` is the one line to show."""
+
+
+def check(
+    config: Config, *, kafka: bool = False, redis: bool = False, timeout_s: float | None = None
+) -> None:
+    """Raise ``Unreachable`` unless the wanted dependencies answer within ``timeout_s``
+    (default ``TIMEOUT_S``)."""
+    start(config, kafka=kafka, redis=redis, timeout_s=timeout_s).result()
+
+
+class Pending:
+    """Checks running side by side in daemon threads; ``result()`` waits for them."""
+
+    def __init__(self, config: Config, probes: list[Callable[[Config, float], str | None]],
+                 timeout_s: float) -> None:  # fmt: skip
+        self._problems: list[str | None] = [None] * len(probes)
+        self._threads = [
+            threading.Thread(target=self._run, args=(i, probe, config, timeout_s),
+                             name=f"preflight-{probe.__name__}", daemon=True)
+            for i, probe in enumerate(probes)
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, index: int, probe: Callable[[Config, float], str | None], config: Config,
+             timeout_s: float) -> None:  # fmt: skip
+        try:
+            self._problems[index] = probe(config, timeout_s)
+        except Exception as exc:  # a bug in a probe must still end in one line
+            self._problems[index] = f"{probe.__name__} failed: {exc!r}"
+
+    def result(self) -> None:
+        """Wait (in short steps, so Ctrl-C and SIGTERM stop a waiting command at once) and
+        raise ``Unreachable`` naming every dependency that did not answer."""
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(0.1)
+        found = [p for p in self._problems if p]
+        if found:
+            raise Unreachable("; ".join(found))
+
+
+def start(
+    config: Config, *, kafka: bool = False, redis: bool = False, timeout_s: float | None = None
+) -> Pending:
+    """Start the wanted checks in the background (each for ``timeout_s``, default
+    ``TIMEOUT_S``): a flow builds its dataflow meanwhile, so a configuration error is still
+    reported first, and at once."""
+    probes: list[Callable[[Config, float], str | None]] = []
+    if kafka:
+        probes.append(kafka_problem)
+    if redis:
+        probes.append(redis_problem)
+    return Pending(config, probes, TIMEOUT_S if timeout_s is None else timeout_s)
+
+
+class _LastProblem:
+    """A confluent-kafka ``logger`` that keeps librdkafka's latest warning or error, the
+    useful half of a failed metadata request ("Connection refused", "SSL handshake failed",
+    "Failed to resolve ...") without printing any of them."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level >= logging.WARNING and len(args) == 3:
+            self.text = str(args[2])
+
+
+#: "[thrd:host:port/bootstrap]: host:port/bootstrap: " in front of a librdkafka line, and
+#: "(after 0ms in state CONNECT)" or ", 3 identical error(s) suppressed" behind it.
+_THREAD_PREFIX = re.compile(r"^\[thrd:[^\]]*\]:\s*")
+_BROKER_PREFIX = re.compile(r"^\S+/(?:bootstrap|\d+):\s*")
+_SUFFIX = re.compile(r"\s*\((?:after \d+ms|\d+ identical error).*\)$")
+
+
+def _reason(text: str) -> str:
+    text = _BROKER_PREFIX.sub("", _THREAD_PREFIX.sub("", text.strip()))
+    return _SUFFIX.sub("", text)
+
+
+def kafka_problem(config: Config, timeout_s: float) -> str | None:
+    """None when a broker of ``kafka.bootstrap`` answers a metadata request within
+    ``timeout_s`` (with ``kafka.client``'s security settings); else the line saying why not.
+
+    Asked in requests of at most a second, with the client polled in between so that
+    librdkafka's reason for the failure reaches ``_LastProblem``.
+    """
+    from confluent_kafka import KafkaException
+
+    from connectors.kafka_clients import make_admin
+
+    last = _LastProblem()
+    admin = make_admin(config, logger=last)
+    deadline = time.monotonic() + timeout_s
+    failure = "no broker answered"
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, min(1.0, remaining)))
+            if metadata.brokers:
+                return None
+        except KafkaException as exc:
+            failure = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(_RETRY_S, max(0.0, deadline - time.monotonic())))
+    setting = KAFKA_SETTING
+    if any(k.startswith(("security.", "sasl.", "ssl.")) for k in config.kafka.client):
+        setting += f"; {KAFKA_SECURITY_SETTING}"
+    reason = _reason(last.text) if last.text else failure
+    return (
+        f"cannot reach Kafka at {config.kafka.bootstrap} ({setting}) within {timeout_s:g} s: "
+        f"{reason}"
+    )
+
+
+def redis_problem(config: Config, timeout_s: float) -> str | None:
+    """None when Redis at ``redis.url`` answers ``PING`` within ``timeout_s``; else the line
+    saying why not (never the password of the URL)."""
+    import redis
+
+    from state.redis_io import connect, describe, tls_refused
+
+    where = describe(config.redis.url)
+    step = max(0.5, min(2.0, timeout_s / 4))
+    client = connect(config, socket_timeout_s=step, connect_timeout_s=step)
+    deadline = time.monotonic() + timeout_s
+    failure: Exception | None = None
+    try:
+        while True:
+            try:
+                client.ping()
+                return None
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+                return f"Redis at {where} refused the credentials of {REDIS_SETTING}: {exc}"
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if tls_refused(exc):
+                    return (
+                        f"cannot connect to Redis at {where} over TLS ({REDIS_SETTING}: "
+                        f"ssl_ca_certs, rediss://): {exc}"
+                    )
+                failure = exc
+            except redis.ResponseError as exc:  # NOAUTH, NOPERM: credentials or ACL rules
+                return f"Redis at {where} refused PING ({REDIS_SETTING}): {exc}"
+            if time.monotonic() + _RETRY_S >= deadline:
+                break
+            time.sleep(_RETRY_S)
+    finally:
+        client.close()
+    return f"cannot reach Redis at {where} ({REDIS_SETTING}) within {timeout_s:g} s: {failure}"
