@@ -6,24 +6,40 @@ as a subprocess so every flow runs exactly as operators run it.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import importlib
 import logging
 import os
+import select
 import shutil
 import signal
+import sys
 import tempfile
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
-from bytewax.errors import BytewaxRuntimeError
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
+from flows.logic.reference import ReferenceDataError
+from flows.logic.rules import RulesError
+from omnistream import preflight
 from omnistream.config import Config, ConfigError
+from omnistream.preflight import REDIS_SETTING, Unreachable
+from omnistream.stopping import StopRequested, request_stop, stop_requested
+from state.redis_io import RedisGaveUp, describe
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseException)
 
 #: Flows that exist today, by the name used on the command line.
 FLOWS: dict[str, str] = {
@@ -106,8 +122,21 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+#: After a stop request (SIGTERM, Ctrl-C) a flow has this long to stop cleanly; a flow still
+#: running then (a Kafka or Redis call that does not return) is ended with one line and exit 1,
+#: so a stop never takes more than about this long.
+STOP_GRACE_S = 7.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
-    """Build and run a flow until stopped (or until its inputs drain with ``until_idle``)."""
+    """Check the broker and Redis, build and run a flow until stopped (or until its inputs
+    drain with ``until_idle``).
+
+    An unreachable broker or Redis at start, or Redis lost for ``GIVE_UP_S`` while running,
+    ends in ``Unreachable`` (one line, exit 1). A stop by signal returns normally, within
+    ``STOP_GRACE_S`` whatever the flow was doing (``StopSignals``).
+    """
     if not config.pii.key:
         # Only identity_stitch hashes PII, but every flow decodes inputs that may carry it;
         # a deployment without the secret is a misconfigured one, so nothing starts.
@@ -116,8 +145,44 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
             "and e-mails (set OMNI_PII_KEY); flows refuse to start without it (the demo and "
             "the benchmark make a development key)"
         )
+    with StopSignals(name):
+        try:
+            _check_build_and_run(config, name, until_idle=until_idle)
+        except (KeyboardInterrupt, StopRequested):
+            log.info("%s stopped by signal", name)
+        except Unreachable:
+            raise
+        except BaseException as exc:
+            if stop_requested():
+                # A worker that was waiting (for Redis) when the stop came ends with
+                # StopRequested, which Bytewax hands back wrapped (or as a worker panic).
+                log.info("%s stopped by signal", name)
+                log.debug("%s: the stop ended the dataflow with %r", name, exc)
+                return
+            gave_up = _cause(exc, RedisGaveUp)
+            if gave_up is None:
+                raise
+            raise Unreachable(
+                f"{gave_up}; Redis at {describe(config.redis.url)} ({REDIS_SETTING}); "
+                "a restart resumes from the last recovery snapshot"
+            ) from None
+
+
+def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None:
+    # Reachability is checked while the dataflow is built: a bad rules or reference file is
+    # reported at once (exit 2), and a build that failed for want of the broker (stock_pool
+    # lists its partitions) is reported as the one line of the check that explains it.
+    reachable = preflight.start(config, kafka=True, redis=True)
     module = importlib.import_module(FLOWS[name])
-    flow = module.build(config, until_idle=until_idle)
+    try:
+        flow = module.build(config, until_idle=until_idle)
+    except (ConfigError, ReferenceDataError, RulesError):
+        raise
+    except Exception:
+        reachable.result()
+        raise
+    reachable.result()
+    quiet_worker_panics()  # before serve_metrics enables the dataflow API
     cache_dir = serve_metrics(config)
     recovery = prepare_recovery(
         config.recovery.dir,
@@ -133,36 +198,194 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
         config.metrics.host or "*",
         config.metrics.port,
     )
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     tune_garbage_collector()
     try:
-        cli_main(
+        run_dataflow(
             flow,
-            workers_per_process=config.flow.workers,
+            workers=max(1, config.flow.workers),
             epoch_interval=timedelta(seconds=epoch_s),
-            recovery_config=recovery,
+            recovery=recovery,
         )
-    except KeyboardInterrupt:
-        log.info("%s stopped by signal", name)
-    except BytewaxRuntimeError as exc:
-        # A signal lands inside whichever Python callback Bytewax is running and comes back
-        # wrapped; that is a requested stop, not a failure.
-        if not _caused_by_interrupt(exc):
-            raise
-        log.info("%s stopped by signal", name)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (docker stop, systemd) stops a flow the same way as Ctrl-C."""
-    raise KeyboardInterrupt
+def run_dataflow(
+    flow: Dataflow,
+    *,
+    workers: int,
+    epoch_interval: timedelta,
+    recovery: RecoveryConfig | None,
+) -> None:
+    """Bytewax's ``cli_main``, with the errors that end a dataflow (a stop's
+    ``KeyboardInterrupt`` among them) raised here once, as Python errors, and nothing of
+    them printed by Rust.
+
+    With one worker Bytewax runs the dataflow on this (main) thread, so a signal's
+    ``KeyboardInterrupt`` is raised inside whichever step is running, and Bytewax turns any
+    error of a step into a Rust panic. Its single-worker runner leaves those to Rust's default
+    panic hook, which prints a backtrace (60 lines with ``RUST_BACKTRACE=1``) before the error
+    comes back; its cluster runner installs a hook that hands the error back instead.
+    ``quiet_worker_panics`` installs that hook once; it prints through ``sys.excepthook``,
+    silenced here while the error is on its way back to this function. (Running one worker the
+    cluster way instead would avoid the panic, but its main thread takes the GIL every
+    millisecond to look for signals: 25-40 % more CPU in a Python-heavy dataflow.)
+    """
+    quiet_worker_panics()
+    previous = sys.excepthook
+    sys.excepthook = _reported_by_cli_main
+    try:
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            epoch_interval=epoch_interval,
+            recovery_config=recovery,
+        )
+    finally:
+        sys.excepthook = previous
 
 
-def _caused_by_interrupt(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
+def _reported_by_cli_main(kind: type[BaseException], error: BaseException, tb: object) -> None:
+    """While a dataflow runs, the panic hook's print of a step's error: ``cli_main`` raises
+    that same error right after, so it is reported (or not, for a stop) there."""
+
+
+class _NoInput(DynamicSource[Any]):
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoInputPart:
+        return _NoInputPart()
+
+
+class _NoInputPart(StatelessSourcePartition[Any]):
+    def next_batch(self) -> list[Any]:
+        raise StopIteration
+
+
+class _Discard(DynamicSink[Any]):
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DiscardPart:
+        return _DiscardPart()
+
+
+class _DiscardPart(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
+
+
+_quiet = threading.Event()
+
+
+def quiet_worker_panics() -> None:
+    """Install Bytewax's own panic hook (see ``run_dataflow``) by running an empty dataflow
+    once the way Bytewax runs a cluster: a Rust panic hook is global to the process, and this
+    one prints a step's error through ``sys.excepthook`` instead of a Rust backtrace. Costs a
+    few milliseconds, once. Must run before the dataflow API is enabled (it would start its
+    server for the empty dataflow too)."""
+    if _quiet.is_set():
+        return
+    empty = Dataflow("omnistream_panic_hook")
+    op.output("discard", op.input("nothing", empty, _NoInput()), _Discard())
+    cli_main(empty, workers_per_process=1, process_id=0, addresses=[])
+    _quiet.set()
+
+
+class StopSignals:
+    """SIGTERM (docker stop, systemd) and Ctrl-C stop a flow within ``STOP_GRACE_S``,
+    whatever it is doing.
+
+    Three parts, because no single one reaches every state:
+
+    - the Python handlers raise ``KeyboardInterrupt`` on the main thread: it ends the
+      start-up checks or the build, or the dataflow (with one worker, the step it lands in;
+      with several, Bytewax stops them after their current step);
+    - the stop flag (``omnistream.stopping``) ends waits inside a step on a worker thread,
+      such as a Redis write retrying through an outage;
+    - a watcher thread sees each signal through ``signal.set_wakeup_fd`` even while the
+      main thread is stuck in C (a librdkafka call without a timeout, where no Python
+      handler can run): it sets the flag, and ends the process with one line and exit 1
+      when the flow has not stopped ``grace_s`` after the first signal, or at a second
+      signal. ``faulthandler`` backs it up for a process stuck while holding the GIL.
+    """
+
+    def __init__(self, name: str, grace_s: float = STOP_GRACE_S) -> None:
+        self.name = name
+        self.grace_s = grace_s
+        self._previous: dict[int, Any] = {}
+        self._old_wakeup_fd = -1
+        self._read_fd = self._write_fd = -1
+        self._watcher: threading.Thread | None = None
+        self._backstop: IO[str] | None = None
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.set_wakeup_fd(self._old_wakeup_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if stop_requested():
+            # Keep the watcher's deadline for the rest of the way out (closing clients,
+            # interpreter shutdown): the process is about to end anyway.
+            return
+        os.close(self._write_fd)  # the watcher reads end-of-file and returns
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        os.close(self._read_fd)
+
+    @staticmethod
+    def _on_signal(signum: int, frame: object) -> None:
+        request_stop()
+        raise KeyboardInterrupt
+
+    def _watch(self) -> None:
+        numbers = {int(s) for s in STOP_SIGNALS}
+        seen = 0
+        deadline: float | None = None
+        while True:
+            ready, _, _ = select.select([self._read_fd], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(self._read_fd, 64)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for signum in data:
+                    if signum not in numbers:
+                        continue
+                    seen += 1
+                    request_stop()
+                    if seen == 1:
+                        deadline = time.monotonic() + self.grace_s
+                        self._arm_backstop()
+                    else:
+                        self._exit_now("a second stop signal came")
+            if deadline is not None and time.monotonic() >= deadline:
+                self._exit_now(f"it did not stop within {self.grace_s:g} s of the stop signal")
+
+    def _arm_backstop(self) -> None:
+        self._backstop = open(os.devnull, "w")  # open until the process ends
+        faulthandler.dump_traceback_later(self.grace_s + 1.5, exit=True, file=self._backstop)
+
+    def _exit_now(self, reason: str) -> None:
+        log.error("%s: %s; exiting without a clean stop", self.name, reason)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _cause(exc: BaseException | None, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``exc``'s chain (Bytewax wraps step errors)."""
+    for _ in range(20):
+        if exc is None:
+            return None
+        if isinstance(exc, kind):
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
