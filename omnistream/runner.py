@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -40,6 +41,7 @@ from state.redis_io import RedisGaveUp, describe
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BaseException)
+T = TypeVar("T")
 
 #: Flows that exist today, by the name used on the command line.
 FLOWS: dict[str, str] = {
@@ -175,7 +177,7 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
     reachable = preflight.start(config, kafka=True, redis=True)
     module = importlib.import_module(FLOWS[name])
     try:
-        flow = module.build(config, until_idle=until_idle)
+        flow = _off_the_main_thread(lambda: module.build(config, until_idle=until_idle))
     except (ConfigError, ReferenceDataError, RulesError):
         raise
     except Exception:
@@ -208,6 +210,32 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
         )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _off_the_main_thread(build: Callable[[], T]) -> T:
+    """``build()`` on a daemon thread while the main thread waits in short steps.
+
+    A build may wait on the broker (stock_pool lists its partitions, up to 10 s in one
+    librdkafka call); on the main thread no signal handler could run meanwhile, and a stop
+    would take until the watchdog. Building a dataflow only creates Python objects, so the
+    thread it happens on does not matter.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(build())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="build-dataflow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def run_dataflow(

@@ -93,6 +93,29 @@ def test_a_flow_waiting_for_its_broker_or_redis_at_start_stops_at_once(
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_flow_well_into_its_wait_for_the_broker_stops_at_once(
+    signum: int, omni_config: Config, tmp_path: Path
+) -> None:
+    """4 s into the 10 s the start-up check waits for a broker that never answers: by then
+    stock_pool's build is waiting too (it lists its input partitions, one librdkafka call of
+    up to 10 s, during which the main thread could run no signal handler)."""
+    hole = Blackhole()
+    try:
+        config = omni_config.with_overrides(kafka={"bootstrap": f"127.0.0.1:{hole.port}"})
+        run = start(["run", "stock_pool"], config, tmp_path, "flow")
+        try:
+            assert hole.wait_for_client(), run.output()
+            time.sleep(4)
+            assert run.process.poll() is None, run.output()
+            seconds = stop(run, signum)
+        finally:
+            run.kill()
+    finally:
+        hole.close()
+    assert_clean_stop(run, seconds, "stock_pool")
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_flow_retrying_redis_stops_at_once(
     signum: int, omni_config: Config, tmp_path: Path
 ) -> None:
