@@ -272,15 +272,25 @@ def kafka_output(
     op.output(step_id, messages, cast("DynamicSink[OutMessage]", sink))
 
 
+class DeliveryFailed(RuntimeError):
+    """The broker finally refused a message (after librdkafka's own retries)."""
+
+
 class _PairPartition(StatelessSinkPartition[OutMessage]):
     def __init__(self, producer: Producer, topic: str, cloudevent_topics: frozenset[str]) -> None:
         self._producer = producer
         self._topic = topic
         self._cloudevent_topics = cloudevent_topics
+        self._failures: list[str] = []
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error}")
 
     def write_batch(self, items: list[OutMessage]) -> None:
         produce = self._producer.produce
         cloudevent_topics = self._cloudevent_topics
+        delivered = self._delivered
         for key, value, topic in items:
             topic = topic or self._topic
             # Structured-mode CloudEvents say so in their header; dead letters and
@@ -288,15 +298,26 @@ class _PairPartition(StatelessSinkPartition[OutMessage]):
             headers = CLOUDEVENT_HEADERS if topic in cloudevent_topics else None
             while True:
                 try:
-                    produce(topic, value, key, headers=headers)
+                    produce(topic, value, key, headers=headers, on_delivery=delivered)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
         # Delivered before Bytewax moves on (and may snapshot past the batch): at least once.
         self._producer.flush()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        """A message the broker refused for good must not be skipped silently: the flow
+        stops, and a restart from its last snapshot produces the batch again."""
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryFailed(
+                f"{len(failures)} output message(s) not delivered, first: {failures[0]}"
+            )
 
     def close(self) -> None:
         self._producer.flush()
+        self._raise_failures()
 
 
 class PairSink(KafkaSink):

@@ -142,3 +142,19 @@ def test_forget_publishes_erased_as_a_structured_cloudevent(
     [producer] = producers
     assert producer.config["enable.idempotence"] == "true"
     assert producer.produced == [("acme.identity.changes", b"cust-1", STRUCTURED)]
+
+
+def test_a_message_the_broker_never_takes_stops_the_sink() -> None:
+    """A delivery that fails for good raises instead of being skipped: the flow stops and a
+    restart produces the batch again from the last snapshot (at least once)."""
+    from connectors.envelopes import OutMessage
+    from connectors.kafka_clients import make_producer
+    from connectors.streams import DeliveryFailed, _PairPartition
+
+    dead = Config().with_overrides(kafka={"bootstrap": "127.0.0.1:1"})
+    partition = _PairPartition(
+        make_producer(dead, **{"message.timeout.ms": "300"}), "stock.changes", frozenset()
+    )
+    with pytest.raises(DeliveryFailed, match="1 output message"):
+        partition.write_batch([OutMessage(b"k", b"{}", None)])
+    partition.close()  # nothing left to report
