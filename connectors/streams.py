@@ -27,6 +27,7 @@ from connectors.topics import CLOUDEVENT_TOPICS, DEADLETTER
 from flows.logic.events import Origin, Rejection
 from flows.logic.progress import PartitionReport
 from flows.logic.reference import ReferenceData
+from omnistream import stopping
 from omnistream.config import Config
 
 X = TypeVar("X")
@@ -303,8 +304,16 @@ class _PairPartition(StatelessSinkPartition[OutMessage]):
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.1)
         # Delivered before Bytewax moves on (and may snapshot past the batch): at least once.
-        self._producer.flush()
+        self._flush()
         self._raise_failures()
+
+    def _flush(self) -> None:
+        """Wait for every delivery, in short steps: with the broker gone librdkafka keeps a
+        message for up to its delivery timeout (300 s), and a stop request must not wait
+        for that. Stopped so, the batch is produced again when the flow resumes."""
+        while self._producer.flush(0.5):  # how many are still queued
+            if stopping.stop_requested():
+                raise stopping.StopRequested("stop requested while Kafka did not take a batch")
 
     def _raise_failures(self) -> None:
         """A message the broker refused for good must not be skipped silently: the flow
@@ -316,7 +325,10 @@ class _PairPartition(StatelessSinkPartition[OutMessage]):
             )
 
     def close(self) -> None:
-        self._producer.flush()
+        try:
+            self._flush()
+        except stopping.StopRequested:
+            return  # stopping anyway: what was not delivered is produced again on resume
         self._raise_failures()
 
 

@@ -184,11 +184,9 @@ def test_a_flow_whose_broker_went_away_stops_within_the_bound(tmp_path: Path) ->
     stops it within 10 s, and librdkafka's reconnect lines came through logging, a few, not
     a flood.
 
-    Clean (exit 0) unless a sink was flushing a batch when the broker went: the sink's
-    ``flush()`` (``connectors.streams``) waits without a bound for a broker that is gone, no
-    signal reaches it, and the watchdog ends the flow after ``STOP_GRACE_S`` with one line
-    and exit 1. A flush in bounded steps that gives up on a stop request makes that case
-    clean too (checked by hand); until then both outcomes are accepted here."""
+    Clean (exit 0) also when a sink was flushing a batch when the broker went: the sink
+    waits for deliveries in short steps and gives up on a stop request (the batch is
+    produced again on resume)."""
     with EmbeddedStack(workdir=tmp_path / "stack", partitions=2, topics=()) as stack:
         config = stack.config().with_overrides(
             pii={"key": "test-secret"}, metrics={"port": free_port()}
@@ -205,16 +203,7 @@ def test_a_flow_whose_broker_went_away_stops_within_the_bound(tmp_path: Path) ->
             seconds = stop(run, signal.SIGTERM)
         finally:
             run.kill()
-    if run.process.returncode == 1:  # the watchdog's end: one line, nothing else
-        from omnistream.runner import STOP_GRACE_S
-
-        assert seconds < STOP_WITHIN_S, (seconds, run.output()[-3000:])
-        errors = [line for line in run.lines() if " ERROR " in line]
-        assert errors and all("did not stop within" in e for e in errors), errors
-        assert len(errors) == 1 and f"{STOP_GRACE_S:g} s" in errors[0], errors
-        assert not any(noise in run.output() for noise in NOISE), run.output()[-3000:]
-    else:
-        assert_clean_stop(run, seconds, "stock_pool")
+    assert_clean_stop(run, seconds, "stock_pool")
     reconnects = [line for line in run.lines() if " librdkafka: " in line]
     assert 0 < len(reconnects) < 30, reconnects
 
