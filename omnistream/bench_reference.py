@@ -25,7 +25,7 @@ from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
 from connectors import topics
-from connectors.kafka_clients import PRODUCER_DEFAULTS, brokers
+from connectors.kafka_clients import brokers, consumer_settings, producer_settings
 from connectors.metrics import EVENTS_CONSUMED
 from connectors.streams import CONSUMER_DEFAULTS
 from omnistream.config import Config, load_config
@@ -45,7 +45,9 @@ def build(config: Config) -> Dataflow:
         brokers=brokers(config),
         topics=[config.topic(name) for name in topics.INPUT_TOPICS],
         tail=False,
-        add_config={**REFERENCE_CONSUMER, **config.kafka.client},
+        # Bytewax's own source lists partitions with these consumer settings too, so its
+        # admin client prints librdkafka's CONFWARN lines: kept, it is the plain reference.
+        add_config=consumer_settings(config, REFERENCE_CONSUMER),  # type: ignore[arg-type]
         batch_size=config.kafka.batch_size,
     )
     consumed = EVENTS_CONSUMED.labels(FLOW, "all")
@@ -76,7 +78,7 @@ def build(config: Config) -> Dataflow:
         ),
         brokers=brokers(config),
         topic=config.topic("bench.reference"),
-        add_config={**PRODUCER_DEFAULTS, **config.kafka.client},
+        add_config=producer_settings(config),  # type: ignore[arg-type]
     )
     return flow
 
