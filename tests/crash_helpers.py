@@ -15,6 +15,7 @@ metrics port (counted per Kafka batch as it is decoded, replays included):
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import time
@@ -81,6 +82,37 @@ def run_flow(
                 process.kill()
                 process.wait(timeout=30)
     return Outcome(code, consumed, time.monotonic() - started)
+
+
+def crash_points(input_messages: int, snapshot_s: float) -> list[tuple[str, Kill, float]]:
+    """(tag, kill, snapshot interval): killed at its first read with nothing snapshotted
+    yet, and at a random point of its input (a share of what the flow itself reads, or the
+    point would never be reached) with frequent snapshots."""
+    fraction = random.Random().uniform(0.05, 0.9)
+    return [
+        ("early", Kill.first_read(), 60.0),
+        ("random", Kill.at_fraction(fraction, input_messages), snapshot_s),
+    ]
+
+
+def recovering(config: Config, tag: str, directory: Path, snapshot_s: float) -> Config:
+    """``config`` under prefixes of its own, with recovery snapshots in ``directory``."""
+    return config.with_overrides(
+        kafka={"topic_prefix": f"{config.kafka.topic_prefix}{tag}."},
+        redis={"key_prefix": f"{config.redis.key_prefix}{tag}:"},
+        recovery={"dir": str(directory), "snapshot_seconds": snapshot_s, "backup_seconds": 0.0001},
+    )
+
+
+def crash_and_resume(
+    name: str, config: Config, path: Path, tag: str, kill: Kill
+) -> tuple[Outcome, Outcome]:
+    """SIGKILL the flow as ``kill`` says, then run it again to the end of its input."""
+    killed = run_flow(name, config, path, kill)
+    assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
+    resumed = run_flow(name, config, path)
+    assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
+    return killed, resumed
 
 
 def _kill_when(

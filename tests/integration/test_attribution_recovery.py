@@ -14,7 +14,6 @@ subscriber dropping duplicates by id sees them.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,13 @@ from connectors.topics import ALL_TOPICS
 from flows.attribution import INPUTS
 from omnistream.config import Config
 from omnistream.reference import load_reference
-from tests.crash_helpers import Kill, deadletters, run_flow
+from tests.crash_helpers import (
+    crash_and_resume,
+    crash_points,
+    deadletters,
+    recovering,
+    run_flow,
+)
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -81,18 +86,12 @@ def test_attribution_sigkill_and_resume_credits_the_same_conversions(
     print(f"\nsteady: {len(expected)} conversions credited in {first.seconds:.1f} s")
     assert len(expected) > 1000
 
-    crashes = [
-        ("early", Kill.first_read(), 60.0),  # nothing snapshotted yet
-        ("random", Kill.at_fraction(random.Random().uniform(0.05, 0.9), messages), 0.3),
-    ]
-    for tag, kill, snapshot_s in crashes:
-        recovery = {"dir": str(tmp_path / tag), "snapshot_seconds": snapshot_s}
-        crashed, _ = elsewhere(tag, recovery={**recovery, "backup_seconds": 0.0001})
-        path = tmp_path / f"{tag}.yaml"
-        killed = run_flow("attribution", crashed, path, kill)
-        assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
-        resumed = run_flow("attribution", crashed, path)
-        assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
+    for tag, kill, snapshot_s in crash_points(messages, 0.3):
+        crashed = recovering(config, tag, tmp_path / tag, snapshot_s)
+        copy_inputs(config, crashed)
+        killed, resumed = crash_and_resume(
+            "attribution", crashed, tmp_path / f"{tag}.yaml", tag, kill
+        )
         ids = credit_ids(crashed)
         print(
             f"{tag}: killed {kill.label} ({killed.consumed:.0f} of {messages} read, "

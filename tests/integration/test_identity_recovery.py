@@ -16,7 +16,6 @@ lost a quarter of them and could not converge.
 from __future__ import annotations
 
 import json
-import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,13 @@ from connectors.topics import ALL_TOPICS
 from flows.identity_stitch import INPUTS
 from omnistream.config import Config
 from omnistream.reference import load_reference
-from tests.crash_helpers import Kill, deadletters, run_flow
+from tests.crash_helpers import (
+    crash_and_resume,
+    crash_points,
+    deadletters,
+    recovering,
+    run_flow,
+)
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -123,27 +128,13 @@ def test_identity_sigkill_and_resume_equals_an_uninterrupted_run(
     # What it reads (not wms.movements): a kill point past that is never reached.
     messages = sum(1 for e in events if e.topic in INPUTS)
 
-    crashes = [
-        ("early", Kill.first_read(), 60.0),  # nothing snapshotted yet
-        ("random", Kill.at_fraction(random.Random().uniform(0.05, 0.9), messages), 0.5),
-    ]
-    for tag, kill, snapshot_s in crashes:
-        crashed = steady.with_overrides(
-            kafka={"topic_prefix": f"{steady.kafka.topic_prefix}{tag}."},
-            redis={"key_prefix": f"{steady.redis.key_prefix}{tag}:"},
-            recovery={
-                "dir": str(tmp_path / tag),
-                "snapshot_seconds": snapshot_s,
-                "backup_seconds": 0.0001,
-            },
-        )
+    for tag, kill, snapshot_s in crash_points(messages, 0.5):
+        crashed = recovering(steady, tag, tmp_path / tag, snapshot_s)
         ensure_topics(crashed, list(ALL_TOPICS))
         produce(crashed, events, progress=False)
-        path = tmp_path / f"{tag}.yaml"
-        killed = run_flow("identity_stitch", crashed, path, kill)
-        assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
-        resumed = run_flow("identity_stitch", crashed, path)
-        assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
+        killed, _ = crash_and_resume(
+            "identity_stitch", crashed, tmp_path / f"{tag}.yaml", tag, kill
+        )
 
         second = owners(crashed)
         published = changes(crashed)

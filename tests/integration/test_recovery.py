@@ -5,7 +5,6 @@ uninterrupted run — killed at its first read (before any snapshot) or at a ran
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,13 @@ from connectors.kafka_clients import ensure_topics
 from connectors.topics import ALL_TOPICS
 from omnistream.config import Config
 from omnistream.reference import load_reference
-from tests.crash_helpers import Kill, deadletters, run_flow
+from tests.crash_helpers import (
+    crash_and_resume,
+    crash_points,
+    deadletters,
+    recovering,
+    run_flow,
+)
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -63,27 +68,13 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(
         f"{len(expected_refused)} dead letters in {first.seconds:.1f} s"
     )
 
-    crashes = [
-        ("early", Kill.first_read(), 60.0),  # nothing snapshotted yet
-        ("random", Kill.at_fraction(random.Random().uniform(0.05, 0.9), EVENTS), 0.5),
-    ]
-    for tag, kill, snapshot_s in crashes:
-        crashed = omni_config.with_overrides(
-            kafka={"topic_prefix": f"{omni_config.kafka.topic_prefix}{tag}."},
-            redis={"key_prefix": f"{omni_config.redis.key_prefix}{tag}:"},
-            recovery={
-                "dir": str(tmp_path / tag),
-                "snapshot_seconds": snapshot_s,
-                "backup_seconds": 0.0001,
-            },
-        )
+    for tag, kill, snapshot_s in crash_points(EVENTS, 0.5):
+        crashed = recovering(omni_config, tag, tmp_path / tag, snapshot_s)
         ensure_topics(crashed, list(ALL_TOPICS))
         produce(crashed, events, progress=False)
-        path = tmp_path / f"{tag}.yaml"
-        killed = run_flow("stock_pool", crashed, path, kill)
-        assert killed.killed, f"{tag}: the run finished before the kill ({kill.label})"
-        resumed = run_flow("stock_pool", crashed, path)
-        assert resumed.code == 0, path.with_suffix(".log").read_text(errors="replace")[-3000:]
+        killed, resumed = crash_and_resume(
+            "stock_pool", crashed, tmp_path / f"{tag}.yaml", tag, kill
+        )
         ids = output_ids(crashed)
         print(
             f"{tag}: killed {kill.label} ({killed.consumed:.0f} of {EVENTS} read, "
