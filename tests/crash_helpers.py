@@ -24,6 +24,8 @@ from pathlib import Path
 
 import orjson
 
+from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.topics import ALL_TOPICS
 from omnistream.config import Config, dump_config
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, total
@@ -127,6 +129,26 @@ def _kill_when(
             return consumed
         time.sleep(0.005)
     return None
+
+
+def copy_inputs(source: Config, target: Config, inputs: tuple[str, ...]) -> int:
+    """The same messages, keys, partitions and headers under another topic prefix (so a
+    steady and a crashed run read exactly the same input); how many."""
+    ensure_topics(target, list(ALL_TOPICS))
+    producer = make_producer(target)
+    count = 0
+    for name in inputs:
+        for message in read_topic(source, name, timeout_s=60):
+            producer.produce(
+                target.topic(name),
+                key=message.key(),
+                value=message.value(),
+                partition=message.partition() or 0,
+                headers=message.headers() or [],
+            )
+            count += 1
+    assert producer.flush(60) == 0
+    return count
 
 
 def deadletters(config: Config) -> set[tuple[str, int, int, str, str]]:

@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 
 from connectors.generator import TrafficModel, produce
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.topics import ALL_TOPICS
 from flows.attribution import INPUTS
 from omnistream.config import Config
 from omnistream.reference import load_reference
 from tests.crash_helpers import (
+    copy_inputs,
     crash_and_resume,
     crash_points,
     deadletters,
@@ -34,25 +33,6 @@ from tests.crash_helpers import (
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
-
-
-def copy_inputs(source: Config, target: Config) -> int:
-    """attribution's inputs, the same messages, keys and partitions, under another prefix."""
-    ensure_topics(target, list(ALL_TOPICS))
-    producer = make_producer(target)
-    count = 0
-    for name in INPUTS:
-        for message in read_topic(source, name, timeout_s=60):
-            producer.produce(
-                target.topic(name),
-                key=message.key(),
-                value=message.value(),
-                partition=message.partition() or 0,
-                headers=message.headers() or [],
-            )
-            count += 1
-    assert producer.flush(60) == 0
-    return count
 
 
 def credit_ids(config: Config) -> set[str]:
@@ -77,7 +57,7 @@ def test_attribution_sigkill_and_resume_credits_the_same_conversions(
             redis={"key_prefix": f"{config.redis.key_prefix}{tag}:"},
             **overrides,  # type: ignore[arg-type]
         )
-        return other, copy_inputs(config, other)
+        return other, copy_inputs(config, other, INPUTS)
 
     steady, messages = elsewhere("steady")
     first = run_flow("attribution", steady, tmp_path / "steady.yaml")
@@ -88,7 +68,7 @@ def test_attribution_sigkill_and_resume_credits_the_same_conversions(
 
     for tag, kill, snapshot_s in crash_points(messages, 0.3):
         crashed = recovering(config, tag, tmp_path / tag, snapshot_s)
-        copy_inputs(config, crashed)
+        copy_inputs(config, crashed, INPUTS)
         killed, resumed = crash_and_resume(
             "attribution", crashed, tmp_path / f"{tag}.yaml", tag, kill
         )

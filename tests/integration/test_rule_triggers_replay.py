@@ -24,12 +24,11 @@ import orjson
 import pytest
 
 from connectors.generator import TrafficModel, produce
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.topics import ALL_TOPICS
+from connectors.kafka_clients import make_producer
 from omnistream.config import Config, dump_config
 from omnistream.processes import start_flow
 from omnistream.reference import load_reference
-from tests.crash_helpers import Kill, run_flow
+from tests.crash_helpers import Kill, copy_inputs, run_flow
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -39,24 +38,6 @@ OUTPUTS = ("triggers.coupon", "triggers.holdout", "triggers.replenishment")
 #: Records without a customer at the end of one partition of events.resolved (see above).
 TAIL = 40_000
 TAIL_PARTITION = 0
-
-
-def copy_inputs(source: Config, target: Config) -> int:
-    """The same messages, keys and partitions under another topic prefix; how many."""
-    ensure_topics(target, list(ALL_TOPICS))
-    producer = make_producer(target)
-    count = 0
-    for name in INPUTS:
-        for message in read_topic(source, name, timeout_s=60):
-            producer.produce(
-                target.topic(name),
-                key=message.key(),
-                value=message.value(),
-                partition=message.partition() or 0,
-            )
-            count += 1
-    assert producer.flush(60) == 0
-    return count
 
 
 def add_skipped_tail(config: Config) -> None:
@@ -108,7 +89,7 @@ def test_replays_are_identical_and_a_crash_adds_no_new_id_and_loses_none(
         other = config.with_overrides(
             kafka={"topic_prefix": config.kafka.topic_prefix + tag + "."}, **overrides
         )
-        return other, copy_inputs(config, other)
+        return other, copy_inputs(config, other, INPUTS)
 
     again, messages = elsewhere("again")
     started = time.monotonic()
