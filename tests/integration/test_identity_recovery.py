@@ -16,7 +16,6 @@ lost a quarter of them and could not converge.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tests.crash_helpers import (
     recovering,
     run_flow,
 )
+from tests.identity_fold import fold_changes
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -71,36 +71,11 @@ def changes(config: Config) -> list[dict[str, Any]]:
 
 
 def folded(published: list[dict[str, Any]]) -> dict[str, str]:
-    """What a subscriber of ``identity.changes`` ends with (CONTRACT §4), in any reading
-    order: every customer an identifier was linked or merged to must lead, through the
-    aliases, to one surviving customer, or the answer would depend on the order."""
-    alias: dict[str, str] = {}
-    named: dict[str, set[str]] = defaultdict(set)
-    for change in published:
-        data = change["data"]
-        assert data["kind"] != "erased"  # nobody is forgotten here
-        if data["kind"] in ("linked", "merged"):
-            for ident in data["identifiers"]:
-                named[ident].add(data["customer_id"])
-            for old in data["merged_from"]:
-                if old != data["customer_id"]:
-                    assert alias.setdefault(old, data["customer_id"]) == data["customer_id"], (
-                        f"{old} merged into two customers"
-                    )
-
-    def resolve(customer: str) -> str:
-        seen = {customer}
-        while (target := alias.get(customer)) is not None and target not in seen:
-            seen.add(target)
-            customer = target
-        return customer
-
-    mapping: dict[str, str] = {}
-    for ident, customers in named.items():
-        survivors = {resolve(c) for c in customers}
-        assert len(survivors) == 1, f"{ident} ends with {sorted(survivors)}, by reading order"
-        mapping[ident] = survivors.pop()
-    return mapping
+    """The reference fold over the published CloudEvents."""
+    return fold_changes(
+        (d["kind"], d["customer_id"], d["identifiers"], d["merged_from"])
+        for d in (change["data"] for change in published)
+    )
 
 
 def resolved_ids(config: Config) -> set[str]:

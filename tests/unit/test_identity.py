@@ -37,6 +37,7 @@ from flows.logic.identity import (
     normalise_phone,
     pii_identifier_value,
 )
+from tests.identity_fold import fold_changes
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = IdentityPolicy()
@@ -253,29 +254,8 @@ def test_an_older_event_minting_a_customer_absorbs_the_younger_one() -> None:
 
 
 def folded(changes: list[IdentityChange]) -> dict[str, str]:
-    """What a subscriber of ``identity.changes`` keeps (CONTRACT §4) — in any reading order:
-    every customer an identifier was linked or merged to must lead, through the
-    ``merged_from`` aliases, to one customer, or the result would depend on that order."""
-    alias: dict[str, str] = {}
-    named: dict[str, set[str]] = {}
-    for change in changes:
-        if change.kind in ("linked", "merged"):
-            for ident in change.identifiers:
-                named.setdefault(ident, set()).add(change.customer_id)
-            for old in change.merged_from:
-                assert alias.setdefault(old, change.customer_id) == change.customer_id
-
-    def resolve(customer: str) -> str:
-        seen = {customer}
-        while (target := alias.get(customer)) is not None and target not in seen:
-            seen.add(target)
-            customer = target
-        return customer
-
-    mapping = {}
-    for ident, customers in named.items():
-        (mapping[ident],) = {resolve(c) for c in customers}
-    return mapping
+    """The reference fold (CONTRACT §4) over the changes the domain produced."""
+    return fold_changes((c.kind, c.customer_id, c.identifiers, c.merged_from) for c in changes)
 
 
 def test_a_minted_customer_that_absorbs_one_and_joins_an_older_one_names_the_survivor() -> None:
