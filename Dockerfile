@@ -6,6 +6,8 @@ COPY omnistream ./omnistream
 COPY flows ./flows
 COPY connectors ./connectors
 COPY state ./state
+COPY domain ./domain
+COPY base ./base
 RUN pip install --no-cache-dir . \
  && useradd --system --uid 10001 omnistream \
  && mkdir -p /var/lib/omnistream/recovery && chown -R omnistream /var/lib/omnistream

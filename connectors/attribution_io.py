@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from connectors import topics
+from base import topics
+from base.flow_names import ATTRIBUTION
 from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from flows.logic.attribution import ConvertedPath, Credits, Touch
-from flows.logic.events import Origin, Rejection
-from flows.logic.timeparse import format_event_time
-
-FLOW = "attribution"
+from domain.attribution import ConvertedPath, Credits, Touch
+from domain.events import Origin, Rejection
+from domain.timeparse import format_event_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ def credits_message(
     }
     value = cloud_event(
         event_type="omnistream.attribution.credit",
-        source=FLOW,
+        source=ATTRIBUTION,
         subject=converted.customer_id or converted.conversion_id,
         event_id=cloud_event_id("attribution", converted.conversion_id),
         time_ms=converted.ts_ms,

@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import orjson
 
-from connectors import topics
-from flows.logic.events import (
+from base import topics
+from domain.events import (
     CLICK_EVENT_TYPES,
     FULFILLMENT_TYPES,
     MOVEMENT_EVENT_TYPES,
@@ -32,8 +32,8 @@ from flows.logic.events import (
     PosEvent,
     Rejection,
 )
-from flows.logic.reference import ReferenceData
-from flows.logic.timeparse import TimestampError, parse_event_time
+from domain.reference import ReferenceData
+from domain.timeparse import TimestampError, parse_event_time
 
 #: Larger messages are refused before parsing: no retail event is anywhere near this big.
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -375,7 +375,7 @@ def message_event_time(raw: bytes | None) -> int | None:
     """Event time of a message left undecoded (``only_types``), or None when it has none.
 
     Read for one message per partition and batch: how far a partition has been read counts
-    the events a flow skips too (``flows.logic.progress``)."""
+    the events a flow skips too (``domain.progress``)."""
     try:
         return event_time(load_object(raw or b""), "ts")
     except Invalid:

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from flows.logic.events import Rejection
-from flows.logic.timeparse import format_event_time
+from domain.events import Rejection
+from domain.timeparse import format_event_time
 
 MAX_RAW_CHARS = 64 * 1024
 SOURCE_PREFIX = "omnistream"

@@ -57,11 +57,12 @@ from typing import Any, TextIO
 import orjson
 from confluent_kafka import KafkaException
 
-from connectors import topics
+from base import topics
+from base.config import Config
+from base.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from connectors.kafka_clients import ensure_topics, make_producer
-from flows.logic.reference import Location, Product, ReferenceData, ReferenceDataError
-from omnistream.config import Config
-from omnistream.reference import load_reference
+from connectors.reference_files import load_reference
+from domain.reference import Location, Product, ReferenceData, ReferenceDataError
 
 # --- public constants ---------------------------------------------------------------------------
 
@@ -85,10 +86,6 @@ BAD_REASONS: tuple[str, ...] = (
 
 # --- tunables of the simulation -----------------------------------------------------------------
 
-SECOND_MS = 1_000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 #: Local time of the chain (China Standard Time), used for RFC 3339 times and expiry dates.
 LOCAL_OFFSET_MS = 8 * HOUR_MS
 LOCAL_OFFSET = "+08:00"

@@ -22,8 +22,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from base.config import Config
 from connectors.kafka_logging import LIBRDKAFKA_LOG, LibrdkafkaLog
-from omnistream.config import Config
 
 #: Producer defaults tuned for low latency on a local broker; ``kafka.client`` overrides them.
 #: Idempotence: without it a retried produce request can land after the next one, so two

@@ -6,7 +6,7 @@ read to its end, and it lists partitions without a timeout. This one:
 - tells the flow when a partition is at its end (``PartitionEnd`` at the end of the batch
   that reached the high watermark of the last fetch, or on librdkafka's end-of-partition
   event), so a partition with nothing in flight holds nothing back
-  (``flows.logic.progress``); with ``tail=False`` the partition then stops;
+  (``domain.progress``); with ``tail=False`` the partition then stops;
 - aligns partitions on event time while catching up: a partition whose latest event time is
   more than ``alignment_ms`` ahead of the slowest partition that is catching up (more than a
   batch behind its high watermark) in this process waits, as Flink's watermark alignment

@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from connectors.metrics import RULES_ACTIVE, RULES_RELOADS
-from flows.logic.rules import RulesError, RuleSet
-from omnistream.rules_cli import load_rules
+from base.metrics import RULES_ACTIVE, RULES_RELOADS
+from connectors.rules_file import load_rules
+from domain.rules import RulesError, RuleSet
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from flows.logic.events import ClickEvent, PosEvent
+from domain.events import ClickEvent, PosEvent
 
 _DROPPED = frozenset({"origin", "phone_hash", "email_hash"})
 #: Fields written per event class, looked up once: this runs for every resolved event.

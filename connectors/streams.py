@@ -18,17 +18,17 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
+from base import stopping
+from base.config import Config
+from base.metrics import DEADLETTERS, EVENTS_CONSUMED
+from base.topics import CLOUDEVENT_TOPICS, DEADLETTER
 from connectors.decode import PiiHasher, decode_message, message_event_time
 from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
 from connectors.kafka_clients import admin_settings, brokers, consumer_settings, producer_settings
 from connectors.kafka_source import READ_PROGRESS, AlignedKafkaSource, PartitionEnd, SourceItem
-from connectors.metrics import DEADLETTERS, EVENTS_CONSUMED
-from connectors.topics import CLOUDEVENT_TOPICS, DEADLETTER
-from flows.logic.events import Origin, Rejection
-from flows.logic.progress import PartitionReport
-from flows.logic.reference import ReferenceData
-from omnistream import stopping
-from omnistream.config import Config
+from domain.events import Origin, Rejection
+from domain.progress import PartitionReport
+from domain.reference import ReferenceData
 
 X = TypeVar("X")
 
@@ -97,7 +97,7 @@ def kafka_events(
     more than most of what a flow then does with it. ``per_batch(records, reports)`` turns a
     batch's valid records into what the flow works on (movements grouped by shard, events
     resolved in one Redis round trip …) in that same step; ``reports`` say how far each
-    partition of the batch has been read (``flows.logic.progress``), for flows that apply
+    partition of the batch has been read (``domain.progress``), for flows that apply
     their inputs in event-time order. A ``Rejection`` it returns is dead-lettered like the
     decoder's. ``only_types`` limits full decoding to those event types (see
     ``decode_message``); events of other types are counted as consumed and go no further.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from connectors import topics
+from base import topics
 from connectors.decode import (
     Fields,
     Invalid,
@@ -23,10 +23,10 @@ from connectors.decode import (
     load_object,
     resolved_head,
 )
-from flows.logic.customer_rules import CustomerEvent
-from flows.logic.events import MovementEvent, Origin, Rejection
-from flows.logic.reference import ReferenceData
-from flows.logic.stock_rules import ExpiryBatch, StockChange
+from domain.customer_rules import CustomerEvent
+from domain.events import MovementEvent, Origin, Rejection
+from domain.reference import ReferenceData
+from domain.stock_rules import ExpiryBatch, StockChange
 
 PURCHASE_TYPES = frozenset({"order_placed", "sale"})
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from base.flow_names import RULE_TRIGGERS
+from base.metrics import TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.metrics import TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
-from flows.logic.customer_rules import CouponDecision
-from flows.logic.rules import RuleSet
-from flows.logic.stock_rules import StockDecision
-from flows.logic.timeparse import format_event_time
-
-FLOW = "rule_triggers"
+from domain.customer_rules import CouponDecision
+from domain.rules import RuleSet
+from domain.stock_rules import StockDecision
+from domain.timeparse import format_event_time
 
 
 def coupon_id(decision: CouponDecision) -> str:
@@ -70,7 +69,7 @@ def coupon_message(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -
     kind = "holdout" if decision.holdout else "coupon"
     value = cloud_event(
         event_type=f"omnistream.trigger.{kind}",
-        source=FLOW,
+        source=RULE_TRIGGERS,
         subject=decision.customer_id,
         event_id=coupon_id(decision),
         time_ms=decision.sent_at_ms,
@@ -108,7 +107,7 @@ def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessa
     }
     value = cloud_event(
         event_type="omnistream.trigger.replenishment",
-        source=FLOW,
+        source=RULE_TRIGGERS,
         subject=key,
         event_id=replenishment_id(decision),
         time_ms=decision.event_time_ms,

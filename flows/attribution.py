@@ -1,6 +1,6 @@
 """attribution: credit each conversion to the marketing touches before it (several models).
 
-Wiring only; the models are in ``flows.logic.attribution``.
+Wiring only; the models are in ``domain.attribution``.
 
     events.resolved (touches: campaign visits, ad clicks; conversions: orders, till sales)
     triggers.coupon (touches: coupons sent), identity.changes (merges)
@@ -23,19 +23,22 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 
-from connectors import topics
+from base import topics
+from base.config import Config, load_config
+from base.flow_names import ATTRIBUTION
+from base.metrics import ATTRIBUTION_CONVERSIONS
+from base.units import DAY_MS
 from connectors.attribution_io import (
     DECODERS,
-    FLOW,
     Absorb,
     Conversion,
     CustomerTouch,
     Ignored,
     credits_message,
 )
-from connectors.metrics import ATTRIBUTION_CONVERSIONS
+from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
-from flows.logic.attribution import (
+from domain.attribution import (
     MODELS,
     AbandonedPath,
     AttributionParams,
@@ -50,12 +53,9 @@ from flows.logic.attribution import (
     heuristic_credits,
     markov_credit,
 )
-from flows.logic.events import Origin
-from omnistream.config import Config, load_config
-from omnistream.reference import load_reference
+from domain.events import Origin
 from state.attribution_store import AttributionStore, TotalsCell
 
-DAY_MS = 86_400_000
 INPUTS = (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES)
 
 
@@ -245,9 +245,16 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
     def decode(name: str, raw: bytes, origin: Origin) -> Any:
         return DECODERS[name](raw, origin)
 
-    flow = Dataflow(FLOW)
+    flow = Dataflow(ATTRIBUTION)
     inputs = kafka_events(
-        "inputs", flow, config, FLOW, INPUTS, reference, until_idle=until_idle, decoder=decode
+        "inputs",
+        flow,
+        config,
+        ATTRIBUTION,
+        INPUTS,
+        reference,
+        until_idle=until_idle,
+        decoder=decode,
     )
     items: Any = op.flat_map("items", inputs.oks, _inputs_of)
     routed = op.flat_map(
@@ -298,7 +305,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         return store.write_cells, store.close
 
     op.output("totals_store", cells, BatchSink(open_writer))
-    deadletter_output("deadletter", config, FLOW, inputs.errs)
+    deadletter_output("deadletter", config, ATTRIBUTION, inputs.errs)
     return flow
 
 

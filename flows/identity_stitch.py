@@ -1,6 +1,6 @@
 """identity_stitch: one customer id (OneID) across devices, accounts, cards and orders.
 
-Wiring only; the rules are in ``flows.logic.identity`` and the atomic Redis update in
+Wiring only; the rules are in ``domain.identity`` and the atomic Redis update in
 ``state.identity_store``.
 
     inputs (clickstream, pos.sales) → decode, hashing phone/e-mail (rejections → deadletter)
@@ -17,9 +17,10 @@ import time
 
 from bytewax.dataflow import Dataflow
 
-from connectors import topics
-from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.metrics import (
+from base import topics
+from base.config import Config, ConfigError, load_config
+from base.flow_names import IDENTITY_STITCH
+from base.metrics import (
     IDENTITY_CONFLICTS,
     IDENTITY_CUSTOMERS_CREATED,
     IDENTITY_JUNK,
@@ -28,22 +29,21 @@ from connectors.metrics import (
     IDENTITY_UNRESOLVED,
     PROCESSING_LAG,
 )
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.reference_files import load_reference
 from connectors.resolved import resolved_event
 from connectors.streams import kafka_events, kafka_output
-from flows.logic.events import ClickEvent, InputEvent, PosEvent
-from flows.logic.identity import (
+from domain.events import ClickEvent, InputEvent, PosEvent
+from domain.identity import (
     IdentityChange,
     Resolution,
     identifiers_of,
     kind_of,
     pii_identifier_value,
 )
-from flows.logic.progress import PartitionReport
-from omnistream.config import Config, ConfigError, load_config
-from omnistream.reference import load_reference
+from domain.progress import PartitionReport
 from state.identity_store import EventIdentifiers, IdentityStore
 
-FLOW = "identity_stitch"
 INPUTS = (topics.CLICKSTREAM, topics.POS_SALES)
 
 
@@ -85,7 +85,7 @@ def change_message(
     }
     value = cloud_event(
         event_type=f"omnistream.identity.{change.kind}",
-        source=FLOW,
+        source=IDENTITY_STITCH,
         subject=change.customer_id,
         event_id=cloud_event_id("identity", cause, change.kind, *change.identifiers),
         time_ms=time_ms,
@@ -118,7 +118,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         value = pii_identifier_value(kind, raw, pii_key, country_code)
         return value if value is not None else ""
 
-    flow = Dataflow(FLOW)
+    flow = Dataflow(IDENTITY_STITCH)
 
     resolved_topic = config.topic(topics.EVENTS_RESOLVED)
     changes_topic = config.topic(topics.IDENTITY_CHANGES)
@@ -132,7 +132,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         )
         out: list[OutMessage] = []
         now_ms = time.time() * 1000
-        lag = PROCESSING_LAG.labels(FLOW)
+        lag = PROCESSING_LAG.labels(IDENTITY_STITCH)
         for event, resolution in zip(items, resolutions, strict=True):
             lag.observe(max(0.0, (now_ms - event.ts_ms) / 1000))
             count_resolution(resolution)
@@ -147,7 +147,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         "inputs",
         flow,
         config,
-        FLOW,
+        IDENTITY_STITCH,
         INPUTS,
         reference,
         until_idle=until_idle,

@@ -1,7 +1,7 @@
 """rule_triggers: coupon and replenishment triggers within seconds (CONTRACT §3).
 
-Wiring only; the rules are in ``flows.logic.customer_rules``, ``flows.logic.stock_rules``,
-``flows.logic.clearance_rules`` and ``flows.logic.trigger_policy``.
+Wiring only; the rules are in ``domain.customer_rules``, ``domain.stock_rules``,
+``domain.clearance_rules`` and ``domain.trigger_policy``.
 
     events.resolved ─► key by customer ─► customers (carts, browsing, win-back, offers,
                    │                        quiet hours, conversions; timers)
@@ -36,20 +36,23 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 
-from connectors import topics
-from connectors.envelopes import OutMessage
-from connectors.event_clock import EventClock, clocks
-from connectors.live_rules import LiveRules
-from connectors.metrics import (
+from base import topics
+from base.config import Config, load_config
+from base.flow_names import RULE_TRIGGERS
+from base.metrics import (
     PROCESSING_LAG,
     TRIGGER_CONVERSIONS,
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
+from connectors.envelopes import OutMessage
+from connectors.event_clock import EventClock, clocks
+from connectors.live_rules import LiveRules
+from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
 from connectors.trigger_inputs import DECODERS, Skipped
-from connectors.triggers import FLOW, coupon_message, replenishment_message
-from flows.logic.clearance_rules import (
+from connectors.triggers import coupon_message, replenishment_message
+from domain.clearance_rules import (
     AudienceState,
     ClearanceSignal,
     View,
@@ -62,7 +65,7 @@ from flows.logic.clearance_rules import (
     note_change,
     release_signals,
 )
-from flows.logic.customer_rules import (
+from domain.customer_rules import (
     Conversion,
     CouponDecision,
     CustomerEvent,
@@ -73,12 +76,12 @@ from flows.logic.customer_rules import (
     on_offer,
     on_time,
 )
-from flows.logic.customer_rules import Suppressed as CustomerSuppressed
-from flows.logic.events import Origin
-from flows.logic.progress import PartitionReport
-from flows.logic.reference import ReferenceData
-from flows.logic.rules import RuleSet
-from flows.logic.stock_rules import (
+from domain.customer_rules import Suppressed as CustomerSuppressed
+from domain.events import Origin
+from domain.progress import PartitionReport
+from domain.reference import ReferenceData
+from domain.rules import RuleSet
+from domain.stock_rules import (
     CampaignState,
     ExpiryBatch,
     SkuRuleState,
@@ -87,9 +90,7 @@ from flows.logic.stock_rules import (
     evaluate_campaign_prep,
     evaluate_stock_rules,
 )
-from flows.logic.stock_rules import Suppressed as StockSuppressed
-from omnistream.config import Config, load_config
-from omnistream.reference import load_reference
+from domain.stock_rules import Suppressed as StockSuppressed
 from state.coupon_store import CouponStore
 from state.stock_store import StockStore
 
@@ -130,10 +131,10 @@ class _Context:
         return self._local.coupons  # type: ignore[no-any-return]
 
     def nearby(self, region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
-        return self.store().stores_with_stock(region, sku, minimum, FLOW)
+        return self.store().stores_with_stock(region, sku, minimum, RULE_TRIGGERS)
 
     def region_stock(self, sku: str, region: str) -> list[StockChange]:
-        return self.store().region_positions(sku, region, FLOW)
+        return self.store().region_positions(sku, region, RULE_TRIGGERS)
 
 
 #: customer id, state, partition of ``events.resolved``, and that partition's clock mark
@@ -308,7 +309,9 @@ class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignSnapshot]):
         rules = self.ctx.rules.current().of_kind("campaign_prep")
         product = self.ctx.reference.products[decision.sku]
         available = (
-            self.ctx.store().available(decision.sku, decision.store_id, FLOW) if rules else 0
+            self.ctx.store().available(decision.sku, decision.store_id, RULE_TRIGGERS)
+            if rules
+            else 0
         )
         self.state, out = evaluate_campaign_prep(
             self.state,
@@ -422,7 +425,7 @@ def build(
     def decode(name: str, raw: bytes, origin: Origin) -> Any:
         return DECODERS[name](raw, origin, reference)
 
-    flow = Dataflow(FLOW)
+    flow = Dataflow(RULE_TRIGGERS)
 
     def claim_redeemers(batch: list[Any]) -> list[Any]:
         """Receipts that redeemed a coupon without a loyalty card belong to the coupon's
@@ -457,7 +460,7 @@ def build(
         "inputs",
         flow,
         config,
-        FLOW,
+        RULE_TRIGGERS,
         INPUTS,
         reference,
         until_idle=until_idle,
@@ -536,7 +539,9 @@ def build(
 
     def coupon_out(decision: CouponDecision) -> OutMessage:
         now_ms = int(time.time() * 1000)
-        PROCESSING_LAG.labels(FLOW).observe(max(0.0, (now_ms - decision.sent_at_ms) / 1000))
+        PROCESSING_LAG.labels(RULE_TRIGGERS).observe(
+            max(0.0, (now_ms - decision.sent_at_ms) / 1000)
+        )
         return coupon_message(decision, ctx.rules.current(), now_ms)
 
     kafka_output(
@@ -579,7 +584,7 @@ def build(
             lambda d: replenishment_message(d, int(time.time() * 1000)),
         ),
     )
-    deadletter_output("deadletter", config, FLOW, inputs.errs)
+    deadletter_output("deadletter", config, RULE_TRIGGERS, inputs.errs)
     return flow
 
 

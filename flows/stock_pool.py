@@ -1,7 +1,7 @@
 """stock_pool: one central pool of stock per sku × location (CONTRACT §2).
 
-Wiring only; the arithmetic is in ``flows.logic.stock``, ``flows.logic.orders``,
-``flows.logic.stock_totals`` and ``flows.logic.stock_shard``.
+Wiring only; the arithmetic is in ``domain.stock``, ``domain.orders``,
+``domain.stock_totals`` and ``domain.stock_shard``.
 
     inputs (clickstream orders, pos.sales, wms.movements)
       → decode a Kafka batch (rejections → deadletter), group its movements by stock shard,
@@ -16,7 +16,7 @@ Wiring only; the arithmetic is in ``flows.logic.stock``, ``flows.logic.orders``,
 
 Every batch reports to every shard, even with nothing for it, and the order book passes the
 clickstream's reports on: a shard applies a movement once every input partition has been
-read past it (or to its end), whatever order the topics are read in (``flows.logic.progress``).
+read past it (or to its end), whatever order the topics are read in (``domain.progress``).
 
 Movements travel in bundles, not one by one: Bytewax's cost per item and step was most of
 the flow's time (see the README's benchmark section). Step ids are part of the recovery
@@ -34,11 +34,15 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors import topics
+from base import topics
+from base.config import Config, load_config
+from base.flow_names import STOCK_POOL
+from base.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
+from base.units import DAY_MS
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.kafka_clients import admin_settings
 from connectors.kafka_source import list_partitions
-from connectors.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
+from connectors.reference_files import load_reference
 from connectors.streams import (
     BatchSink,
     deadletter_output,
@@ -46,7 +50,7 @@ from connectors.streams import (
     kafka_events,
     kafka_output,
 )
-from flows.logic.events import (
+from domain.events import (
     MOVEMENT_EVENT_TYPES,
     ORDER_EVENT_TYPES,
     POS_EVENT_TYPES,
@@ -56,10 +60,10 @@ from flows.logic.events import (
     PosEvent,
     Rejection,
 )
-from flows.logic.orders import OrderBatch, OrderBook, OrderConflict, route_order_batch
-from flows.logic.progress import Partition, PartitionReport, partitions_of
-from flows.logic.reference import ReferenceData
-from flows.logic.stock import (
+from domain.orders import OrderBatch, OrderBook, OrderConflict, route_order_batch
+from domain.progress import Partition, PartitionReport, partitions_of
+from domain.reference import ReferenceData
+from domain.stock import (
     HOUR_MS,
     StockMovement,
     StockPolicy,
@@ -68,7 +72,7 @@ from flows.logic.stock import (
     movement_of_wms,
     movements_of_pos,
 )
-from flows.logic.stock_shard import (
+from domain.stock_shard import (
     Bundle,
     ShardOutcome,
     ShardState,
@@ -76,18 +80,14 @@ from flows.logic.stock_shard import (
     apply_shares,
     stock_shard,
 )
-from flows.logic.stock_totals import SegmentTotals
-from omnistream.config import Config, load_config
-from omnistream.reference import load_reference
+from domain.stock_totals import SegmentTotals
 from state.stock_store import StockStore
 
-FLOW = "stock_pool"
 INPUTS = topics.INPUT_TOPICS
 #: What stock_pool decodes in full: orders from the clickstream, every till and warehouse
 #: event. Other clickstream events are checked up to their type and skipped (their bodies
 #: are identity_stitch's to validate and dead-letter).
 DECODED_TYPES = ORDER_EVENT_TYPES | POS_EVENT_TYPES | MOVEMENT_EVENT_TYPES
-DAY_MS = 24 * HOUR_MS
 
 
 def policy_of(config: Config) -> StockPolicy:
@@ -162,7 +162,7 @@ def stock_changed_message(position: StockPosition, reference: ReferenceData) -> 
     }
     value = cloud_event(
         event_type="omnistream.stock.changed",
-        source=FLOW,
+        source=STOCK_POOL,
         subject=key,
         event_id=cloud_event_id("stock.changed", key, position.movement_id),
         time_ms=position.as_of_ms,
@@ -262,13 +262,13 @@ def build(
         p for p in expected if p[0] == topics.CLICKSTREAM
     )
 
-    flow = Dataflow(FLOW)
+    flow = Dataflow(STOCK_POOL)
     shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
     events = kafka_events(
         "inputs",
         flow,
         config,
-        FLOW,
+        STOCK_POOL,
         INPUTS,
         reference,
         until_idle=until_idle,
@@ -310,7 +310,7 @@ def build(
 
     def open_store_writer() -> tuple[Any, Any]:
         store = StockStore.from_config(config, reference)
-        lag = PROCESSING_LAG.labels(FLOW)
+        lag = PROCESSING_LAG.labels(STOCK_POOL)
 
         def write(batch: list[ShardOutcome]) -> None:
             positions = [p for outcome in batch for p in outcome.positions]
@@ -358,7 +358,7 @@ def build(
             "too_late", outcomes, lambda o: [too_late_rejection(late) for late in o.refused]
         ),
     )
-    deadletter_output("deadletter", config, FLOW, rejections)
+    deadletter_output("deadletter", config, STOCK_POOL, rejections)
     return flow
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from flows.logic.attribution import MODELS
-from omnistream.config import Config
+from base.config import Config
+from domain.attribution import MODELS
 from state.attribution_store import AttributionStore
 
 

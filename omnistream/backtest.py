@@ -25,11 +25,14 @@ from typing import Any, TextIO
 
 import orjson
 
-from connectors import topics
+from base import topics
+from base.config import Config
 from connectors.kafka_clients import read_topic
+from connectors.reference_files import load_reference
+from connectors.rules_file import load_rules
 from connectors.trigger_inputs import DECODERS, Skipped
 from connectors.triggers import coupon_data, coupon_id, replenishment_id
-from flows.logic.clearance_rules import (
+from domain.clearance_rules import (
     AudienceState,
     ClearanceSignal,
     View,
@@ -42,7 +45,7 @@ from flows.logic.clearance_rules import (
     note_change,
     release_signals,
 )
-from flows.logic.customer_rules import (
+from domain.customer_rules import (
     Conversion,
     CouponDecision,
     CustomerEvent,
@@ -53,11 +56,11 @@ from flows.logic.customer_rules import (
     on_offer,
     on_time,
 )
-from flows.logic.customer_rules import Suppressed as CustomerSuppressed
-from flows.logic.events import MOVEMENT_EVENT_TYPES, Origin, Rejection
-from flows.logic.reference import ReferenceData
-from flows.logic.rules import RulesError, RuleSet
-from flows.logic.stock_rules import (
+from domain.customer_rules import Suppressed as CustomerSuppressed
+from domain.events import MOVEMENT_EVENT_TYPES, Origin, Rejection
+from domain.reference import ReferenceData
+from domain.rules import RulesError, RuleSet
+from domain.stock_rules import (
     CampaignState,
     ExpiryBatch,
     SkuRuleState,
@@ -66,10 +69,7 @@ from flows.logic.stock_rules import (
     evaluate_campaign_prep,
     evaluate_stock_rules,
 )
-from flows.logic.stock_rules import Suppressed as StockSuppressed
-from omnistream.config import Config
-from omnistream.reference import load_reference
-from omnistream.rules_cli import load_rules
+from domain.stock_rules import Suppressed as StockSuppressed
 
 Record = CustomerEvent | StockChange | ExpiryBatch
 

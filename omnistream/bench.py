@@ -42,15 +42,15 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from connectors import topics
+from base import topics
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.kafka_clients import ensure_topics, make_consumer
-from connectors.topics import ALL_TOPICS
+from connectors.reference_files import load_reference
 from flows import attribution, identity_stitch, rule_triggers, stock_pool
-from omnistream.config import Config, dump_config
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
-from omnistream.reference import load_reference
 from omnistream.trigger_watch import TriggerWatch, percentile
 
 FLOW_ORDER = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")

@@ -24,13 +24,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
-from connectors import topics
+from base import topics
+from base.config import Config, load_config
+from base.metrics import EVENTS_CONSUMED
 from connectors.kafka_clients import brokers, consumer_settings, producer_settings
-from connectors.metrics import EVENTS_CONSUMED
 from connectors.streams import CONSUMER_DEFAULTS
-from omnistream.config import Config, load_config
 
-FLOW = "reference"
+REFERENCE_FLOW = "reference"
 #: The reference's read-ahead is its fastest measured one, not the flows' 2 MiB cap (which
 #: slows a bare pipeline: 3.1 s against 2.5 s for 200,000 events) nor librdkafka's 64 MiB
 #: default (55,000 against 85,000-94,000 events/s on a 1,000,000-event backlog).
@@ -38,7 +38,7 @@ REFERENCE_CONSUMER = {**CONSUMER_DEFAULTS, "queued.max.messages.kbytes": "8192"}
 
 
 def build(config: Config) -> Dataflow:
-    flow = Dataflow(FLOW)
+    flow = Dataflow(REFERENCE_FLOW)
     source = kop.input(
         "inputs",
         flow,
@@ -50,7 +50,7 @@ def build(config: Config) -> Dataflow:
         add_config=consumer_settings(config, REFERENCE_CONSUMER),  # type: ignore[arg-type]
         batch_size=config.kafka.batch_size,
     )
-    consumed = EVENTS_CONSUMED.labels(FLOW, "all")
+    consumed = EVENTS_CONSUMED.labels(REFERENCE_FLOW, "all")
 
     def decode(msg: KafkaSourceMessage[Any, Any]) -> tuple[str, Any]:
         consumed.inc()

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.logic.reference import ReferenceDataError
-from flows.logic.rules import RulesError
-from omnistream.config import Config, ConfigError, load_config
+from base.config import Config, ConfigError, load_config
+from domain.reference import ReferenceDataError
+from domain.rules import RulesError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,7 +48,7 @@ def _needs(config: Config, *, kafka: bool = False, redis: bool = False) -> None:
 
 
 def _cmd_stock(config: Config, args: argparse.Namespace) -> int:
-    from omnistream.reference import load_reference
+    from connectors.reference_files import load_reference
     from omnistream.stock_report import print_stock
 
     _needs(config, redis=True)

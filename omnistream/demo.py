@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from connectors import topics
+from base import topics
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
+from connectors.reference_files import load_reference
 from omnistream.attribution_report import report
-from omnistream.config import Config, dump_config
 from omnistream.embedded import EmbeddedStack, free_port
 from omnistream.processes import (
     Samples,
@@ -31,7 +32,6 @@ from omnistream.processes import (
     total,
     wait_for_metrics,
 )
-from omnistream.reference import load_reference
 from omnistream.trigger_watch import TriggerWatch, percentile
 
 #: The flows the demo runs, with the input topics each consumes.

@@ -101,9 +101,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from base.config import Config, load_config
+from base.topics import ALL_TOPICS
 from connectors.kafka_clients import ensure_topics
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, load_config
 
 log = logging.getLogger(__name__)
 

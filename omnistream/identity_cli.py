@@ -6,11 +6,11 @@ import re
 import sys
 import time
 
-from connectors import topics
+from base import topics
+from base.config import Config
 from connectors.envelopes import CLOUDEVENT_HEADERS, cloud_event, cloud_event_id
 from connectors.kafka_clients import make_producer
-from flows.logic.identity import PRIORITY, identifier, kind_of, pii_identifier_value
-from omnistream.config import Config
+from domain.identity import PRIORITY, identifier, kind_of, pii_identifier_value
 from state.identity_store import IdentityStore
 
 _HASH = re.compile(r"[0-9a-f]{64}")

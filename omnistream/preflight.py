@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from omnistream.config import Config
+from base.config import Config
 
 # The clients (confluent-kafka, redis-py) are imported by the checks themselves: the command
 # line imports this module for ``Unreachable`` on every command, most of which need neither.

@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import yaml
-
-from flows.logic.rules import RulesError, RuleSet, parse_rules
-
-
-def load_rules(path: str) -> RuleSet:
-    """Read and validate a rules file; ``RulesError`` lists every problem found."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError([f"{path}: cannot read the rules file: {exc.strerror}"]) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulesError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse_rules(path, doc)
+from connectors.rules_file import load_rules
+from domain.rules import RulesError
 
 
 def check_rules(path: str) -> int:

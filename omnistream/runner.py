@@ -31,12 +31,12 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
-from flows.logic.reference import ReferenceDataError
-from flows.logic.rules import RulesError
+from base.config import Config, ConfigError
+from base.stopping import StopRequested, request_stop, stop_requested
+from domain.reference import ReferenceDataError
+from domain.rules import RulesError
 from omnistream import preflight
-from omnistream.config import Config, ConfigError
 from omnistream.preflight import REDIS_SETTING, Unreachable
-from omnistream.stopping import StopRequested, request_stop, stop_requested
 from state.redis_io import RedisGaveUp, describe
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class StopSignals:
     - the Python handlers raise ``KeyboardInterrupt`` on the main thread: it ends the
       start-up checks or the build, or the dataflow (with one worker, the step it lands in;
       with several, Bytewax stops them after their current step);
-    - the stop flag (``omnistream.stopping``) ends waits inside a step on a worker thread,
+    - the stop flag (``base.stopping``) ends waits inside a step on a worker thread,
       such as a Redis write retrying through an outage;
     - a watcher thread sees each signal through ``signal.set_wakeup_fd`` even while the
       main thread is stuck in C (a librdkafka call without a timeout, where no Python

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from flows.logic.reference import ReferenceData
-from omnistream.config import Config
+from base.config import Config
+from domain.reference import ReferenceData
 from state.stock_store import StockStore
 
 COLUMNS = [

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from connectors import topics
+from base import topics
+from base.config import Config
 from connectors.generator import GeneratedEvent
 from connectors.kafka_clients import make_consumer
-from omnistream.config import Config
 
 TRIGGER_TOPICS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
 #: Rule kinds whose triggers come from a timer rather than from an input event.

@@ -8,11 +8,10 @@ from typing import Any
 
 import redis
 
-from connectors.metrics import ATTRIBUTED_CONVERSIONS, ATTRIBUTED_REVENUE
-from omnistream.config import Config
+from base.config import Config
+from base.flow_names import ATTRIBUTION
+from base.metrics import ATTRIBUTED_CONVERSIONS, ATTRIBUTED_REVENUE
 from state.redis_io import connect, with_retries
-
-FLOW = "attribution"
 
 #: (model, channel, revenue, conversions): one cell of the totals, absolute.
 TotalsCell = tuple[str, str, float, float]
@@ -47,7 +46,7 @@ class AttributionStore:
                 )
             pipe.execute()
 
-        with_retries(FLOW, write)
+        with_retries(ATTRIBUTION, write)
         for (model, channel), (revenue, conversions) in latest.items():
             ATTRIBUTED_REVENUE.labels(model, channel).set(revenue)
             ATTRIBUTED_CONVERSIONS.labels(model, channel).set(conversions)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import redis
 
-from omnistream.config import Config
+from base.config import Config
+from base.flow_names import RULE_TRIGGERS
 from state.redis_io import connect, with_retries
-
-FLOW = "rule_triggers"
 
 
 class CouponStore:
@@ -39,12 +38,12 @@ class CouponStore:
                 pipe.set(self.key(code), customer_id, ex=max(1, keep_s))
             pipe.execute()
 
-        with_retries(FLOW, write)
+        with_retries(RULE_TRIGGERS, write)
 
     def owners(self, codes: list[str]) -> dict[str, str]:
         if not codes:
             return {}
-        values = with_retries(FLOW, lambda: self.client.mget([self.key(c) for c in codes]))
+        values = with_retries(RULE_TRIGGERS, lambda: self.client.mget([self.key(c) for c in codes]))
         return {
             code: v.decode() if isinstance(v, bytes) else str(v)
             for code, v in zip(codes, values, strict=True)

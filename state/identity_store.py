@@ -14,7 +14,7 @@ Keys (``<p>`` = key prefix):
   changes themselves).
 
 A batch is resolved optimistically: one pipelined read of every identifier and customer it
-touches, the rules of ``flows.logic.identity`` applied in memory, then one Lua script that
+touches, the rules of ``domain.identity`` applied in memory, then one Lua script that
 checks nothing it read has changed (owners and customer versions) and writes the difference.
 If another worker changed any of it in between, the script writes nothing and the batch is
 read and resolved again. So two workers or processes linking overlapping identifiers end
@@ -35,8 +35,10 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from connectors.metrics import IDENTITY_CAS_RETRIES, REDIS_WRITE_SECONDS
-from flows.logic.identity import (
+from base.config import Config
+from base.flow_names import IDENTITY_STITCH
+from base.metrics import IDENTITY_CAS_RETRIES, REDIS_WRITE_SECONDS
+from domain.identity import (
     Customer,
     IdentityChange,
     IdentityGraph,
@@ -45,11 +47,9 @@ from flows.logic.identity import (
     erase_customer,
     link_identifiers,
 )
-from omnistream.config import Config
 from state.redis_io import connect, with_retries
 
 log = logging.getLogger(__name__)
-FLOW = "identity_stitch"
 MAX_ATTEMPTS = 50
 
 # Checks then writes; returns 1 when applied, 0 when something read has changed meanwhile.
@@ -284,7 +284,7 @@ class IdentityStore:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             # An event seen before (a replay after a crash) already left its mark in Redis:
             # give back what it resolved to then, so its outputs are the same again.
-            snapshot, stored = with_retries(FLOW, lambda: self._read(wanted, event_ids))
+            snapshot, stored = with_retries(IDENTITY_STITCH, lambda: self._read(wanted, event_ids))
             resolutions = []
             results: list[list[str]] = []
             touched: set[str] = set()
@@ -302,8 +302,10 @@ class IdentityStore:
                 # Every customer an event changes (gains identifiers, absorbs another, is
                 # minted or renamed) is named by one of its changes.
                 touched.update(change.customer_id for change in resolution.changes)
-            if with_retries(FLOW, functools.partial(self._write, snapshot, touched, results)):
-                REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
+            if with_retries(
+                IDENTITY_STITCH, functools.partial(self._write, snapshot, touched, results)
+            ):
+                REDIS_WRITE_SECONDS.labels(IDENTITY_STITCH).observe(time.perf_counter() - started)
                 return resolutions
             IDENTITY_CAS_RETRIES.inc()
             time.sleep(min(0.001 * attempt, 0.05))

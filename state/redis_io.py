@@ -23,9 +23,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors.metrics import REDIS_ERRORS
-from omnistream import stopping
-from omnistream.config import Config
+from base import stopping
+from base.config import Config
+from base.metrics import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

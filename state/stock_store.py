@@ -21,16 +21,15 @@ from typing import Any
 
 import redis
 
-from connectors.metrics import REDIS_WRITE_SECONDS, STOCK_POSITIONS_WRITTEN
-from flows.logic.reference import ReferenceData
-from flows.logic.stock import StockPosition
-from flows.logic.stock_rules import StockChange
-from flows.logic.stock_totals import Figures, SkuTotals
-from flows.logic.timeparse import format_event_time
-from omnistream.config import Config
+from base.config import Config
+from base.flow_names import STOCK_POOL
+from base.metrics import REDIS_WRITE_SECONDS, STOCK_POSITIONS_WRITTEN
+from domain.reference import ReferenceData
+from domain.stock import StockPosition
+from domain.stock_rules import StockChange
+from domain.stock_totals import Figures, SkuTotals
+from domain.timeparse import format_event_time
 from state.redis_io import connect, with_retries
-
-FLOW = "stock_pool"
 
 
 def _figures_mapping(f: Figures, as_of_ms: int) -> dict[str, Any]:
@@ -117,8 +116,8 @@ class StockStore:
             pipe.execute()
 
         started = time.perf_counter()
-        with_retries(FLOW, write)
-        REDIS_WRITE_SECONDS.labels(FLOW).observe(time.perf_counter() - started)
+        with_retries(STOCK_POOL, write)
+        REDIS_WRITE_SECONDS.labels(STOCK_POOL).observe(time.perf_counter() - started)
         STOCK_POSITIONS_WRITTEN.inc(len(latest))
         return len(latest)
 

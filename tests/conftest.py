@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from base.config import Config
+from base.topics import ALL_TOPICS
 from connectors.kafka_clients import ensure_topics
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config
 from omnistream.embedded import EmbeddedStack
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import orjson
 
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, dump_config
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, total
 from tests.kafka_helpers import read_topic

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnistream.config import Config, dump_config
+from base.config import Config, dump_config
 from omnistream.embedded import die_with_parent
 
 #: Signs of output nobody should see: Python tracebacks, Rust panics, librdkafka's own

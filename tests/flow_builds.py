@@ -11,7 +11,7 @@ from typing import Any
 
 from bytewax.dataflow import Dataflow
 
-from omnistream.config import Config
+from base.config import Config
 
 #: Extra ``build`` arguments per flow module.
 BUILD_ARGS: dict[str, dict[str, Any]] = {

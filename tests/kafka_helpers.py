@@ -14,8 +14,8 @@ import uuid
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from base.config import Config
 from connectors.kafka_clients import make_consumer, read_topic
-from omnistream.config import Config
 
 __all__ = ["TopicWatcher", "read_json", "read_topic"]
 

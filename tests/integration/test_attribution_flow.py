@@ -20,12 +20,12 @@ import orjson
 import pytest
 import redis
 
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import make_producer
-from flows.logic.attribution import MODELS
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
+from domain.attribution import MODELS
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from state.attribution_store import AttributionStore
 from tests.kafka_helpers import read_json
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from base.config import Config
 from connectors.generator import TrafficModel, produce
+from connectors.reference_files import load_reference
 from flows.attribution import INPUTS
-from omnistream.config import Config
-from omnistream.reference import load_reference
 from tests.crash_helpers import (
     copy_inputs,
     crash_and_resume,

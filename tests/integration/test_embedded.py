@@ -16,10 +16,10 @@ import pytest
 import redis
 from confluent_kafka import KafkaError
 
+from base.config import Config
+from base.topics import ALL_TOPICS, CLICKSTREAM, STOCK_CHANGES
 from connectors.kafka_clients import make_admin, make_producer
-from connectors.topics import ALL_TOPICS, CLICKSTREAM, STOCK_CHANGES
 from omnistream import embedded
-from omnistream.config import Config
 from omnistream.embedded import EmbeddedStack, EmbeddedStackError, free_port, port_accepts
 from tests.kafka_helpers import read_json, read_topic
 

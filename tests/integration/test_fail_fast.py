@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from omnistream.config import Config
+from base.config import Config
 from omnistream.embedded import free_port
 from tests.fail_fast_helpers import NOISE, start
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from omnistream.config import Config, dump_config
+from base.config import Config, dump_config
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration

@@ -40,17 +40,17 @@ from confluent_kafka import KafkaError, Message
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from connectors import topics
+from base import topics
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.decode import MAX_MESSAGE_BYTES
 from connectors.generator import GeneratedEvent, TrafficModel
 from connectors.kafka_clients import ensure_topics, make_producer, read_topic
-from connectors.topics import ALL_TOPICS
-from flows.logic.events import CLICK_EVENT_TYPES, MOVEMENT_EVENT_TYPES, POS_EVENT_TYPES
-from flows.logic.reference import ReferenceData
+from connectors.reference_files import load_reference
+from domain.events import CLICK_EVENT_TYPES, MOVEMENT_EVENT_TYPES, POS_EVENT_TYPES
+from domain.reference import ReferenceData
 from omnistream.bench import peak_rss_mb
-from omnistream.config import Config, dump_config
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.integration.test_stock_pool_flow import (
     expected_stock,
     redis_figures,

@@ -12,11 +12,11 @@ import orjson
 import pytest
 import redis
 
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel
 from connectors.kafka_clients import make_producer
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.integration.test_stock_pool_flow import expected_stock, redis_figures
 from tests.kafka_helpers import read_topic
 

@@ -12,8 +12,8 @@ import networkx as nx
 import pytest
 import redis
 
-from connectors.metrics import IDENTITY_CAS_RETRIES
-from omnistream.config import Config
+from base.config import Config
+from base.metrics import IDENTITY_CAS_RETRIES
 from state.identity_store import EventIdentifiers, IdentityStore
 
 pytestmark = pytest.mark.integration

@@ -32,13 +32,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import ensure_topics, make_admin
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.embedded import LOOPBACK, die_with_parent, free_port, tansu_binary
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.kafka_helpers import read_json
 from tests.tls_helpers import Certificates, make_certificates
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from omnistream.config import Config, dump_config
+from base.config import Config, dump_config
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, stop_process, wait_for_metrics
 

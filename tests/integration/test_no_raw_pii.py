@@ -10,11 +10,11 @@ import orjson
 import pytest
 import redis
 
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.generator import TrafficModel, produce
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration

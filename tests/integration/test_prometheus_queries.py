@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.dashboards import BOARDS
 from omnistream.embedded import die_with_parent, free_port
 from omnistream.processes import start_flow, stop_process, wait_for_metrics
-from omnistream.reference import load_reference
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

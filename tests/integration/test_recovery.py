@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from base.config import Config
+from base.topics import ALL_TOPICS
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import ensure_topics
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config
-from omnistream.reference import load_reference
+from connectors.reference_files import load_reference
 from tests.crash_helpers import (
     crash_and_resume,
     crash_points,

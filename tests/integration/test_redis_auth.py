@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.embedded import die_with_parent, free_port, redis_server_binary
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from base.config import Config, dump_config
+from base.topics import ALL_TOPICS
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import ensure_topics
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.embedded import die_with_parent, free_port, redis_server_binary
 from omnistream.processes import scrape, start_flow, total
-from omnistream.reference import load_reference
 from tests.integration.test_recovery import stock_hashes
 
 pytestmark = pytest.mark.integration

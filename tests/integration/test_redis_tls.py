@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from base.config import Config
 from connectors.generator import TrafficModel, produce
-from omnistream.config import Config
+from connectors.reference_files import load_reference
 from omnistream.embedded import die_with_parent, free_port, redis_server_binary
-from omnistream.reference import load_reference
 from tests.integration.test_redis_auth import run_stock_pool
 from tests.tls_helpers import make_certificates
 

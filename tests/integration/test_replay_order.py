@@ -26,10 +26,10 @@ import orjson
 import pytest
 import redis
 
+from base.config import Config, dump_config
 from connectors.generator import GeneratedEvent, TrafficModel, produce
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.integration.test_stock_pool_flow import (
     event_ms,
     expected_stock,

@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 import pytest
 
+from base.config import Config, dump_config
 from connectors.kafka_clients import make_producer
-from flows.logic.customer_rules import coupon_code
-from flows.logic.identity import by_priority, new_customer_id
-from flows.logic.rules import Experiment
-from flows.logic.trigger_policy import draw_variant
-from omnistream.config import Config, dump_config
+from domain.customer_rules import coupon_code
+from domain.identity import by_priority, new_customer_id
+from domain.rules import Experiment
+from domain.trigger_policy import draw_variant
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, stop_process
 from tests.kafka_helpers import TopicWatcher, read_topic

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from base.config import Config, dump_config
 from connectors.envelopes import cloud_event
 from connectors.kafka_clients import make_producer
-from omnistream.config import Config, dump_config
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
 from tests.kafka_helpers import TopicWatcher

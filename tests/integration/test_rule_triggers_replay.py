@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 import pytest
 
+from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import make_producer
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.crash_helpers import Kill, copy_inputs, run_flow
 from tests.kafka_helpers import read_topic
 

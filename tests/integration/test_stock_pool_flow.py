@@ -21,12 +21,12 @@ import orjson
 import pytest
 import redis
 
+from base.config import Config, dump_config
 from connectors.decode import MAX_MESSAGE_BYTES
 from connectors.generator import GeneratedEvent, TrafficModel, produce
-from flows.logic.events import CLICK_EVENT_TYPES
-from omnistream.config import Config, dump_config
+from connectors.reference_files import load_reference
+from domain.events import CLICK_EVENT_TYPES
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration

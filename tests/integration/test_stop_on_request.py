@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from base.config import Config
+from base.topics import ALL_TOPICS
 from connectors.generator import TrafficModel, produce
 from connectors.kafka_clients import ensure_topics
-from connectors.topics import ALL_TOPICS
-from omnistream.config import Config
+from connectors.reference_files import load_reference
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, total, wait_for_metrics
-from omnistream.reference import load_reference
 from tests.fail_fast_helpers import NOISE, Blackhole, Run, start
 from tests.integration.test_redis_outage import start_redis
 

@@ -34,9 +34,8 @@ import yaml
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from connectors.generator import TrafficModel, produce
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.topics import (
+from base.config import Config, dump_config
+from base.topics import (
     ALL_TOPICS,
     CLOUDEVENT_TOPICS,
     DEADLETTER,
@@ -44,10 +43,11 @@ from connectors.topics import (
     IDENTITY_CHANGES,
     STOCK_CHANGES,
 )
-from omnistream.config import Config, dump_config
+from connectors.generator import TrafficModel, produce
+from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.reference_files import load_reference
 from omnistream.embedded import EmbeddedStack
 from omnistream.processes import start_flow
-from omnistream.reference import load_reference
 from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration

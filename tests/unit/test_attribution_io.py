@@ -19,7 +19,7 @@ from connectors.attribution_io import (
     decode_identity,
     decode_resolved,
 )
-from flows.logic.events import Origin, Rejection
+from domain.events import Origin, Rejection
 
 ORIGIN = Origin("t", 1, 7, b"k")
 TS_MS = 1_793_498_400_000

@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.attribution_io import Absorb, Conversion, CustomerTouch
-from flows.attribution import Handover, RouterState, accumulate, credit, follow_path, route
-from flows.logic.attribution import (
+from domain.attribution import (
     CONVERSION,
     DAY_MS,
     DIRECT,
@@ -40,6 +39,7 @@ from flows.logic.attribution import (
     removal_effects,
     shares,
 )
+from flows.attribution import Handover, RouterState, accumulate, credit, follow_path, route
 
 T0 = 1_795_000_000_000  # 2026-11-18, epoch ms
 CHANNELS = ("search", "social", "email", "display", "affiliate", "coupon:cart-abandonment")

@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from base.config import Config
 from connectors.envelopes import cloud_event
-from flows.logic.trigger_policy import draw_variant
+from connectors.reference_files import load_reference
+from connectors.rules_file import load_rules
+from domain.trigger_policy import draw_variant
 from omnistream.backtest import Backtest, decode_records, file_records
 from omnistream.cli import main
-from omnistream.config import Config
-from omnistream.reference import load_reference
-from omnistream.rules_cli import load_rules
 
 MIN = 60_000
 T0 = 1_793_500_000_000  # 2026-11-01T10:26:40+08:00: outside quiet hours
@@ -66,7 +66,7 @@ def stock(location: str, available: int, ts: int, cause: str) -> dict[str, Any]:
 
 
 def customer_in(arm: str) -> str:
-    from flows.logic.rules import Experiment
+    from domain.rules import Experiment
 
     experiment = Experiment("bt", 0.5, {"a": 1.0})
     for n in range(100):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from flows.logic.clearance_rules import (
+from domain.clearance_rules import (
     AudienceState,
     ClearanceOutcome,
     ClearanceSignal,
@@ -20,9 +20,9 @@ from flows.logic.clearance_rules import (
     note_change,
     release_signals,
 )
-from flows.logic.customer_rules import Offer
-from flows.logic.rules import RuleSet, parse_rules
-from flows.logic.stock_rules import (
+from domain.customer_rules import Offer
+from domain.rules import RuleSet, parse_rules
+from domain.stock_rules import (
     ExpiryBatch,
     SkuRuleState,
     StockChange,

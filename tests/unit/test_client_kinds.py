@@ -17,8 +17,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from base.config import Config
 from connectors import kafka_clients
-from omnistream.config import Config
 
 #: Tuning of every kind, as a site may put it under ``kafka.client``; the consumer ones are
 #: those the flows' sources use by default.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from omnistream.config import ConfigError, dump_config, load_config
+from base.config import ConfigError, dump_config, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

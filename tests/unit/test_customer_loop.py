@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from flows.logic.customer_rules import (
+from domain.customer_rules import (
     Conversion,
     CouponDecision,
     CustomerEvent,
@@ -20,8 +20,8 @@ from flows.logic.customer_rules import (
     on_offer,
     on_time,
 )
-from flows.logic.rules import Rule, RuleSet, parse_rules
-from flows.logic.trigger_policy import CONTROL, draw_variant
+from domain.rules import Rule, RuleSet, parse_rules
+from domain.trigger_policy import CONTROL, draw_variant
 
 MIN = 60_000
 HOUR = 3_600_000

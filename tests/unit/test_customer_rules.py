@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.logic.customer_rules import (
+from domain.customer_rules import (
     CouponDecision,
     CustomerEvent,
     CustomerState,
@@ -11,7 +11,7 @@ from flows.logic.customer_rules import (
     on_event,
     on_time,
 )
-from flows.logic.rules import parse_rules
+from domain.rules import parse_rules
 
 MIN = 60_000
 DAY = 86_400_000

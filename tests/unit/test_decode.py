@@ -7,8 +7,8 @@ import pytest
 
 from connectors.decode import decode_message
 from connectors.envelopes import deadletter_record, mask_pii
-from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent, Rejection
-from flows.logic.reference import Location, Product, ReferenceData
+from domain.events import ClickEvent, MovementEvent, Origin, PosEvent, Rejection
+from domain.reference import Location, Product, ReferenceData
 
 REF = ReferenceData(
     locations={

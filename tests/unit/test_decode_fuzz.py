@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from connectors.decode import decode_message
 from connectors.envelopes import deadletter_record
-from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent, Rejection
-from flows.logic.reference import Location, Product, ReferenceData
+from domain.events import ClickEvent, MovementEvent, Origin, PosEvent, Rejection
+from domain.reference import Location, Product, ReferenceData
 
 REF = ReferenceData(
     locations={"WH1": Location("WH1", "warehouse", "SH"), "S1": Location("S1", "store", "SH")},

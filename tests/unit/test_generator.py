@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from base.config import load_config
 from connectors import generator
 from connectors.decode import decode_message
 from connectors.generator import (
@@ -23,16 +24,15 @@ from connectors.generator import (
     add_generate_arguments,
     produce,
 )
-from flows.logic.events import (
+from connectors.reference_files import load_reference
+from domain.events import (
     CLICK_EVENT_TYPES,
     MOVEMENT_EVENT_TYPES,
     POS_EVENT_TYPES,
     Origin,
     Rejection,
 )
-from flows.logic.timeparse import parse_event_time
-from omnistream.config import load_config
-from omnistream.reference import load_reference
+from domain.timeparse import parse_event_time
 
 CONFIG = load_config(env={})
 REFERENCE = load_reference(CONFIG)

@@ -1,4 +1,4 @@
-"""OneID (CONTRACT §4) on the pure in-memory graph of ``flows.logic.identity``.
+"""OneID (CONTRACT §4) on the pure in-memory graph of ``domain.identity``.
 
 No Redis, no Kafka: every test builds an ``IdentityGraph`` and applies events to it with
 ``link_identifiers``, exactly as the Redis store does for the part of the graph a batch touches.
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.logic.identity import (
+from domain.identity import (
     DEFAULT_JUNK_PATTERNS,
     DEFAULT_LIMITS,
     PRIORITY,
@@ -625,7 +625,7 @@ def test_two_users_in_one_event_are_a_conflict() -> None:
 
 
 _BOTH_CLASH = """
-from flows.logic.identity import IdentityGraph, IdentityPolicy, link_identifiers
+from domain.identity import IdentityGraph, IdentityPolicy, link_identifiers
 graph, policy = IdentityGraph(), IdentityPolicy()
 link_identifiers(graph, ["user:ann", "member:m-ann", "anon:a"], "e1", 1, policy)
 link_identifiers(graph, ["user:bob", "member:m-bob", "anon:b"], "e2", 2, policy)

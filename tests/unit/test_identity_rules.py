@@ -10,7 +10,7 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.logic.identity import (
+from domain.identity import (
     IdentityGraph,
     IdentityPolicy,
     erase_customer,

@@ -31,10 +31,10 @@ import pytest
 from bytewax.connectors.kafka import KafkaSink, KafkaSource
 from bytewax.dataflow import Dataflow
 
+from base.config import Config
 from connectors import kafka_clients, kafka_source
 from connectors.kafka_source import AlignedKafkaSource
 from omnistream import bench_reference
-from omnistream.config import Config
 from omnistream.runner import FLOWS
 from tests.flow_builds import build_flow
 

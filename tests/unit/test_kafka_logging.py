@@ -10,9 +10,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from base.config import Config
 from connectors import kafka_clients
 from connectors.kafka_logging import LibrdkafkaLog
-from omnistream.config import Config
 from omnistream.embedded import free_port
 
 FAIL = "[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: "

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from connectors.live_rules import LiveRules
-from flows.logic.rules import RulesError
+from domain.rules import RulesError
 
 RELOAD_S = 5.0
 

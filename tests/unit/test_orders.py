@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.logic.events import ClickEvent, Fulfillment, OrderLine, Origin
-from flows.logic.orders import OrderConflict, route_order_event
+from domain.events import ClickEvent, Fulfillment, OrderLine, Origin
+from domain.orders import OrderConflict, route_order_event
 
 ORIGIN = Origin("clickstream", 0, 0, b"a")
 TTL = 30 * 24 * 3_600_000

@@ -16,12 +16,13 @@ import bytewax.connectors.kafka as bytewax_kafka
 import pytest
 from bytewax.dataflow import Dataflow
 
-from connectors import kafka_clients, topics
+from base import topics
+from base.config import Config
+from connectors import kafka_clients
 from connectors.envelopes import CLOUDEVENT_CONTENT_TYPE, OutMessage
 from connectors.streams import PairSink
-from flows.logic.identity import IdentityChange
+from domain.identity import IdentityChange
 from omnistream import identity_cli
-from omnistream.config import Config
 from omnistream.runner import FLOWS
 from tests.flow_builds import build_flow
 

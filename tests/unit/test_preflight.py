@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from base.config import Config
 from omnistream import preflight
-from omnistream.config import Config
 from omnistream.embedded import free_port
 
 

@@ -9,18 +9,18 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.logic.events import Origin
-from flows.logic.progress import (
+from base.config import Config
+from connectors.reference_files import load_reference
+from domain.events import Origin
+from domain.progress import (
     END_OF_INPUT,
     EventTimeBuffer,
     InputProgress,
     PartitionReport,
 )
-from flows.logic.reference import ReferenceData
-from flows.logic.stock import HOUR_MS, StockMovement, StockPolicy, apply_movement
-from flows.logic.stock_shard import Bundle, apply_bundle
-from omnistream.config import Config
-from omnistream.reference import load_reference
+from domain.reference import ReferenceData
+from domain.stock import HOUR_MS, StockMovement, StockPolicy, apply_movement
+from domain.stock_shard import Bundle, apply_bundle
 
 T0 = 1_795_000_000_000
 A = ("pos.sales", 0)

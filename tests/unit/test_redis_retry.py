@@ -14,9 +14,9 @@ import pytest
 import redis
 import redis.connection
 
-from connectors.metrics import REDIS_ERRORS
-from omnistream import stopping
-from omnistream.config import Config
+from base import stopping
+from base.config import Config
+from base.metrics import REDIS_ERRORS
 from omnistream.embedded import free_port
 from state import redis_io
 from state.redis_io import RedisGaveUp, connect, describe, with_retries

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from flows.logic.customer_rules import CouponDecision, CustomerEvent
-from flows.logic.stock_rules import StockChange, StockDecision
+from base.config import Config
+from connectors.reference_files import load_reference
+from domain.customer_rules import CouponDecision, CustomerEvent
+from domain.stock_rules import StockChange, StockDecision
 from flows.rule_triggers import CampaignLogic, CustomerLogic, LocationLogic, _Context
-from omnistream.config import Config
-from omnistream.reference import load_reference
 
 CONFIG = Config()
 REFERENCE = load_reference(CONFIG)

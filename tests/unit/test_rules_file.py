@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.logic.rules import RULE_KINDS, RulesError, parse_duration, parse_rules
-from omnistream.config import load_config
-from omnistream.rules_cli import load_rules
+from base.config import load_config
+from connectors.rules_file import load_rules
+from domain.rules import RULE_KINDS, RulesError, parse_duration, parse_rules
 
 
 def test_shipped_default_rules_are_valid_and_cover_every_kind() -> None:

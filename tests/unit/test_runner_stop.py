@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from bytewax.errors import BytewaxRuntimeError
 
-from omnistream import runner, stopping
-from omnistream.config import Config
+from base import stopping
+from base.config import Config
+from omnistream import runner
 from omnistream.preflight import Unreachable
 from state.redis_io import RedisGaveUp
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis
 
+from base.config import Config
 from connectors import streams
 from connectors.kafka_clients import client_settings
-from omnistream.config import Config
 from omnistream.runner import FLOWS
 from state.redis_io import connect, with_retries
 from tests.flow_builds import build_flow

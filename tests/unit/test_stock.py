@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.logic.events import Origin
-from flows.logic.stock import (
+from domain.events import Origin
+from domain.stock import (
     DAY_MS,
     HOUR_MS,
     SalesLog,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.logic.rules import Rule
-from flows.logic.stock_rules import (
+from domain.rules import Rule
+from domain.stock_rules import (
     SkuRuleState,
     StockChange,
     StockDecision,
@@ -101,7 +101,7 @@ def test_stockout_fires_at_zero_and_rearms_above() -> None:
 
 
 def test_campaign_prep_fires_past_the_threshold_once_per_cooldown() -> None:
-    from flows.logic.stock_rules import evaluate_campaign_prep
+    from domain.stock_rules import evaluate_campaign_prep
 
     prep = Rule("campaign-prep", "campaign_prep", 3600.0, {"triggers": 3, "window": 600})
     state = None

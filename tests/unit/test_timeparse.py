@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.logic.timeparse import (
+from domain.timeparse import (
     MAX_TS_MS,
     MIN_TS_MS,
     TimestampError,

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from base.config import Config
 from connectors.envelopes import cloud_event
+from connectors.reference_files import load_reference
 from connectors.trigger_inputs import (
     Skipped,
     decode_receipt,
@@ -25,13 +27,11 @@ from connectors.triggers import (
     replenishment_id,
     replenishment_message,
 )
-from flows.logic.customer_rules import CouponDecision, CustomerEvent
-from flows.logic.events import Origin, Rejection
-from flows.logic.reference import ReferenceData
-from flows.logic.rules import RuleSet, parse_rules
-from flows.logic.stock_rules import ExpiryBatch, StockChange, StockDecision
-from omnistream.config import Config
-from omnistream.reference import load_reference
+from domain.customer_rules import CouponDecision, CustomerEvent
+from domain.events import Origin, Rejection
+from domain.reference import ReferenceData
+from domain.rules import RuleSet, parse_rules
+from domain.stock_rules import ExpiryBatch, StockChange, StockDecision
 
 ORIGIN = Origin("t", 2, 10, b"k")
 HOUR_MS = 3_600_000

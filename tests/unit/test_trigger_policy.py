@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.logic.rules import Experiment, QuietHours
-from flows.logic.trigger_policy import (
+from domain.rules import Experiment, QuietHours
+from domain.trigger_policy import (
     CONTROL,
     DAY_MS,
     Ledger,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from flows.logic.reference import ReferenceData, ReferenceDataError, parse_locations, parse_products
-from omnistream.config import Config
+from base.config import Config
+from domain.reference import ReferenceData, ReferenceDataError, parse_locations, parse_products
 
 
 def _read_csv(path: str) -> tuple[list[dict[str, str]], list[str]]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from flows.logic.rules import Experiment, QuietHours
+from base.units import DAY_MS, MINUTE_MS
+from domain.rules import Experiment, QuietHours
 
 CONTROL = "control"
-DAY_MS = 86_400_000
-MINUTE_MS = 60_000
 
 
 def _unit_interval(*parts: str) -> float:
@@ -31,7 +30,7 @@ def _unit_interval(*parts: str) -> float:
 def draw_variant(experiment: Experiment | None, customer_id: str, rule_id: str) -> str:
     """``control`` with the configured share, else a variant by weight.
 
-    >>> from flows.logic.rules import Experiment
+    >>> from domain.rules import Experiment
     >>> e = Experiment("salt", 0.0, {"a": 1.0})
     >>> draw_variant(e, "c1", "r1")
     'a'

@@ -6,7 +6,7 @@ remembers, per order, the location and lines of its ``order_placed``. The book i
 order), fed a batch of order events at a time with the reports of the clickstream partitions
 they came from; it expires old orders against the low watermark of those partitions, and
 passes the reports on with the reservations it makes, so that the stock shards know how far
-the order path has come (``flows.logic.progress``).
+the order path has come (``domain.progress``).
 
 Out-of-order arrival is handled: a cancellation seen before its placement is remembered, and
 the placement that follows reserves nothing.
@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from flows.logic.events import ClickEvent
-from flows.logic.progress import InputProgress, Partition, PartitionReport
-from flows.logic.stock import (
+from domain.events import ClickEvent
+from domain.progress import InputProgress, Partition, PartitionReport
+from domain.stock import (
     PRUNE_EVERY_MS,
     StockMovement,
     line_movements,

@@ -26,8 +26,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows.logic.rules import Rule, RuleSet
-from flows.logic.trigger_policy import (
+from domain.rules import Rule, RuleSet
+from domain.trigger_policy import (
     CONTROL,
     DAY_MS,
     Ledger,

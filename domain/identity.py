@@ -38,7 +38,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from flows.logic.events import ClickEvent, PosEvent
+from domain.events import ClickEvent, PosEvent
 
 PRIORITY: tuple[str, ...] = ("user", "member", "phone", "email", "order", "anon")
 _RANK = {kind: rank for rank, kind in enumerate(PRIORITY)}

@@ -1,7 +1,7 @@
 """Reference data: the locations and products that events may name (CONTRACT §1).
 
 Parsing is pure (rows in, records out) so it is tested without files; reading the files is
-``omnistream.reference.load_reference``.
+``connectors.reference_files.load_reference``.
 """
 
 from __future__ import annotations

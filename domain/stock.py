@@ -29,10 +29,9 @@ import bisect
 import dataclasses
 from dataclasses import dataclass, field
 
-from flows.logic.events import ClickEvent, MovementEvent, Origin, PosEvent
+from base.units import DAY_MS, HOUR_MS
+from domain.events import ClickEvent, MovementEvent, Origin, PosEvent
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 #: Pruning of remembered ids and history runs at most this often (event time).
 PRUNE_EVERY_MS = 60 * 60_000
 
@@ -53,14 +52,14 @@ MOVEMENT_KINDS = frozenset({*ON_HAND_SIGN, "stock_count", *RESERVATION_KINDS})
 
 @dataclass(frozen=True, slots=True)
 class StockPolicy:
-    """Event-time horizons; see ``omnistream.config.StockConfig`` for their meaning."""
+    """Event-time horizons; see ``base.config.StockConfig`` for their meaning."""
 
     late_window_ms: int = 48 * HOUR_MS
     dedup_ms: int = 7 * DAY_MS
     reservation_ttl_ms: int = 30 * DAY_MS
 
 
-@dataclass(slots=True)  # not frozen: built per movement (see flows.logic.events)
+@dataclass(slots=True)  # not frozen: built per movement (see domain.events)
 class StockMovement:
     """One line of one event, at one sku × location.
 
@@ -87,7 +86,7 @@ def stock_key(sku: str, location_id: str) -> str:
     return f"{sku}:{location_id}"
 
 
-@dataclass(slots=True)  # not frozen: built per movement (see flows.logic.events)
+@dataclass(slots=True)  # not frozen: built per movement (see domain.events)
 class StockPosition:
     """Absolute figures of one sku × location after a change."""
 
@@ -372,7 +371,7 @@ def apply_movement(
     """Fold one movement into the state of its sku × location.
 
     ``progress_ms`` is the flow's low watermark over all its input partitions
-    (``flows.logic.progress``): a movement is too late only when it is older than a horizon
+    (``domain.progress``): a movement is too late only when it is older than a horizon
     relative to the whole flow, never because another partition was read faster.
 
     Returns the new position, ``TooLate`` when the movement must be refused, or None for a

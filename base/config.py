@@ -22,7 +22,10 @@ from typing import Any
 
 import yaml
 
-SAMPLE_DATA_DIR = Path(__file__).parent / "sample_data"
+#: The shipped sample reference data and rules: package data of the app (``omnistream``), a
+#: sibling of this package wherever it is installed. Found by path, not imported, so the base
+#: layer imports nothing of the layers above it.
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "omnistream" / "sample_data"
 
 #: Contract names (CONTRACT §6) that do not follow the OMNI_<SECTION>_<KEY> pattern.
 ENV_ALIASES: dict[str, str] = {

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flows.logic.customer_rules import Offer
-from flows.logic.rules import Rule, RuleSet
-from flows.logic.stock_rules import (
+from domain.customer_rules import Offer
+from domain.rules import Rule, RuleSet
+from domain.stock_rules import (
     ExpiryBatch,
     RegionStock,
     SkuRuleState,
@@ -38,7 +38,7 @@ from flows.logic.stock_rules import (
     _claim,
     region_positions,
 )
-from flows.logic.trigger_policy import DAY_MS, Ledger
+from domain.trigger_policy import DAY_MS, Ledger
 
 #: View times kept per customer and sku (or category): enough to find the last view before
 #: a signal even when the customer has come back since.

@@ -22,8 +22,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows.logic.rules import Rule
-from flows.logic.trigger_policy import Ledger, may_fire
+from domain.rules import Rule
+from domain.trigger_policy import Ledger, may_fire
 
 
 @dataclass(frozen=True, slots=True)

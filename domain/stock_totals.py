@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flows.logic.reference import ReferenceData
-from flows.logic.stock import StockPosition
+from domain.reference import ReferenceData
+from domain.stock import StockPosition
 
 
 @dataclass(frozen=True, slots=True)

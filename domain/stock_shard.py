@@ -4,8 +4,8 @@ Why bundles: Bytewax's per-item cost (every operator hop, every keyed state look
 per-key snapshot) was most of stock_pool's time when each movement travelled alone through a
 dozen steps. The flow now groups a Kafka batch's movements by shard and hands each shard one
 list; this module folds the list with the same per-position arithmetic
-(``flows.logic.stock.apply_movement``) and the same totals by replacement
-(``flows.logic.stock_totals``), so the figures are exactly those of one-at-a-time folding.
+(``domain.stock.apply_movement``) and the same totals by replacement
+(``domain.stock_totals``), so the figures are exactly those of one-at-a-time folding.
 
 A shard holds every location of its skus, so a sku's totals are computed next to its
 positions, once per bundle rather than once per movement. Shards are chosen by a stable hash
@@ -14,7 +14,7 @@ it left.
 
 Order: a shard applies movements in event-time order across all input partitions, whatever
 order the partitions are read in. Every bundle carries the reports of the partitions it
-came from (``flows.logic.progress``); the shard buffers what is ahead of the release bound
+came from (``domain.progress``); the shard buffers what is ahead of the release bound
 and applies, oldest first (ties by movement id), what every partition still being read has
 passed. So a rebuild from history publishes the positions of event-time order, not
 intermediate ones that never existed, and lateness is judged against the whole flow.
@@ -25,9 +25,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-from flows.logic.progress import EventTimeBuffer, InputProgress, Partition, PartitionReport
-from flows.logic.reference import ReferenceData
-from flows.logic.stock import (
+from domain.progress import EventTimeBuffer, InputProgress, Partition, PartitionReport
+from domain.reference import ReferenceData
+from domain.stock import (
     StockMovement,
     StockPolicy,
     StockPosition,
@@ -35,8 +35,8 @@ from flows.logic.stock import (
     TooLate,
     lateness,
 )
-from flows.logic.stock import apply_movement as apply_to_position
-from flows.logic.stock_totals import (
+from domain.stock import apply_movement as apply_to_position
+from domain.stock_totals import (
     SegmentShare,
     SegmentState,
     SegmentTotals,

@@ -27,11 +27,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from base.units import DAY_MS
+
 DIRECT = "direct"
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
 HEURISTIC_MODELS = ("first_touch", "last_touch", "linear", "time_decay", "position_based")
 MODELS = (*HEURISTIC_MODELS, "markov")
-DAY_MS = 86_400_000
 #: Credited conversion ids older than twice the lookback are forgotten, once an hour.
 PRUNE_EVERY_MS = 3_600_000
 
