@@ -25,7 +25,13 @@ from base.topics import CLOUDEVENT_TOPICS, DEADLETTER
 from connectors.decode import PiiHasher, decode_message, message_event_time
 from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
 from connectors.kafka_clients import admin_settings, brokers, consumer_settings, producer_settings
-from connectors.kafka_source import READ_PROGRESS, AlignedKafkaSource, PartitionEnd, SourceItem
+from connectors.kafka_source import (
+    READ_PROGRESS,
+    AlignedKafkaSource,
+    PartitionEnd,
+    SourceItem,
+    list_partitions,
+)
 from domain.events import Origin, Rejection
 from domain.progress import PartitionReport
 from domain.reference import ReferenceData
@@ -55,6 +61,47 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "fetch.min.bytes": "1",
     "statistics.interval.ms": "0",
 }
+
+
+class KafkaIO:
+    """A flow's inputs and outputs on the configured Kafka cluster (``flows.operators.FlowIO``).
+
+    With ``until_idle`` the source stops at the end of every partition, so the flow ends
+    once its inputs are drained."""
+
+    def __init__(self, config: Config, *, until_idle: bool) -> None:
+        self.config = config
+        self.until_idle = until_idle
+
+    def source(self, topic_names: Sequence[str]) -> AlignedKafkaSource:
+        config = self.config
+        return AlignedKafkaSource(
+            brokers(config),
+            [config.topic(name) for name in topic_names],
+            add_config=consumer_settings(config, CONSUMER_DEFAULTS),
+            admin_config=admin_settings(config),
+            tail=not self.until_idle,
+            batch_size=config.kafka.batch_size,
+            alignment_ms=int(config.flow.alignment_seconds * 1000),
+        )
+
+    def sink(self, topic_name: str | None) -> DynamicSink[OutMessage]:
+        config = self.config
+        sink = PairSink(
+            brokers(config),
+            None if topic_name is None else config.topic(topic_name),
+            add_config=producer_settings(config),
+            cloudevent_topics=frozenset(config.topic(name) for name in CLOUDEVENT_TOPICS),
+        )
+        # PairSink subclasses KafkaSink for its producer but takes OutMessage pairs.
+        return cast("DynamicSink[OutMessage]", sink)
+
+    def partitions(self, topic_names: Sequence[str]) -> dict[str, int]:
+        config = self.config
+        counts = list_partitions(
+            admin_settings(config), [config.topic(name) for name in topic_names], timeout_s=10.0
+        )
+        return {name: counts[config.topic(name)] for name in topic_names}
 
 
 @dataclass(frozen=True)
@@ -141,7 +188,7 @@ def kafka_events(
     return EventStreams(oks=split.falses, errs=split.trues)
 
 
-def _consumer_error(err: KafkaError[Any, Any]) -> Rejection:
+def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
     msg = err.msg
     origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
     return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
@@ -184,7 +231,7 @@ def _batch_decoder(
                 batch_latest.setdefault(key, None)
                 continue
             if isinstance(msg, KafkaError):
-                out.append(_consumer_error(msg))
+                out.append(consumer_error(msg))
                 continue
             topic = msg.topic or ""
             partition = msg.partition or 0

@@ -42,8 +42,6 @@ from domain.events import ClickEvent, PosEvent
 
 PRIORITY: tuple[str, ...] = ("user", "member", "phone", "email", "order", "anon")
 _RANK = {kind: rank for rank, kind in enumerate(PRIORITY)}
-#: At most one identifier of these types per customer (CONTRACT §4).
-EXCLUSIVE_TYPES = frozenset({"user", "member"})
 
 DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
     r"",

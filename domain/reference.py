@@ -43,9 +43,6 @@ class ReferenceData:
     locations: Mapping[str, Location]
     products: Mapping[str, Product]
 
-    def region_of(self, location_id: str) -> str:
-        return self.locations[location_id].region
-
 
 def _number(
     source: str, line: int, column: str, text: str, kind: type, allow_empty: bool = False

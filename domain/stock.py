@@ -47,7 +47,6 @@ ON_HAND_SIGN = {
     "sale": -1,
 }
 RESERVATION_KINDS = frozenset({"reserve", "release"})
-MOVEMENT_KINDS = frozenset({*ON_HAND_SIGN, "stock_count", *RESERVATION_KINDS})
 
 
 @dataclass(frozen=True, slots=True)

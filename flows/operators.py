@@ -1,0 +1,199 @@
+"""The small typed steps every flow's main path is made of: read, decode, dead-letter.
+
+A flow reads its inputs through a ``FlowIO`` — Kafka in production
+(``connectors.streams.KafkaIO``), ``bytewax.testing`` sources and sinks in the in-process
+tests (``tests/inprocess.py``) — so the same ``build`` runs in both.
+
+Work moves a Kafka batch at a time: ``decode`` turns one batch of source items into one
+``Decoded`` (records, rejections, a progress report per partition), and the flow's own steps
+map that one item. A Bytewax step per *event* costs more than most of what a flow does
+with it; a step per *batch* costs nothing worth measuring, so each flow can afford to name
+its steps (``resolve_identities``, ``route_movements`` …) instead of folding them into a
+decoder callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import DynamicSink
+
+from base.config import Config
+from base.metrics import EVENTS_CONSUMED
+from base.topics import DEADLETTER
+from connectors.decode import message_event_time
+from connectors.envelopes import OutMessage
+from connectors.kafka_source import READ_PROGRESS, PartitionEnd, SourceItem
+from connectors.streams import consumer_error, deadletter_message
+from domain.events import Origin, Rejection
+from domain.progress import PartitionReport
+
+R = TypeVar("R")
+Y = TypeVar("Y")
+
+#: (CONTRACT topic name, message value, origin) → a record, a ``Rejection``, or None for a
+#: message the flow does not need (counted as consumed, its event time still read).
+MessageDecoder = Callable[[str, bytes, Origin], Any]
+
+
+class FlowIO(Protocol):
+    """Where a flow's messages come from and go to."""
+
+    def source(self, topic_names: Sequence[str]) -> Source[SourceItem]:
+        """The flow's input: every partition of ``topic_names`` (CONTRACT names)."""
+        ...
+
+    def sink(self, topic_name: str | None) -> DynamicSink[OutMessage]:
+        """Where ``OutMessage``s go: to ``topic_name`` (a CONTRACT name), or each to its
+        own ``OutMessage.topic`` (a full topic name) when None."""
+        ...
+
+    def partitions(self, topic_names: Sequence[str]) -> dict[str, int]:
+        """Partition count of each topic (CONTRACT names)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded(Generic[R]):
+    """What one Kafka batch decoded to."""
+
+    records: list[R]
+    rejections: list[Rejection]
+    #: how far each partition of the batch has been read (``domain.progress``)
+    reports: list[PartitionReport]
+
+
+def read(step_id: str, flow: Dataflow, io: FlowIO, topic_names: Sequence[str]) -> Stream[Any]:
+    """The flow's input step: source items of every partition of ``topic_names``."""
+    return op.input(step_id, flow, io.source(topic_names))
+
+
+def decode(
+    step_id: str,
+    items: Stream[Any],
+    config: Config,
+    flow_name: str,
+    topic_names: Sequence[str],
+    decoder: MessageDecoder,
+) -> Stream[Decoded[Any]]:
+    """Decode a Kafka batch at a time into one ``Decoded`` per batch.
+
+    Counts what the flow consumed per topic once per batch (a counter increment per message
+    takes a lock each time). A partition's report carries the largest event time read on it
+    so far: of the records decoded, and of the batch's last message the decoder skipped,
+    whose time alone is read. Consumer errors become ``kafka_error`` rejections, so nothing
+    is dropped silently.
+    """
+    decode_batch = _batch_decoder(config, flow_name, topic_names, decoder)
+    return op.flat_map_batch(step_id, items, lambda batch: [decode_batch(batch)])
+
+
+def records(step_id: str, batches: Stream[Decoded[R]]) -> Stream[R]:
+    """The records of every batch, one by one (for flows that work per record)."""
+    return op.flat_map(step_id, batches, lambda batch: batch.records)
+
+
+def rejections(step_id: str, batches: Stream[Decoded[Any]]) -> Stream[Rejection]:
+    """The rejections of every batch, one by one."""
+    return op.flat_map(step_id, batches, lambda batch: batch.rejections)
+
+
+def per_batch(
+    step_id: str, batches: Stream[Decoded[R]], work: Callable[[Decoded[R]], list[Y]]
+) -> Stream[Y]:
+    """Apply a flow's step to each batch as a whole (one Redis round trip per batch …)."""
+    return op.flat_map(step_id, batches, work)
+
+
+def output(step_id: str, io: FlowIO, topic_name: str | None, messages: Stream[OutMessage]) -> None:
+    """Publish ``messages`` to ``topic_name`` (a CONTRACT name), or each to its own topic."""
+    op.output(step_id, messages, io.sink(topic_name))
+
+
+def dead_letters(step_id: str, io: FlowIO, flow_name: str, found: Stream[Rejection] | None) -> None:
+    """Publish rejections on ``deadletter``, counted per flow and reason."""
+    if found is None:
+        return
+    encoded = op.map(f"{step_id}_encode", found, lambda r: deadletter_message(r, flow_name))
+    output(step_id, io, DEADLETTER, encoded)
+
+
+def _unprefixed(config: Config, topic: str) -> str:
+    prefix = config.kafka.topic_prefix
+    return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
+
+
+def _batch_decoder(
+    config: Config, flow_name: str, topic_names: Sequence[str], decoder: MessageDecoder
+) -> Callable[[list[SourceItem]], Decoded[Any]]:
+    # Per-topic lookups done once, not per message (this runs for every input message).
+    names = {config.topic(name): name for name in topic_names}
+    # Created up front so every input's series exists (at 0) before its first message.
+    consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
+    #: (full topic, partition) → largest event time read so far (this worker's).
+    latest: dict[tuple[str, int], int] = {}
+
+    def decode_batch(batch: list[SourceItem]) -> Decoded[Any]:
+        found: list[Any] = []
+        refused: list[Rejection] = []
+        counts: dict[str, int] = {}
+        batch_latest: dict[tuple[str, int], int | None] = {}
+        skipped: dict[tuple[str, int], bytes | None] = {}
+        ended: set[tuple[str, int]] = set()
+        for msg in batch:
+            if isinstance(msg, PartitionEnd):
+                key = (msg.topic, msg.partition)
+                ended.add(key)
+                batch_latest.setdefault(key, None)
+                continue
+            if isinstance(msg, KafkaError):
+                refused.append(consumer_error(msg))
+                continue
+            topic = msg.topic or ""
+            partition = msg.partition or 0
+            key = (topic, partition)
+            ended.discard(key)
+            name = names.get(topic) or _unprefixed(config, topic)
+            counts[name] = counts.get(name, 0) + 1
+            origin = Origin(topic, partition, msg.offset or 0, msg.key)
+            record = decoder(name, msg.value or b"", origin)
+            if record is None:
+                skipped[key] = msg.value
+                batch_latest.setdefault(key, None)
+                continue
+            if isinstance(record, Rejection):
+                refused.append(record)
+                batch_latest.setdefault(key, None)
+                continue
+            found.append(record)
+            ts = getattr(record, "ts_ms", None)
+            seen = batch_latest.get(key)
+            if ts is not None and (seen is None or ts > seen):
+                batch_latest[key] = ts
+            else:
+                batch_latest.setdefault(key, None)
+        for key, value in skipped.items():
+            ts = message_event_time(value)
+            seen = batch_latest.get(key)
+            if ts is not None and (seen is None or ts > seen):
+                batch_latest[key] = ts
+        reports: list[PartitionReport] = []
+        for key, ts in batch_latest.items():
+            before = latest.get(key)
+            if ts is not None and (before is None or ts > before):
+                latest[key] = before = ts
+            at_end = key in ended
+            READ_PROGRESS.record(key[0], key[1], before, at_end)
+            name = names.get(key[0]) or _unprefixed(config, key[0])
+            reports.append(PartitionReport(name, key[1], before, at_end))
+        for name, count in counts.items():
+            (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc(count)
+        return Decoded(found, refused, reports)
+
+    return decode_batch

@@ -1,0 +1,101 @@
+"""Run a flow in this process on ``bytewax.testing`` sources and sinks: no broker.
+
+``MemoryIO`` is the tests' ``flows.operators.FlowIO``: the input is a list of messages per
+(topic, partition), read in the order given, each partition followed by its end (as the
+Kafka source marks the end of a drained partition); outputs are collected per topic.
+``run(flow, workers)`` runs a built flow on 1 worker (``run_main``) or on several worker
+threads of one process (``cluster_main``), the way ``omnistream run --workers`` does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from base.config import Config
+from connectors.envelopes import OutMessage
+from connectors.kafka_source import PartitionEnd
+
+
+@dataclass
+class MemoryIO:
+    """Inputs and outputs of one in-process run."""
+
+    config: Config
+    #: CONTRACT topic name → partition → message values (or (key, value) pairs), in order
+    inputs: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
+    #: partitions of topics that have no input here (a flow may wait for every partition)
+    partition_counts: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 50
+    #: full topic name → what was produced to it, in order
+    outputs: dict[str, list[OutMessage]] = field(default_factory=lambda: defaultdict(list))
+    _sinks: list[tuple[str | None, list[OutMessage]]] = field(default_factory=list)
+
+    def add(self, topic_name: str, values: Iterable[Any], partition: int = 0) -> None:
+        self.inputs.setdefault(topic_name, {}).setdefault(partition, []).extend(values)
+
+    def source(self, topic_names: Sequence[str]) -> TestingSource[Any]:
+        items: list[Any] = []
+        for name in topic_names:
+            topic = self.config.topic(name)
+            for partition in range(self.partitions([name])[name]):
+                for offset, item in enumerate(self.inputs.get(name, {}).get(partition, [])):
+                    key, value = item if isinstance(item, tuple) else (None, item)
+                    if isinstance(value, dict):
+                        value = orjson.dumps(value)
+                    items.append(
+                        KafkaSourceMessage(
+                            key, value, topic=topic, offset=offset, partition=partition
+                        )
+                    )
+        ends = [
+            PartitionEnd(self.config.topic(name), partition)
+            for name in topic_names
+            for partition in range(self.partitions([name])[name])
+        ]
+        return TestingSource([*items, *ends], batch_size=self.batch_size)
+
+    def sink(self, topic_name: str | None) -> TestingSink[OutMessage]:
+        collected: list[OutMessage] = []
+        self._sinks.append(
+            (None if topic_name is None else self.config.topic(topic_name), collected)
+        )
+        return TestingSink(collected)
+
+    def partitions(self, topic_names: Sequence[str]) -> dict[str, int]:
+        return {
+            name: max(
+                self.partition_counts.get(name, 1),
+                max(self.inputs.get(name, {}), default=-1) + 1,
+            )
+            for name in topic_names
+        }
+
+    def collect(self) -> dict[str, list[OutMessage]]:
+        """What the run produced, per full topic name (each message's own topic first)."""
+        self.outputs = defaultdict(list)
+        for topic, collected in self._sinks:
+            for message in collected:
+                self.outputs[message.topic or topic or "?"].append(message)
+        return self.outputs
+
+    def values(self, topic_name: str) -> list[dict[str, Any]]:
+        """Decoded JSON values produced to a topic (a CONTRACT name)."""
+        return [
+            orjson.loads(m.value) for m in self.collect().get(self.config.topic(topic_name), [])
+        ]
+
+
+def run(flow: Dataflow, workers: int = 1) -> None:
+    """Run to the end of the inputs, on one worker or on several threads of this process."""
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
