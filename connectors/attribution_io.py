@@ -1,57 +1,30 @@
 """What attribution reads and writes: decoding of ``events.resolved``, ``triggers.coupon``
-and ``identity.changes`` into touches, conversions and merges, and the encoding of
-``attribution.credits``.
+and ``identity.changes`` into the domain's touches, purchases and merges
+(``domain.attribution_paths``), and the encoding of ``attribution.credits``.
 
-A conversion is an ``order_placed`` or a till ``sale``; its id is ``order:<order_id>`` when
-it names an online order (so the store pickup of an order is the same conversion as the
-order, not a second one) and ``receipt:<store>:<receipt>`` for a walk-in sale.
+A purchase (the conversion credited) is an ``order_placed`` or a till ``sale``; its id is
+``order:<order_id>`` when it names an online order (so the store pickup of an order is the
+same conversion as the order, not a second one) and ``receipt:<store>:<receipt>`` for a
+walk-in sale.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from base import topics
 from base.flow_names import ATTRIBUTION
 from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from domain.attribution import ConvertedPath, Credits, Touch
+from domain.attribution_paths import Absorb, AttributionInput, CustomerTouch, Purchase
 from domain.events import Origin, Rejection
 from domain.timeparse import format_event_time
 
-
-@dataclass(frozen=True, slots=True)
-class CustomerTouch:
-    customer_id: str
-    touch: Touch
+#: What a decoder gives: the touches, purchases or merges of one message, a rejection, or
+#: None for a message attribution does not need (``flows.operators.MessageDecoder``).
+Decoded = list[AttributionInput] | Rejection | None
 
 
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    customer_id: str | None
-    conversion_id: str
-    revenue: float
-    ts_ms: int
-    event_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Absorb:
-    """``customer_id`` was merged into ``into`` (from ``identity.changes``)."""
-
-    customer_id: str
-    into: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    reason: str
-
-
-AttributionInput = CustomerTouch | Conversion | Absorb
-
-
-def decode_resolved(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
+def decode_resolved(raw: bytes, origin: Origin) -> Decoded:
     try:
         record, event_id, event_type, ts = resolved_head(raw)
     except Invalid as invalid:
@@ -74,11 +47,11 @@ def decode_resolved(raw: bytes, origin: Origin) -> list[AttributionInput] | Igno
         else:
             conversion_id = f"receipt:{record.get('store_id')}:{record.get('receipt_id')}"
         revenue = float(total) if isinstance(total, int | float) and total >= 0 else 0.0
-        out.append(Conversion(customer, conversion_id, revenue, ts, event_id))
-    return out if out else Ignored("not_a_touch_or_conversion")
+        out.append(Purchase(customer, conversion_id, revenue, ts, event_id))
+    return out or None
 
 
-def decode_coupon(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
+def decode_coupon(raw: bytes, origin: Origin) -> Decoded:
     """A coupon sent is a touch of its customer; ids must be strings (they become keys and
     channel names), the time an event time like any other."""
     try:
@@ -95,14 +68,14 @@ def decode_coupon(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignore
     return [CustomerTouch(customer_id, Touch(f"coupon:{rule_id}", rule_id, time_ms, coupon_id))]
 
 
-def decode_identity(raw: bytes, origin: Origin) -> list[AttributionInput] | Ignored | Rejection:
+def decode_identity(raw: bytes, origin: Origin) -> Decoded:
     try:
         record = load_object(raw)
         data = Fields(record).obj("data")
         assert data is not None
         customer_id = data.req_string("customer_id")
         if data.data.get("kind") != "merged":
-            return Ignored("not_a_merge")
+            return None  # linked, conflict, erased: no path changes owner
         merged = data.data.get("merged_from")
         if merged is None:
             merged = []
@@ -145,3 +118,12 @@ def credits_message(
     )
     key = converted.customer_id.encode() if converted.customer_id else origin_key
     return OutMessage(key=key, value=value)
+
+
+def __getattr__(name: str) -> object:
+    """Recovery snapshots of a replay written before the records moved to the domain name
+    the purchase class ``connectors.attribution_io.Conversion``; unpickling them finds it
+    here (not a public name: ``Conversion`` is the rule engine's)."""
+    if name == "Conversion":
+        return Purchase
+    raise AttributeError(name)

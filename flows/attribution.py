@@ -1,22 +1,24 @@
 """attribution: credit each conversion to the marketing touches before it (several models).
 
-Wiring only; the models are in ``domain.attribution``.
+Wiring only; the steps are in ``domain.attribution_paths``, the models in
+``domain.attribution``, the decoders in ``connectors.attribution_io``.
 
-    events.resolved (touches: campaign visits, ad clicks; conversions: orders, till sales)
+    events.resolved (touches: campaign visits, ad clicks; purchases: orders, till sales)
     triggers.coupon (touches: coupons sent), identity.changes (merges)
+      → decode, a Kafka batch at a time; rejections → deadletter
       → router, keyed by the customer id an item arrived with: a customer merged into
         another hands its touches over and forwards everything later to it
-      → paths, keyed by the customer that owns the path: touches, conversions (each id once)
+      → paths, keyed by the customer that owns the path: touches, purchases (each id once)
       → credit, one key: heuristic models per path, the Markov chain over all paths
-      → attribution.credits; totals per model × channel → Redis and gauges
+      → attribution.credits; totals per model × channel → the store and gauges
 
-Step ids are part of the recovery snapshots: keep them stable.
+Step ids are part of the recovery snapshots: keep them stable (``inputs``, ``router``,
+``paths``, ``credit``, ``totals`` hold state).
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -26,35 +28,34 @@ from bytewax.operators import StatefulLogic
 from base import topics
 from base.config import Config, load_config
 from base.flow_names import ATTRIBUTION
-from base.metrics import ATTRIBUTION_CONVERSIONS
+from base.metrics import ATTRIBUTED_CONVERSIONS, ATTRIBUTED_REVENUE, ATTRIBUTION_CONVERSIONS
 from base.units import DAY_MS
-from connectors.attribution_io import (
-    DECODERS,
-    Absorb,
-    Conversion,
-    CustomerTouch,
-    Ignored,
-    credits_message,
-)
+from connectors.attribution_io import DECODERS, credits_message
 from connectors.reference_files import load_reference
-from connectors.streams import BatchSink, deadletter_output, kafka_events, kafka_output
-from domain.attribution import (
-    MODELS,
-    AbandonedPath,
-    AttributionParams,
-    ConvertedPath,
-    Credits,
-    MarkovState,
-    PathState,
-    Touch,
-    add_path,
-    add_touches,
-    convert,
-    heuristic_credits,
-    markov_credit,
+from connectors.streams import BatchSink, KafkaIO
+from domain.attribution import AttributionParams, ConvertedPath, Credits, MarkovState
+from domain.attribution_paths import (
+    AttributionInput,
+    CustomerPath,
+    PathItem,
+    PathOutcome,
+    PathSnapshot,
+    TotalsCell,
+    accumulate,
+    credit,
+    latest_cells,
+    route,
+)
+from domain.attribution_paths import (
+    # Recovery snapshots written before the router's state moved to the domain name it
+    # ``flows.attribution.RouterState``: unpickling them finds it here.
+    RouterState as RouterState,
 )
 from domain.events import Origin
-from state.attribution_store import AttributionStore, TotalsCell
+from domain.reference import ReferenceData
+from flows import operators as flow_op
+from flows.operators import Decoded, FlowIO
+from state.attribution_store import AttributionStore, RedisAttributionStore
 
 INPUTS = (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES)
 
@@ -72,191 +73,41 @@ def params_of(config: Config) -> AttributionParams:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Handover:
-    """Touches of a customer merged into the one this is sent to, and the conversions
-    already credited under the old id (so the store pickup of an order placed before the
-    merge is not credited again)."""
+def build(
+    config: Config,
+    *,
+    until_idle: bool = False,
+    reference: ReferenceData | None = None,
+    io: FlowIO | None = None,
+    open_store: Callable[[], AttributionStore] | None = None,
+) -> Dataflow:
+    """The attribution dataflow on ``io`` (Kafka by default) writing its totals to the
+    store ``open_store()`` gives each worker (Redis by default).
 
-    touches: tuple[Touch, ...]
-    conversions: tuple[tuple[str, int], ...] = ()
-
-
-#: Conversions a router remembers per customer id, for a handover.
-ROUTER_CONVERSIONS_KEPT = 200
-
-
-@dataclass(slots=True)
-class RouterState:
-    absorbed_into: str | None = None
-    touches: tuple[Touch, ...] = ()
-    conversions: tuple[tuple[str, int], ...] = ()
-
-    def __deepcopy__(self, memo: dict[int, object]) -> RouterState:
-        """Bytewax snapshots state every epoch; the fields are immutable (frozen touches in
-        tuples), so a new holder is a full copy (the generic deepcopy was 8% of the flow)."""
-        return RouterState(self.absorbed_into, self.touches, self.conversions)
-
-
-def route(
-    state: RouterState | None, item: Any, params: AttributionParams
-) -> tuple[RouterState, list[tuple[str, Any]]]:
-    """Items keyed by the customer that owns the path. A merged customer keeps the touches it
-    has seen (bounded) to hand them over when the merge becomes known."""
-    if state is None:
-        state = RouterState()
-    if isinstance(item, Absorb):
-        if state.absorbed_into is not None or item.into == item.customer_id:
-            return state, []
-        state.absorbed_into = item.into
-        handover = Handover(state.touches, state.conversions)
-        state.touches, state.conversions = (), ()
-        return state, [(item.into, handover)]
-    owner = state.absorbed_into
-    if isinstance(item, CustomerTouch):
-        if owner is None:
-            kept = (*state.touches, item.touch)
-            state.touches = kept[-max(1, params.max_touches) :]
-        return state, [(owner or item.customer_id, item.touch)]
-    assert isinstance(item, Conversion)
-    if owner is None and item.customer_id:
-        seen = (*state.conversions, (item.conversion_id, item.ts_ms))
-        state.conversions = seen[-ROUTER_CONVERSIONS_KEPT:]
-        # The conversion uses up the touches before it: a later handover must not bring
-        # them back to credit a second conversion.
-        state.touches = tuple(t for t in state.touches if t.ts_ms > item.ts_ms)
-    return state, [(owner or item.customer_id or "", item)]
-
-
-def follow_path(
-    state: PathState | None, item: Any, params: AttributionParams
-) -> tuple[PathState, list[ConvertedPath | AbandonedPath]]:
-    out: list[ConvertedPath | AbandonedPath] = []
-    if isinstance(item, Touch | Handover):
-        touches = [item] if isinstance(item, Touch) else list(item.touches)
-        state, abandoned = add_touches(state, touches, params)
-        if isinstance(item, Handover):
-            for conversion_id, ts_ms in item.conversions:
-                state.converted.setdefault(conversion_id, ts_ms)
-        out += abandoned
-        return state, out
-    assert isinstance(item, Conversion)
-    state, converted = convert(
-        state,
-        item.conversion_id,
-        item.customer_id,
-        item.revenue,
-        item.ts_ms,
-        item.event_id,
-        params,
-    )
-    if converted is not None:
-        out.append(converted)
-    return state, out
-
-
-def _replay_order(item: Any) -> tuple[int, int]:
-    """Touches before a conversion of the same millisecond."""
-    return (item.ts_ms, 0 if isinstance(item, Touch) else 1)
-
-
-class PathLogic(StatefulLogic[Any, Any, tuple[PathState | None, list[Any]]]):
-    """One customer's path. Live, items are applied as they come. In a replay
-    (``--until-idle``) they are kept and applied at the end in event-time order, so a merge
-    read after the conversion it precedes still hands its touches over in time, and the
-    result does not depend on how the input topics interleaved."""
-
-    def __init__(
-        self,
-        params: AttributionParams,
-        live: bool,
-        resume: tuple[PathState | None, list[Any]] | None,
-    ) -> None:
-        self.params = params
-        self.live = live
-        self.state, self.pending = resume if resume is not None else (None, [])
-
-    def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        if self.live:
-            self.state, out = follow_path(self.state, value, self.params)
-            return list(out), StatefulLogic.RETAIN
-        if isinstance(value, Handover):
-            self.pending += value.touches
-            if value.conversions:
-                # Credited under the old id: known here before anything is replayed.
-                self.state, _ = follow_path(
-                    self.state, Handover((), value.conversions), self.params
-                )
-        else:
-            self.pending.append(value)
-        return [], StatefulLogic.RETAIN
-
-    def on_eof(self) -> tuple[list[Any], bool]:
-        out: list[Any] = []
-        for item in sorted(self.pending, key=_replay_order):
-            self.state, produced = follow_path(self.state, item, self.params)
-            out += produced
-        self.pending = []
-        return out, StatefulLogic.RETAIN
-
-    def snapshot(self) -> tuple[PathState | None, list[Any]]:
-        return copy.deepcopy(self.state), list(self.pending)
-
-
-def credit(
-    state: MarkovState | None, item: ConvertedPath | AbandonedPath, params: AttributionParams
-) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
-    if state is None:
-        state = MarkovState()
-    if isinstance(item, AbandonedPath):
-        add_path(state, item.channels, False)
-        return state, []
-    credited = heuristic_credits(item.path, item.ts_ms, item.revenue, params)
-    credited["markov"] = markov_credit(state, item.path, item.ts_ms, item.revenue, params)
-    ATTRIBUTION_CONVERSIONS.labels("touched" if item.path else "direct").inc()
-    return state, [(item, credited)]
-
-
-def accumulate(
-    totals: dict[str, dict[str, list[float]]] | None, item: tuple[ConvertedPath, Credits]
-) -> tuple[dict[str, dict[str, list[float]]], list[TotalsCell]]:
-    """Running totals per model × channel; emits the absolute cells this conversion changed."""
-    if totals is None:
-        totals = {}
-    converted, credited = item
-    cells: list[TotalsCell] = []
-    for model in MODELS:
-        table = totals.setdefault(model, {})
-        for channel, revenue in credited.get(model, {}).items():
-            cell = table.setdefault(channel, [0.0, 0.0])
-            cell[0] += revenue
-            if converted.revenue > 0:
-                cell[1] += revenue / converted.revenue
-            else:
-                cell[1] += 1.0 / len(credited[model])
-            cells.append((model, channel, cell[0], cell[1]))
-    return totals, cells
-
-
-def build(config: Config, *, until_idle: bool = False) -> Dataflow:
+    ``until_idle`` is a replay: the flow ends with its inputs, and each path applies what it
+    was given in event-time order at the end. The decoders need no reference data; it is
+    still loaded when not given, so a broken reference file stops this flow at start as it
+    does every other."""
     params = params_of(config)
-    reference = load_reference(config)
+    if reference is None:
+        load_reference(config)
+    if io is None:
+        io = KafkaIO(config, until_idle=until_idle)
+    if open_store is None:
 
-    def decode(name: str, raw: bytes, origin: Origin) -> Any:
-        return DECODERS[name](raw, origin)
+        def open_store() -> AttributionStore:
+            return RedisAttributionStore.from_config(config)
 
     flow = Dataflow(ATTRIBUTION)
-    inputs = kafka_events(
-        "inputs",
-        flow,
+    batches = flow_op.decode(
+        "inputs_decode",
+        flow_op.read("inputs", flow, io, INPUTS),
         config,
         ATTRIBUTION,
         INPUTS,
-        reference,
-        until_idle=until_idle,
-        decoder=decode,
+        _decode,
     )
-    items: Any = op.flat_map("items", inputs.oks, _inputs_of)
+    items = flow_op.per_batch("items", batches, _inputs_of)
     routed = op.flat_map(
         "routed",
         op.stateful_map(
@@ -266,7 +117,7 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         ),
         lambda kv: kv[1],
     )
-    paths = op.map(
+    outcomes = op.map(
         "path_outcomes",
         op.stateful(
             "paths",
@@ -283,14 +134,14 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         "credited",
         op.stateful_map(
             "credit",
-            op.key_on("one_chain", paths, lambda _: "all"),
-            lambda state, item: credit(state, item, params),
+            op.key_on("one_chain", outcomes, lambda _: "all"),
+            lambda state, item: _credit_counted(state, item, params),
         ),
         lambda kv: kv[1],
     )
-    kafka_output(
+    flow_op.output(
         "attribution_credits",
-        config,
+        io,
         topics.ATTRIBUTION_CREDITS,
         op.map("encode_credits", credited, lambda pair: credits_message(*pair)),
     )
@@ -299,24 +150,69 @@ def build(config: Config, *, until_idle: bool = False) -> Dataflow:
         op.stateful_map("totals", op.key_on("all_totals", credited, lambda _: "all"), accumulate),
         lambda kv: kv[1],
     )
-
-    def open_writer() -> tuple[Any, Any]:
-        store = AttributionStore.from_config(config)
-        return store.write_cells, store.close
-
-    op.output("totals_store", cells, BatchSink(open_writer))
-    deadletter_output("deadletter", config, ATTRIBUTION, inputs.errs)
+    op.output("totals_store", cells, BatchSink(lambda: _totals_writer(open_store())))
+    flow_op.dead_letters(
+        "deadletter", io, ATTRIBUTION, flow_op.rejections("inputs_rejected", batches)
+    )
     return flow
 
 
-def _inputs_of(decoded: Any) -> list[Any]:
-    """The decoder gives a list of touches/conversions/merges, or ``Ignored``."""
-    return [] if isinstance(decoded, Ignored) else list(decoded)
+def _decode(name: str, raw: bytes, origin: Origin) -> Any:
+    return DECODERS[name](raw, origin)
 
 
-def _arrival_key(item: Any) -> str:
+def _inputs_of(batch: Decoded[list[AttributionInput]]) -> list[AttributionInput]:
+    """The touches, purchases and merges of a batch (a message may hold a touch and a
+    purchase)."""
+    return [item for found in batch.records for item in found]
+
+
+def _arrival_key(item: AttributionInput) -> str:
     """Walk-in sales (no customer) share one key: they have no path and no merges."""
     return item.customer_id or ""
+
+
+class PathLogic(StatefulLogic[PathItem, PathOutcome, PathSnapshot]):
+    """``domain.attribution_paths.CustomerPath`` as a Bytewax stateful step: the end of
+    the input (a replay) applies what the path kept."""
+
+    def __init__(self, params: AttributionParams, live: bool, resume: PathSnapshot | None) -> None:
+        self.path = CustomerPath(params, live, resume)
+
+    def on_item(self, value: PathItem) -> tuple[list[PathOutcome], bool]:
+        return self.path.take(value), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[PathOutcome], bool]:
+        return self.path.finish(), StatefulLogic.RETAIN
+
+    def snapshot(self) -> PathSnapshot:
+        return self.path.snapshot()
+
+
+def _credit_counted(
+    state: MarkovState | None, item: PathOutcome, params: AttributionParams
+) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
+    """``credit``, counting conversions with and without touches."""
+    state, out = credit(state, item, params)
+    for converted, _ in out:
+        ATTRIBUTION_CONVERSIONS.labels("touched" if converted.path else "direct").inc()
+    return state, out
+
+
+def _totals_writer(
+    store: AttributionStore,
+) -> tuple[Callable[[list[TotalsCell]], None], Callable[[], None]]:
+    """A worker's writer of totals cells: the last value of each cell per batch to the
+    store, then to the gauges."""
+
+    def write(cells: list[TotalsCell]) -> None:
+        latest = latest_cells(cells)
+        store.write_totals(latest)
+        for (model, channel), (revenue, conversions) in latest.items():
+            ATTRIBUTED_REVENUE.labels(model, channel).set(revenue)
+            ATTRIBUTED_CONVERSIONS.labels(model, channel).set(conversions)
+
+    return write, store.close
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from base.config import Config
 from domain.attribution import MODELS
-from state.attribution_store import AttributionStore
+from state.attribution_store import RedisAttributionStore
 
 
 def format_report(totals: dict[str, dict[str, tuple[float, float]]]) -> str:
@@ -32,7 +32,7 @@ def format_report(totals: dict[str, dict[str, tuple[float, float]]]) -> str:
 
 
 def report(config: Config, out: TextIO | None = None) -> int:
-    store = AttributionStore.from_config(config)
+    store = RedisAttributionStore.from_config(config)
     try:
         totals = store.read_totals(MODELS)
     finally:

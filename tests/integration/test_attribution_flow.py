@@ -26,7 +26,7 @@ from connectors.kafka_clients import make_producer
 from connectors.reference_files import load_reference
 from domain.attribution import MODELS
 from omnistream.processes import start_flow
-from state.attribution_store import AttributionStore
+from state.attribution_store import RedisAttributionStore
 from tests.kafka_helpers import read_json
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def test_touches_before_a_merge_are_credited_once_within_the_lookback(
         assert published["order:o-2"]["credits"][model] == {"direct": 100.0}
         assert published["receipt:ST-SH-01:r9"]["credits"][model] == {"direct": 42.5}
 
-    store = AttributionStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix)
+    store = RedisAttributionStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix)
     totals = store.read_totals(MODELS)
     store.close()
     assert totals["linear"]["wechat"] == (50.0, 0.5)
@@ -207,7 +207,7 @@ def test_generated_traffic_totals_equal_an_independent_computation(
     channels = {t["channel"] for c in touched for t in c["touches"]}
     assert len(touched) > 100 and any(ch.startswith("coupon:") for ch in channels)
 
-    store = AttributionStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix)
+    store = RedisAttributionStore(redis.Redis.from_url(config.redis.url), config.redis.key_prefix)
     totals = store.read_totals(MODELS)
     store.close()
     expected = reference_totals(published)

@@ -10,15 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.attribution_io import (
-    Absorb,
-    Conversion,
-    CustomerTouch,
-    Ignored,
-    decode_coupon,
-    decode_identity,
-    decode_resolved,
-)
+from connectors.attribution_io import decode_coupon, decode_identity, decode_resolved
+from domain.attribution_paths import Absorb, CustomerTouch, Purchase
 from domain.events import Origin, Rejection
 
 ORIGIN = Origin("t", 1, 7, b"k")
@@ -55,12 +48,13 @@ def merged(**data: Any) -> bytes:
 
 
 def test_valid_records_decode() -> None:
-    assert decode_resolved(resolved(), ORIGIN) == [Conversion("c1", "order:o1", 20.5, TS_MS, "e1")]
+    assert decode_resolved(resolved(), ORIGIN) == [Purchase("c1", "order:o1", 20.5, TS_MS, "e1")]
     touch = decode_coupon(coupon(), ORIGIN)
     assert isinstance(touch, list) and isinstance(touch[0], CustomerTouch)
     assert touch[0].customer_id == "c1" and touch[0].touch.channel == "coupon:win_back"
     assert decode_identity(merged(), ORIGIN) == [Absorb("c2", "c1")]
-    assert decode_identity(merged(kind="linked"), ORIGIN) == Ignored("not_a_merge")
+    assert decode_identity(merged(kind="linked"), ORIGIN) is None  # not needed: no merge
+    assert decode_resolved(resolved(event_type="page_view"), ORIGIN) is None
 
 
 @pytest.mark.parametrize(

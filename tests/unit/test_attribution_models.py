@@ -1,7 +1,7 @@
 """Attribution models, pure: heuristic credits and Markov removal effects against independent
 references (a plain re-computation; the ChannelAttribution package), lookback and path caps,
-direct conversions, conversion ids credited once, identity-aware paths through the flow's step
-functions, the Markov refresh policy and the running totals."""
+direct conversions, conversion ids credited once, identity-aware paths through the domain's
+routing and path steps (live and replayed), the Markov refresh policy and the running totals."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ChannelAttribution import markov_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.attribution_io import Absorb, Conversion, CustomerTouch
 from domain.attribution import (
     CONVERSION,
     DAY_MS,
@@ -39,7 +38,20 @@ from domain.attribution import (
     removal_effects,
     shares,
 )
-from flows.attribution import Handover, RouterState, accumulate, credit, follow_path, route
+from domain.attribution_paths import (
+    Absorb,
+    CustomerPath,
+    CustomerTouch,
+    Handover,
+    PathItem,
+    Purchase,
+    RouterState,
+    accumulate,
+    credit,
+    follow_path,
+    latest_cells,
+    route,
+)
 
 T0 = 1_795_000_000_000  # 2026-11-18, epoch ms
 CHANNELS = ("search", "social", "email", "display", "affiliate", "coupon:cart-abandonment")
@@ -319,7 +331,7 @@ def test_store_pickup_is_not_a_second_conversion_and_touches_are_used_once() -> 
     assert [t.channel for t in second.path] == ["social"]  # email, search were used up
 
 
-# --- identity-aware paths through the flow's step functions ----------------------------------
+# --- identity-aware paths through the domain's routing and path steps -------------------------
 
 
 class Pipeline:
@@ -331,7 +343,7 @@ class Pipeline:
         self.paths: dict[str, PathState | None] = defaultdict(lambda: None)
         self.routed: list[tuple[str, Any]] = []
 
-    def feed(self, item: CustomerTouch | Conversion | Absorb) -> list[Any]:
+    def feed(self, item: CustomerTouch | Purchase | Absorb) -> list[Any]:
         arrival = item.customer_id or ""
         self.routers[arrival], routed = route(self.routers[arrival], item, self.params)
         self.routed += routed
@@ -352,7 +364,7 @@ def test_touches_of_an_absorbed_customer_are_on_the_survivors_path() -> None:
     assert flow.feed(Absorb("anon-1", into="user-1")) == []
     assert flow.routed[-1] == ("user-1", Handover(tuple(anon)))
     flow.feed(CustomerTouch("user-1", touch("search", T0 - 1_000, "t3")))
-    [converted] = flow.feed(Conversion("user-1", "order:o1", 59.9, T0, "ev-o1"))
+    [converted] = flow.feed(Purchase("user-1", "order:o1", 59.9, T0, "ev-o1"))
     assert isinstance(converted, ConvertedPath)
     assert [t.event_id for t in converted.path] == ["t1", "t2", "t3"]
     assert converted.customer_id == "user-1"
@@ -361,7 +373,7 @@ def test_touches_of_an_absorbed_customer_are_on_the_survivors_path() -> None:
     late = touch("coupon:cart-abandonment", T0 + 1_000, "t4")
     flow.feed(CustomerTouch("anon-1", late))
     assert flow.routed[-1] == ("user-1", late)
-    [again] = flow.feed(Conversion("anon-1", "order:o2", 20.0, T0 + 2_000, "ev-o2"))
+    [again] = flow.feed(Purchase("anon-1", "order:o2", 20.0, T0 + 2_000, "ev-o2"))
     assert flow.routed[-1][0] == "user-1"
     assert isinstance(again, ConvertedPath)
     assert again.path == (late,)
@@ -375,22 +387,22 @@ def test_a_conversion_credited_before_a_merge_is_not_credited_again() -> None:
     params = AttributionParams()
     flow = Pipeline(params)
     flow.feed(CustomerTouch("anon-1", touch("email", T0 - 1_000, "t1")))
-    [order] = flow.feed(Conversion("anon-1", "order:o1", 40.0, T0, "ev-order"))
+    [order] = flow.feed(Purchase("anon-1", "order:o1", 40.0, T0, "ev-order"))
     assert isinstance(order, ConvertedPath) and order.path[0].event_id == "t1"
     flow.feed(Absorb("anon-1", into="user-1"))
     # The store pickup of the same order arrives under the survivor.
-    assert flow.feed(Conversion("user-1", "order:o1", 40.0, T0 + DAY_MS, "ev-pickup")) == []
+    assert flow.feed(Purchase("user-1", "order:o1", 40.0, T0 + DAY_MS, "ev-pickup")) == []
 
 
 def test_touches_used_before_a_merge_are_not_credited_again_after_it() -> None:
     params = AttributionParams()
     flow = Pipeline(params)
     flow.feed(CustomerTouch("anon-1", touch("email", T0 - 1_000, "t1")))
-    [first] = flow.feed(Conversion("anon-1", "order:o1", 40.0, T0, "ev-o1"))
+    [first] = flow.feed(Purchase("anon-1", "order:o1", 40.0, T0, "ev-o1"))
     assert isinstance(first, ConvertedPath) and [t.event_id for t in first.path] == ["t1"]
     flow.feed(Absorb("anon-1", into="user-1"))
     flow.feed(CustomerTouch("user-1", touch("search", T0 + DAY_MS, "t2")))
-    [second] = flow.feed(Conversion("user-1", "order:o2", 25.0, T0 + 2 * DAY_MS, "ev-o2"))
+    [second] = flow.feed(Purchase("user-1", "order:o2", 25.0, T0 + 2 * DAY_MS, "ev-o2"))
     assert isinstance(second, ConvertedPath)
     # t1 was used up by order o1; only t2 leads to o2.
     assert [t.event_id for t in second.path] == ["t2"]
@@ -406,6 +418,41 @@ def test_touches_that_age_out_become_a_non_converting_markov_path() -> None:
     assert credited == []
     assert chain.transitions["(start)"] == {"display": 1.0}
     assert chain.transitions["display"] == {"(null)": 1.0}
+
+
+def test_a_replayed_path_credits_in_event_time_order_whatever_the_arrival_order() -> None:
+    """In a replay a path keeps what it is given and applies it in event-time order at the
+    end: a handover read after the purchase still brings its touches in time, and a
+    conversion credited under the merged id is not credited again. Live, the same items in
+    that arrival order credit the purchase without the handed-over touches."""
+    params = AttributionParams()
+    email, search = touch("email", T0 - 2_000, "t1"), touch("search", T0 - 1_000, "t2")
+    arrivals: list[PathItem] = [
+        Purchase("user-1", "order:o1", 60.0, T0, "ev-o1"),
+        Purchase("user-1", "order:o0", 10.0, T0 + 5, "ev-pickup"),  # credited under anon-1
+        search,
+        Handover((email,), (("order:o0", T0 - 5_000),)),
+    ]
+    replay = CustomerPath(params, live=False)
+    assert [out for item in arrivals for out in replay.take(item)] == []
+    state, pending = replay.snapshot()
+    assert pending == [arrivals[0], arrivals[1], search, email]
+    assert state is not None and state.converted == {"order:o0": T0 - 5_000}
+    resumed = CustomerPath(params, live=False, resume=(state, pending))
+    [converted] = resumed.finish()
+    assert isinstance(converted, ConvertedPath)
+    assert (converted.conversion_id, [t.event_id for t in converted.path]) == (
+        "order:o1",
+        ["t1", "t2"],
+    )
+    assert resumed.finish() == []  # applied once
+
+    live = CustomerPath(params, live=True)
+    produced = [out for item in arrivals for out in live.take(item)]
+    assert [(p.conversion_id, p.path) for p in produced if isinstance(p, ConvertedPath)] == [
+        ("order:o1", ()),
+        ("order:o0", ()),
+    ]
 
 
 # --- running totals ---------------------------------------------------------------------------
@@ -439,6 +486,8 @@ def test_accumulated_totals_equal_the_sum_of_credits() -> None:
             totals, cells = accumulate(totals, pair)
             for model, channel, revenue_total, conversion_total in cells:
                 assert totals[model][channel] == [revenue_total, conversion_total]
+            for (model, channel), cell in latest_cells(cells).items():
+                assert list(cell) == totals[model][channel]  # the last value of each cell
     assert totals is not None and conversions > 500
     for model in MODELS:
         assert set(totals[model]) == set(expected[model])
