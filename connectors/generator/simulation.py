@@ -1,13 +1,9 @@
-"""Synthetic, reproducible retail traffic for the three input topics (CONTRACT §1).
+"""The simulated retail chain: reference data in, good events out (CONTRACT §1).
 
-Two halves:
-
-- ``TrafficModel`` — pure, no Kafka. A seeded discrete-event simulation of a retail chain
-  over the reference data: shoppers browse online and place orders, stores ring up sales and
-  returns, warehouses receive, ship, transfer, adjust and count stock. Every event is
-  encoded exactly as the contract says; the same arguments give a byte-identical stream.
-- ``produce`` / ``run_generate`` — send such a stream to the (prefixed) input topics, paced
-  or as fast as possible, with a progress line; ``omnistream generate`` calls these.
+Pure, seeded and deterministic: no Kafka, no clock reads, every draw from a random stream
+named after the seed, so the same arguments give a byte-identical stream. ``traffic``
+mixes these good events with duplicates and malformations; this module knows nothing of
+either.
 
 How the simulation works: an agenda (a heap ordered by event time) holds *activities*, which
 are generators in the retail domain's own terms (``_online_visit``, ``_walk_in_sale``,
@@ -15,19 +11,8 @@ are generators in the retail domain's own terms (``_online_visit``, ``_walk_in_s
 or a wait in milliseconds, after which it is resumed. New visits and store traffic arrive as
 a Poisson process; order follow-ups (cancellation, shipment, store pickup) and replenishment
 (supplier receipts, warehouse-to-store transfers) are scheduled by the activities that cause
-them, always minutes later, so an effect never precedes its cause.
-
-Things the stream deliberately contains because real traffic does:
-
-- ``ts`` as RFC 3339 with ``+08:00`` and milliseconds, or as epoch milliseconds;
-- a few events that arrive late (their ``ts`` a few seconds before the one published
-  before them);
-- exact duplicates of recently published events (same bytes, same ``event_id``);
-- with ``bad_ratio > 0``, malformed events, each tagged with the dead-letter reason code the
-  decoder must give; some carry raw phone numbers and e-mails, to exercise masking.
-
-Malformed events and duplicates are drawn from their own random streams, so the good events
-of a seed are the same whatever ``bad_ratio`` is: only their interleaving differs.
+them, always minutes later, so an effect never precedes its cause. A few events arrive late
+(their ``ts`` a few seconds before the one published before them), because real ones do.
 
 The customer base (devices, accounts, loyalty cards, phone numbers, e-mails) depends on
 ``customers`` only, not on the seed: streams of different seeds are different days of the
@@ -40,71 +25,40 @@ replenishment cycles: one day of ``lead_time_days`` takes ``LEAD_DAY_MS`` of eve
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import heapq
 import random
 import string
-import sys
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from itertools import accumulate
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException
 
 from base import topics
-from base.config import Config
-from base.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.reference_files import load_reference
-from domain.reference import Location, Product, ReferenceData, ReferenceDataError
-
-# --- public constants ---------------------------------------------------------------------------
-
-#: 2026-11-01T09:00:00+08:00, a Sunday morning as the stores open.
-DEFAULT_START_MS = 1_793_494_800_000
-DEFAULT_SEED = 7
-DEFAULT_COUNT = 10_000
-DEFAULT_CUSTOMERS = 2_000
-
-#: Dead-letter reason codes the model can produce, one per kind of malformation.
-BAD_REASONS: tuple[str, ...] = (
-    "malformed_json",
-    "missing_field",
-    "bad_type",
-    "bad_value",
-    "bad_timestamp",
-    "unknown_event_type",
-    "unknown_sku",
-    "unknown_location",
+from base.units import MINUTE_MS, SECOND_MS
+from connectors.generator.wire import (
+    CHANNELS,
+    GeneratedEvent,
+    event_ts,
+    format_email,
+    format_phone,
+    local_date,
+    money,
 )
+from domain.reference import Location, Product, ReferenceData
 
-# --- tunables of the simulation -----------------------------------------------------------------
-
-#: Local time of the chain (China Standard Time), used for RFC 3339 times and expiry dates.
-LOCAL_OFFSET_MS = 8 * HOUR_MS
-LOCAL_OFFSET = "+08:00"
+# --- tunables -----------------------------------------------------------------------------------
 
 #: Mean gap between two new activities (a visit, a till sale, a warehouse task …). With the
 #: follow-ups they cause, the stream averages roughly one event per 400 ms of event time.
 MEAN_ARRIVAL_GAP_MS = 1_000
 #: Share of events published a little late (ts 0.2–5 s before the previous event).
 LATE_SHARE = 0.03
-#: Share of events whose ``ts`` is epoch milliseconds rather than an RFC 3339 string.
-EPOCH_MS_SHARE = 0.3
-#: Share of good events followed by an exact duplicate of a recent one.
-DUPLICATE_SHARE = 0.005
-#: Duplicates repeat one of the last this many good events (a redelivery, not a replay).
-DUPLICATE_WINDOW = 500
 #: One day of supplier lead time takes this long in event time (see the module docstring).
 LEAD_DAY_MS = 5 * MINUTE_MS
-
-CHANNELS: tuple[str, ...] = ("app", "mini_program", "web", "live_stream", "social")
+#: How often each of ``CHANNELS`` is used.
 CHANNEL_WEIGHTS: tuple[float, ...] = (40, 25, 20, 8, 7)
 #: Channels are open (CONTRACT §1 lists them with "…"): a rare in-store kiosk shows that.
 RARE_CHANNEL = "kiosk"
@@ -157,62 +111,11 @@ SEARCH_TERMS: dict[str, tuple[str, ...]] = {
 ADJUSTMENT_REASONS = ("damaged", "shrinkage", "found", "system_correction")
 COUPON_CAMPAIGNS = ("CARTBACK", "WELCOME", "MEMBERDAY", "FRESH10", "RESTOCK")
 
-# --- public records -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GeneratedEvent:
-    """One Kafka message of the generated stream.
-
-    ``topic`` is the contract name without prefix; ``value`` the exact bytes to send.
-    ``event_id`` is the id inside the message (of the original, for a duplicate; None when a
-    malformed message has no usable id). ``bad_reason`` is the dead-letter reason code the
-    decoder must give for a deliberately malformed message, None for a good one.
-    ``duplicate`` marks an exact repeat of an earlier good event.
-    """
-
-    topic: str
-    key: bytes
-    value: bytes
-    event_id: str | None
-    bad_reason: str | None
-    duplicate: bool = False
-
-
-@dataclass(slots=True)
-class GenerateStats:
-    """What ``produce`` sent: messages per (unprefixed) topic, malformed ones per reason."""
-
-    produced: dict[str, int] = field(default_factory=dict)
-    bad: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
-    elapsed_s: float = 0.0
-    #: Messages the broker finally refused (after librdkafka's own retries).
-    delivery_failures: int = 0
-    #: True when Ctrl-C stopped production early (what was handed over was still flushed).
-    interrupted: bool = False
-
-    @property
-    def total(self) -> int:
-        return sum(self.produced.values())
-
-    @property
-    def rate(self) -> float:
-        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def count(self, event: GeneratedEvent) -> None:
-        self.produced[event.topic] = self.produced.get(event.topic, 0) + 1
-        if event.bad_reason is not None:
-            self.bad[event.bad_reason] = self.bad.get(event.bad_reason, 0) + 1
-        if event.duplicate:
-            self.duplicates += 1
-
-
 # --- the simulated world ------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _Customer:
+class Customer:
     number: int
     region: str
     home_store: str
@@ -226,13 +129,13 @@ class _Customer:
 
 
 @dataclass(slots=True)
-class _Line:
+class Line:
     sku: str
     qty: int
     unit_cents: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"sku": self.sku, "qty": self.qty, "unit_price": self.unit_cents / 100}
+        return {"sku": self.sku, "qty": self.qty, "unit_price": money(self.unit_cents)}
 
 
 @dataclass(slots=True)
@@ -241,7 +144,7 @@ class _Visit:
 
     device: str
     channel: str
-    customer: _Customer | None
+    customer: Customer | None
     region: str | None
     campaign: dict[str, str] | None
     focus_category: str
@@ -254,7 +157,7 @@ class _Visit:
 class _Order:
     order_id: str
     visit: _Visit
-    lines: list[_Line]
+    lines: list[Line]
     fulfillment: str
     location_id: str
 
@@ -262,7 +165,7 @@ class _Order:
 @dataclass(slots=True)
 class _TillReceipt:
     receipt_id: str
-    lines: list[_Line]
+    lines: list[Line]
     member_code: str | None
 
 
@@ -281,46 +184,13 @@ class _Outgoing:
 Activity = Iterator[_Outgoing | int]
 
 
-def _money(cents: int) -> float:
-    return cents / 100
-
-
-def _total_cents(lines: Iterable[_Line]) -> int:
-    return sum(line.qty * line.unit_cents for line in lines)
-
-
-def _rfc3339_local(ts_ms: int) -> str:
-    """``2026-11-01T09:00:00.123+08:00``."""
-    seconds, millis = divmod(ts_ms + LOCAL_OFFSET_MS, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}{LOCAL_OFFSET}"
-
-
-def _local_date(ts_ms: int, plus_days: int = 0) -> str:
-    days = (ts_ms + LOCAL_OFFSET_MS) // DAY_MS + plus_days
-    return (date(1970, 1, 1) + timedelta(days=days)).isoformat()
-
-
-def _format_phone(rng: random.Random, phone: str) -> str:
-    """A mobile number as people type it; all forms normalise to the same number."""
-    roll = rng.random()
-    if roll < 0.6:
-        return phone
-    if roll < 0.8:
-        return f"+86 {phone[:3]} {phone[3:7]} {phone[7:]}"
-    if roll < 0.9:
-        return f"{phone[:3]}-{phone[3:7]}-{phone[7:]}"
-    return f"0086{phone}"
-
-
-def _format_email(rng: random.Random, email: str) -> str:
-    """An e-mail as typed: sometimes capitalised or with stray spaces (same after trimming)."""
-    roll = rng.random()
-    if roll < 0.7:
-        return email
-    if roll < 0.9:
-        name, domain = email.split("@")
-        return ".".join(part.capitalize() for part in name.split(".")) + "@" + domain.upper()
-    return f" {email} "
+def priced_lines(lines: Sequence[Line]) -> dict[str, Any]:
+    """The ``lines`` and ``total`` fields of a sale, return or order; the total is summed in
+    cents, so it equals the sum of the lines to the cent."""
+    return {
+        "lines": [line.as_json() for line in lines],
+        "total": money(sum(line.qty * line.unit_cents for line in lines)),
+    }
 
 
 class _Choice:
@@ -411,13 +281,31 @@ _MOBILE_PREFIXES = (
 )
 
 
-def _customer_base(count: int, stores_by_region: dict[str, list[str]]) -> list[_Customer]:
-    """The shoppers of the chain; depends on ``count`` (and the stores) only, not on the seed."""
+def _by_location_id(reference: ReferenceData) -> list[Location]:
+    return sorted(reference.locations.values(), key=lambda loc: loc.location_id)
+
+
+def _stores_by_region(locations: Iterable[Location]) -> dict[str, list[str]]:
+    """region → ids of its stores, in the order given."""
+    by_region: dict[str, list[str]] = {}
+    for location in locations:
+        if location.type == "store":
+            by_region.setdefault(location.region, []).append(location.location_id)
+    return by_region
+
+
+def customer_base(reference: ReferenceData, count: int) -> list[Customer]:
+    """The shoppers of the chain; depends on ``count`` (and the stores) only, not on the seed.
+
+    Every shopper lives in a region with stores and has a home store there; regions with
+    more stores have more shoppers.
+    """
+    stores_by_region = _stores_by_region(_by_location_id(reference))
     rng = random.Random(f"omnistream-customers-{count}")
     regions = sorted(stores_by_region)
     region_weights = [len(stores_by_region[r]) for r in regions]
     phones: set[str] = set()
-    customers: list[_Customer] = []
+    customers: list[Customer] = []
     for number in range(1, count + 1):
         region = rng.choices(regions, weights=region_weights)[0]
         phone = None
@@ -436,7 +324,7 @@ def _customer_base(count: int, stores_by_region: dict[str, list[str]]) -> list[_
             )
         devices = [f"anon-{rng.getrandbits(64):016x}" for _ in range(rng.choice((1, 1, 2, 3)))]
         customers.append(
-            _Customer(
+            Customer(
                 number=number,
                 region=region,
                 home_store=rng.choice(stores_by_region[region]),
@@ -458,11 +346,11 @@ def _customer_base(count: int, stores_by_region: dict[str, list[str]]) -> list[_
     return customers
 
 
-class _Simulation:
+class Simulation:
     """The state of the chain while one stream is generated (see the module docstring)."""
 
     def __init__(
-        self, reference: ReferenceData, seed: int, customers: list[_Customer], start_ms: int
+        self, reference: ReferenceData, seed: int, customers: list[Customer], start_ms: int
     ) -> None:
         self.reference = reference
         self.seed = seed
@@ -475,13 +363,11 @@ class _Simulation:
         self._serials: Counter[str] = Counter()
 
         rng = self.rng
-        locations = sorted(reference.locations.values(), key=lambda loc: loc.location_id)
+        locations = _by_location_id(reference)
         self.stores = [loc for loc in locations if loc.type == "store"]
         self.warehouses = [loc for loc in locations if loc.type == "warehouse"]
         self.forward_warehouses = [loc for loc in locations if loc.type == "forward_warehouse"]
-        self.stores_by_region: dict[str, list[str]] = {}
-        for store in self.stores:
-            self.stores_by_region.setdefault(store.region, []).append(store.location_id)
+        self.stores_by_region = _stores_by_region(self.stores)
         self.regions = sorted(self.stores_by_region)
 
         # Bestsellers differ from seed to seed: popularity follows a Zipf-like curve over a
@@ -523,7 +409,7 @@ class _Simulation:
 
         activity = [c.number % 10 + 1 for c in customers]  # some shoppers come back often
         self.frequent_customer = _Choice(customers, activity)
-        self.customers_by_region: dict[str, list[_Customer]] = {}
+        self.customers_by_region: dict[str, list[Customer]] = {}
         for customer in customers:
             self.customers_by_region.setdefault(customer.region, []).append(customer)
         self.busy_store = _Choice(self.stores, [rng.uniform(0.6, 1.4) for _ in self.stores])
@@ -568,8 +454,11 @@ class _Simulation:
         ts_ms = self.now
         if outgoing.may_arrive_late and self.rng.random() < LATE_SHARE:
             ts_ms -= self.rng.randint(200, 5_000)
-        ts: int | str = ts_ms if self.rng.random() < EPOCH_MS_SHARE else _rfc3339_local(ts_ms)
-        payload = {"event_id": event_id, "event_type": outgoing.event_type, "ts": ts}
+        payload = {
+            "event_id": event_id,
+            "event_type": outgoing.event_type,
+            "ts": event_ts(self.rng, ts_ms),
+        }
         payload.update(outgoing.fields)
         return GeneratedEvent(
             outgoing.topic, outgoing.key.encode(), orjson.dumps(payload), event_id, None
@@ -624,7 +513,8 @@ class _Simulation:
         self.replenishing.add(key)
         self._after(0, self._replenish(sku, self.reference.locations[location_id]))
 
-    def _central_warehouse(self, region: str | None) -> Location:
+    def central_warehouse(self, region: str | None) -> Location:
+        """The warehouse of ``region``, else the first warehouse (or forward warehouse)."""
         for warehouse in self.warehouses:
             if warehouse.region == region:
                 return warehouse
@@ -644,18 +534,17 @@ class _Simulation:
         """Goods arrive from a supplier; perishable batches carry their expiry date."""
         shelf_life = self.reference.products[sku].shelf_life_days
         if shelf_life is not None:
-            extra["expiry_date"] = _local_date(self.now, shelf_life)
+            extra["expiry_date"] = local_date(self.now, shelf_life)
         self._change_stock(sku, location_id, qty)
         return self._movement("receipt", location_id, sku, qty, **extra)
 
     def _till(
-        self, event_type: str, store_id: str, receipt_id: str, lines: list[_Line], **extra: Any
+        self, event_type: str, store_id: str, receipt_id: str, lines: list[Line], **extra: Any
     ) -> _Outgoing:
         fields = {
             "store_id": store_id,
             "receipt_id": receipt_id,
-            "lines": [line.as_json() for line in lines],
-            "total": _money(_total_cents(lines)),
+            **priced_lines(lines),
         }
         fields.update({k: v for k, v in extra.items() if v is not None})
         return _Outgoing(topics.POS_SALES, store_id, event_type, fields)
@@ -706,7 +595,7 @@ class _Simulation:
         product = self.reference.products[sku]
         key = (sku, location.location_id)
         order_up_to = product.reorder_point * (12 if location.type == "warehouse" else 3)
-        source = self._central_warehouse(location.region)
+        source = self.central_warehouse(location.region)
         from_supplier = location.type == "warehouse" or product.shelf_life_days is not None
         if from_supplier or source.location_id == location.location_id:
             yield self._supplier_lead_time(product)
@@ -744,7 +633,7 @@ class _Simulation:
             qty = self.reference.products[sku].reorder_point * self.rng.randint(1, 2)
             yield self._receipt(store.location_id, sku, qty)
             return
-        warehouse = self._central_warehouse(self.rng.choice(self.regions))
+        warehouse = self.central_warehouse(self.rng.choice(self.regions))
         sku = self.popular_sku(self.rng)
         if sku in self.supply_problems:
             return
@@ -802,16 +691,16 @@ class _Simulation:
 
     # --- activities: the stores --------------------------------------------------------------
 
-    def _store_shopper(self, store: Location) -> _Customer | None:
+    def _store_shopper(self, store: Location) -> Customer | None:
         """A regular of the store's region (60%) or a passer-by nobody knows."""
         regulars = self.customers_by_region.get(store.region)
         if regulars and self.rng.random() < 0.6:
             return self.rng.choice(regulars)
         return None
 
-    def _fill_basket(self, store_id: str, size: int) -> list[_Line]:
+    def _fill_basket(self, store_id: str, size: int) -> list[Line]:
         """Take what is on the shelf: popular skus of the store's assortment that are in stock."""
-        lines: dict[str, _Line] = {}
+        lines: dict[str, Line] = {}
         for sku in self.shelf[store_id].many(self.rng, size * 2):
             if len(lines) == size or sku in lines:
                 continue
@@ -819,7 +708,7 @@ class _Simulation:
             if shelf < 1:
                 continue  # an empty shelf: the shopper takes something else or nothing
             qty = min(shelf, TILL_QTY(self.rng))
-            lines[sku] = _Line(sku, qty, self.unit_cents[sku])
+            lines[sku] = Line(sku, qty, self.unit_cents[sku])
         return list(lines.values())
 
     def _walk_in_sale(self) -> Activity:
@@ -834,7 +723,7 @@ class _Simulation:
             if shopper.member_code is not None and self.rng.random() < 0.8:
                 member_code = shopper.member_code
             if shopper.phone is not None and self.rng.random() < 0.12:
-                phone = _format_phone(self.rng, shopper.phone)
+                phone = format_phone(self.rng, shopper.phone)
         if self.rng.random() < 0.06:
             code = "".join(self.rng.choices(string.ascii_uppercase + string.digits, k=6))
             coupons = [f"C-{self.rng.choice(COUPON_CAMPAIGNS)}-{code}"]
@@ -865,7 +754,7 @@ class _Simulation:
             return
         sale = sales.pop(self.rng.randrange(len(sales)))
         line = self.rng.choice(sale.lines)
-        returned = _Line(line.sku, self.rng.randint(1, line.qty), line.unit_cents)
+        returned = Line(line.sku, self.rng.randint(1, line.qty), line.unit_cents)
         self._change_stock(returned.sku, store.location_id, returned.qty)
         yield self._till(
             "return",
@@ -880,7 +769,7 @@ class _Simulation:
 
     def _start_visit(self) -> _Visit:
         rng = self.rng
-        customer: _Customer | None = None
+        customer: Customer | None = None
         if rng.random() < 0.2:
             device = f"anon-{rng.getrandbits(64):016x}"  # a first-time visitor
         else:
@@ -924,9 +813,9 @@ class _Simulation:
         visit.user_id = customer.user_id
         phone = email = None
         if customer.phone is not None and self.rng.random() < 0.3:
-            phone = _format_phone(self.rng, customer.phone)
+            phone = format_phone(self.rng, customer.phone)
         if customer.email is not None and self.rng.random() < 0.15:
-            email = _format_email(self.rng, customer.email)
+            email = format_email(self.rng, customer.email)
         return self._click(visit, "login", phone=phone, email=email)
 
     def _online_visit(self) -> Activity:
@@ -958,7 +847,7 @@ class _Simulation:
                 yield self._click(visit, "search", query=query)
                 yield self._think()
             sku = self._browse_pick(visit)
-            price = _money(self.unit_cents[sku])
+            price = money(self.unit_cents[sku])
             yield self._click(visit, "product_view", sku=sku, price=price)
             if intent in ("cart", "buy") and (rng.random() < 0.45 or not visit.cart):
                 yield self._think()
@@ -973,7 +862,7 @@ class _Simulation:
                 "remove_from_cart",
                 sku=sku,
                 qty=visit.cart.pop(sku),
-                price=_money(self.unit_cents[sku]),
+                price=money(self.unit_cents[sku]),
             )
         if not visit.cart:
             return
@@ -1007,11 +896,11 @@ class _Simulation:
                 carried = set(self.assortment[forward.location_id])
                 if all(sku in carried for sku in skus):
                     return "delivery", forward.location_id
-        return "delivery", self._central_warehouse(region).location_id
+        return "delivery", self.central_warehouse(region).location_id
 
     def _place_order(self, visit: _Visit) -> _Outgoing:
         """The order reserves stock where it will be fulfilled; its follow-up is scheduled."""
-        lines = [_Line(sku, qty, self.unit_cents[sku]) for sku, qty in visit.cart.items()]
+        lines = [Line(sku, qty, self.unit_cents[sku]) for sku, qty in visit.cart.items()]
         fulfillment, location_id = self._choose_fulfillment(visit, list(visit.cart))
         order = _Order(
             f"ORD-{self.seed}-{self._serial('order'):07d}", visit, lines, fulfillment, location_id
@@ -1029,8 +918,7 @@ class _Simulation:
             visit,
             "order_placed",
             order_id=order.order_id,
-            lines=[line.as_json() for line in lines],
-            total=_money(_total_cents(lines)),
+            **priced_lines(lines),
             fulfillment={"type": fulfillment, "location_id": location_id},
         )
 
@@ -1042,8 +930,7 @@ class _Simulation:
             order.visit,
             "order_cancelled",
             order_id=order.order_id,
-            lines=[line.as_json() for line in order.lines],
-            total=_money(_total_cents(order.lines)),
+            **priced_lines(order.lines),
         )
 
     def _ship_order(self, order: _Order) -> Activity:
@@ -1075,708 +962,3 @@ class _Simulation:
         )
         for line in order.lines:
             self._watch_stock(line.sku, order.location_id)
-
-
-# --- malformed traffic --------------------------------------------------------------------------
-
-
-class _Malformations:
-    """Malformed events, each built to get exactly one dead-letter reason from the decoder.
-
-    Reads the simulation (customers, locations, clock) but never changes it, and draws from
-    its own random stream.
-    """
-
-    def __init__(self, simulation: _Simulation, seed: int) -> None:
-        self.sim = simulation
-        self.seed = seed
-        self.rng = random.Random(f"omnistream-malformed-{seed}")
-        self._made = 0
-        self._variants: dict[str, list[Callable[[], tuple[str, dict[str, Any] | bytes]]]] = {
-            "malformed_json": [
-                self._truncated,
-                self._not_utf8,
-                self._not_an_object,
-                self._python_repr,
-                self._csv_line,
-                self._empty,
-            ],
-            "missing_field": [self._missing_field],
-            "bad_type": [self._bad_type],
-            "bad_value": [self._bad_value],
-            "bad_timestamp": [self._bad_timestamp],
-            "unknown_event_type": [self._unknown_event_type],
-            "unknown_sku": [self._unknown_sku],
-            "unknown_location": [self._unknown_location],
-        }
-
-    def make(self) -> GeneratedEvent:
-        reason = self.rng.choice(BAD_REASONS)
-        topic, payload = self.rng.choice(self._variants[reason])()
-        if isinstance(payload, bytes):
-            return GeneratedEvent(topic, self._key_of(topic, None), payload, None, reason)
-        event_id = payload.get("event_id")
-        return GeneratedEvent(
-            topic,
-            self._key_of(topic, payload),
-            orjson.dumps(payload),
-            event_id if isinstance(event_id, str) and event_id.strip() else None,
-            reason,
-        )
-
-    def _key_of(self, topic: str, payload: dict[str, Any] | None) -> bytes:
-        field_name = {topics.CLICKSTREAM: "anonymous_id", topics.POS_SALES: "store_id"}.get(
-            topic, "location_id"
-        )
-        value = payload.get(field_name) if payload is not None else None
-        if isinstance(value, str):
-            return value.encode()
-        return self.rng.choice(self.sim.stores).location_id.encode()
-
-    # --- well-formed bases, spoiled by the variants below ------------------------------------
-
-    def _head(self, event_type: str) -> dict[str, Any]:
-        self._made += 1
-        ts_ms = self.sim.now
-        ts: int | str = ts_ms if self.rng.random() < EPOCH_MS_SHARE else _rfc3339_local(ts_ms)
-        return {"event_id": f"evt-{self.seed}-bad-{self._made}", "event_type": event_type, "ts": ts}
-
-    def _pii(self, payload: dict[str, Any], email_too: bool) -> dict[str, Any]:
-        """About half of the customer-facing bad events carry raw PII."""
-        customer = self.rng.choice(self.sim.customers)
-        if customer.phone is not None and self.rng.random() < 0.5:
-            payload["phone"] = _format_phone(self.rng, customer.phone)
-        if email_too and customer.email is not None and self.rng.random() < 0.5:
-            payload["email"] = _format_email(self.rng, customer.email)
-        return payload
-
-    def _line(self) -> dict[str, Any]:
-        sku = self.rng.choice(self.sim.skus)
-        return {
-            "sku": sku,
-            "qty": self.rng.randint(1, 3),
-            "unit_price": _money(self.sim.unit_cents[sku]),
-        }
-
-    def _cart_event(self) -> dict[str, Any]:
-        customer = self.rng.choice(self.sim.customers)
-        sku = self.rng.choice(self.sim.skus)
-        payload = self._head(self.rng.choice(("add_to_cart", "product_view", "remove_from_cart")))
-        payload.update(
-            {
-                "anonymous_id": customer.devices[0],
-                "channel": self.rng.choice(CHANNELS),
-                "region": customer.region,
-                "sku": sku,
-                "qty": 1,
-                "price": _money(self.sim.unit_cents[sku]),
-            }
-        )
-        return self._pii(payload, email_too=True)
-
-    def _order_event(self) -> dict[str, Any]:
-        customer = self.rng.choice(self.sim.customers)
-        lines = [self._line() for _ in range(self.rng.randint(1, 3))]
-        payload = self._head("order_placed")
-        payload.update(
-            {
-                "anonymous_id": customer.devices[0],
-                "channel": self.rng.choice(CHANNELS),
-                "order_id": f"ORD-{self.seed}-bad-{self._made}",
-                "lines": lines,
-                "total": round(sum(ln["qty"] * ln["unit_price"] for ln in lines), 2),
-                "fulfillment": {
-                    "type": "delivery",
-                    "location_id": self.sim._central_warehouse(None).location_id,
-                },
-            }
-        )
-        return self._pii(payload, email_too=True)
-
-    def _sale_event(self) -> dict[str, Any]:
-        store = self.rng.choice(self.sim.stores)
-        lines = [self._line() for _ in range(self.rng.randint(1, 3))]
-        payload = self._head("sale")
-        payload.update(
-            {
-                "store_id": store.location_id,
-                "receipt_id": f"{store.location_id}-bad-{self._made}",
-                "lines": lines,
-                "total": round(sum(ln["qty"] * ln["unit_price"] for ln in lines), 2),
-            }
-        )
-        return self._pii(payload, email_too=False)
-
-    def _movement_event(self, event_type: str | None = None) -> dict[str, Any]:
-        location = self.rng.choice(self.sim.stores + self.sim.warehouses)
-        payload = self._head(event_type or self.rng.choice(("receipt", "shipment", "adjustment")))
-        payload.update(
-            {
-                "location_id": location.location_id,
-                "sku": self.rng.choice(self.sim.skus),
-                "qty": self.rng.randint(1, 20),
-            }
-        )
-        return payload
-
-    def _any_base(self) -> tuple[str, dict[str, Any]]:
-        roll = self.rng.random()
-        if roll < 0.3:
-            return topics.CLICKSTREAM, self._cart_event()
-        if roll < 0.45:
-            return topics.CLICKSTREAM, self._order_event()
-        if roll < 0.7:
-            return topics.POS_SALES, self._sale_event()
-        return topics.WMS_MOVEMENTS, self._movement_event()
-
-    # --- malformed_json ----------------------------------------------------------------------
-
-    def _truncated(self) -> tuple[str, bytes]:
-        """Cut off mid-message (the PII, if any, stays inside the part that was sent)."""
-        topic, payload = self._any_base()
-        raw = orjson.dumps(payload)
-        keep_from = len(raw) // 2
-        for name in ("phone", "email"):
-            if name in payload:
-                end = raw.find(orjson.dumps(payload[name])) + len(orjson.dumps(payload[name]))
-                keep_from = max(keep_from, end + 1)
-        return topic, raw[: self.rng.randint(min(keep_from, len(raw) - 1), len(raw) - 1)]
-
-    def _not_utf8(self) -> tuple[str, bytes]:
-        """Latin-1 or garbage bytes inside a string: not valid UTF-8, so not JSON."""
-        topic, payload = self._any_base()
-        raw = orjson.dumps(payload)
-        at = raw.find(b'"event_id":"') + len(b'"event_id":"')
-        return topic, raw[:at] + b"\xff\xfe" + raw[at:]
-
-    def _not_an_object(self) -> tuple[str, bytes]:
-        topic, payload = self._any_base()
-        shape = self.rng.choice(("list", "string", "null", "number"))
-        value: Any = {
-            "list": [payload],
-            "string": orjson.dumps(payload).decode(),
-            "null": None,
-            "number": 42,
-        }[shape]
-        return topic, orjson.dumps(value)
-
-    def _python_repr(self) -> tuple[str, bytes]:
-        topic, payload = self._any_base()
-        return topic, repr(payload).encode()
-
-    def _csv_line(self) -> tuple[str, bytes]:
-        payload = self._sale_event()
-        line = payload["lines"][0]
-        text = f"{payload['store_id']},{payload['receipt_id']},{line['sku']},{line['qty']}"
-        if "phone" in payload:
-            text += f",{payload['phone']}"
-        return topics.POS_SALES, text.encode()
-
-    def _empty(self) -> tuple[str, bytes]:
-        return self.rng.choice(topics.INPUT_TOPICS), b""
-
-    # --- field-level faults ------------------------------------------------------------------
-
-    def _missing_field(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(8)
-        if choice == 0:
-            payload = self._movement_event()
-            del payload["sku"]
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 1:
-            payload = self._movement_event("transfer_out")
-            return topics.WMS_MOVEMENTS, payload  # a transfer without its transfer_id
-        if choice == 2:
-            payload = self._sale_event()
-            del payload["receipt_id"]
-            return topics.POS_SALES, payload
-        if choice == 3:
-            payload = self._sale_event()
-            del payload["lines"][0]["unit_price"]
-            return topics.POS_SALES, payload
-        if choice == 4:
-            payload = self._cart_event()
-            del payload["anonymous_id"]
-            return topics.CLICKSTREAM, payload
-        if choice == 5:
-            payload = self._order_event()
-            del payload["fulfillment"]
-            return topics.CLICKSTREAM, payload
-        topic, payload = self._any_base()
-        del payload["ts" if choice == 6 else "event_type"]
-        return topic, payload
-
-    def _bad_type(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(7)
-        if choice == 0:
-            payload = self._movement_event()
-            payload["qty"] = str(payload["qty"])
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 1:
-            payload = self._sale_event()
-            payload["lines"] = payload["lines"][0]  # an object, not a list
-            return topics.POS_SALES, payload
-        if choice == 2:
-            payload = self._sale_event()
-            payload["total"] = f"{payload['total']:.2f}"
-            return topics.POS_SALES, payload
-        if choice == 3:
-            payload = self._sale_event()
-            payload["coupon_codes"] = "C-WELCOME-SAVE10"
-            return topics.POS_SALES, payload
-        if choice == 4:
-            payload = self._cart_event()
-            payload["event_type"] = "add_to_cart"
-            payload["qty"] = "2"
-            return topics.CLICKSTREAM, payload
-        if choice == 5:
-            payload = self._cart_event()
-            payload["campaign"] = "wechat"
-            return topics.CLICKSTREAM, payload
-        topic, payload = self._any_base()
-        payload["event_id"] = self.rng.randint(1, 10**9)
-        return topic, payload
-
-    def _bad_value(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(9)
-        if choice == 0:
-            payload = self._movement_event("receipt")
-            payload["qty"] = self.rng.choice((0, -3))
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 1:
-            payload = self._movement_event("adjustment")
-            payload["qty"] = 0
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 2:
-            payload = self._movement_event("stock_count")
-            payload["qty"] = -1
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 3:
-            payload = self._movement_event("receipt")
-            payload["expiry_date"] = "2026-02-30"
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 4:
-            payload = self._sale_event()
-            payload["lines"] = []
-            return topics.POS_SALES, payload
-        if choice == 5:
-            payload = self._sale_event()
-            payload["store_id"] = self._central_warehouse_id()  # a till is never in a warehouse
-            return topics.POS_SALES, payload
-        if choice == 6:
-            payload = self._order_event()
-            payload["fulfillment"] = {
-                "type": "store_pickup",
-                "location_id": self._central_warehouse_id(),
-            }
-            return topics.CLICKSTREAM, payload
-        if choice == 7:
-            payload = self._cart_event()
-            payload["event_type"] = "add_to_cart"
-            payload["qty"] = 0
-            return topics.CLICKSTREAM, payload
-        topic, payload = self._any_base()
-        payload["event_id"] = self.rng.choice(("", "   ", "x" * 200))
-        return topic, payload
-
-    def _central_warehouse_id(self) -> str:
-        return self.sim._central_warehouse(None).location_id
-
-    def _bad_timestamp(self) -> tuple[str, dict[str, Any]]:
-        topic, payload = self._any_base()
-        local = _rfc3339_local(self.sim.now)
-        payload["ts"] = self.rng.choice(
-            (
-                local[:19],  # no offset: local time of which zone?
-                local[:10] + " " + local[11:19],
-                local[:19] + "+0800",
-                self.sim.now // 1000,  # epoch seconds instead of milliseconds
-                str(self.sim.now),
-                self.sim.now / 1000,
-                "2026-11-31T10:00:00.000+08:00",
-                "yesterday 10:15",
-                "",
-            )
-        )
-        return topic, payload
-
-    def _unknown_event_type(self) -> tuple[str, dict[str, Any]]:
-        topic, payload = self._any_base()
-        payload["event_type"] = self.rng.choice(
-            {
-                topics.CLICKSTREAM: ("purchase", "pageview", "Page_View", "wishlist_add", "sale"),
-                topics.POS_SALES: ("refund", "void", "Sale", "order_placed"),
-                topics.WMS_MOVEMENTS: ("cycle_count", "putaway", "RECEIPT", "sale"),
-            }[topic]
-        )
-        return topic, payload
-
-    def _unknown_sku(self) -> tuple[str, dict[str, Any]]:
-        known = self.sim.reference.products
-        sku = self.rng.choice(self.sim.skus)
-        unknown = sku.lower() if sku.lower() not in known else f"{sku}-X"
-        if self.rng.random() < 0.5:
-            unknown = f"SKU-{self.rng.randint(90000, 99999)}"
-            while unknown in known:
-                unknown += "9"
-        topic, payload = self._any_base()
-        if "lines" in payload:
-            payload["lines"][-1]["sku"] = unknown
-        else:
-            payload["sku"] = unknown
-        return topic, payload
-
-    def _unknown_location(self) -> tuple[str, dict[str, Any]]:
-        known = self.sim.reference.locations
-        unknown = self.rng.choice(("WH-BJ-01", "ST-XX-09", "FW-GZ-02", "st-sh-01", "STORE 7"))
-        while unknown in known:
-            unknown += "X"
-        choice = self.rng.randrange(3)
-        if choice == 0:
-            payload = self._movement_event()
-            payload["location_id"] = unknown
-            return topics.WMS_MOVEMENTS, payload
-        if choice == 1:
-            payload = self._sale_event()
-            payload["store_id"] = unknown
-            return topics.POS_SALES, payload
-        payload = self._order_event()
-        payload["fulfillment"]["location_id"] = unknown
-        return topics.CLICKSTREAM, payload
-
-
-# --- the public model ---------------------------------------------------------------------------
-
-
-class TrafficModel:
-    """A reproducible stream of retail traffic over the reference data (no Kafka involved).
-
-    ``events(count)`` starts a fresh simulation on every call, so the same model (or another
-    one with the same arguments) yields the same bytes again.
-    """
-
-    def __init__(
-        self,
-        reference: ReferenceData,
-        seed: int = DEFAULT_SEED,
-        customers: int = DEFAULT_CUSTOMERS,
-        start_ms: int = DEFAULT_START_MS,
-        bad_ratio: float = 0.0,
-    ) -> None:
-        if customers < 1:
-            raise ValueError(f"customers must be ≥ 1, got {customers}")
-        if not 0.0 <= bad_ratio <= 1.0:
-            raise ValueError(f"bad_ratio must be between 0 and 1, got {bad_ratio}")
-        kinds = {location.type for location in reference.locations.values()}
-        if "store" not in kinds or not kinds & {"warehouse", "forward_warehouse"}:
-            raise ValueError(
-                "the reference data needs at least one store and one warehouse or forward "
-                "warehouse to generate traffic"
-            )
-        if not reference.products:
-            raise ValueError("the reference data has no products to generate traffic for")
-        self.reference = reference
-        self.seed = seed
-        self.customers = customers
-        self.start_ms = start_ms
-        self.bad_ratio = bad_ratio
-        self._customer_base: list[_Customer] | None = None
-
-    def events(self, count: int | None = None) -> Iterator[GeneratedEvent]:
-        """``count`` events (for ever when None): good ones, duplicates and malformed ones."""
-        if count is not None and count < 0:
-            raise ValueError(f"count must be ≥ 0, got {count}")
-        if self._customer_base is None:
-            stores_by_region: dict[str, list[str]] = {}
-            for location in sorted(self.reference.locations.values(), key=lambda x: x.location_id):
-                if location.type == "store":
-                    stores_by_region.setdefault(location.region, []).append(location.location_id)
-            self._customer_base = _customer_base(self.customers, stores_by_region)
-        simulation = _Simulation(self.reference, self.seed, self._customer_base, self.start_ms)
-        return self._mix(simulation, count)
-
-    def _mix(self, simulation: _Simulation, count: int | None) -> Iterator[GeneratedEvent]:
-        good = simulation.run()
-        malformed = _Malformations(simulation, self.seed)
-        dice = random.Random(f"omnistream-mix-{self.seed}")
-        recent: deque[GeneratedEvent] = deque(maxlen=DUPLICATE_WINDOW)
-        duplicate_share = DUPLICATE_SHARE * (1.0 - self.bad_ratio)
-        emitted = 0
-        while count is None or emitted < count:
-            roll = dice.random()
-            if roll < self.bad_ratio:
-                yield malformed.make()
-            elif roll < self.bad_ratio + duplicate_share and recent:
-                yield dataclasses.replace(dice.choice(recent), duplicate=True)
-            else:
-                event = next(good)
-                recent.append(event)
-                yield event
-            emitted += 1
-
-
-# --- Kafka --------------------------------------------------------------------------------------
-
-
-class _TokenBucket:
-    """Paces to ``rate`` per second on average; bursts at most a tenth of a second's worth."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate / 10)
-        self.tokens = 1.0
-        self.last = time.monotonic()
-
-    def take(self) -> None:
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return
-            time.sleep((1.0 - self.tokens) / self.rate)
-
-
-class _Progress:
-    """A one-line progress display on stderr: count, events/s, elapsed (≤ 5 updates/s).
-
-    On a terminal the line is redrawn in place; otherwise a new line is written every 5 s.
-    """
-
-    def __init__(
-        self, enabled: bool, total: int | None, duration_s: float | None, stream: TextIO
-    ) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.duration_s = duration_s
-        self.stream = stream
-        self.interactive = enabled and stream.isatty()
-        self.interval = 0.2 if self.interactive else 5.0
-        self.next_at = self.interval
-
-    def update(self, done: int, elapsed: float, final: bool = False) -> None:
-        if not self.enabled or (elapsed < self.next_at and not final):
-            return
-        self.next_at = elapsed + self.interval
-        if self.total:
-            count = f"{done:,}/{self.total:,} events ({100 * done / self.total:.0f}%)"
-        else:
-            count = f"{done:,} events"
-        speed = f"{done / elapsed:,.0f} ev/s" if elapsed > 0 else "- ev/s"
-        clock = f"{elapsed:.1f}/{self.duration_s:g} s" if self.duration_s else f"{elapsed:.1f} s"
-        text = f"generate: {count}  {speed}  {clock} elapsed"
-        self.stream.write(f"\r{text}\033[K" if self.interactive else text + "\n")
-        self.stream.flush()
-
-    def finish(self, done: int, elapsed: float) -> None:
-        if self.enabled:
-            self.update(done, elapsed, final=True)
-            if self.interactive:
-                self.stream.write("\n")
-                self.stream.flush()
-
-
-def produce(
-    config: Config,
-    events: Iterable[GeneratedEvent],
-    *,
-    rate: float | None = None,
-    duration_s: float | None = None,
-    progress: bool = True,
-    total: int | None = None,
-) -> GenerateStats:
-    """Send events to the prefixed input topics; returns what was sent.
-
-    Paced to ``rate`` events/s when given (a token bucket: exact on average), else as fast as
-    the producer takes them. Stops when the events run out or after ``duration_s`` seconds,
-    whichever comes first, or on Ctrl-C; in every case what was handed to the producer is
-    flushed before returning. A full producer queue is waited out, never dropped. ``total``
-    (the expected count, if known) only serves the progress display.
-    """
-    if rate is not None and rate <= 0:
-        raise ValueError(f"rate must be > 0 events/s, got {rate}")
-    if duration_s is not None and duration_s <= 0:
-        raise ValueError(f"duration must be > 0 s, got {duration_s}")
-    producer = make_producer(config)
-    stats = GenerateStats()
-    bar = _Progress(progress, total, duration_s, sys.stderr)
-    bucket = _TokenBucket(rate) if rate is not None else None
-    full_names = {name: config.topic(name) for name in topics.INPUT_TOPICS}
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            stats.delivery_failures += 1
-
-    started = time.monotonic()
-    done = 0
-    try:
-        for event in events:
-            if duration_s is not None and time.monotonic() - started >= duration_s:
-                break
-            if bucket is not None:
-                bucket.take()
-            topic = full_names.get(event.topic) or config.topic(event.topic)
-            while True:
-                try:
-                    producer.produce(topic, value=event.value, key=event.key, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain it
-                    producer.poll(0.05)
-            stats.count(event)
-            done += 1
-            if bucket is not None or done % 256 == 0:
-                producer.poll(0)  # serve delivery reports
-            bar.update(done, time.monotonic() - started)
-    except KeyboardInterrupt:
-        stats.interrupted = True
-    finally:
-        while producer.flush(1.0) > 0:
-            bar.update(done, time.monotonic() - started)
-        stats.elapsed_s = time.monotonic() - started
-        bar.finish(done, stats.elapsed_s)
-    return stats
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
-
-
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``omnistream generate``."""
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_SEED,
-        help="random seed (default %(default)s). The same seed and options produce the same "
-        "messages byte for byte, event ids included, so running it twice sends duplicates "
-        "that the flows drop; use another seed for new traffic",
-    )
-    amount = parser.add_mutually_exclusive_group()
-    amount.add_argument(
-        "--count",
-        type=_positive_int,
-        metavar="N",
-        help=f"send N messages, then stop (default without --duration: {DEFAULT_COUNT:,}); "
-        "duplicates and malformed messages count towards N",
-    )
-    amount.add_argument(
-        "--duration",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="send for this many seconds of wall-clock time, then stop",
-    )
-    parser.add_argument(
-        "--rate",
-        type=_positive_float,
-        metavar="EPS",
-        help="send at most EPS messages per second on average (default: as fast as the "
-        "broker accepts them). Event times in the messages are simulated and do not follow "
-        "the wall clock",
-    )
-    parser.add_argument(
-        "--customers",
-        type=_positive_int,
-        default=DEFAULT_CUSTOMERS,
-        metavar="N",
-        help="number of simulated shoppers (default %(default)s); they are the same for "
-        "every seed, so different seeds are different days of the same customers",
-    )
-    parser.add_argument(
-        "--bad-ratio",
-        type=_ratio,
-        default=0.0,
-        metavar="F",
-        help="share of malformed messages from 0 to 1 (default %(default)s): broken JSON, "
-        "missing or mistyped fields, bad values or timestamps, unknown event types, skus and "
-        "locations; the flows must send each to the deadletter topic",
-    )
-    parser.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="do not show the progress line on stderr",
-    )
-
-
-def _summary(config: Config, stats: GenerateStats) -> str:
-    per_topic = ", ".join(
-        f"{config.topic(name)} {stats.produced.get(name, 0):,}" for name in topics.INPUT_TOPICS
-    )
-    bad = sum(stats.bad.values())
-    text = (
-        f"{'interrupted after' if stats.interrupted else 'generated'} {stats.total:,} messages "
-        f"in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s): {per_topic}; "
-        f"{stats.duplicates:,} duplicates, {bad:,} malformed"
-    )
-    if stats.delivery_failures:
-        text += f"; {stats.delivery_failures:,} NOT DELIVERED"
-    return text
-
-
-def run_generate(config: Config, args: argparse.Namespace) -> int:
-    """``omnistream generate``: 0 when everything was delivered, 1 otherwise, 2 on bad input."""
-    try:
-        reference = load_reference(config)
-        model = TrafficModel(
-            reference,
-            seed=args.seed,
-            customers=args.customers,
-            bad_ratio=args.bad_ratio,
-        )
-    except (ReferenceDataError, ValueError) as exc:
-        print(f"omnistream generate: {exc}", file=sys.stderr)
-        return 2
-    count: int | None = args.count
-    if count is None and args.duration is None:
-        count = DEFAULT_COUNT
-    try:
-        ensure_topics(config, list(topics.INPUT_TOPICS))
-    except (KafkaException, RuntimeError) as exc:
-        print(
-            f"omnistream generate: cannot prepare the input topics on {config.kafka.bootstrap}: "
-            f"{exc}",
-            file=sys.stderr,
-        )
-        return 1
-    stats = produce(
-        config,
-        model.events(count),
-        rate=args.rate,
-        duration_s=args.duration,
-        progress=args.progress,
-        total=count,
-    )
-    print(_summary(config, stats))
-    if stats.interrupted:
-        return 130
-    return 1 if stats.delivery_failures else 0

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from base.config import load_config
-from connectors import generator
 from connectors.decode import decode_message
 from connectors.generator import (
     BAD_REASONS,
@@ -23,6 +22,7 @@ from connectors.generator import (
     TrafficModel,
     add_generate_arguments,
     produce,
+    producing,
 )
 from connectors.reference_files import load_reference
 from domain.events import (
@@ -407,7 +407,7 @@ class FakeProducer:
 @pytest.fixture
 def fake_producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
     fake = FakeProducer()
-    monkeypatch.setattr(generator, "make_producer", lambda config: fake)
+    monkeypatch.setattr(producing, "make_producer", lambda config: fake)
     return fake
 
 
