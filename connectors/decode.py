@@ -438,3 +438,17 @@ def decode_message(
         return Rejection(invalid.reason, invalid.error, origin, raw)
     except RecursionError:
         return Rejection("malformed_json", "JSON nested too deeply", origin, raw)
+
+
+def input_decoder(
+    reference: ReferenceData,
+    hasher: PiiHasher | None = None,
+    only_types: frozenset[str] | None = None,
+) -> Callable[[str, bytes, Origin], InputEvent | Rejection | None]:
+    """``decode_message`` with its reference data, hasher and types fixed: the decoder of
+    the input topics for ``flows.operators.decode``."""
+
+    def decode_input(topic: str, value: bytes, origin: Origin) -> InputEvent | Rejection | None:
+        return decode_message(topic, value, origin, reference, hasher, only_types)
+
+    return decode_input

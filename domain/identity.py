@@ -372,3 +372,172 @@ def identifiers_of(event: ClickEvent | PosEvent) -> list[str]:
     if event.order_id is not None:
         found.append(identifier("order", event.order_id))
     return found
+
+
+# -- a batch against a stored graph ------------------------------------------------------
+#
+# A store (Redis, or the in-memory one of the tests) does not hand ``link_identifiers`` its
+# whole graph: it reads the part a batch touches, lets the rules decide on that part, and
+# writes the difference back. Which part is read is itself part of the result — a merge
+# renames the sightings it can see, and those are the sightings of the batch's identifiers
+# only — so the part, the loop over a batch and the difference are defined here, once, and
+# every store gives the same answers for the same batches.
+
+
+@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ costs 5× more
+class EventIdentifiers:
+    """What resolving one event needs: its id (replays and minted ids), its event time and
+    every identifier it carries."""
+
+    event_id: str
+    ts_ms: int
+    identifiers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCustomer:
+    """A customer record as a store keeps it; ``version`` grows with every write, so a
+    writer can tell that the record changed since it read it."""
+
+    first_seen_ms: int
+    identifiers: frozenset[str]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """The customers an identifier was seen with (for blocking shared values), and the
+    event that blocked it, if any."""
+
+    seen: frozenset[str]
+    blocked_by: str | None = None
+
+
+@dataclass(slots=True)
+class GraphPart:
+    """The part of a stored graph one batch reads: the graph the rules work on, and what
+    was read to build it (to write back only the difference, and to check nothing read has
+    changed meanwhile)."""
+
+    graph: IdentityGraph
+    #: identifier → its owner as read ("" when it had none), for every identifier asked for
+    owners: dict[str, str]
+    #: customer → version of its record as read (None: the owner key named a missing record)
+    versions: dict[str, int | None]
+    #: identifier → its sighting as read (identifiers never sighted are absent)
+    sightings: dict[str, Sighting]
+
+
+def graph_part(
+    owners: dict[str, str],
+    customers: dict[str, StoredCustomer | None],
+    sightings: dict[str, Sighting],
+) -> GraphPart:
+    """The graph of the identifiers asked for: their owners' records (with every identifier
+    of those customers) and their own sightings.
+
+    ``owners`` maps each identifier asked for to its owner ("" for none), ``customers``
+    each of those owners to its record (None when missing), ``sightings`` the identifiers
+    asked for that were sighted. An owner key naming a missing record is ignored (the
+    identifier is free); an owner key wins over a record listing the identifier elsewhere.
+    """
+    graph = IdentityGraph()
+    versions: dict[str, int | None] = {}
+    for customer_id, record in customers.items():
+        if record is None:
+            versions[customer_id] = None
+            continue
+        graph.customers[customer_id] = Customer(
+            customer_id, record.first_seen_ms, set(record.identifiers)
+        )
+        versions[customer_id] = record.version
+        for ident in record.identifiers:
+            graph.owners[ident] = customer_id
+    for ident, owner in owners.items():
+        if owner and owner in graph.customers:
+            graph.owners[ident] = owner
+    for ident, sighting in sightings.items():
+        graph.sightings[ident] = set(sighting.seen)
+        if sighting.blocked_by is not None:
+            graph.blocked[ident] = sighting.blocked_by
+    return GraphPart(graph, dict(owners), versions, dict(sightings))
+
+
+def resolve_events(
+    graph: IdentityGraph,
+    events: Sequence[EventIdentifiers],
+    previous: Sequence[Resolution | None],
+    policy: IdentityPolicy,
+    junk: re.Pattern[str] | None = None,
+) -> tuple[list[Resolution], list[tuple[str, Resolution]], set[str]]:
+    """Resolve a batch's events in order on ``graph``.
+
+    An event with a ``previous`` resolution (a replay after a crash: its effects are
+    already stored) gets that resolution again, so its outputs are the same as the first
+    time. Returns one resolution per event, the resolutions to remember (of the events that
+    changed the graph) and the customers the batch changed (each is named by a change).
+    """
+    junk = junk if junk is not None else policy.compiled_junk()
+    resolutions: list[Resolution] = []
+    remembered: list[tuple[str, Resolution]] = []
+    touched: set[str] = set()
+    for event, before in zip(events, previous, strict=True):
+        if before is not None:
+            resolutions.append(before)
+            continue
+        resolution = link_identifiers(
+            graph, event.identifiers, event.event_id, event.ts_ms, policy, junk
+        )
+        resolutions.append(resolution)
+        if resolution.changes or resolution.created:
+            remembered.append((event.event_id, resolution))
+        # Every customer an event changes (gains identifiers, absorbs another, is minted or
+        # renamed) is named by one of its changes.
+        touched.update(change.customer_id for change in resolution.changes)
+    return resolutions, remembered, touched
+
+
+@dataclass(frozen=True, slots=True)
+class GraphWrites:
+    """What a store writes after a batch: the difference between a ``GraphPart`` as read
+    and its graph after the rules."""
+
+    #: identifier → new owner
+    owners: dict[str, str]
+    #: identifiers that lost their owner (their customer was erased)
+    dropped_owners: tuple[str, ...]
+    #: customer → its new record (version one past the one read)
+    customers: dict[str, StoredCustomer]
+    #: customers merged away, renamed or erased
+    dropped_customers: tuple[str, ...]
+    #: identifier → its new sighting
+    sightings: dict[str, Sighting]
+
+
+def graph_writes(part: GraphPart, touched: Iterable[str]) -> GraphWrites:
+    """The writes that take a store from ``part`` as read to ``part.graph``; ``touched``
+    are the customers whose records changed (``resolve_events``)."""
+    graph = part.graph
+    read_owners = part.owners
+    owners = {
+        ident: owner for ident, owner in graph.owners.items() if read_owners.get(ident) != owner
+    }
+    dropped_owners = tuple(
+        ident for ident, owner in read_owners.items() if owner and ident not in graph.owners
+    )
+    dropped_customers = tuple(cid for cid in part.versions if cid not in graph.customers)
+    customers: dict[str, StoredCustomer] = {}
+    for cid in touched:
+        customer = graph.customers.get(cid)
+        if customer is None:
+            continue
+        version = (part.versions.get(cid) or 0) + 1
+        customers[cid] = StoredCustomer(
+            customer.first_seen_ms, frozenset(customer.identifiers), version
+        )
+    sightings: dict[str, Sighting] = {}
+    for ident, seen in graph.sightings.items():
+        sighting = Sighting(frozenset(seen), graph.blocked.get(ident))
+        if part.sightings.get(ident) != sighting:
+            sightings[ident] = sighting
+    return GraphWrites(owners, dropped_owners, customers, dropped_customers, sightings)

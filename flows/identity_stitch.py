@@ -1,17 +1,20 @@
 """identity_stitch: one customer id (OneID) across devices, accounts, cards and orders.
 
-Wiring only; the rules are in ``domain.identity`` and the atomic Redis update in
-``state.identity_store``.
+Wiring only; the rules are in ``domain.identity`` and the atomic update of the graph in its
+store (``state.identity_store`` on Redis).
 
-    inputs (clickstream, pos.sales) → decode, hashing phone/e-mail (rejections → deadletter)
-      → resolve (one optimistic, atomic Redis update per batch)
-      → events.resolved (keyed by customer_id), identity.changes
+    read (clickstream, pos.sales) → decode a Kafka batch, hashing phone/e-mail
+      → resolve_identities: the batch's events in one atomic update of the graph
+      → outputs: events.resolved (keyed by customer_id) and identity.changes, one sink
+      → dead letters: what the decoder refused
 
-Step ids are part of the recovery snapshots: keep them stable.
+Step ids are part of the recovery snapshots (the source's offsets are kept under
+``inputs``): keep them stable.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -29,20 +32,24 @@ from base.metrics import (
     IDENTITY_UNRESOLVED,
     PROCESSING_LAG,
 )
+from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.reference_files import load_reference
 from connectors.resolved import resolved_event
-from connectors.streams import kafka_events, kafka_output
+from connectors.streams import KafkaIO
 from domain.events import ClickEvent, InputEvent, PosEvent
 from domain.identity import (
+    EventIdentifiers,
     IdentityChange,
     Resolution,
     identifiers_of,
     kind_of,
     pii_identifier_value,
 )
-from domain.progress import PartitionReport
-from state.identity_store import EventIdentifiers, IdentityStore
+from domain.reference import ReferenceData
+from flows.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
+from state.identity_store import IdentityStore
+from state.interfaces import IdentityGraphStore, StoreFactory
 
 INPUTS = (topics.CLICKSTREAM, topics.POS_SALES)
 
@@ -101,63 +108,85 @@ def resolved_message(
     return OutMessage(key, resolved_event(event, customer_id), topic)
 
 
-def build(config: Config, *, until_idle: bool = False) -> Dataflow:
-    """The identity_stitch dataflow; refuses to build without the PII key."""
+def resolve_identities(
+    store: IdentityGraphStore, events: list[InputEvent], resolved_topic: str, changes_topic: str
+) -> list[OutMessage]:
+    """Resolve a Kafka batch's events in one update of the graph (one Redis round trip in
+    the common case): each event's ``events.resolved`` message and its changes'
+    ``identity.changes`` messages, each naming its (full) topic."""
+    items = [e for e in events if isinstance(e, ClickEvent | PosEvent)]
+    resolutions = store.resolve_batch(
+        [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
+    )
+    out: list[OutMessage] = []
+    now_ms = time.time() * 1000
+    lag = PROCESSING_LAG.labels(IDENTITY_STITCH)
+    for event, resolution in zip(items, resolutions, strict=True):
+        lag.observe(max(0.0, (now_ms - event.ts_ms) / 1000))
+        count_resolution(resolution)
+        if resolution.created:
+            IDENTITY_CUSTOMERS_CREATED.inc()
+        out.append(resolved_message(event, resolution.customer_id, resolved_topic))
+        for change in resolution.changes:
+            out.append(change_message(change, event.event_id, event.ts_ms, changes_topic))
+    return out
+
+
+def build(
+    config: Config,
+    *,
+    until_idle: bool = False,
+    reference: ReferenceData | None = None,
+    io: FlowIO | None = None,
+    identity_store: StoreFactory[IdentityGraphStore] | None = None,
+) -> Dataflow:
+    """The identity_stitch dataflow; refuses to build without the PII key.
+
+    ``io`` is where it reads and writes: Kafka by default (``until_idle`` stops it once its
+    inputs drain), ``tests.inprocess.MemoryIO`` in the tests. ``identity_store`` opens the
+    graph's store, once per worker thread on first use inside the running flow: Redis by
+    default (``state.identity_store.IdentityStore``)."""
     pii_key = require_pii_key(config)
     country_code = config.pii.default_country_code
-    reference = load_reference(config)
+    reference = reference if reference is not None else load_reference(config)
+    io = io if io is not None else KafkaIO(config, until_idle=until_idle)
+    open_store: StoreFactory[IdentityGraphStore] = (
+        identity_store
+        if identity_store is not None
+        else functools.partial(IdentityStore.from_config, config)
+    )
     local = threading.local()
 
-    def store() -> IdentityStore:
-        # One client per worker thread, created on first use inside the running flow.
+    def store() -> IdentityGraphStore:
         if not hasattr(local, "store"):
-            local.store = IdentityStore.from_config(config)
+            local.store = open_store()
         return local.store  # type: ignore[no-any-return]
 
     def hasher(kind: str, raw: str) -> str:
         value = pii_identifier_value(kind, raw, pii_key, country_code)
         return value if value is not None else ""
 
-    flow = Dataflow(IDENTITY_STITCH)
-
     resolved_topic = config.topic(topics.EVENTS_RESOLVED)
     changes_topic = config.topic(topics.IDENTITY_CHANGES)
 
-    def resolve(batch: list[InputEvent], reports: list[PartitionReport]) -> list[OutMessage]:
-        """Resolve a Kafka batch's events in one Redis round trip (run inside the decoding
-        step, so no step is paid per event before this)."""
-        items = [e for e in batch if isinstance(e, ClickEvent | PosEvent)]
-        resolutions = store().resolve_batch(
-            [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
-        )
-        out: list[OutMessage] = []
-        now_ms = time.time() * 1000
-        lag = PROCESSING_LAG.labels(IDENTITY_STITCH)
-        for event, resolution in zip(items, resolutions, strict=True):
-            lag.observe(max(0.0, (now_ms - event.ts_ms) / 1000))
-            count_resolution(resolution)
-            if resolution.created:
-                IDENTITY_CUSTOMERS_CREATED.inc()
-            out.append(resolved_message(event, resolution.customer_id, resolved_topic))
-            for change in resolution.changes:
-                out.append(change_message(change, event.event_id, event.ts_ms, changes_topic))
-        return out
-
-    events = kafka_events(
-        "inputs",
-        flow,
+    flow = Dataflow(IDENTITY_STITCH)
+    batches = decode(
+        "decode",
+        read("inputs", flow, io, INPUTS),
         config,
         IDENTITY_STITCH,
         INPUTS,
-        reference,
-        until_idle=until_idle,
-        hasher=hasher,
-        per_batch=resolve,
-        dead_letters_inline=True,
+        input_decoder(reference, hasher),
     )
-    # One sink for both topics and the batch's dead letters (each message names its topic):
-    # a branch and a map per output message cost more than the producer call itself.
-    kafka_output("outputs", config, None, events.oks)
+    resolved = per_batch(
+        "resolve_identities",
+        batches,
+        lambda batch: resolve_identities(store(), batch.records, resolved_topic, changes_topic),
+    )
+    # One sink for both topics (each message names its topic): a branch and a map per
+    # output message cost more than the producer call itself.
+    output("outputs", io, None, resolved)
+    dead_letters("deadletter", io, IDENTITY_STITCH, rejections("rejections", batches))
     return flow
 
 

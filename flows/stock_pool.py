@@ -3,23 +3,27 @@
 Wiring only; the arithmetic is in ``domain.stock``, ``domain.orders``,
 ``domain.stock_totals`` and ``domain.stock_shard``.
 
-    inputs (clickstream orders, pos.sales, wms.movements)
-      → decode a Kafka batch (rejections → deadletter), group its movements by stock shard,
-        each group with the batch's partition reports (how far each partition is read)
-      → order events of the batch: order_book (one state) → reserve/release movements,
-        grouped by stock shard, with the clickstream partitions' reports
+    read (clickstream orders, pos.sales, wms.movements) → decode a Kafka batch
+      → bundle_movements: the batch's order events in one ``OrderBatch``, its movements
+        grouped by stock shard, each group with the batch's partition reports (how far
+        each partition is read)
+      → order_book (one state) → reserve/release movements, grouped by stock shard, with
+        the clickstream partitions' reports
       → key by stock shard (a crc32 of the sku) → stock_shard: buffers what is ahead of the
         slowest partition still being read and folds the rest in event-time order into
         positions (dedup, counts, windows) and sku totals of every location of its skus
-      → Redis ``stock:<sku>:<location>`` and totals (one pipeline) + ``stock.changes``
+      → stock_store (Redis ``stock:<sku>:<location>`` and totals, one pipeline per batch)
+        + ``stock.changes``
       → segment_totals → stock gauges
+      → dead letters: the decoder's rejections, order conflicts, movements too late
 
 Every batch reports to every shard, even with nothing for it, and the order book passes the
 clickstream's reports on: a shard applies a movement once every input partition has been
 read past it (or to its end), whatever order the topics are read in (``domain.progress``).
 
 Movements travel in bundles, not one by one: Bytewax's cost per item and step was most of
-the flow's time (see the README's benchmark section). Step ids are part of the recovery
+the flow's time (see the README's benchmark section). Step ids of the stateful steps
+(``inputs``, ``order_book``, ``stock_shard``, ``segment_totals``) are part of the recovery
 snapshots: keep them stable (snapshots of the per-item layout before bundles do not restore
 into this one).
 """
@@ -29,27 +33,20 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 
 from base import topics
 from base.config import Config, load_config
 from base.flow_names import STOCK_POOL
 from base.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
 from base.units import DAY_MS
+from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.kafka_clients import admin_settings
-from connectors.kafka_source import list_partitions
 from connectors.reference_files import load_reference
-from connectors.streams import (
-    BatchSink,
-    deadletter_output,
-    event_rejection,
-    kafka_events,
-    kafka_output,
-)
+from connectors.streams import BatchSink, KafkaIO, event_rejection
 from domain.events import (
     MOVEMENT_EVENT_TYPES,
     ORDER_EVENT_TYPES,
@@ -81,6 +78,8 @@ from domain.stock_shard import (
     stock_shard,
 )
 from domain.stock_totals import SegmentTotals
+from flows.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
+from state.interfaces import StockWriter, StoreFactory
 from state.stock_store import StockStore
 
 INPUTS = topics.INPUT_TOPICS
@@ -233,12 +232,24 @@ def shard_bundles(
     return [Bundle(shard, movements.get(shard, []), reports) for shard in shard_keys]
 
 
-def input_partitions(config: Config) -> dict[str, int]:
-    """Partition count of each input topic (CONTRACT names), read from the broker."""
-    counts = list_partitions(
-        admin_settings(config), [config.topic(name) for name in INPUTS], timeout_s=10.0
-    )
-    return {name: counts[config.topic(name)] for name in INPUTS}
+def route_orders(
+    book: OrderBook | None,
+    batch: OrderBatch,
+    order_ttl_ms: int,
+    expected_orders: frozenset[Partition],
+    shard_of: Callable[[str], str],
+    shard_keys: list[str],
+) -> tuple[OrderBook, list[Bundle | Rejection]]:
+    """Online orders reserve and release; the order book remembers where. Its movements go
+    to their shards with the clickstream's reports (every shard hears of them), an order
+    id placed twice to the dead letters."""
+    book, movements, conflicts = route_order_batch(book, batch, order_ttl_ms, expected_orders)
+    by_shard: dict[str, list[StockMovement]] = {}
+    for movement in movements:
+        by_shard.setdefault(shard_of(movement.sku), []).append(movement)
+    out: list[Bundle | Rejection] = [conflict_rejection(c) for c in conflicts]
+    out.extend(shard_bundles(by_shard, batch.reports, shard_keys))
+    return book, out
 
 
 def build(
@@ -246,52 +257,57 @@ def build(
     *,
     until_idle: bool = False,
     reference: ReferenceData | None = None,
-    partitions: dict[str, int] | None = None,
+    io: FlowIO | None = None,
+    stock_store: StoreFactory[StockWriter] | None = None,
 ) -> Dataflow:
-    """The stock_pool dataflow for ``config``; ``until_idle`` stops it once inputs drain.
+    """The stock_pool dataflow for ``config``.
 
-    ``partitions`` (input topic → partition count) are the partitions every shard waits
-    for before it applies anything; read from the broker when not given."""
+    ``io`` is where it reads and writes: Kafka by default (``until_idle`` stops it once its
+    inputs drain), ``tests.inprocess.MemoryIO`` in the tests. Its input partitions
+    (``io.partitions``, read from the broker on Kafka) are what every shard waits for before
+    it applies anything. ``stock_store`` opens the pool's store once per worker: Redis by
+    default (``state.stock_store.StockStore``)."""
     reference = reference if reference is not None else load_reference(config)
+    io = io if io is not None else KafkaIO(config, until_idle=until_idle)
+    open_store: StoreFactory[StockWriter] = (
+        stock_store
+        if stock_store is not None
+        else functools.partial(StockStore.from_config, config, reference)
+    )
     policy = policy_of(config)
     order_ttl_ms = policy.reservation_ttl_ms
     stock_shards = config.stock.stock_shards
     shard_keys = [f"stock-{i}" for i in range(stock_shards)]
-    expected = partitions_of(partitions if partitions is not None else input_partitions(config))
+    expected = partitions_of(io.partitions(INPUTS))
     expected_orders: frozenset[Partition] = frozenset(
         p for p in expected if p[0] == topics.CLICKSTREAM
     )
+    shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
 
     flow = Dataflow(STOCK_POOL)
-    shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
-    events = kafka_events(
-        "inputs",
-        flow,
+    batches = decode(
+        "decode",
+        read("inputs", flow, io, INPUTS),
         config,
         STOCK_POOL,
         INPUTS,
-        reference,
-        until_idle=until_idle,
-        per_batch=lambda records, reports: bundle_movements(
-            records, reports, shard_of, shard_keys
-        ),
-        only_types=DECODED_TYPES,
+        input_decoder(reference, only_types=DECODED_TYPES),
     )
-    work_split = op.branch("bundles", events.oks, is_bundle)
+    work = per_batch(
+        "bundle_movements",
+        batches,
+        lambda batch: bundle_movements(batch.records, batch.reports, shard_of, shard_keys),
+    )
+    work_split = op.branch("bundles", work, is_bundle)
 
-    # Online orders reserve and release; the order book remembers where. One state: it
-    # sees every clickstream partition's reports and passes them on to every shard.
-    def route(book: OrderBook | None, batch: OrderBatch) -> tuple[OrderBook, list[Any]]:
-        book, movements, conflicts = route_order_batch(book, batch, order_ttl_ms, expected_orders)
-        by_shard: dict[str, list[StockMovement]] = {}
-        for movement in movements:
-            by_shard.setdefault(shard_of(movement.sku), []).append(movement)
-        out: list[Any] = [conflict_rejection(c) for c in conflicts]
-        out.extend(shard_bundles(by_shard, batch.reports, shard_keys))
-        return book, out
-
+    # One state for the order book: it sees every clickstream partition's reports and passes
+    # them on to every shard.
     routed = op.stateful_map(
-        "order_book", op.key_on("key_order_book", work_split.falses, lambda _: "orders"), route
+        "order_book",
+        op.key_on("key_order_book", work_split.falses, lambda _: "orders"),
+        lambda book, batch: route_orders(
+            book, cast(OrderBatch, batch), order_ttl_ms, expected_orders, shard_of, shard_keys
+        ),
     )
     routed_items = op.flat_map("order_movements", routed, lambda kv: kv[1])
     order_split = op.branch("order_ok", routed_items, is_bundle)
@@ -308,8 +324,8 @@ def build(
         lambda kv: kv[1],
     )
 
-    def open_store_writer() -> tuple[Any, Any]:
-        store = StockStore.from_config(config, reference)
+    def open_store_writer() -> tuple[Callable[[list[ShardOutcome]], None], Callable[[], None]]:
+        store = open_store()
         lag = PROCESSING_LAG.labels(STOCK_POOL)
 
         def write(batch: list[ShardOutcome]) -> None:
@@ -322,9 +338,9 @@ def build(
         return write, store.close
 
     op.output("stock_store", outcomes, BatchSink(open_store_writer))
-    kafka_output(
+    output(
         "stock_changes",
-        config,
+        io,
         topics.STOCK_CHANGES,
         op.flat_map(
             "encode_stock_changed",
@@ -349,16 +365,15 @@ def build(
         BatchSink(lambda: (lambda batch: publish_segments([t for ts in batch for t in ts]), _noop)),
     )
 
-    assert events.errs is not None, "stock_pool keeps its rejections apart from its outputs"
-    rejections = op.merge(
+    refused = op.merge(
         "rejections",
-        events.errs,
-        order_split.falses,
+        rejections("decode_rejections", batches),
+        cast("Stream[Rejection]", order_split.falses),  # what is not a bundle is a conflict
         op.flat_map(
             "too_late", outcomes, lambda o: [too_late_rejection(late) for late in o.refused]
         ),
     )
-    deadletter_output("deadletter", config, STOCK_POOL, rejections)
+    dead_letters("deadletter", io, STOCK_POOL, refused)
     return flow
 
 

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis
@@ -40,12 +41,17 @@ from base.flow_names import IDENTITY_STITCH
 from base.metrics import IDENTITY_CAS_RETRIES, REDIS_WRITE_SECONDS
 from domain.identity import (
     Customer,
+    EventIdentifiers,
+    GraphPart,
     IdentityChange,
-    IdentityGraph,
     IdentityPolicy,
     Resolution,
+    Sighting,
+    StoredCustomer,
     erase_customer,
-    link_identifiers,
+    graph_part,
+    graph_writes,
+    resolve_events,
 )
 from state.redis_io import connect, with_retries
 
@@ -83,13 +89,6 @@ for _, s in ipairs(doc.sightings) do redis.call('SET', s[1], s[2], 'EX', ttl) en
 for _, r in ipairs(doc.results) do redis.call('SET', r[1], r[2], 'EX', tonumber(ARGV[3])) end
 return 1
 """
-
-
-@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ costs 5× more
-class EventIdentifiers:
-    event_id: str
-    ts_ms: int
-    identifiers: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -137,16 +136,6 @@ def decode_resolution(raw: bytes | str) -> Resolution:
     return Resolution(doc["customer_id"], changes, tuple(doc["junk"]), doc["created"])
 
 
-@dataclass
-class _Snapshot:
-    """What a batch read, to check it is unchanged when writing."""
-
-    graph: IdentityGraph
-    owners: dict[str, str]
-    versions: dict[str, str]
-    sightings: dict[str, bytes]
-
-
 class IdentityStore:
     def __init__(
         self, client: redis.Redis, key_prefix: str, policy: IdentityPolicy, ttl_s: int
@@ -174,10 +163,11 @@ class IdentityStore:
 
     def _read(
         self, identifiers: Sequence[str], event_ids: Sequence[str] = ()
-    ) -> tuple[_Snapshot, list[bytes | None]]:
-        """The part of the graph ``identifiers`` touch, and what each of ``event_ids``
-        resolved to if it was seen before. Owners, sightings and results come in one MGET
-        (a command per key cost more in the client than Redis spends answering)."""
+    ) -> tuple[GraphPart, list[bytes | None]]:
+        """The part of the graph ``identifiers`` touch (``domain.identity.graph_part``), and
+        what each of ``event_ids`` resolved to if it was seen before. Owners, sightings and
+        results come in one MGET (a command per key cost more in the client than Redis
+        spends answering), the owners' records in one pipeline."""
         idents = list(dict.fromkeys(identifiers))
         keys = [self.keys.owner(ident) for ident in idents]
         keys += [self.keys.sightings(ident) for ident in idents]
@@ -185,92 +175,70 @@ class IdentityStore:
         # The client is built without decode_responses: values are bytes or None.
         replies: list[bytes | None] = self.client.mget(keys) if keys else []  # type: ignore[assignment]
         owners = {i: (r.decode() if r else "") for i, r in zip(idents, replies, strict=False)}
-        sightings_raw = dict(zip(idents, replies[len(idents) : 2 * len(idents)], strict=True))
+        sightings: dict[str, Sighting] = {}
+        for ident, raw in zip(idents, replies[len(idents) : 2 * len(idents)], strict=True):
+            if raw:
+                doc = orjson.loads(raw)
+                sightings[ident] = Sighting(frozenset(doc["seen"]), doc.get("blocked_by"))
         stored = replies[2 * len(idents) :]
         customer_ids = sorted({owner for owner in owners.values() if owner})
         pipe = self.client.pipeline(transaction=False)
         for customer_id in customer_ids:
             pipe.hgetall(self.keys.customer(customer_id))
-        graph = IdentityGraph()
-        versions: dict[str, str] = {}
-        for customer_id, record in zip(customer_ids, pipe.execute(), strict=True):
-            if not record:
-                versions[customer_id] = ""
-                continue
-            ids = set(orjson.loads(record[b"ids"]))
-            graph.customers[customer_id] = Customer(customer_id, int(record[b"first_seen"]), ids)
-            versions[customer_id] = record[b"v"].decode()
-            for ident in ids:
-                graph.owners[ident] = customer_id
-        for ident, owner in owners.items():
-            if owner and owner in graph.customers:
-                graph.owners[ident] = owner
-        sightings: dict[str, bytes] = {}
-        for ident, raw in sightings_raw.items():
-            if raw:
-                doc = orjson.loads(raw)
-                graph.sightings[ident] = set(doc["seen"])
-                if doc.get("blocked_by") is not None:
-                    graph.blocked[ident] = doc["blocked_by"]
-                sightings[ident] = raw
-        return _Snapshot(graph, owners, versions, sightings), stored
+        customers = {
+            customer_id: _stored_customer(record)
+            for customer_id, record in zip(customer_ids, pipe.execute(), strict=True)
+        }
+        return graph_part(owners, customers, sightings), stored
 
     def owner_of(self, ident: str) -> str | None:
         value = self.client.get(self.keys.owner(ident))
         return value.decode() if isinstance(value, bytes) else None
 
     def customer(self, customer_id: str) -> Customer | None:
-        record = self.client.hgetall(self.keys.customer(customer_id))
-        if not record:
+        record = _stored_customer(self.client.hgetall(self.keys.customer(customer_id)))
+        if record is None:
             return None
-        return Customer(customer_id, int(record[b"first_seen"]), set(orjson.loads(record[b"ids"])))
+        return Customer(customer_id, record.first_seen_ms, set(record.identifiers))
 
     # -- writing -------------------------------------------------------------------------
 
     def _write(
-        self, snapshot: _Snapshot, touched: set[str], results: list[list[str]] | None = None
+        self,
+        part: GraphPart,
+        touched: set[str],
+        results: Sequence[tuple[str, Resolution]] = (),
     ) -> bool:
-        graph = snapshot.graph
-        owner_writes = []
-        for ident, owner in graph.owners.items():
-            if snapshot.owners.get(ident) != owner:
-                owner_writes.append([self.keys.owner(ident), owner])
-        delete = [
-            self.keys.owner(ident)
-            for ident, owner in snapshot.owners.items()
-            if owner and ident not in graph.owners
-        ]
-        delete += [
-            self.keys.customer(cid) for cid in snapshot.versions if cid not in graph.customers
-        ]
-        customers = []
-        for cid in touched:
-            customer = graph.customers.get(cid)
-            if customer is None:
-                continue
-            version = int(snapshot.versions.get(cid) or 0) + 1
-            customers.append(
-                [
-                    self.keys.customer(cid),
-                    customer.first_seen_ms,
-                    orjson.dumps(sorted(customer.identifiers)).decode(),
-                    version,
-                ]
-            )
-        sightings = []
-        for ident, seen in graph.sightings.items():
-            encoded = orjson.dumps({"seen": sorted(seen), "blocked_by": graph.blocked.get(ident)})
-            if snapshot.sightings.get(ident) != encoded:
-                sightings.append([self.keys.sightings(ident), encoded.decode()])
+        """Write the difference (``domain.identity.graph_writes``) in one script, if nothing
+        ``part`` was read from has changed since; False (nothing written) otherwise."""
+        writes = graph_writes(part, touched)
+        keys = self.keys
         doc = {
-            "owner_keys": [self.keys.owner(i) for i in snapshot.owners],
-            "owner_values": list(snapshot.owners.values()),
-            "versions": [[self.keys.customer(c), v] for c, v in snapshot.versions.items()],
-            "owner_writes": owner_writes,
-            "delete": delete,
-            "customers": customers,
-            "sightings": sightings,
-            "results": results or [],
+            "owner_keys": [keys.owner(i) for i in part.owners],
+            "owner_values": list(part.owners.values()),
+            "versions": [
+                [keys.customer(c), "" if v is None else str(v)] for c, v in part.versions.items()
+            ],
+            "owner_writes": [[keys.owner(i), owner] for i, owner in writes.owners.items()],
+            "delete": [keys.owner(i) for i in writes.dropped_owners]
+            + [keys.customer(c) for c in writes.dropped_customers],
+            "customers": [
+                [
+                    keys.customer(cid),
+                    c.first_seen_ms,
+                    orjson.dumps(sorted(c.identifiers)).decode(),
+                    c.version,
+                ]
+                for cid, c in writes.customers.items()
+            ],
+            "sightings": [
+                [
+                    keys.sightings(ident),
+                    orjson.dumps({"seen": sorted(s.seen), "blocked_by": s.blocked_by}).decode(),
+                ]
+                for ident, s in writes.sightings.items()
+            ],
+            "results": [[keys.result(eid), encode_resolution(r)] for eid, r in results],
         }
         return bool(self._apply(args=[orjson.dumps(doc), self.ttl_s, RESULT_TTL_S]))
 
@@ -284,26 +252,13 @@ class IdentityStore:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             # An event seen before (a replay after a crash) already left its mark in Redis:
             # give back what it resolved to then, so its outputs are the same again.
-            snapshot, stored = with_retries(IDENTITY_STITCH, lambda: self._read(wanted, event_ids))
-            resolutions = []
-            results: list[list[str]] = []
-            touched: set[str] = set()
-            graph = snapshot.graph
-            for e, previous in zip(events, stored, strict=True):
-                if previous is not None:
-                    resolutions.append(decode_resolution(previous))
-                    continue
-                resolution = link_identifiers(
-                    graph, e.identifiers, e.event_id, e.ts_ms, self.policy, self.junk
-                )
-                resolutions.append(resolution)
-                if resolution.changes or resolution.created:
-                    results.append([self.keys.result(e.event_id), encode_resolution(resolution)])
-                # Every customer an event changes (gains identifiers, absorbs another, is
-                # minted or renamed) is named by one of its changes.
-                touched.update(change.customer_id for change in resolution.changes)
+            part, stored = with_retries(IDENTITY_STITCH, lambda: self._read(wanted, event_ids))
+            previous = [None if raw is None else decode_resolution(raw) for raw in stored]
+            resolutions, results, touched = resolve_events(
+                part.graph, events, previous, self.policy, self.junk
+            )
             if with_retries(
-                IDENTITY_STITCH, functools.partial(self._write, snapshot, touched, results)
+                IDENTITY_STITCH, functools.partial(self._write, part, touched, results)
             ):
                 REDIS_WRITE_SECONDS.labels(IDENTITY_STITCH).observe(time.perf_counter() - started)
                 return resolutions
@@ -317,17 +272,26 @@ class IdentityStore:
             owner = self.owner_of(ident)
             if owner is None:
                 return None
-            snapshot, _ = self._read([ident])
-            customer = snapshot.graph.customers.get(owner)
+            part, _ = self._read([ident])
+            customer = part.graph.customers.get(owner)
             if customer is not None:
-                snapshot, _ = self._read([ident, *customer.identifiers])
-            change = erase_customer(snapshot.graph, owner)
+                part, _ = self._read([ident, *customer.identifiers])
+            change = erase_customer(part.graph, owner)
             if change is None:  # a dangling key without a record: drop the key alone
                 self.client.delete(self.keys.owner(ident))
                 return IdentityChange("erased", owner, (ident,))
-            if self._write(snapshot, set()):
+            if self._write(part, set()):
                 return change
         raise RuntimeError("erasure could not be applied: the customer kept changing")
+
+
+def _stored_customer(record: dict[Any, Any]) -> StoredCustomer | None:
+    """A ``cust:`` hash as read (bytes), or None when there is none."""
+    if not record:
+        return None
+    return StoredCustomer(
+        int(record[b"first_seen"]), frozenset(orjson.loads(record[b"ids"])), int(record[b"v"])
+    )
 
 
 def policy_of(config: Config) -> IdentityPolicy:

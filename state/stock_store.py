@@ -10,14 +10,19 @@ Internal: ``<prefix>stock_total:<sku>`` (network total) and
 
 A batch is written in one pipelined round trip, and only the last position per key of the
 batch is written: the values are absolute, so the earlier ones are already superseded.
+
+``StockHashes`` is the layout and every read and write in terms of three primitives on
+hashes (write some, read some whole, read one field of some); ``StockStore`` implements
+them on Redis, ``state.memory_stock.MemoryStockStore`` on dicts. So both backends store
+and answer the same (``state.interfaces.StockPoolStore``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -29,11 +34,41 @@ from domain.stock import StockPosition
 from domain.stock_rules import StockChange
 from domain.stock_totals import Figures, SkuTotals
 from domain.timeparse import format_event_time
+from state.interfaces import StockRow
 from state.redis_io import connect, with_retries
 
 
-def _figures_mapping(f: Figures, as_of_ms: int) -> dict[str, Any]:
-    return {
+@dataclass(frozen=True, slots=True)
+class HashWrite:
+    """Fields to set on one hash (values as Redis takes them: int, float or str) and
+    fields to delete from it."""
+
+    key: str
+    fields: dict[str, Any]
+    deleted: tuple[str, ...] = ()
+
+
+def position_write(key: str, p: StockPosition, region: str, location_type: str) -> HashWrite:
+    fields: dict[str, Any] = {
+        "on_hand": p.on_hand,
+        "reserved": p.reserved,
+        "available": p.available,
+        "sold_1h": p.sold_1h,
+        "sold_24h": p.sold_24h,
+        "updated_at": format_event_time(p.as_of_ms),
+        "updated_at_ms": p.as_of_ms,
+        "region": region,
+        "location_type": location_type,
+        "cause": p.cause,
+    }
+    if p.days_of_cover is None:
+        return HashWrite(key, fields, ("days_of_cover",))
+    fields["days_of_cover"] = p.days_of_cover
+    return HashWrite(key, fields)
+
+
+def figures_write(key: str, f: Figures, as_of_ms: int) -> HashWrite:
+    fields: dict[str, Any] = {
         "on_hand": f.on_hand,
         "reserved": f.reserved,
         "available": f.available,
@@ -43,6 +78,11 @@ def _figures_mapping(f: Figures, as_of_ms: int) -> dict[str, Any]:
         "updated_at": format_event_time(as_of_ms),
         "updated_at_ms": as_of_ms,
     }
+    days_of_cover = f.days_of_cover
+    if days_of_cover is None:
+        return HashWrite(key, fields, ("days_of_cover",))
+    fields["days_of_cover"] = days_of_cover
+    return HashWrite(key, fields)
 
 
 @dataclass(frozen=True)
@@ -59,75 +99,57 @@ class StockKeys:
         return f"{self.prefix}stock_region:{sku}:{region}"
 
 
-class StockStore:
-    def __init__(self, client: redis.Redis, key_prefix: str, reference: ReferenceData) -> None:
-        self.client = client
+class StockHashes:
+    """The stock pool's layout, reads and writes over hash primitives a backend provides.
+
+    ``flow`` (None for the CLI's reads) names the caller in Redis's retry policy and error
+    metric: None reads once, without retries."""
+
+    def __init__(self, key_prefix: str, reference: ReferenceData) -> None:
         self.keys = StockKeys(key_prefix)
         self.reference = reference
 
-    @classmethod
-    def from_config(cls, config: Config, reference: ReferenceData) -> StockStore:
-        return cls(connect(config), config.redis.key_prefix, reference)
+    # -- primitives (per backend) --------------------------------------------------------
+
+    def _write_hashes(self, writes: list[HashWrite]) -> None:
+        raise NotImplementedError
+
+    def _hashes(self, keys: list[str], flow: str | None) -> list[StockRow]:
+        """Each hash whole ({} when absent)."""
+        raise NotImplementedError
+
+    def _fields(self, keys: list[str], field: str, flow: str) -> list[str | None]:
+        """One field of each hash (None when absent)."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.client.close()
+        raise NotImplementedError
+
+    # -- write side ----------------------------------------------------------------------
 
     def write(self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()) -> int:
-        """Write the latest of each position and of each sku's totals in one pipeline (one
-        round trip per batch: Redis answers ~10× more commands pipelined than one by one)."""
+        """Write the latest of each position and of each sku's totals in one batch (one
+        round trip on Redis: it answers ~10× more commands pipelined than one by one)."""
         latest = {(p.sku, p.location_id): p for p in positions}
         latest_totals = {t.sku: t for t in totals}
         if not latest and not latest_totals:
             return 0
-
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for p in latest.values():
-                location = self.reference.locations[p.location_id]
-                key = self.keys.position(p.sku, p.location_id)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "on_hand": p.on_hand,
-                        "reserved": p.reserved,
-                        "available": p.available,
-                        "sold_1h": p.sold_1h,
-                        "sold_24h": p.sold_24h,
-                        "updated_at": format_event_time(p.as_of_ms),
-                        "updated_at_ms": p.as_of_ms,
-                        "region": location.region,
-                        "location_type": location.type,
-                        "cause": p.cause,
-                        **(
-                            {"days_of_cover": p.days_of_cover}
-                            if p.days_of_cover is not None
-                            else {}
-                        ),
-                    },
-                )
-                if p.days_of_cover is None:
-                    pipe.hdel(key, "days_of_cover")
-            for t in latest_totals.values():
-                self._hset_figures(pipe, self.keys.sku_total(t.sku), t.total, t.as_of_ms)
-                for region, figures in t.regions.items():
-                    self._hset_figures(
-                        pipe, self.keys.region_total(t.sku, region), figures, t.as_of_ms
-                    )
-            pipe.execute()
-
-        started = time.perf_counter()
-        with_retries(STOCK_POOL, write)
-        REDIS_WRITE_SECONDS.labels(STOCK_POOL).observe(time.perf_counter() - started)
+        locations = self.reference.locations
+        keys = self.keys
+        writes: list[HashWrite] = []
+        for p in latest.values():
+            location = locations[p.location_id]
+            key = keys.position(p.sku, p.location_id)
+            writes.append(position_write(key, p, location.region, location.type))
+        for t in latest_totals.values():
+            writes.append(figures_write(keys.sku_total(t.sku), t.total, t.as_of_ms))
+            for region, figures in t.regions.items():
+                writes.append(figures_write(keys.region_total(t.sku, region), figures, t.as_of_ms))
+        self._write_hashes(writes)
         STOCK_POSITIONS_WRITTEN.inc(len(latest))
         return len(latest)
 
-    @staticmethod
-    def _hset_figures(pipe: Any, key: str, figures: Figures, as_of_ms: int) -> None:
-        pipe.hset(key, mapping=_figures_mapping(figures, as_of_ms))
-        if figures.days_of_cover is None:
-            pipe.hdel(key, "days_of_cover")
-        else:
-            pipe.hset(key, "days_of_cover", figures.days_of_cover)
+    # -- read side -----------------------------------------------------------------------
 
     def stores_with_stock(
         self, region: str, sku: str, minimum: int, flow: str
@@ -141,14 +163,7 @@ class StockStore:
         )
         if not stores:
             return []
-
-        def read() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for store in stores:
-                pipe.hget(self.keys.position(sku, store), "available")
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        replies = with_retries(flow, read)
+        replies = self._fields([self.keys.position(sku, s) for s in stores], "available", flow)
         found = [
             (store, int(value))
             for store, value in zip(stores, replies, strict=True)
@@ -162,53 +177,38 @@ class StockStore:
         locations = sorted(
             loc.location_id for loc in self.reference.locations.values() if loc.region == region
         )
-
-        def read() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for location_id in locations:
-                pipe.hgetall(self.keys.position(sku, location_id))
-            return pipe.execute()  # type: ignore[no-any-return]
-
+        rows = self._hashes([self.keys.position(sku, loc) for loc in locations], flow)
         positions = []
-        for location_id, row in zip(locations, with_retries(flow, read), strict=True):
+        for location_id, row in zip(locations, rows, strict=True):
             if not row:
                 continue
-            field = {k.decode(): v.decode() for k, v in row.items()}
             positions.append(
                 StockChange(
                     sku=sku,
                     location_id=location_id,
                     region=region,
-                    available=int(field.get("available", 0)),
-                    sold_24h=int(field.get("sold_24h", 0)),
-                    ts_ms=int(field.get("updated_at_ms", 0)),
-                    cause=field.get("cause", ""),
-                    on_hand=int(field.get("on_hand", 0)),
+                    available=int(row.get("available", 0)),
+                    sold_24h=int(row.get("sold_24h", 0)),
+                    ts_ms=int(row.get("updated_at_ms", 0)),
+                    cause=row.get("cause", ""),
+                    on_hand=int(row.get("on_hand", 0)),
                     location_type=self.reference.locations[location_id].type,
                 )
             )
         return positions
 
     def available(self, sku: str, location_id: str, flow: str) -> int:
-        value = with_retries(
-            flow, lambda: self.client.hget(self.keys.position(sku, location_id), "available")
-        )
+        (value,) = self._fields([self.keys.position(sku, location_id)], "available", flow)
         return int(value) if value is not None else 0
 
-    def read_sku(
-        self, sku: str
-    ) -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, str]]]:
+    def read_sku(self, sku: str) -> tuple[list[StockRow], StockRow, dict[str, StockRow]]:
         """Per-location hashes (sorted by location), the network total and region totals."""
         regions = sorted({loc.region for loc in self.reference.locations.values()})
         location_ids = sorted(self.reference.locations)
-        pipe = self.client.pipeline(transaction=False)
-        for location_id in location_ids:
-            pipe.hgetall(self.keys.position(sku, location_id))
-        pipe.hgetall(self.keys.sku_total(sku))
-        for region in regions:
-            pipe.hgetall(self.keys.region_total(sku, region))
-        replies = pipe.execute()
-        decoded = [{k.decode(): v.decode() for k, v in r.items()} for r in replies]
+        keys = [self.keys.position(sku, location_id) for location_id in location_ids]
+        keys.append(self.keys.sku_total(sku))
+        keys += [self.keys.region_total(sku, region) for region in regions]
+        decoded = self._hashes(keys, None)
         rows = [
             {"location_id": location_id, **row}
             for location_id, row in zip(location_ids, decoded[: len(location_ids)], strict=True)
@@ -221,3 +221,52 @@ class StockStore:
             if row
         }
         return rows, total, region_rows
+
+
+class StockStore(StockHashes):
+    """The stock pool in Redis (``state.interfaces.StockPoolStore``)."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, reference: ReferenceData) -> None:
+        super().__init__(key_prefix, reference)
+        self.client = client
+
+    @classmethod
+    def from_config(cls, config: Config, reference: ReferenceData) -> StockStore:
+        return cls(connect(config), config.redis.key_prefix, reference)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _write_hashes(self, writes: list[HashWrite]) -> None:
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for w in writes:
+                pipe.hset(w.key, mapping=cast("Mapping[Any, Any]", w.fields))
+                if w.deleted:
+                    pipe.hdel(w.key, *w.deleted)
+            pipe.execute()
+
+        started = time.perf_counter()
+        with_retries(STOCK_POOL, write)
+        REDIS_WRITE_SECONDS.labels(STOCK_POOL).observe(time.perf_counter() - started)
+
+    def _hashes(self, keys: list[str], flow: str | None) -> list[StockRow]:
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        replies = read() if flow is None else with_retries(flow, read)
+        return [{k.decode(): v.decode() for k, v in r.items()} for r in replies]
+
+    def _fields(self, keys: list[str], field: str, flow: str) -> list[str | None]:
+        def read() -> list[Any]:
+            if len(keys) == 1:  # one command, no pipeline (a rule's check of one store)
+                return [self.client.hget(keys[0], field)]
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, field)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        return [None if v is None else v.decode() for v in with_retries(flow, read)]

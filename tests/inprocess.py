@@ -5,6 +5,11 @@
 Kafka source marks the end of a drained partition); outputs are collected per topic.
 ``run(flow, workers)`` runs a built flow on 1 worker (``run_main``) or on several worker
 threads of one process (``cluster_main``), the way ``omnistream run --workers`` does.
+
+The input is one source partition read by one worker, unless ``partitioned``: then, as the
+Kafka source does, every (topic, partition) is a source partition of its own, followed by
+its end, and with several workers each worker reads some of them, in an interleaving
+Bytewax chooses.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 import orjson
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, TestingSource, _IterSourcePartition, cluster_main, run_main
 
 from base.config import Config
 from connectors.envelopes import OutMessage
@@ -34,6 +40,8 @@ class MemoryIO:
     #: partitions of topics that have no input here (a flow may wait for every partition)
     partition_counts: dict[str, int] = field(default_factory=dict)
     batch_size: int = 50
+    #: a source partition per (topic, partition), as on Kafka (see the module doc)
+    partitioned: bool = False
     #: full topic name → what was produced to it, in order
     outputs: dict[str, list[OutMessage]] = field(default_factory=lambda: defaultdict(list))
     _sinks: list[tuple[str | None, list[OutMessage]]] = field(default_factory=list)
@@ -41,26 +49,43 @@ class MemoryIO:
     def add(self, topic_name: str, values: Iterable[Any], partition: int = 0) -> None:
         self.inputs.setdefault(topic_name, {}).setdefault(partition, []).extend(values)
 
-    def source(self, topic_names: Sequence[str]) -> TestingSource[Any]:
-        items: list[Any] = []
-        for name in topic_names:
-            topic = self.config.topic(name)
-            for partition in range(self.partitions([name])[name]):
-                for offset, item in enumerate(self.inputs.get(name, {}).get(partition, [])):
-                    key, value = item if isinstance(item, tuple) else (None, item)
-                    if isinstance(value, dict):
-                        value = orjson.dumps(value)
-                    items.append(
-                        KafkaSourceMessage(
-                            key, value, topic=topic, offset=offset, partition=partition
-                        )
-                    )
+    def source(self, topic_names: Sequence[str]) -> FixedPartitionedSource[Any, int]:
+        if self.partitioned:
+            return PartitionedSource(
+                {
+                    f"{partition}-{self.config.topic(name)}": [
+                        *self._messages(name, partition),
+                        PartitionEnd(self.config.topic(name), partition),
+                    ]
+                    for name in topic_names
+                    for partition in range(self.partitions([name])[name])
+                },
+                self.batch_size,
+            )
+        items: list[Any] = [
+            message
+            for name in topic_names
+            for partition in range(self.partitions([name])[name])
+            for message in self._messages(name, partition)
+        ]
         ends = [
             PartitionEnd(self.config.topic(name), partition)
             for name in topic_names
             for partition in range(self.partitions([name])[name])
         ]
         return TestingSource([*items, *ends], batch_size=self.batch_size)
+
+    def _messages(self, name: str, partition: int) -> list[KafkaSourceMessage[Any, Any]]:
+        topic = self.config.topic(name)
+        messages = []
+        for offset, item in enumerate(self.inputs.get(name, {}).get(partition, [])):
+            key, value = item if isinstance(item, tuple) else (None, item)
+            if isinstance(value, dict):
+                value = orjson.dumps(value)
+            messages.append(
+                KafkaSourceMessage(key, value, topic=topic, offset=offset, partition=partition)
+            )
+        return messages
 
     def sink(self, topic_name: str | None) -> TestingSink[OutMessage]:
         collected: list[OutMessage] = []
@@ -91,6 +116,23 @@ class MemoryIO:
         return [
             orjson.loads(m.value) for m in self.collect().get(self.config.topic(topic_name), [])
         ]
+
+
+class PartitionedSource(FixedPartitionedSource[Any, int]):
+    """``TestingSource`` with a partition per named list of items (each read in order, by
+    the worker Bytewax assigns it to), resumable by position as ``TestingSource`` is."""
+
+    def __init__(self, parts: dict[str, list[Any]], batch_size: int) -> None:
+        self._parts = parts
+        self._batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return list(self._parts)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> StatefulSourcePartition[Any, int]:
+        return _IterSourcePartition(self._parts[for_part], self._batch_size, resume_state)
 
 
 def run(flow: Dataflow, workers: int = 1) -> None:
