@@ -56,7 +56,7 @@ def _cmd_stock(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
-    from connectors.generator import run_generate
+    from omnistream.generate_cli import run_generate
 
     _needs(config, kafka=True)
     return run_generate(config, args)
@@ -116,8 +116,8 @@ def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from connectors.generator import add_generate_arguments
     from omnistream.demo import add_demo_arguments
+    from omnistream.generate_cli import add_generate_arguments
     from omnistream.runner import FLOWS
 
     parser = argparse.ArgumentParser(

@@ -1,7 +1,7 @@
 """Synthetic, reproducible retail traffic for the three input topics (CONTRACT §1).
 
 One module per job, importing one way (wire ← simulation ← malformations ← traffic; producing
-and cli on top):
+on top; the ``omnistream generate`` command itself is ``omnistream.generate_cli``):
 
 - ``wire`` — the ``GeneratedEvent`` record and how fields are written (timestamps in both
   contract forms, money, phone numbers and e-mails as people type them);
@@ -11,12 +11,11 @@ and cli on top):
   decoder must give;
 - ``traffic`` — ``TrafficModel``: the seeded stream that interleaves good events, duplicates
   and malformations;
-- ``producing`` — ``produce``: send a stream to Kafka, paced or flat out, with progress;
-- ``cli`` — the options and body of ``omnistream generate``.
+- ``producing`` — ``produce``: send a stream to Kafka, paced or flat out, with progress.
 
 The first four are pure (no Kafka, no clock reads: the same arguments give the same bytes).
 The names below are the public API; ``from connectors.generator import …`` is how callers
-use it. The Kafka side (``produce``, ``run_generate`` …) is imported on first use, so
+use it. The Kafka side (``produce``, ``GenerateStats``) is imported on first use, so
 importing the model does not load the Kafka client.
 """
 
@@ -35,31 +34,24 @@ from connectors.generator.traffic import (
 from connectors.generator.wire import CHANNELS, GeneratedEvent
 
 if TYPE_CHECKING:
-    from connectors.generator.cli import DEFAULT_COUNT, add_generate_arguments, run_generate
     from connectors.generator.producing import GenerateStats, produce
 
 __all__ = [
     "BAD_REASONS",
     "CHANNELS",
-    "DEFAULT_COUNT",
     "DEFAULT_CUSTOMERS",
     "DEFAULT_SEED",
     "DEFAULT_START_MS",
     "GenerateStats",
     "GeneratedEvent",
     "TrafficModel",
-    "add_generate_arguments",
     "produce",
-    "run_generate",
 ]
 
 #: Public names of the Kafka side → the module that holds them (loaded on first use).
 _KAFKA_SIDE = {
     "GenerateStats": "producing",
     "produce": "producing",
-    "DEFAULT_COUNT": "cli",
-    "add_generate_arguments": "cli",
-    "run_generate": "cli",
 }
 
 

@@ -20,7 +20,6 @@ from connectors.generator import (
     CHANNELS,
     GeneratedEvent,
     TrafficModel,
-    add_generate_arguments,
     produce,
     producing,
 )
@@ -33,6 +32,7 @@ from domain.events import (
     Rejection,
 )
 from domain.timeparse import parse_event_time
+from omnistream.generate_cli import add_generate_arguments
 
 CONFIG = load_config(env={})
 REFERENCE = load_reference(CONFIG)
