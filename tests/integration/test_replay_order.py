@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,14 @@ from base.config import Config, dump_config
 from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
-from tests.integration.test_stock_pool_flow import (
+from tests.integration.test_stock_pool_flow import redis_figures, run_until_idle
+from tests.kafka_helpers import read_topic
+from tests.stock_fold import (
     event_ms,
+    event_time_sequences,
     expected_stock,
-    redis_figures,
-    run_until_idle,
     stock_pool_decodes,
 )
-from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +43,6 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 SPAN_DAYS = 30
 DEDUP_HOURS = 6
-ON_HAND_SIGN = {
-    "receipt": 1,
-    "transfer_in": 1,
-    "adjustment": 1,
-    "return": 1,
-    "shipment": -1,
-    "transfer_out": -1,
-    "sale": -1,
-}
 
 
 def stretched_history(config: Config, count: int, seed: int) -> list[GeneratedEvent]:
@@ -91,96 +80,6 @@ def stretched_history(config: Config, count: int, seed: int) -> list[GeneratedEv
             )
         )
     return out
-
-
-@dataclass
-class Position:
-    """One sku × location folded in event-time order, keeping every published figure."""
-
-    on_hand: int = 0
-    count_ts: int | None = None
-    deltas: list[tuple[int, int]] = field(default_factory=list)
-    reserved: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
-    consumed: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
-    released: set[str] = field(default_factory=set)
-    published: list[tuple[str, int, int]] = field(default_factory=list)
-
-    def apply(self, event_id: str, kind: str, ts: int, qty: int, order: str | None) -> None:
-        if kind == "stock_count":
-            if self.count_ts is None or ts >= self.count_ts:
-                self.count_ts = ts
-                self.on_hand = qty + sum(d for t, d in self.deltas if t >= ts)
-        elif kind == "reserve":
-            assert order is not None
-            self.reserved[order] += qty
-        elif kind == "release":
-            assert order is not None
-            self.released.add(order)
-        else:
-            delta = ON_HAND_SIGN[kind] * qty
-            if self.count_ts is None or ts >= self.count_ts:
-                self.on_hand += delta
-            self.deltas.append((ts, delta))
-            if order is not None and kind in {"sale", "shipment"}:
-                self.consumed[order] += qty
-        held = sum(
-            0 if o in self.released else max(0, units - self.consumed[o])
-            for o, units in self.reserved.items()
-        )
-        self.published.append((event_id, self.on_hand, held))
-
-
-def event_time_sequences(events: Iterable[GeneratedEvent]) -> dict[str, list[tuple[str, int, int]]]:
-    """Per sku × location: (cause, on_hand, reserved) after each movement, applying every
-    good event once in (event time, movement id) order — CONTRACT §2 read literally."""
-    moves: list[tuple[int, str, str, str, int, str | None]] = []
-    placed: dict[str, dict[str, Any]] = {}
-    cancels: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for generated in events:
-        if generated.bad_reason is not None:
-            continue
-        e = json.loads(generated.value)
-        if e["event_id"] in seen:
-            continue
-        seen.add(e["event_id"])
-        ts, kind, eid = int(e["ts"]), e["event_type"], e["event_id"]
-        if generated.topic == "wms.movements":
-            key = f"{e['sku']}:{e['location_id']}"
-            moves.append((ts, f"{eid}#0", key, kind, e["qty"], e.get("order_id")))
-        elif generated.topic == "pos.sales":
-            for i, line in enumerate(e["lines"]):
-                key = f"{line['sku']}:{e['store_id']}"
-                moves.append((ts, f"{eid}#{i}", key, kind, line["qty"], e.get("order_id")))
-        elif kind == "order_placed":
-            placed[e["order_id"]] = e
-            location = e["fulfillment"]["location_id"]
-            for i, line in enumerate(e["lines"]):
-                key = f"{line['sku']}:{location}"
-                moves.append((ts, f"{eid}#{i}", key, "reserve", line["qty"], e["order_id"]))
-        elif kind == "order_cancelled":
-            cancels.append(e)
-    for cancel in cancels:
-        order = placed.get(cancel["order_id"])
-        if order is None:
-            continue
-        location = order["fulfillment"]["location_id"]
-        skus = list(dict.fromkeys(line["sku"] for line in order["lines"]))
-        for i, sku in enumerate(skus):
-            moves.append(
-                (
-                    int(cancel["ts"]),
-                    f"{cancel['event_id']}#{i}",
-                    f"{sku}:{location}",
-                    "release",
-                    0,
-                    cancel["order_id"],
-                )
-            )
-    positions: dict[str, Position] = collections.defaultdict(Position)
-    for ts, movement_id, key, kind, qty, order in sorted(moves, key=lambda m: (m[0], m[1])):
-        positions[key].apply(movement_id.split("#")[0], kind, ts, qty, order)
-    return {key: p.published for key, p in positions.items()}
 
 
 def produce_topic_by_topic(config: Config, events: list[GeneratedEvent]) -> None:
@@ -225,9 +124,7 @@ def test_skewed_30_day_replay_equals_event_time_order(
     published: dict[str, list[tuple[str, int, int]]] = collections.defaultdict(list)
     for message in read_topic(config, "stock.changes", timeout_s=60):
         data = orjson.loads(message.value())["data"]
-        published[message.key().decode()].append(
-            (data["cause"], data["on_hand"], data["reserved"])
-        )
+        published[message.key().decode()].append((data["cause"], data["on_hand"], data["reserved"]))
     assert set(published) == set(sequences)
     differ = [k for k in sequences if published[k] != sequences[k]]
     assert not differ, (len(differ), differ[:3])
@@ -256,9 +153,9 @@ def opening_day(config: Config) -> tuple[list[GeneratedEvent], set[str]]:
     sell below their reorder point, half stay above it. Returns the events and the
     positions that cross in event time."""
     reference = load_reference(config)
-    store = sorted(
-        loc.location_id for loc in reference.locations.values() if loc.type == "store"
-    )[0]
+    store = sorted(loc.location_id for loc in reference.locations.values() if loc.type == "store")[
+        0
+    ]
     warehouse = sorted(
         loc.location_id for loc in reference.locations.values() if loc.type == "warehouse"
     )[0]
@@ -291,9 +188,7 @@ def opening_day(config: Config) -> tuple[list[GeneratedEvent], set[str]]:
     return events, crossing
 
 
-def test_low_stock_fires_for_event_time_crossings_only(
-    omni_config: Config, tmp_path: Path
-) -> None:
+def test_low_stock_fires_for_event_time_crossings_only(omni_config: Config, tmp_path: Path) -> None:
     """Without ordering, the sales (a small topic, read to its end at once) were applied
     before the receipts behind the backlog: stock went negative at every sku and low_stock
     fired for positions that never fell below their reorder point."""

@@ -1,8 +1,8 @@
 """stock_pool end to end: generated traffic → real broker → flow process → Redis and topics.
 
-The expected stock is computed here by a plain fold over the generated events, written
-without the project's domain code (CONTRACT §2 read literally), and compared with every
-``omni:stock:*`` hash and with the last ``stock.changes`` event of every sku × location.
+The expected stock is a plain fold over the generated events (``tests/stock_fold.py``),
+written without the project's domain code (CONTRACT §2 read literally), and compared with
+every ``omni:stock:*`` hash and with the last ``stock.changes`` event of every sku × location.
 """
 
 from __future__ import annotations
@@ -12,162 +12,23 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
 from base.config import Config, dump_config
-from connectors.decode import MAX_MESSAGE_BYTES
-from connectors.generator import GeneratedEvent, TrafficModel, produce
+from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
-from domain.events import CLICK_EVENT_TYPES
 from omnistream.processes import start_flow
 from tests.kafka_helpers import read_topic
+from tests.stock_fold import expected_stock, stock_pool_decodes, stored_figures
 
 pytestmark = pytest.mark.integration
 
-HOUR = 3_600_000
-ON_HAND_SIGN = {"receipt": 1, "transfer_in": 1, "adjustment": 1, "shipment": -1, "transfer_out": -1}
-
-
-def event_ms(ts: object) -> int:
-    if isinstance(ts, int):
-        return ts
-    assert isinstance(ts, str)
-    return round(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-@dataclass
-class Expected:
-    """Plain bookkeeping of one sku × location."""
-
-    deltas: list[tuple[int, int]] = field(default_factory=list)  # (ts, on_hand change)
-    counts: list[tuple[int, str, int]] = field(default_factory=list)  # (ts, event_id, qty)
-    reserved: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
-    consumed: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
-    released: set[str] = field(default_factory=set)
-    sales: list[tuple[int, int]] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
-
-    def figures(self) -> dict[str, object]:
-        if self.counts:
-            count_ts, _, qty = max(self.counts)
-            on_hand = qty + sum(d for ts, d in self.deltas if ts >= count_ts)
-        else:
-            on_hand = sum(d for _, d in self.deltas)
-        reserved = sum(
-            0 if order in self.released else max(0, units - self.consumed[order])
-            for order, units in self.reserved.items()
-        )
-        now = max(self.times)
-        sold_1h = sum(q for ts, q in self.sales if now - HOUR < ts <= now)
-        sold_24h = sum(q for ts, q in self.sales if now - 24 * HOUR < ts <= now)
-        available = on_hand - reserved
-        return {
-            "on_hand": on_hand,
-            "reserved": reserved,
-            "available": available,
-            "sold_1h": sold_1h,
-            "sold_24h": sold_24h,
-            "days_of_cover": round(available / sold_24h, 3) if sold_24h else None,
-        }
-
-
-def expected_stock(events: Iterable[GeneratedEvent]) -> dict[str, dict[str, object]]:
-    book: dict[str, Expected] = collections.defaultdict(Expected)
-    seen: set[str] = set()
-    placed: dict[str, dict] = {}
-    cancels: list[dict] = []
-    for generated in events:
-        if generated.bad_reason is not None:
-            continue
-        e = json.loads(generated.value)
-        if e["event_id"] in seen:
-            continue
-        seen.add(e["event_id"])
-        ts = event_ms(e["ts"])
-        kind = e["event_type"]
-        if generated.topic == "wms.movements":
-            cell = book[f"{e['sku']}:{e['location_id']}"]
-            cell.times.append(ts)
-            if kind == "stock_count":
-                cell.counts.append((ts, e["event_id"], e["qty"]))
-                continue
-            cell.deltas.append((ts, ON_HAND_SIGN[kind] * e["qty"]))
-            if kind == "shipment" and e.get("order_id"):
-                cell.consumed[e["order_id"]] += e["qty"]
-                cell.sales.append((ts, e["qty"]))
-        elif generated.topic == "pos.sales":
-            for line in e["lines"]:
-                cell = book[f"{line['sku']}:{e['store_id']}"]
-                cell.times.append(ts)
-                sign = -1 if kind == "sale" else 1
-                cell.deltas.append((ts, sign * line["qty"]))
-                if kind == "sale":
-                    cell.sales.append((ts, line["qty"]))
-                    if e.get("order_id"):
-                        cell.consumed[e["order_id"]] += line["qty"]
-        elif kind == "order_placed":
-            placed[e["order_id"]] = e
-            location = e["fulfillment"]["location_id"]
-            for line in e["lines"]:
-                cell = book[f"{line['sku']}:{location}"]
-                cell.times.append(ts)
-                cell.reserved[e["order_id"]] += line["qty"]
-        elif kind == "order_cancelled":
-            cancels.append(e)
-    for cancel in cancels:  # a cancellation releases whatever its placement reserved
-        order = placed.get(cancel["order_id"])
-        if order is None:
-            continue
-        location = order["fulfillment"]["location_id"]
-        for sku in {line["sku"] for line in order["lines"]}:
-            cell = book[f"{sku}:{location}"]
-            cell.times.append(event_ms(cancel["ts"]))
-            cell.released.add(cancel["order_id"])
-    return {key: cell.figures() for key, cell in book.items()}
-
-
-#: Clickstream event types stock_pool does not decode beyond their type (it uses orders only).
-STOCK_POOL_SKIPS = CLICK_EVENT_TYPES - {"order_placed", "order_cancelled"}
-
-
-def _sound_text(value: object, max_chars: int) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= max_chars and not value.isspace()
-
-
-def stock_pool_decodes(topic: str, payload: bytes) -> bool:
-    """Whether stock_pool decodes (and so dead-letters the faults of) this message: all of
-    them except a clickstream event whose head (size, JSON, id, type, ts) is sound and whose
-    type is not an order — its body is identity_stitch's to refuse."""
-    if topic != "clickstream" or len(payload) > MAX_MESSAGE_BYTES:
-        return True
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return True
-    return not (
-        isinstance(doc, dict)
-        and _sound_text(doc.get("event_id"), 128)
-        and _sound_text(doc.get("event_type"), 64)
-        and doc.get("ts") is not None
-        and doc["event_type"] in STOCK_POOL_SKIPS
-    )
-
 
 def redis_figures(row: dict[bytes, bytes]) -> dict[str, object]:
-    text = {k.decode(): v.decode() for k, v in row.items()}
-    figures: dict[str, object] = {
-        name: int(text[name])
-        for name in ("on_hand", "reserved", "available", "sold_1h", "sold_24h")
-    }
-    figures["days_of_cover"] = float(text["days_of_cover"]) if "days_of_cover" in text else None
-    return figures
+    return stored_figures({k.decode(): v.decode() for k, v in row.items()})
 
 
 def run_until_idle(config: Config, tmp_path: Path, timeout_s: float = 600) -> float:
