@@ -12,6 +12,7 @@ from connectors.envelopes import CLOUDEVENT_HEADERS, cloud_event, cloud_event_id
 from connectors.kafka_clients import make_producer
 from domain.identity import PRIORITY, identifier, kind_of, pii_identifier_value
 from state.identity_store import IdentityStore
+from state.interfaces import IdentityGraphStore
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -36,7 +37,7 @@ def whois(config: Config, kind: str, value: str) -> int:
     ident = identifier_from_cli(config, kind, value)
     if ident is None:
         return 2
-    store = IdentityStore.from_config(config)
+    store: IdentityGraphStore = IdentityStore.from_config(config)
     try:
         owner = store.owner_of(ident)
         customer = store.customer(owner) if owner else None
@@ -60,7 +61,7 @@ def forget(config: Config, kind: str, value: str) -> int:
     ident = identifier_from_cli(config, kind, value)
     if ident is None:
         return 2
-    store = IdentityStore.from_config(config)
+    store: IdentityGraphStore = IdentityStore.from_config(config)
     try:
         change = store.forget(ident)
     finally:

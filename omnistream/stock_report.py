@@ -6,6 +6,7 @@ import sys
 
 from base.config import Config
 from domain.reference import ReferenceData
+from state.interfaces import StockReader
 from state.stock_store import StockStore
 
 COLUMNS = [
@@ -48,7 +49,7 @@ def print_stock(config: Config, reference: ReferenceData, sku: str) -> int:
             file=sys.stderr,
         )
         return 2
-    store = StockStore.from_config(config, reference)
+    store: StockReader = StockStore.from_config(config, reference)
     try:
         rows, total, regions = store.read_sku(sku)
     finally:
