@@ -13,8 +13,17 @@ move on with the wall clock (its producers stamp events with the current time), 
 fire within seconds even when traffic is sparse. With ``--until-idle`` this is off and
 timers follow event time alone.
 
-Clocks are per worker thread (``clocks()``): a key's state lives on one worker, and that
-worker's clock has seen exactly the events that worker processed.
+Clocks are per worker thread (``WorkerClocks``, one set per built flow): a key's state lives
+on one worker, and that worker's clock has seen exactly the events that worker processed, so
+a live timer never fires ahead of a record of its key still in flight to it.
+
+The end of a replay is another matter: by then every record has been processed, and the
+input has moved as far as the latest event time *read*, on whichever worker read it.
+``InputMarks`` holds that, for the whole process: the decoding step notes each batch's
+latest event time per input group before any record of the batch reaches a key, so when the
+stateful steps see the end of their input, every worker's reads are in it (a worker's own
+clock has only seen its own keys' records: with several workers, timers left for the end
+fired or not depending on which worker a key landed on).
 
 A clock lives outside Bytewax's state, so a recovery snapshot does not hold it: every
 stateful step that reads one carries the marks of its streams (``marks()``) in each key's
@@ -24,7 +33,9 @@ clock again, and every timer left for the end of a replay on it was silently dro
 (issue 14: 254 cart-abandonment coupons of 2,247 triggers missing after a late SIGKILL).
 The keys snapshotted in an epoch together hold the clock as it stood at its end (the key of
 the last event read on a stream is among them), so the largest restored mark of each stream
-is the mark the run was killed with, as far as the resumed offsets are concerned.
+is the mark the run was killed with, as far as the resumed offsets are concerned. The same
+holds for ``InputMarks``: the latest record read of a group reached a key, which snapshots
+the group's read mark (``ClockMarks``) in that epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 #: Longest wait between two looks at a pending timer; a re-check is cheap.
@@ -151,15 +163,51 @@ class EventClock:
         return datetime.now(UTC) + timedelta(seconds=wait_s)
 
 
-_local = threading.local()
+class WorkerClocks:
+    """The clocks of one flow, by name, one set per worker thread (created on first use)."""
+
+    def __init__(self, grace_ms: int, idle_advance_ms: int | None) -> None:
+        self.grace_ms = grace_ms
+        self.idle_advance_ms = idle_advance_ms
+        self._local = threading.local()
+
+    def clock(self, name: str) -> EventClock:
+        """The calling worker thread's clock called ``name``."""
+        registry: dict[str, EventClock] | None = getattr(self._local, "clocks", None)
+        if registry is None:
+            registry = self._local.clocks = {}
+        clock = registry.get(name)
+        if clock is None:
+            clock = registry[name] = EventClock(self.grace_ms, self.idle_advance_ms)
+        return clock
 
 
-def clocks(name: str, grace_ms: int, idle_advance_ms: int | None) -> EventClock:
-    """The calling worker thread's clock called ``name``, created on first use."""
-    registry: dict[str, EventClock] | None = getattr(_local, "clocks", None)
-    if registry is None:
-        registry = _local.clocks = {}
-    clock = registry.get(name)
-    if clock is None:
-        clock = registry[name] = EventClock(grace_ms, idle_advance_ms)
-    return clock
+class InputMarks:
+    """The latest event time read of each input group (``events.resolved``, the stock
+    inputs …), for every worker thread of the process."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def note(self, group: str, ts_ms: int | None) -> None:
+        """A batch read up to ``ts_ms`` of ``group`` (also: a mark restored from a snapshot)."""
+        if ts_ms is None:
+            return
+        with self._lock:
+            if ts_ms > self._latest.get(group, ts_ms - 1):
+                self._latest[group] = ts_ms
+
+    def latest(self, group: str) -> int | None:
+        with self._lock:
+            return self._latest.get(group)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockMarks:
+    """What a key's recovery snapshot keeps of the clocks of its input group."""
+
+    #: this worker's clock: the latest event time per stream of the group
+    streams: dict[Hashable, int]
+    #: the latest event time read of the group, by the whole process (``InputMarks``)
+    read: int | None

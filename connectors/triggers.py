@@ -88,9 +88,8 @@ def coupon_message(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -
     return OutMessage(key=decision.customer_id.encode(), value=value)
 
 
-def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessage:
-    key = f"{decision.sku}:{decision.location_id}"
-    data = {
+def replenishment_data(decision: StockDecision, fired_at_ms: int) -> dict[str, Any]:
+    return {
         "rule_id": decision.rule_id,
         "kind": decision.kind,
         "sku": decision.sku,
@@ -105,13 +104,17 @@ def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessa
         "event_time": format_event_time(decision.event_time_ms),
         "fired_at": format_event_time(fired_at_ms),
     }
+
+
+def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessage:
+    key = f"{decision.sku}:{decision.location_id}"
     value = cloud_event(
         event_type="omnistream.trigger.replenishment",
         source=RULE_TRIGGERS,
         subject=key,
         event_id=replenishment_id(decision),
         time_ms=decision.event_time_ms,
-        data=data,
+        data=replenishment_data(decision, fired_at_ms),
     )
     TRIGGERS_FIRED.labels(decision.rule_id, decision.kind, "default").inc()
     TRIGGER_LATENCY.labels(decision.rule_id).observe(

@@ -2,7 +2,8 @@
 region audience that turns a clearance signal into coupons for the customers who showed
 interest.
 
-Stock side (state per sku, shared with ``low_stock``/``stockout`` in ``SkuRuleState``):
+Stock side (state per sku × location, shared with ``low_stock``/``stockout`` in
+``SkuRuleState``):
 
 - ``overstock``: at a store, days of cover above ``cover_days``, or nothing sold for
   ``idle_days`` while more than ``min_on_hand`` units are on hand. Fires on the crossing and
@@ -13,6 +14,9 @@ Stock side (state per sku, shared with ``low_stock``/``stockout`` in ``SkuRuleSt
   on hand belongs to the latest-expiring batches. It signals a clearance in the region and
   suggests either a ``transfer`` of the batch to the store of the region that sells the sku
   fastest (when that is faster than here) or a ``prepare`` of a clearance display here.
+  A batch is judged by the stock changes of its location and by the timer, never on its own
+  arrival: its units are on hand only from the stock change its receipt caused, which comes
+  on another topic, before or after the receipt itself.
 
 Audience side (state per region): product views by customer, sku and category. A clearance
 signal waits until the region's views have caught up with its event time (so a replay
@@ -30,15 +34,15 @@ from domain.customer_rules import Offer
 from domain.rules import Rule, RuleSet
 from domain.stock_rules import (
     ExpiryBatch,
-    RegionStock,
     SkuRuleState,
     StockChange,
     StockDecision,
-    Suppressed,
-    _claim,
+    StockTriggerSuppressed,
+    claim,
     region_positions,
 )
-from domain.trigger_policy import DAY_MS, Ledger
+from domain.stock_view import StockView
+from domain.trigger_policy import DAY_MS
 
 #: View times kept per customer and sku (or category): enough to find the last view before
 #: a signal even when the customer has come back since.
@@ -64,26 +68,24 @@ class ClearanceSignal:
     ts_ms: int
 
 
-ClearanceOutcome = ClearanceSignal | StockDecision | Suppressed
+ClearanceOutcome = ClearanceSignal | StockDecision | StockTriggerSuppressed
 
 
 def add_batch(state: SkuRuleState | None, batch: ExpiryBatch) -> SkuRuleState:
+    """Remember a perishable receipt (once per event id, however often it is replayed)."""
     if state is None:
         state = SkuRuleState()
-    batches = state.batches.setdefault(batch.location_id, [])
-    if all(b.event_id != batch.event_id for b in batches):
-        batches.append(batch)
-        batches.sort(key=lambda b: (b.expires_ms, b.event_id))
-    state.seen_ms = max(state.seen_ms, batch.ts_ms)
+    if all(b.event_id != batch.event_id for b in state.batches):
+        state.batches.append(batch)
+        state.batches.sort(key=lambda b: (b.expires_ms, b.event_id))
     return state
 
 
-def batch_units(state: SkuRuleState, location_id: str) -> list[tuple[ExpiryBatch, int]]:
+def batch_units(state: SkuRuleState) -> list[tuple[ExpiryBatch, int]]:
     """Units of each batch still on hand, first-expiring-first-out."""
-    position = state.positions.get(location_id)
-    left = max(0, position.on_hand) if position is not None else 0
+    left = max(0, state.position.on_hand) if state.position is not None else 0
     out: list[tuple[ExpiryBatch, int]] = []
-    for batch in reversed(state.batches.get(location_id, [])):  # latest expiry keeps stock
+    for batch in reversed(state.batches):  # latest expiry keeps stock
         units = min(batch.qty, left)
         left -= units
         out.append((batch, units))
@@ -92,12 +94,18 @@ def batch_units(state: SkuRuleState, location_id: str) -> list[tuple[ExpiryBatch
 
 
 def note_change(state: SkuRuleState, change: StockChange) -> None:
-    """Remember when a location was first seen and last seen selling (for idleness)."""
-    state.first_seen.setdefault(change.location_id, change.ts_ms)
+    """Remember when the location was first seen and last seen selling (for idleness)."""
+    if state.first_seen_ms is None:
+        state.first_seen_ms = change.ts_ms
     if change.sold_24h > 0:
-        last = state.last_selling.get(change.location_id, change.ts_ms)
-        state.last_selling[change.location_id] = max(last, change.ts_ms)
-    state.seen_ms = max(state.seen_ms, change.ts_ms)
+        last = state.last_selling_ms if state.last_selling_ms is not None else change.ts_ms
+        state.last_selling_ms = max(last, change.ts_ms)
+
+
+def _idle_since(state: SkuRuleState, change: StockChange) -> int:
+    if state.last_selling_ms is not None:
+        return state.last_selling_ms
+    return state.first_seen_ms if state.first_seen_ms is not None else change.ts_ms
 
 
 def _overstocked(state: SkuRuleState, change: StockChange, rule: Rule, now_ms: int) -> str | None:
@@ -112,8 +120,7 @@ def _overstocked(state: SkuRuleState, change: StockChange, rule: Rule, now_ms: i
         if cover > rule.params["cover_days"]:
             return f"{cover:.0f} days of cover, above {rule.params['cover_days']:g}"
         return None
-    idle_since = state.last_selling.get(change.location_id, state.first_seen[change.location_id])
-    idle_days = (now_ms - idle_since) / DAY_MS
+    idle_days = (now_ms - _idle_since(state, change)) / DAY_MS
     if idle_days >= rule.params["idle_days"]:
         return f"nothing sold for {idle_days:.0f} days with {change.on_hand} on hand"
     return None
@@ -124,80 +131,69 @@ def evaluate_clearance(
     rules: RuleSet,
     category: str,
     now_ms: int,
-    location_id: str | None = None,
-    region_stock: RegionStock | None = None,
+    stock: StockView,
+    *,
+    timer: bool = False,
 ) -> list[ClearanceOutcome]:
-    """Overstock and expiring-stock checks at ``now_ms`` (event time), for one location after
-    a change there, or for every location when the timer fires (which then marks its
-    deadlines up to ``now_ms`` as looked at)."""
+    """Overstock and expiring-stock checks of the location at ``now_ms`` (event time), after
+    a change there or when the timer fires (which then marks its deadlines up to ``now_ms``
+    as looked at)."""
     out: list[ClearanceOutcome] = []
-    if location_id is None:
+    if timer:
         state.timer_checked_ms = max(state.timer_checked_ms, now_ms)
-    locations = [location_id] if location_id is not None else sorted(state.positions)
+    change = state.position
+    if change is None:
+        _prune_batches(state, now_ms)
+        return out
     for rule in rules.of_kind("overstock"):
-        for loc in locations:
-            change = state.positions.get(loc)
-            if change is None:
-                continue
-            key = (rule.rule_id, loc)
-            why = _overstocked(state, change, rule, now_ms)
-            if why is None:
-                state.fired.discard(key)
-                continue
-            if key in state.fired:
-                continue
-            state.fired.add(key)
-            suppressed = _claim(_ledger(state, loc), rule, now_ms)
-            if suppressed is not None:
-                out.append(suppressed)
-                continue
-            out.append(
-                ClearanceSignal(
-                    rule.rule_id,
-                    "overstock",
-                    change.sku,
-                    category,
-                    loc,
-                    change.region,
-                    f"{loc}: {why}",
-                    (change.cause,),
-                    now_ms,
-                )
+        why = _overstocked(state, change, rule, now_ms)
+        if why is None:
+            state.fired.discard(rule.rule_id)
+            continue
+        if rule.rule_id in state.fired:
+            continue
+        state.fired.add(rule.rule_id)
+        suppressed = claim(state.ledger, rule, now_ms)
+        if suppressed is not None:
+            out.append(suppressed)
+            continue
+        out.append(
+            ClearanceSignal(
+                rule.rule_id,
+                "overstock",
+                change.sku,
+                category,
+                change.location_id,
+                change.region,
+                f"{change.location_id}: {why}",
+                (change.cause,),
+                now_ms,
             )
+        )
     for rule in rules.of_kind("expiring_stock"):
-        for loc in locations:
-            out += _expiring(state, rule, category, loc, now_ms, region_stock)
+        out += _expiring(state, rule, category, now_ms, stock)
     _prune_batches(state, now_ms)
     return out
 
 
-def _ledger(state: SkuRuleState, location_id: str) -> Ledger:
-    return state.ledgers.setdefault(location_id, Ledger())
-
-
 def _expiring(
-    state: SkuRuleState,
-    rule: Rule,
-    category: str,
-    location_id: str,
-    now_ms: int,
-    region_stock: RegionStock | None,
+    state: SkuRuleState, rule: Rule, category: str, now_ms: int, stock: StockView
 ) -> list[ClearanceOutcome]:
     out: list[ClearanceOutcome] = []
     within_ms = int(rule.params["within_days"] * DAY_MS)
-    for batch, units in batch_units(state, location_id):
+    for batch, units in batch_units(state):
         key = (rule.rule_id, batch.event_id)
-        if units <= 0 or key in state.fired:
+        if units <= 0 or key in state.batches_fired:
             continue
         if not batch.expires_ms - within_ms <= now_ms < batch.expires_ms:
             continue
-        state.fired.add(key)  # once per batch; pruned with the batch
-        suppressed = _claim(_ledger(state, location_id), rule, now_ms)
+        state.batches_fired.add(key)  # once per batch; pruned with the batch
+        suppressed = claim(state.ledger, rule, now_ms)
         if suppressed is not None:
             out.append(suppressed)
             continue
         days_left = (batch.expires_ms - now_ms) / DAY_MS
-        reason = f"{units} units at {location_id} expire in {days_left:.1f} days"
+        reason = f"{units} units at {batch.location_id} expire in {days_left:.1f} days"
         evidence = (batch.event_id,)
         out.append(
             ClearanceSignal(
@@ -205,14 +201,14 @@ def _expiring(
                 "expiring_stock",
                 batch.sku,
                 category,
-                location_id,
+                batch.location_id,
                 batch.region,
                 reason,
                 evidence,
                 now_ms,
             )
         )
-        others = region_positions(state, batch.sku, batch.region, region_stock)
+        others = region_positions(stock, batch.sku, batch.region, now_ms)
         out.append(_expiry_move(state, others, rule, batch, units, days_left, reason, now_ms))
     return out
 
@@ -227,7 +223,7 @@ def _expiry_move(
     reason: str,
     now_ms: int,
 ) -> StockDecision:
-    here = state.positions.get(batch.location_id)
+    here = state.position
     here_rate = here.sold_24h if here is not None else 0
     best: StockChange | None = None
     for loc, other in sorted(others.items()):
@@ -269,15 +265,12 @@ def _expiry_move(
 
 
 def _prune_batches(state: SkuRuleState, now_ms: int) -> None:
-    for loc, batches in list(state.batches.items()):
-        kept = [b for b in batches if b.expires_ms + EXPIRED_KEEP_MS > now_ms]
-        gone = {b.event_id for b in batches} - {b.event_id for b in kept}
-        if gone:
-            state.fired = {k for k in state.fired if k[1] not in gone}
-        if kept:
-            state.batches[loc] = kept
-        else:
-            del state.batches[loc]
+    kept = [b for b in state.batches if b.expires_ms + EXPIRED_KEEP_MS > now_ms]
+    if len(kept) == len(state.batches):
+        return
+    gone = {b.event_id for b in state.batches} - {b.event_id for b in kept}
+    state.batches_fired = {k for k in state.batches_fired if k[1] not in gone}
+    state.batches = kept
 
 
 def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
@@ -286,20 +279,19 @@ def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
     deadlines: set[int] = set()
     for rule in rules.of_kind("expiring_stock"):
         within_ms = int(rule.params["within_days"] * DAY_MS)
-        for loc in state.batches:
-            for batch, units in batch_units(state, loc):
-                if units > 0 and (rule.rule_id, batch.event_id) not in state.fired:
-                    deadlines.add(max(batch.expires_ms - within_ms, batch.ts_ms))
+        for batch, units in batch_units(state):
+            if units > 0 and (rule.rule_id, batch.event_id) not in state.batches_fired:
+                deadlines.add(max(batch.expires_ms - within_ms, batch.ts_ms))
+    change = state.position
     for rule in rules.of_kind("overstock"):
         idle_ms = int(rule.params["idle_days"] * DAY_MS)
-        for loc, change in state.positions.items():
-            if (
-                change.location_type == "store"
-                and change.on_hand > rule.params["min_on_hand"]
-                and (rule.rule_id, loc) not in state.fired
-            ):
-                since = state.last_selling.get(loc, state.first_seen.get(loc, change.ts_ms))
-                deadlines.add(since + idle_ms)
+        if (
+            change is not None
+            and change.location_type == "store"
+            and change.on_hand > rule.params["min_on_hand"]
+            and rule.rule_id not in state.fired
+        ):
+            deadlines.add(_idle_since(state, change) + idle_ms)
     return sorted(d for d in deadlines if d > state.timer_checked_ms)
 
 
@@ -346,28 +338,53 @@ def audience_horizon_ms(rules: RuleSet) -> int:
     return int(max(windows, default=0.0) * 1000)
 
 
+def view_horizon_ms(views_seen_ms: int, rules: RuleSet) -> int:
+    """Views at or before this event time are no longer kept: a day beyond the longest
+    window before the latest view, counted from the start of its ``AUDIENCE_PRUNE_MS``
+    period (so the horizon moves, and views are pruned, once per period)."""
+    period_start = views_seen_ms - views_seen_ms % AUDIENCE_PRUNE_MS
+    return period_start - audience_horizon_ms(rules) - DAY_MS
+
+
 def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> AudienceState:
+    """Add a product view to the region's audience.
+
+    What is kept depends only on the views, not on the order they arrive in (partitions
+    interleave differently in every run): every view after the horizon of the latest view,
+    the last ``VIEWS_KEPT`` per customer and sku (or category). A view already behind the
+    horizon is not kept, as it would be pruned had it come in time.
+    """
     if state is None:
         state = AudienceState()
+    horizon = view_horizon_ms(state.views_seen_ms, rules)
+    if view.ts_ms <= horizon:
+        return state
     for index, key in ((state.by_sku, view.sku), (state.by_category, view.category)):
         customers = index.setdefault(key, {})
         times = customers.get(view.customer_id, ())
         if view.ts_ms not in times:
             customers[view.customer_id] = tuple(sorted((*times, view.ts_ms)))[-VIEWS_KEPT:]
     if view.ts_ms > state.views_seen_ms:
-        # Views are kept a day longer than the longest window, for signals that arrive late.
-        horizon = view.ts_ms - audience_horizon_ms(rules) - DAY_MS
-        # Pruning is amortised: only when the clock crosses a multiple of the period.
-        if view.ts_ms // AUDIENCE_PRUNE_MS != state.views_seen_ms // AUDIENCE_PRUNE_MS:
-            for index in (state.by_sku, state.by_category):
-                for key in list(index):
-                    kept = {c: t for c, t in index[key].items() if t[-1] > horizon}
-                    if kept:
-                        index[key] = kept
-                    else:
-                        del index[key]
         state.views_seen_ms = view.ts_ms
+        moved = view_horizon_ms(view.ts_ms, rules)
+        if moved > horizon:
+            _prune_views(state, moved)
     return state
+
+
+def _prune_views(state: AudienceState, horizon: int) -> None:
+    for index in (state.by_sku, state.by_category):
+        for key in list(index):
+            kept: dict[str, tuple[int, ...]] = {}
+            for customer, times in index[key].items():
+                if times[0] > horizon:
+                    kept[customer] = times
+                elif times[-1] > horizon:
+                    kept[customer] = tuple(t for t in times if t > horizon)
+            if kept:
+                index[key] = kept
+            else:
+                del index[key]
 
 
 def add_signal(state: AudienceState | None, signal: ClearanceSignal) -> AudienceState:

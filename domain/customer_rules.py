@@ -15,7 +15,7 @@ A coupon whose rule has quiet hours and that falls inside them is *held* and rel
 ``held_until``) by ``on_time`` once they end; holdouts are held alike, so both arms see the
 same timing. Every coupon or holdout released opens a conversion window: the customer's next
 purchase (an order, a till sale, or a redemption of the coupon's code) within the window
-counts once as a ``Conversion`` of that rule × variant, control included, which is what
+counts once as a ``CouponConversion`` of that rule × variant, control included, which is what
 uplift is measured from.
 """
 
@@ -104,14 +104,16 @@ def coupon_code(rule_id: str, customer_id: str, sku: str, evidence: tuple[str, .
 
 
 @dataclass(frozen=True, slots=True)
-class Suppressed:
+class CouponSuppressed:
+    """A coupon its rule's cooldown or the customer's frequency cap held back."""
+
     rule_id: str
     reason: str  # cooldown | cap
     variant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
-class Conversion:
+class CouponConversion:
     """A purchase by a triggered (or held-out) customer inside the conversion window."""
 
     rule_id: str
@@ -159,7 +161,7 @@ class CustomerState:
         )
 
 
-Outcome = CouponDecision | Suppressed | Conversion
+Outcome = CouponDecision | CouponSuppressed | CouponConversion
 
 
 def _admit(
@@ -173,7 +175,7 @@ def _admit(
     )
     variant = draw_variant(rule.experiment, customer_id, rule.rule_id)
     if reason is not None:
-        return Suppressed(rule.rule_id, reason, variant)
+        return CouponSuppressed(rule.rule_id, reason, variant)
     state.ledger.record(
         rule.rule_id, ts_ms, coupon=variant != CONTROL, keep_ms=max(cooldown_ms, DAY_MS)
     )
@@ -269,17 +271,19 @@ def _open(state: CustomerState, decision: CouponDecision) -> None:
     )
 
 
-def _conversions(state: CustomerState, event: CustomerEvent, rules: RuleSet) -> list[Conversion]:
+def _conversions(
+    state: CustomerState, event: CustomerEvent, rules: RuleSet
+) -> list[CouponConversion]:
     """Each open trigger converts at most once: by a redemption of its code, or by any
     purchase inside the window (an order or a till sale)."""
     window_ms = int(rules.conversion_window_s * 1000)
-    out: list[Conversion] = []
+    out: list[CouponConversion] = []
     still_open: list[OpenTrigger] = []
     for trigger in state.open_triggers:
         if trigger.sent_ms <= event.ts_ms <= trigger.sent_ms + window_ms:
             via = "redeemed" if trigger.code in event.coupon_codes else "purchase"
             out.append(
-                Conversion(
+                CouponConversion(
                     trigger.rule_id,
                     trigger.variant,
                     event.customer_id,

@@ -1,8 +1,11 @@
 """Stock-driven rules of rule_triggers: ``low_stock``, ``stockout`` and ``campaign_prep``,
 pure.
 
-State is kept per sku (every location of the sku in one place), so a low-stock crossing at a
-store can look for a surplus elsewhere in its region without another lookup.
+State is kept per sku × location, the key of ``stock.changes``, so a location's changes are
+judged in the order stock_pool made them. A rule that compares locations (the source of a
+transfer) asks the stock pool for the region's positions when it fires
+(``domain.stock_view.StockView``): the decision then does not depend on the order in which
+the other locations' changes arrived.
 
 - ``low_stock`` fires when available falls *below* the reorder point (a crossing), and
   re-arms only once available is back at or above it: stock hovering around the threshold
@@ -19,11 +22,14 @@ store can look for a surplus elsewhere in its region without another lookup.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from domain.rules import Rule
 from domain.trigger_policy import Ledger, may_fire
+
+if TYPE_CHECKING:
+    from domain.stock_view import StockView
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,42 +65,43 @@ class StockDecision:
 
 
 @dataclass(frozen=True, slots=True)
-class Suppressed:
+class StockTriggerSuppressed:
+    """A stock-side trigger (replenishment or clearance signal) its cooldown held back."""
+
     rule_id: str
     reason: str  # cooldown
 
 
 @dataclass(slots=True)
 class SkuRuleState:
-    #: location → latest change seen there
-    positions: dict[str, StockChange] = field(default_factory=dict)
-    #: (rule_id, location) pairs whose condition already fired and has not re-armed
-    fired: set[tuple[str, str]] = field(default_factory=set)
-    #: location → firing history, for cooldowns
-    ledgers: dict[str, Ledger] = field(default_factory=dict)
-    #: location → perishable batches received there (``expiring_stock``)
-    batches: dict[str, list[ExpiryBatch]] = field(default_factory=dict)
-    #: location → event time it was first seen, and last seen selling (``overstock``)
-    first_seen: dict[str, int] = field(default_factory=dict)
-    last_selling: dict[str, int] = field(default_factory=dict)
-    #: the latest event time seen for this sku
-    seen_ms: int = 0
+    """What the stock and clearance rules remember of one sku × location."""
+
+    #: the latest change seen here (None before the first)
+    position: StockChange | None = None
+    #: rules whose condition fired here and has not re-armed (low_stock, stockout, overstock)
+    fired: set[str] = field(default_factory=set)
+    #: (rule id, batch event id) of the perishable batches ``expiring_stock`` signalled
+    batches_fired: set[tuple[str, str]] = field(default_factory=set)
+    #: firing history, for cooldowns
+    ledger: Ledger = field(default_factory=Ledger)
+    #: perishable batches received here, by expiry (``expiring_stock``)
+    batches: list[ExpiryBatch] = field(default_factory=list)
+    #: event time the location was first seen, and last seen selling (``overstock``)
+    first_seen_ms: int | None = None
+    last_selling_ms: int | None = None
     #: event time the clearance timer last looked (its deadlines up to here are done)
     timer_checked_ms: int = 0
 
     def __deepcopy__(self, memo: dict[int, object]) -> SkuRuleState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
         return SkuRuleState(
-            dict(self.positions),
+            self.position,
             set(self.fired),
-            {
-                loc: Ledger(dict(led.last_fired), dict(led.coupons_per_day))
-                for loc, led in self.ledgers.items()
-            },
-            {loc: list(b) for loc, b in self.batches.items()},
-            dict(self.first_seen),
-            dict(self.last_selling),
-            self.seen_ms,
+            set(self.batches_fired),
+            Ledger(dict(self.ledger.last_fired), dict(self.ledger.coupons_per_day)),
+            list(self.batches),
+            self.first_seen_ms,
+            self.last_selling_ms,
             self.timer_checked_ms,
         )
 
@@ -113,12 +120,12 @@ class ExpiryBatch:
     source_partition: int = 0  # of wms.movements
 
 
-def _claim(ledger: Ledger, rule: Rule, ts_ms: int) -> Suppressed | None:
+def claim(ledger: Ledger, rule: Rule, ts_ms: int) -> StockTriggerSuppressed | None:
     """Record a firing of a stock rule, or say why its cooldown forbids it."""
     cooldown_ms = int(rule.cooldown_s * 1000)
     reason = may_fire(ledger, rule.rule_id, cooldown_ms, ts_ms, False, 0)
     if reason is not None:
-        return Suppressed(rule.rule_id, reason)
+        return StockTriggerSuppressed(rule.rule_id, reason)
     ledger.record(rule.rule_id, ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
     return None
 
@@ -127,18 +134,11 @@ def target_level(reorder_point: int, sold_24h: int, target_cover_days: float) ->
     return max(reorder_point, math.ceil(target_cover_days * sold_24h))
 
 
-#: (sku, region) → the sku's current position at every location of the region. The flow
-#: reads it from the stock pool in Redis, and only when a rule fires: a decision that
-#: compares locations then does not depend on the order in which their changes arrived.
-RegionStock = Callable[[str, str], list[StockChange]]
-
-
 def region_positions(
-    state: SkuRuleState, sku: str, region: str, region_stock: RegionStock | None
+    stock: StockView, sku: str, region: str, as_of_ms: int
 ) -> dict[str, StockChange]:
-    if region_stock is not None:
-        return {p.location_id: p for p in region_stock(sku, region)}
-    return {loc: p for loc, p in state.positions.items() if p.region == region}
+    """The sku's positions in ``region`` by location, asked of the stock pool."""
+    return {p.location_id: p for p in stock.region_positions(sku, region, as_of_ms)}
 
 
 def _largest_surplus(
@@ -154,21 +154,22 @@ def _largest_surplus(
     return best
 
 
+StockOutcome = StockDecision | StockTriggerSuppressed
+
+
 def evaluate_stock_rules(
     state: SkuRuleState | None,
     change: StockChange,
     rules: list[Rule],
     reorder_point: int,
-    region_stock: RegionStock | None = None,
-) -> tuple[SkuRuleState, list[StockDecision | Suppressed]]:
-    """Apply one stock change to the low_stock / stockout rules of a sku × location.
-
-    Without ``region_stock`` the other locations are those this state has seen."""
+    stock: StockView,
+) -> tuple[SkuRuleState, list[StockOutcome]]:
+    """Apply one stock change to the low_stock / stockout rules of its sku × location; the
+    source of a transfer is looked up in ``stock`` (as of the change) only when one fires."""
     if state is None:
         state = SkuRuleState()
-    state.positions[change.location_id] = change
-    ledger = state.ledgers.setdefault(change.location_id, Ledger())
-    out: list[StockDecision | Suppressed] = []
+    state.position = change
+    out: list[StockOutcome] = []
     for rule in rules:
         if rule.kind == "low_stock":
             condition = change.available < reorder_point
@@ -176,27 +177,22 @@ def evaluate_stock_rules(
             condition = change.available <= 0
         else:
             continue
-        key = (rule.rule_id, change.location_id)
         if not condition:
-            state.fired.discard(key)  # re-armed
+            state.fired.discard(rule.rule_id)  # re-armed
             continue
-        if key in state.fired:
+        if rule.rule_id in state.fired:
             continue  # still below: already fired on the crossing
-        state.fired.add(key)
-        suppressed = _claim(ledger, rule, change.ts_ms)
+        state.fired.add(rule.rule_id)
+        suppressed = claim(state.ledger, rule, change.ts_ms)
         if suppressed is not None:
             out.append(suppressed)
             continue
-        out.append(_decision(state, rule, change, reorder_point, region_stock))
+        out.append(_decision(rule, change, reorder_point, stock))
     return state, out
 
 
 def _decision(
-    state: SkuRuleState,
-    rule: Rule,
-    change: StockChange,
-    reorder_point: int,
-    region_stock: RegionStock | None,
+    rule: Rule, change: StockChange, reorder_point: int, stock: StockView
 ) -> StockDecision:
     target = target_level(reorder_point, change.sold_24h, rule.params.get("target_cover_days", 7.0))
     needed = max(1, target - change.available)
@@ -215,7 +211,7 @@ def _decision(
             (change.cause,),
             change.ts_ms,
         )
-    others = region_positions(state, change.sku, change.region, region_stock)
+    others = region_positions(stock, change.sku, change.region, change.ts_ms)
     source = _largest_surplus(others, change, reorder_point)
     if source is not None:
         location, surplus = source.location_id, source.available - reorder_point
@@ -270,7 +266,7 @@ def evaluate_campaign_prep(
     rules: list[Rule],
     available: int,
     reorder_point: int,
-) -> tuple[CampaignState, list[StockDecision | Suppressed]]:
+) -> tuple[CampaignState, list[StockOutcome]]:
     """Marketing drives stock: more than M coupons naming store S for sku K within a window
     → a ``prepare`` trigger to S, sized to the coupons not yet covered by available stock."""
     if state is None:
@@ -278,13 +274,13 @@ def evaluate_campaign_prep(
     state.triggers.append((ts_ms, trigger_id))
     longest = max((int(r.params["window"] * 1000) for r in rules), default=0)
     state.triggers = [(t, i) for t, i in state.triggers if t > ts_ms - longest]
-    out: list[StockDecision | Suppressed] = []
+    out: list[StockOutcome] = []
     for rule in rules:
         window_ms = int(rule.params["window"] * 1000)
         recent = [(t, i) for t, i in state.triggers if t > ts_ms - window_ms]
         if len(recent) <= rule.params["triggers"]:
             continue
-        suppressed = _claim(state.ledger, rule, ts_ms)
+        suppressed = claim(state.ledger, rule, ts_ms)
         if suppressed is not None:
             out.append(suppressed)
             continue

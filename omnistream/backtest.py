@@ -6,16 +6,26 @@ Nothing is written to a live topic or to Redis.
 
 The input is what rule_triggers reads — ``events.resolved`` records, ``stock.changes``
 CloudEvents and ``wms.movements`` events — from a JSON-lines file (one record per line, in
-any order and mix) or from the topics themselves (read from the beginning to their end).
-Records are replayed in event-time order through the same rule logic as the flow; timers
-fire at their deadlines in between. Where the flow looks up the stock pool in Redis (stores
-near a browsing customer, the source of a transfer), the backtest uses the stock as of that
-moment of the recording, from the ``stock.changes`` it has replayed so far.
+any mix) or from the topics themselves (read from the beginning to their end). The records
+go through the flow's own trigger engine exactly as ``run rule_triggers --until-idle``
+replays them (``domain.trigger_replay``): each key's records in their order on the topics
+(in a file: in the file's order), timers on the key's next record and at the end of the
+input, clearance offers and campaign counts at the end.
+
+What the rules look up in the stock pool (stores near a browsing customer, the source of a
+transfer, the store selling fastest, a store's stock for campaign_prep) comes from the
+``stock.changes`` of the recording (``--stock``):
+
+- ``recorded`` (the default): the stock as of the event time of each lookup — what a live
+  run looked up, give or take stock_pool's lag;
+- ``end``: the stock at the end of the recording — what a replay reads from Redis behind a
+  stock_pool that has caught up with the same input. With it, the backtest publishes
+  exactly the ids and payloads (but ``fired_at``) of that replay
+  (``tests/unit/test_backtest_equals_replay.py``).
 """
 
 from __future__ import annotations
 
-import heapq
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -31,47 +41,18 @@ from connectors.kafka_clients import read_topic
 from connectors.reference_files import load_reference
 from connectors.rules_file import load_rules
 from connectors.trigger_inputs import DECODERS, Skipped
-from connectors.triggers import coupon_data, coupon_id, replenishment_id
-from domain.clearance_rules import (
-    AudienceState,
-    ClearanceSignal,
-    View,
-    add_batch,
-    add_signal,
-    add_view,
-    clearance_deadline,
-    clearance_deadlines,
-    evaluate_clearance,
-    note_change,
-    release_signals,
-)
-from domain.customer_rules import (
-    Conversion,
-    CouponDecision,
-    CustomerEvent,
-    CustomerState,
-    Offer,
-    next_deadline,
-    on_event,
-    on_offer,
-    on_time,
-)
-from domain.customer_rules import Suppressed as CustomerSuppressed
+from connectors.triggers import coupon_data, coupon_id, replenishment_data, replenishment_id
+from domain.customer_rules import CouponConversion, CouponDecision, CouponSuppressed
 from domain.events import MOVEMENT_EVENT_TYPES, Origin, Rejection
 from domain.reference import ReferenceData
 from domain.rules import RulesError, RuleSet
-from domain.stock_rules import (
-    CampaignState,
-    ExpiryBatch,
-    SkuRuleState,
-    StockChange,
-    StockDecision,
-    evaluate_campaign_prep,
-    evaluate_stock_rules,
-)
-from domain.stock_rules import Suppressed as StockSuppressed
+from domain.stock_rules import StockChange, StockDecision, StockTriggerSuppressed
+from domain.stock_view import RecordedStock
+from domain.trigger_replay import Record, TriggerReplay, replay_order
+from state.coupon_store import MemoryCouponStore
 
-Record = CustomerEvent | StockChange | ExpiryBatch
+#: ``--stock``: the recorded stock as of each lookup, or at the end of the recording.
+STOCK_MODES = ("recorded", "end")
 
 
 def classify(record: dict[str, Any]) -> str | None:
@@ -92,168 +73,55 @@ class Tally:
     conversions: Counter[tuple[str, str]] = field(default_factory=Counter)
     unusable: Counter[str] = field(default_factory=Counter)
     records: int = 0
+    #: every would-be trigger: the topic, the id and the payload the flow would publish
+    #: (``fired_at`` is the event time it would fire at: a backtest has no wall clock)
     triggers: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Backtest:
-    """The flow's steps as plain dictionaries of state, driven in event-time order."""
+    """A rules file over a recording: ``TriggerReplay`` on the recorded stock, tallied."""
 
-    def __init__(self, rules: RuleSet, reference: ReferenceData) -> None:
+    def __init__(self, rules: RuleSet, reference: ReferenceData, grace_ms: int = 500) -> None:
         self.rules = rules
         self.reference = reference
+        self.grace_ms = grace_ms
         self.tally = Tally()
-        self.customers: dict[str, CustomerState] = {}
-        self.locations: dict[str, SkuRuleState] = {}
-        self.audiences: dict[str, AudienceState] = {}
-        self.campaigns: dict[str, CampaignState] = {}
-        #: the stock pool as replayed so far: (sku, location) → latest change
-        self.stock: dict[tuple[str, str], StockChange] = {}
-        self._customer_timers: list[tuple[int, str]] = []
-        self._location_timers: list[tuple[int, str]] = []
 
-    # --- lookups the flow makes in Redis ------------------------------------------------------
-
-    def nearby(self, region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
-        found = [
-            (loc, change.available)
-            for (s, loc), change in self.stock.items()
-            if s == sku
-            and change.region == region
-            and change.location_type == "store"
-            and change.available >= minimum
-        ]
-        return sorted(found, key=lambda item: (-item[1], item[0]))
-
-    def region_stock(self, sku: str, region: str) -> list[StockChange]:
-        return [c for (s, _), c in sorted(self.stock.items()) if s == sku and c.region == region]
-
-    # --- driving -----------------------------------------------------------------------------
-
-    def run(self, records: Iterable[Record]) -> Tally:
-        ordered = sorted(records, key=lambda r: r.ts_ms)
+    def run(self, records: Iterable[Record], stock_mode: str = "recorded") -> Tally:
+        """Replay ``records`` (in their recorded order) and tally what the rules did."""
+        if stock_mode not in STOCK_MODES:
+            raise ValueError(f"stock mode must be one of {', '.join(STOCK_MODES)}: {stock_mode}")
+        ordered = replay_order(records)
+        stock = RecordedStock(r for r in ordered if isinstance(r, StockChange))
+        view = stock.at_end() if stock_mode == "end" else stock.as_recorded()
+        replay = TriggerReplay(self.rules, self.reference, view, MemoryCouponStore(), self.grace_ms)
         for record in ordered:
-            self._timers(record.ts_ms - 1)
             self.tally.records += 1
-            if isinstance(record, CustomerEvent):
-                self._customer_event(record)
-            elif isinstance(record, StockChange):
-                self._stock_change(record)
-            else:
-                self._batch(record)
-        if ordered:
-            self._timers(ordered[-1].ts_ms)
+            outcomes = replay.feed(record)
+            if outcomes is None:
+                self.tally.unusable["no_customer"] += 1
+                continue
+            self._tally(outcomes)
+        self._tally(replay.finish())
         return self.tally
 
-    def _timers(self, until_ms: int) -> None:
-        while self._customer_timers and self._customer_timers[0][0] <= until_ms:
-            _, customer = heapq.heappop(self._customer_timers)
-            state = self.customers[customer]
-            due = next_deadline(state)
-            if due is None or due > until_ms:
-                self._customer_timer(customer, state)
-                continue
-            self._outcomes(on_time(state, customer, due, self.rules))
-            self._customer_timer(customer, state)
-        while self._location_timers and self._location_timers[0][0] <= until_ms:
-            _, key = heapq.heappop(self._location_timers)
-            location = self.locations[key]
-            for due_ms in clearance_deadlines(location, self.rules):
-                if due_ms > until_ms:
-                    break
-                self._outcomes(
-                    evaluate_clearance(
-                        location, self.rules, self._category(key), due_ms, None, self.region_stock
-                    )
-                )
-            self._location_timer(key, location)
-
-    def _customer_timer(self, customer: str, state: CustomerState) -> None:
-        due = next_deadline(state)
-        if due is not None:
-            heapq.heappush(self._customer_timers, (due, customer))
-
-    def _location_timer(self, key: str, state: SkuRuleState) -> None:
-        due = clearance_deadline(state, self.rules)
-        if due is not None:
-            heapq.heappush(self._location_timers, (due, key))
-
-    def _category(self, key: str) -> str:
-        product = self.reference.products.get(key.split(":", 1)[0])
-        return product.category if product else ""
-
-    def _customer_event(self, event: CustomerEvent) -> None:
-        state = self.customers.get(event.customer_id)
-        state, out = on_event(state, event, self.rules, self.nearby)
-        self.customers[event.customer_id] = state
-        self._outcomes(out)
-        self._customer_timer(event.customer_id, state)
-        if event.event_type == "product_view" and event.region and event.sku and event.category:
-            view = View(event.customer_id, event.sku, event.category, event.ts_ms)
-            self.audiences[event.region] = add_view(
-                self.audiences.get(event.region), view, self.rules
-            )
-
-    def _stock_change(self, change: StockChange) -> None:
-        self.stock[(change.sku, change.location_id)] = change
-        key = f"{change.sku}:{change.location_id}"
-        product = self.reference.products.get(change.sku)
-        reorder_point = product.reorder_point if product else 0
-        stock_rules = self.rules.of_kind("low_stock") + self.rules.of_kind("stockout")
-        state, out = evaluate_stock_rules(
-            self.locations.get(key), change, stock_rules, reorder_point, self.region_stock
-        )
-        self.locations[key] = state
-        note_change(state, change)
-        self._outcomes(out)
-        self._outcomes(
-            evaluate_clearance(
-                state,
-                self.rules,
-                self._category(key),
-                change.ts_ms,
-                change.location_id,
-                self.region_stock,
-            )
-        )
-        self._location_timer(key, state)
-
-    def _batch(self, batch: ExpiryBatch) -> None:
-        key = f"{batch.sku}:{batch.location_id}"
-        state = add_batch(self.locations.get(key), batch)
-        self.locations[key] = state
-        self._outcomes(
-            evaluate_clearance(
-                state,
-                self.rules,
-                self._category(key),
-                batch.ts_ms,
-                batch.location_id,
-                self.region_stock,
-            )
-        )
-        self._location_timer(key, state)
-
-    def _outcomes(self, outcomes: Iterable[object]) -> None:
+    def _tally(self, outcomes: Iterable[object]) -> None:
+        tally = self.tally
         for item in outcomes:
             if isinstance(item, CouponDecision):
                 self._coupon(item)
             elif isinstance(item, StockDecision):
-                self.tally.fired[(item.rule_id, item.kind, "default")] += 1
-                self.tally.triggers.append(
-                    {
-                        "topic": "triggers.replenishment",
-                        "id": replenishment_id(item),
-                        **vars_of(item),
-                    }
+                tally.fired[(item.rule_id, item.kind, "default")] += 1
+                data = replenishment_data(item, item.event_time_ms)
+                tally.triggers.append(
+                    {"topic": topics.TRIGGERS_REPLENISHMENT, "id": replenishment_id(item), **data}
                 )
-            elif isinstance(item, CustomerSuppressed):
-                self.tally.suppressed[(item.rule_id, item.variant, item.reason)] += 1
-            elif isinstance(item, StockSuppressed):
-                self.tally.suppressed[(item.rule_id, "default", item.reason)] += 1
-            elif isinstance(item, Conversion):
-                self.tally.conversions[(item.rule_id, item.variant)] += 1
-            elif isinstance(item, ClearanceSignal):
-                self._signal(item)
+            elif isinstance(item, CouponSuppressed):
+                tally.suppressed[(item.rule_id, item.variant, item.reason)] += 1
+            elif isinstance(item, StockTriggerSuppressed):
+                tally.suppressed[(item.rule_id, "default", item.reason)] += 1
+            elif isinstance(item, CouponConversion):
+                tally.conversions[(item.rule_id, item.variant)] += 1
 
     def _coupon(self, decision: CouponDecision) -> None:
         rule = self.rules.by_id.get(decision.rule_id)
@@ -261,49 +129,11 @@ class Backtest:
         data = coupon_data(decision, self.rules, decision.sent_at_ms)
         if decision.holdout:
             self.tally.suppressed[(decision.rule_id, decision.variant, "control")] += 1
-            self.tally.triggers.append(
-                {"topic": "triggers.holdout", "id": coupon_id(decision), **data}
-            )
-            return
-        self.tally.fired[(decision.rule_id, kind, decision.variant)] += 1
-        self.tally.triggers.append({"topic": "triggers.coupon", "id": coupon_id(decision), **data})
-        if (
-            decision.store_id in self.reference.locations
-            and decision.sku in self.reference.products
-        ):
-            assert decision.store_id is not None and decision.sku is not None
-            key = f"{decision.store_id}:{decision.sku}"
-            stock = self.stock.get((decision.sku, decision.store_id))
-            state, out = evaluate_campaign_prep(
-                self.campaigns.get(key),
-                decision.store_id,
-                self.reference.locations[decision.store_id].region,
-                decision.sku,
-                decision.code,
-                decision.sent_at_ms,
-                self.rules.of_kind("campaign_prep"),
-                stock.available if stock else 0,
-                self.reference.products[decision.sku].reorder_point,
-            )
-            self.campaigns[key] = state
-            self._outcomes(out)
-
-    def _signal(self, signal: ClearanceSignal) -> None:
-        # Records are replayed in time order, so every view up to the signal is known.
-        state = add_signal(self.audiences.get(signal.region), signal)
-        self.audiences[signal.region] = state
-        for offer in release_signals(state, signal.ts_ms, self.rules, self.rules.max_audience):
-            self._offer(offer)
-
-    def _offer(self, offer: Offer) -> None:
-        state, out = on_offer(self.customers.get(offer.customer_id), offer, self.rules)
-        self.customers[offer.customer_id] = state
-        self._outcomes(out)
-        self._customer_timer(offer.customer_id, state)
-
-
-def vars_of(decision: StockDecision) -> dict[str, Any]:
-    return {name: getattr(decision, name) for name in decision.__slots__}  # type: ignore[attr-defined]
+            topic = topics.TRIGGERS_HOLDOUT
+        else:
+            self.tally.fired[(decision.rule_id, kind, decision.variant)] += 1
+            topic = topics.TRIGGERS_COUPON
+        self.tally.triggers.append({"topic": topic, "id": coupon_id(decision), **data})
 
 
 def decode_records(
@@ -360,7 +190,12 @@ def print_report(tally: Tally, rules: RuleSet, out: TextIO | None = None) -> Non
 
 
 def run_backtest(
-    config: Config, rules_path: str, events: Path | None, from_topics: bool, triggers: Path | None
+    config: Config,
+    rules_path: str,
+    events: Path | None,
+    from_topics: bool,
+    triggers: Path | None,
+    stock_mode: str = "recorded",
 ) -> int:
     try:
         rules = load_rules(rules_path)
@@ -369,7 +204,7 @@ def run_backtest(
             print(problem, file=sys.stderr)
         return 1
     reference = load_reference(config)
-    engine = Backtest(rules, reference)
+    engine = Backtest(rules, reference, int(config.rules.timer_grace_seconds * 1000))
     raw: Iterable[tuple[str, bytes]]
     if events is not None:
         if not events.is_file():
@@ -383,8 +218,9 @@ def run_backtest(
             for message in read_topic(config, name, timeout_s=120)
         )
         print(f"reading {config.kafka.bootstrap} (prefix {config.kafka.topic_prefix!r}) …")
-    tally = engine.run(decode_records(raw, reference, engine.tally))
+    tally = engine.run(decode_records(raw, reference, engine.tally), stock_mode)
     print_report(tally, rules)
+    print(f"\nstock looked up: {stock_mode} (--stock)")
     if triggers is not None:
         with triggers.open("wb") as out:
             for trigger in tally.triggers:

@@ -93,7 +93,7 @@ def _cmd_rules_backtest(config: Config, args: argparse.Namespace) -> int:
 
     if args.topic:
         _needs(config, kafka=True)
-    return run_backtest(config, args.file, args.events, args.topic, args.triggers)
+    return run_backtest(config, args.file, args.events, args.topic, args.triggers, args.stock)
 
 
 def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
@@ -223,10 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "backtest",
         help="replay recorded events through a rules file, offline",
         description="Replay recorded events (events.resolved records, stock.changes "
-        "CloudEvents and wms.movements events) in event-time order through a rules file and "
-        "print what would fire per rule and variant, what cooldowns, the frequency cap and "
-        "control groups would hold back, and what would convert. Nothing is written to a live "
-        "topic or to Redis; the stock a rule looks up is the recorded stock at that moment.",
+        "CloudEvents and wms.movements events) through a rules file, the way "
+        "`run rule_triggers --until-idle` replays them, and print what would fire per rule and "
+        "variant, what cooldowns, the frequency cap and control groups would hold back, and "
+        "what would convert. Nothing is written to a live topic or to Redis; the stock a rule "
+        "looks up is the recorded stock (--stock).",
     )
     backtest.add_argument("file", help="the rules file to test (YAML)")
     source = backtest.add_mutually_exclusive_group(required=True)
@@ -244,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="also write every would-be trigger (JSON lines, with the topic it would go to)",
+    )
+    backtest.add_argument(
+        "--stock",
+        choices=("recorded", "end"),
+        default="recorded",
+        help="the stock rules look up: as recorded at the moment of the lookup (default), or "
+        "at the end of the recording, as a replay behind a caught-up stock_pool reads it",
     )
     _add_config_argument(backtest)
     backtest.set_defaults(handler=_cmd_rules_backtest)

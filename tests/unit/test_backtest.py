@@ -1,5 +1,6 @@
 """``omnistream rules backtest`` over a recorded JSON-lines file: what would fire, what would be
-held back, what would convert — offline, in event-time order, with the recorded stock."""
+held back, what would convert — offline, as a replay of the flow runs it, with the recorded
+stock as of each lookup or at the end of the recording."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from connectors.envelopes import cloud_event
 from connectors.reference_files import load_reference
 from connectors.rules_file import load_rules
 from domain.trigger_policy import draw_variant
-from omnistream.backtest import Backtest, decode_records, file_records
+from omnistream.backtest import Backtest, Tally, decode_records, file_records
 from omnistream.cli import main
 
 MIN = 60_000
@@ -81,13 +82,16 @@ def recording(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     rules.write_text(RULES)
     buyer, holdout, late = customer_in("a"), customer_in("control"), "cust-late"
     records = [
-        # The recorded stock: plenty in Jing'an, little in Lujiazui, then Lujiazui runs low.
+        # The recorded stock: plenty in Jing'an, little in Lujiazui, then Lujiazui runs low,
+        # and at last Jing'an too (reorder point 22).
+        stock("ST-SH-02", 10, T0 + 40 * MIN, "s3"),
+        stock("ST-SH-01", 5, T0 + 50 * MIN, "s4"),
+        resolved(buyer, 1, "add_to_cart", T0, sku="SKU-10012"),
+        # Keys out of time order on purpose: each key's records are taken in their order,
+        # the keys are interleaved by event time.
         stock("ST-SH-01", 50, T0 - 60 * MIN, "s1"),
         stock("ST-SH-02", 30, T0 - 50 * MIN, "s2"),
-        stock("ST-SH-02", 10, T0 + 40 * MIN, "s3"),
-        # Out of time order on purpose: the backtest sorts by event time.
         resolved(buyer, 2, "order_placed", T0 + 30 * MIN, lines=[{"sku": "SKU-10012"}]),
-        resolved(buyer, 1, "add_to_cart", T0, sku="SKU-10012"),
         resolved(holdout, 1, "add_to_cart", T0, sku="SKU-10012"),
         resolved(holdout, 2, "order_placed", T0 + 50 * MIN, lines=[{"sku": "SKU-10012"}]),
         resolved(late, 1, "add_to_cart", T0, sku="SKU-10010"),
@@ -101,19 +105,26 @@ def recording(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return rules, events, {"buyer": buyer, "holdout": holdout}
 
 
+def backtest(events: Path, rules_path: Path, stock: str = "recorded") -> Tally:
+    reference = load_reference(Config())
+    engine = Backtest(load_rules(str(rules_path)), reference)
+    return engine.run(
+        decode_records(file_records(events, engine.tally), reference, engine.tally), stock
+    )
+
+
 def test_backtest_replays_in_event_time_with_the_recorded_stock(
     recording: tuple[Path, Path, dict[str, str]],
 ) -> None:
     rules_path, events, who = recording
-    reference = load_reference(Config())
-    engine = Backtest(load_rules(str(rules_path)), reference)
-    tally = engine.run(decode_records(file_records(events, engine.tally), reference, engine.tally))
-    assert tally.records == 11
+    tally = backtest(events, rules_path)
+    assert tally.records == 12
     assert dict(tally.unusable) == {"no_customer": 1, "not_an_input_record": 1}
     assert dict(tally.fired) == {
         ("cart", "cart_abandonment", "a"): 1,  # the buyer; `late` ordered in time
         ("browse", "browse_nearby_stock", "default"): 1,
-        ("low", "transfer", "default"): 1,
+        ("low", "transfer", "default"): 1,  # Lujiazui, from Jing'an as it was then
+        ("low", "replenish", "default"): 1,  # Jing'an, when Lujiazui had no surplus either
     }
     assert dict(tally.suppressed) == {("cart", "control", "control"): 1}
     # Both arms converted: the buyer and the held-out customer ordered within a day.
@@ -121,10 +132,49 @@ def test_backtest_replays_in_event_time_with_the_recorded_stock(
     by_topic = {(t["topic"], t.get("rule_id")): t for t in tally.triggers}
     browse = by_topic[("triggers.coupon", "browse")]
     assert browse["coupon"]["store_id"] == "ST-SH-01"  # the store with the most, back then
-    transfer = by_topic[("triggers.replenishment", "low")]
+    transfer = next(t for t in tally.triggers if t.get("kind") == "transfer")
     assert (transfer["location_id"], transfer["source_location_id"]) == ("ST-SH-02", "ST-SH-01")
+    assert transfer["evidence"] == ["s3", "s1"]
     assert by_topic[("triggers.holdout", "cart")]["customer_id"] == who["holdout"]
     assert by_topic[("triggers.coupon", "cart")]["event_time"].startswith("2026-11-01T02:36:40")
+    # Every trigger carries the payload the flow publishes, fired at its event time.
+    assert all(t["fired_at"] == t["event_time"] or "held_until" in t for t in tally.triggers)
+
+
+def test_backtest_with_the_stock_at_the_end_reads_what_a_replay_reads_in_redis(
+    recording: tuple[Path, Path, dict[str, str]],
+) -> None:
+    """A replay behind a stock_pool that has caught up reads the pool of the end of the
+    input: by then Jing'an is down to 5, Lujiazui has 10."""
+    rules_path, events, _ = recording
+    tally = backtest(events, rules_path, stock="end")
+    assert dict(tally.fired) == {
+        ("cart", "cart_abandonment", "a"): 1,
+        ("browse", "browse_nearby_stock", "default"): 1,
+        ("low", "replenish", "default"): 2,  # no surplus anywhere at the end
+    }
+    browse = next(t for t in tally.triggers if t.get("rule_id") == "browse")
+    assert browse["coupon"]["store_id"] == "ST-SH-02"
+    assert browse["reason"] == "viewed 2 times; ST-SH-02 has 10"
+
+
+def test_each_customers_records_are_taken_in_their_recorded_order(tmp_path: Path) -> None:
+    """As the flow reads them (a customer's events are in one partition): an order
+    recorded before the cart it would have closed does not close it, and a purchase that
+    comes before a coupon does not convert it."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    buyer = customer_in("a")
+    events = tmp_path / "recorded.jsonl"
+    records = [
+        resolved(buyer, 2, "order_placed", T0 + 5 * MIN, lines=[{"sku": "SKU-10012"}]),
+        resolved(buyer, 1, "add_to_cart", T0, sku="SKU-10012"),  # due at T0 + 10 min
+        resolved("someone", 1, "page_view", T0 + 30 * MIN),  # the input goes on past it
+    ]
+    events.write_bytes(b"\n".join(orjson.dumps(r) for r in records))
+    tally = backtest(events, rules)
+    assert dict(tally.fired) == {("cart", "cart_abandonment", "a"): 1}
+    assert dict(tally.conversions) == {}
 
 
 def test_backtest_command_prints_the_table_and_writes_triggers(
@@ -142,7 +192,8 @@ def test_backtest_command_prints_the_table_and_writes_triggers(
     assert "would fire" in printed and "held back" in printed
     assert "cart_abandonment" in printed and "control" in printed
     lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    assert len(lines) == 4 and all(line["id"] for line in lines)
+    assert len(lines) == 5 and all(line["id"] for line in lines)
+    assert "stock looked up: recorded" in printed
 
 
 def test_backtest_refuses_an_invalid_rules_file(

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from domain.customer_rules import (
-    Conversion,
+    CouponConversion,
     CouponDecision,
+    CouponSuppressed,
     CustomerEvent,
     CustomerState,
     Offer,
     Outcome,
-    Suppressed,
     next_deadline,
     on_event,
     on_offer,
@@ -121,8 +121,8 @@ def decisions(out: list[Outcome]) -> list[CouponDecision]:
     return [o for o in out if isinstance(o, CouponDecision)]
 
 
-def conversions(out: list[Outcome]) -> list[Conversion]:
-    return [o for o in out if isinstance(o, Conversion)]
+def conversions(out: list[Outcome]) -> list[CouponConversion]:
+    return [o for o in out if isinstance(o, CouponConversion)]
 
 
 def sent_coupon(rules: RuleSet, ts: int = T0) -> tuple[CustomerState, CouponDecision]:
@@ -248,7 +248,9 @@ def test_a_purchase_in_the_window_converts_once() -> None:
     rules = ruleset(CART, window="2d")
     state, decision = sent_coupon(rules)
     state, out = feed([order(2, T0 + DAY)], rules, state)
-    assert out == [Conversion("cart", "default", "c1", decision.code, "purchase", "e2", T0 + DAY)]
+    assert out == [
+        CouponConversion("cart", "default", "c1", decision.code, "purchase", "e2", T0 + DAY)
+    ]
     state, again = feed([order(3, T0 + DAY + HOUR)], rules, state)
     assert again == []
 
@@ -287,7 +289,9 @@ def test_a_purchase_while_the_coupon_is_held_does_not_convert_it() -> None:
     assert isinstance(decision, CouponDecision)
     state, out = feed([order(2, local(19, 9))], rules, state)
     assert out == [
-        Conversion("overstock", "default", "c1", decision.code, "purchase", "e2", local(19, 9))
+        CouponConversion(
+            "overstock", "default", "c1", decision.code, "purchase", "e2", local(19, 9)
+        )
     ]
 
 
@@ -298,7 +302,7 @@ def test_a_till_sale_with_the_coupon_code_is_a_redemption() -> None:
     sale = ev(2, "sale", T0 + HOUR, "SKU1", purchase=True, codes=("OTHER", decision.code))
     state, out = feed([sale], rules, state)
     assert out == [
-        Conversion("overstock", "default", "c1", decision.code, "redeemed", "e2", T0 + HOUR)
+        CouponConversion("overstock", "default", "c1", decision.code, "redeemed", "e2", T0 + HOUR)
     ]
 
 
@@ -326,7 +330,7 @@ def test_a_holdout_converts_as_control() -> None:
     assert isinstance(decision, CouponDecision) and decision.holdout
     _, out = feed([order(2, T0 + HOUR, customer)], rules, state)
     assert out == [
-        Conversion("overstock", CONTROL, customer, decision.code, "purchase", "e2", T0 + HOUR)
+        CouponConversion("overstock", CONTROL, customer, decision.code, "purchase", "e2", T0 + HOUR)
     ]
 
 
@@ -381,7 +385,7 @@ def test_offers_respect_the_cooldown_with_the_drawn_variant() -> None:
     state, first = on_offer(None, offer(T0), rules)
     assert [d.variant for d in decisions(first)] == ["a"]
     state, second = on_offer(state, offer(T0 + HOUR, sku="SKU2"), rules)
-    assert second == [Suppressed("overstock", "cooldown", "a")]
+    assert second == [CouponSuppressed("overstock", "cooldown", "a")]
     _, third = on_offer(state, offer(T0 + DAY, sku="SKU3"), rules)
     assert [d.variant for d in decisions(third)] == ["a"]
 
@@ -391,14 +395,14 @@ def test_holdouts_are_suppressed_by_the_cooldown_as_control() -> None:
     customer = control_customer(rule_of(rules, "overstock"))
     state, _ = on_offer(None, offer(T0, customer), rules)
     _, out = on_offer(state, offer(T0 + HOUR, customer), rules)
-    assert out == [Suppressed("overstock", "cooldown", CONTROL)]
+    assert out == [CouponSuppressed("overstock", "cooldown", CONTROL)]
 
 
 def test_the_daily_cap_counts_event_coupons_and_offers_together() -> None:
     rules = ruleset(CART, {**OVERSTOCK, "experiment": {"salt": "x", "variants": {"b": 1}}}, cap=1)
     state, _ = sent_coupon(rules)
     state, out = on_offer(state, offer(T0 + HOUR), rules)
-    assert out == [Suppressed("overstock", "cap", "b")]
+    assert out == [CouponSuppressed("overstock", "cap", "b")]
     next_day = T0 - T0 % DAY + DAY + HOUR  # the cap is per UTC day
     _, out = on_offer(state, offer(next_day), rules)
     assert [d.variant for d in decisions(out)] == ["b"]
@@ -409,7 +413,9 @@ def test_an_offer_counts_against_the_cap_of_event_coupons() -> None:
     state, out = on_offer(None, offer(T0), rules)
     assert len(decisions(out)) == 1
     state, _ = feed([ev(1, "add_to_cart", T0 + MIN, "SKU1")], rules, state)
-    assert on_time(state, "c1", T0 + 31 * MIN, rules) == [Suppressed("cart", "cap", "default")]
+    assert on_time(state, "c1", T0 + 31 * MIN, rules) == [
+        CouponSuppressed("cart", "cap", "default")
+    ]
 
 
 def test_an_offer_for_an_unknown_or_disabled_rule_is_dropped() -> None:
@@ -465,4 +471,4 @@ def test_the_same_input_gives_the_same_output() -> None:
     first, second = _scenario(rules), _scenario(rules)
     assert first == second
     kinds = {type(o).__name__ for o in first}
-    assert kinds == {"CouponDecision", "Suppressed", "Conversion"}
+    assert kinds == {"CouponDecision", "CouponSuppressed", "CouponConversion"}

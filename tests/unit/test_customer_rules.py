@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from domain.customer_rules import (
     CouponDecision,
+    CouponSuppressed,
     CustomerEvent,
     CustomerState,
-    Suppressed,
     next_deadline,
     on_event,
     on_time,
@@ -105,11 +105,11 @@ def test_cart_coupon_respects_cooldown_and_daily_cap() -> None:
     rules = ruleset(CART, {**CART, "id": "cart2"}, cap=1)
     state, _ = feed([ev(1, "add_to_cart", T0, "SKU1")], rules)
     fired = on_time(state, "c1", T0 + 31 * MIN, rules)
-    assert [type(x) for x in fired] == [CouponDecision, Suppressed]
-    assert isinstance(fired[1], Suppressed) and fired[1].reason == "cap"
+    assert [type(x) for x in fired] == [CouponDecision, CouponSuppressed]
+    assert isinstance(fired[1], CouponSuppressed) and fired[1].reason == "cap"
     state, _ = feed([ev(2, "add_to_cart", T0 + 40 * MIN, "SKU2")], rules, state=state)
     again = on_time(state, "c1", T0 + 80 * MIN, rules)
-    assert [x.reason for x in again if isinstance(x, Suppressed)] == ["cooldown", "cap"]
+    assert [x.reason for x in again if isinstance(x, CouponSuppressed)] == ["cooldown", "cap"]
 
 
 def test_browse_nearby_stock_fires_on_the_nth_view_with_the_best_store() -> None:
@@ -143,7 +143,7 @@ def test_win_back_fires_on_activity_after_a_long_pause_only() -> None:
     (decision,) = fired
     assert isinstance(decision, CouponDecision) and "61 days" in decision.reason
     _, fired = feed([ev(4, "page_view", T0 + 62 * DAY)], rules, state=state)
-    assert isinstance(fired[0], Suppressed) and fired[0].reason == "cooldown"
+    assert isinstance(fired[0], CouponSuppressed) and fired[0].reason == "cooldown"
     assert feed([ev(5, "page_view", T0)], rules)[1] == []  # never purchased: nothing to win back
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.event_clock import MAX_WAIT_S, MIN_WAIT_S, EventClock, clocks
+from connectors.event_clock import MAX_WAIT_S, MIN_WAIT_S, EventClock, InputMarks, WorkerClocks
 
 T0 = 1_795_313_730_000  # an event time in November 2026
 #: Slack for the real ``datetime.now`` read inside ``wake_at`` and around it.
@@ -172,21 +172,40 @@ def test_low_watermark_skips_silent_partitions_and_moves_on_when_all_are_silent(
     assert clock.low_watermark("events") == T0 + 5_000 + 3_000
 
 
-def test_clocks_are_one_per_name_and_per_thread() -> None:
-    mine = clocks("test-event-clock-a", 500, None)
-    assert clocks("test-event-clock-a", 500, None) is mine
-    assert clocks("test-event-clock-b", 500, None) is not mine
+def test_clocks_are_one_per_name_and_per_thread_and_per_flow() -> None:
+    flow = WorkerClocks(500, None)
+    mine = flow.clock("a")
+    assert flow.clock("a") is mine
+    assert flow.clock("b") is not mine
     assert mine.grace_ms == 500
     assert mine.idle_advance_ms is None
+    # Another flow built in the same process (a test after another) has clocks of its own.
+    assert WorkerClocks(500, None).clock("a") is not mine
     theirs: list[EventClock] = []
-    worker = threading.Thread(
-        target=lambda: theirs.extend(clocks("test-event-clock-a", 500, None) for _ in range(2))
-    )
+    worker = threading.Thread(target=lambda: theirs.extend(flow.clock("a") for _ in range(2)))
     worker.start()
     worker.join()
     assert len(theirs) == 2
     assert theirs[0] is theirs[1]  # the same within the other thread
     assert theirs[0] is not mine  # but not the calling thread's clock
+
+
+def test_input_marks_are_shared_by_every_thread_and_only_move_forward() -> None:
+    """The end of a replay's input is the latest event time any worker read."""
+    marks = InputMarks()
+    assert marks.latest("resolved") is None
+    readers = [
+        threading.Thread(target=lambda ts=ts: marks.note("resolved", ts))
+        for ts in (T0 + 5, T0 + 9, T0 + 1)
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    marks.note("resolved", None)  # a batch with nothing of the group
+    marks.note("resolved", T0)  # a snapshot restored after later reads
+    assert marks.latest("resolved") == T0 + 9
+    assert marks.latest("stock") is None
 
 
 def test_marks_restore_into_a_fresh_clock_taking_the_latest_of_each_stream() -> None:

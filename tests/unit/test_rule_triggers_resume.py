@@ -16,9 +16,12 @@ from typing import Any, TypeVar
 
 from base.config import Config
 from connectors.reference_files import load_reference
-from domain.customer_rules import CouponDecision, CustomerEvent
+from domain.customer_rules import CouponDecision, CustomerEvent, Offer
 from domain.stock_rules import StockChange, StockDecision
+from domain.trigger_replay import RESOLVED, STOCK
 from flows.rule_triggers import CampaignLogic, CustomerLogic, LocationLogic, _Context
+from state.coupon_store import MemoryCouponStore
+from state.memory_stock import MemoryStockStore
 
 CONFIG = Config()
 REFERENCE = load_reference(CONFIG)
@@ -48,7 +51,15 @@ def in_new_process(work: Callable[[], T]) -> T:
 
 
 def replay_context() -> _Context:
-    return _Context(CONFIG, REFERENCE, until_idle=True)
+    """What ``build(..., until_idle=True)`` shares between its steps; an empty stock pool."""
+    stock, coupons = MemoryStockStore(REFERENCE), MemoryCouponStore()
+    return _Context(
+        CONFIG,
+        REFERENCE,
+        until_idle=True,
+        stock_store=lambda: stock,
+        coupon_store=lambda: coupons,
+    )
 
 
 def event(customer: str, event_type: str, ts_ms: int, sku: str | None = None) -> CustomerEvent:
@@ -97,22 +108,42 @@ def test_a_cart_left_for_the_end_still_fires_when_its_partition_has_nothing_left
     assert carts(in_new_process(resumed)) == carts(uninterrupted)
 
 
-def test_snapshots_written_before_the_clock_marks_still_resume() -> None:
+def test_a_cart_left_for_the_end_fires_whichever_worker_read_the_end() -> None:
+    """Several workers: the customer's key is on one, the event that moves the input past
+    its deadline was read by another and went to a key there. The end of the replay is what
+    any worker read (before, each worker's own clock decided, and the coupon fired or not
+    depending on where the keys landed)."""
     sku = next(iter(REFERENCE.products))
+    ctx = replay_context()
+    a = CustomerLogic(ctx, None)
+    in_new_process(lambda: a.on_item(event("cust-a", "add_to_cart", NOON, sku)))  # worker 1
 
-    def old_snapshot() -> Any:
-        ctx = replay_context()
-        logic = CustomerLogic(ctx, None)
-        logic.on_item(event("cust-a", "add_to_cart", NOON, sku))
-        return logic.snapshot()[:3]  # (customer id, state, partition): the old layout
+    def worker_two() -> None:
+        ctx.read.note(RESOLVED, NOON + 2 * HOUR)  # the decoding step, as it reads the batch
+        CustomerLogic(ctx, None).on_item(event("cust-b", "page_view", NOON + 2 * HOUR))
 
-    snapshot = in_new_process(old_snapshot)
+    in_new_process(worker_two)
+    out, _ = in_new_process(a.on_eof)  # worker 1's clock never saw NOON + 2 h
+    assert [d.evidence for d in carts(out)] == [(f"cust-a-add_to_cart-{NOON}",)]
 
-    def resumed() -> tuple[str, int]:
-        logic = CustomerLogic(replay_context(), snapshot)
-        return logic.customer_id, len(logic.state.carts)
 
-    assert in_new_process(resumed) == ("cust-a", 1)
+def test_offers_held_for_the_end_survive_a_resume() -> None:
+    """A replay gives customers their clearance offers at the end, in event-time order; an
+    offer taken in before the last snapshot must still be given after a resume."""
+    sku = next(iter(REFERENCE.products))
+    rule = next(r for r in replay_context().rules.current().rules if r.kind == "overstock")
+    offer = Offer(rule.rule_id, "cust-a", sku, None, "overstock", ("sig",), NOON)
+
+    def first_run() -> tuple[Any, list[Any]]:
+        logic = CustomerLogic(replay_context(), None)
+        logic.on_item(event("cust-a", "page_view", NOON - HOUR))
+        logic.on_item(offer)
+        return logic.snapshot(), logic.on_eof()[0]
+
+    snapshot, uninterrupted = in_new_process(first_run)
+    assert [d.rule_id for d in carts(uninterrupted)] == [rule.rule_id]
+    resumed = in_new_process(lambda: CustomerLogic(replay_context(), snapshot).on_eof()[0])
+    assert carts(resumed) == carts(uninterrupted)
 
 
 def test_stock_clock_marks_come_back_with_any_location() -> None:
@@ -122,7 +153,6 @@ def test_stock_clock_marks_come_back_with_any_location() -> None:
     def first_run() -> Any:
         ctx = replay_context()
         logic = LocationLogic(ctx, None)
-        ctx.region_stock = lambda sku, region: []  # type: ignore[method-assign]
         change = StockChange(
             sku, location.location_id, location.region, 50, 1, NOON, "cause-1", 50,
             location.type, source_partition=3,
@@ -135,16 +165,9 @@ def test_stock_clock_marks_come_back_with_any_location() -> None:
     def resumed() -> int | None:
         ctx = replay_context()
         LocationLogic(ctx, snapshot)
-        return ctx.clock("stock").latest()
+        return ctx.end_of_input(STOCK)
 
     assert in_new_process(resumed) == NOON
-
-
-class FakeStock:
-    """The stock a campaign_prep trigger reads when it fires (Redis in the flow)."""
-
-    def available(self, sku: str, location_id: str, flow: str) -> int:
-        return 0
 
 
 def decision(n: int, store_id: str, sku: str) -> CouponDecision:
@@ -169,9 +192,7 @@ def test_coupons_held_for_campaign_prep_survive_a_resume() -> None:
     coupons = [decision(n, store.location_id, sku) for n in range(60)]
 
     def run(resume: Any, items: list[CouponDecision], finish: bool) -> tuple[Any, list[Any]]:
-        ctx = replay_context()
-        ctx.store = lambda: FakeStock()  # type: ignore[assignment, method-assign, return-value]
-        logic = CampaignLogic(ctx, resume)
+        logic = CampaignLogic(replay_context(), resume)  # nothing in stock anywhere
         for item in items:
             logic.on_item(item)
         out = logic.on_eof()[0] if finish else []

@@ -1,4 +1,8 @@
-"""low_stock and stockout: crossings, re-arming, transfers, cooldowns."""
+"""low_stock and stockout: crossings, re-arming, transfers, cooldowns.
+
+State is per sku × location, as the flow keeps it; the other locations of a region come from
+the stock pool (here the recorded changes, as stock_pool wrote them before each one is read).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ from domain.stock_rules import (
     SkuRuleState,
     StockChange,
     StockDecision,
-    Suppressed,
+    StockTriggerSuppressed,
     evaluate_stock_rules,
     target_level,
 )
+from domain.stock_view import RecordedStock
 
 LOW = Rule("low-stock", "low_stock", 3600.0, {"target_cover_days": 2.0})
 OUT = Rule("stockout", "stockout", 3600.0, {})
@@ -27,14 +32,19 @@ def change(
 
 def run(
     changes: list[StockChange], rules: list[Rule] = RULES
-) -> tuple[SkuRuleState, list[list[StockDecision | Suppressed]]]:
-    state = None
+) -> tuple[dict[str, SkuRuleState], list[list[StockDecision | StockTriggerSuppressed]]]:
+    """Each change through its location's state, the region looked up in the pool."""
+    pool = RecordedStock()
+    states: dict[str, SkuRuleState] = {}
     outputs = []
     for c in changes:
-        state, out = evaluate_stock_rules(state, c, rules, REORDER)
+        pool.record(c)
+        state, out = evaluate_stock_rules(
+            states.get(c.location_id), c, rules, REORDER, pool.as_recorded()
+        )
+        states[c.location_id] = state
         outputs.append(out)
-    assert state is not None
-    return state, outputs
+    return states, outputs
 
 
 def test_low_stock_fires_on_the_crossing_only_and_rearms_above_the_threshold() -> None:
@@ -53,7 +63,7 @@ def test_low_stock_fires_on_the_crossing_only_and_rearms_above_the_threshold() -
 
 def test_hovering_inside_the_cooldown_is_suppressed() -> None:
     _, out = run([change("S1", 9), change("S1", 11, T0 + 1), change("S1", 9, T0 + 2)])
-    assert isinstance(out[2][0], Suppressed) and out[2][0].reason == "cooldown"
+    assert isinstance(out[2][0], StockTriggerSuppressed) and out[2][0].reason == "cooldown"
 
 
 def test_transfer_from_the_largest_surplus_in_the_same_region() -> None:
@@ -76,6 +86,26 @@ def test_transfer_never_takes_more_than_the_surplus() -> None:
     _, out = run([change("S2", 12), change("S1", 0, T0 + 5, sold=50)])
     low = next(d for d in out[-1] if isinstance(d, StockDecision) and d.rule_id == "low-stock")
     assert low.kind == "transfer" and low.suggested_qty == 2
+
+
+def test_a_location_crossing_does_not_disarm_another() -> None:
+    """Each sku × location has its own crossing and cooldown."""
+    states, out = run([change("S1", 9), change("S2", 9, T0 + 1), change("S1", 8, T0 + 2)])
+    fired = [[d.location_id for d in o if isinstance(d, StockDecision)] for o in out]
+    assert fired == [["S1"], ["S2"], []]
+    assert states["S1"].fired == {"low-stock"} and states["S2"].fired == {"low-stock"}
+
+
+def test_the_transfer_source_is_the_pool_as_of_the_change() -> None:
+    """The source of a transfer is looked up when the rule fires, in the stock view given:
+    here the pool as recorded at the change, so a surplus recorded later is not used."""
+    pool = RecordedStock([change("S2", 40, T0 + 10, cause="later")])
+    _, out = evaluate_stock_rules(None, change("S1", 3, T0), RULES, REORDER, pool.as_recorded())
+    assert [d.kind for d in out if isinstance(d, StockDecision)] == ["replenish"]
+    _, out = evaluate_stock_rules(None, change("S1", 3, T0), RULES, REORDER, pool.at_end())
+    (decision,) = out
+    assert isinstance(decision, StockDecision)
+    assert decision.kind == "transfer" and decision.evidence == ("e", "later")
 
 
 def test_no_surplus_in_region_means_replenish() -> None:
@@ -119,6 +149,13 @@ def test_campaign_prep_fires_past_the_threshold_once_per_cooldown() -> None:
             reorder_point=REORDER,
         )
         kinds.append([type(o).__name__ for o in out])
-    assert kinds == [[], [], [], ["StockDecision"], ["Suppressed"], ["Suppressed"]]
+    assert kinds == [
+        [],
+        [],
+        [],
+        ["StockDecision"],
+        ["StockTriggerSuppressed"],
+        ["StockTriggerSuppressed"],
+    ]
     state, out = evaluate_campaign_prep(None, "S1", "SH", "SKU1", "x", T0, [prep], 2, REORDER)
     assert out == []  # one coupon is not a campaign

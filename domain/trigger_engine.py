@@ -1,0 +1,362 @@
+"""The one trigger engine of rule_triggers: a class per key the rules keep state for, fed in
+the order that key's records arrive, with event time passed in. No Bytewax, no Redis, no
+clock.
+
+- ``CustomerTriggers`` (a customer): browsing, carts, win-back, clearance offers, quiet
+  hours, conversions (``domain.customer_rules``);
+- ``LocationTriggers`` (a sku × location, the key of ``stock.changes``): low stock,
+  stockout, overstock, expiring batches (``domain.stock_rules``, ``domain.clearance_rules``);
+- ``AudienceTriggers`` (a region): product views, and the clearance signals of its
+  locations turned into offers for the customers who viewed;
+- ``CampaignTriggers`` (a store × sku): coupons naming the store (``campaign_prep``).
+
+What goes from one key to another is decided here too (``view_of``, ``campaign_key``,
+``claim_redemption``): product views and clearance signals go to their region's audience,
+its offers to their customers, coupons naming a store to that store × sku. The live flow
+(``flows.rule_triggers``, through Bytewax) and ``rules backtest`` (``domain.trigger_replay``,
+through dictionaries) route with these.
+
+Lookups of the stock pool go through a ``domain.stock_view.StockView``, asked as of the
+event time of the record that needs them.
+
+Timers: each class says when it next has something to do (``next_deadline``) and fires what
+is due by an event time it is given (``fire_due``); *when* that is asked is the caller's
+clock policy. Live, a key's timers follow the input's clock; in a replay (``run
+rule_triggers --until-idle``, ``rules backtest``) they fire on the key's next record and at
+the end of the input (``finish``). The end of a replay is also when what crosses keys and
+needs every record is done, in this order: locations fire their last timers (clearance
+signals go to the audience), the audience releases every signal with the views of the
+whole input, customers take their offers in event-time order, each after the timers due
+before it, and campaigns count their coupons in event-time order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from domain.clearance_rules import (
+    AudienceState,
+    ClearanceOutcome,
+    ClearanceSignal,
+    View,
+    add_batch,
+    add_signal,
+    add_view,
+    clearance_deadline,
+    clearance_deadlines,
+    evaluate_clearance,
+    note_change,
+    release_signals,
+)
+from domain.customer_rules import (
+    CouponDecision,
+    CustomerEvent,
+    CustomerState,
+    Offer,
+    Outcome,
+    next_deadline,
+    on_event,
+    on_offer,
+    on_time,
+)
+from domain.reference import ReferenceData
+from domain.rules import RuleSet
+from domain.stock_rules import (
+    CampaignState,
+    ExpiryBatch,
+    SkuRuleState,
+    StockChange,
+    StockOutcome,
+    evaluate_campaign_prep,
+    evaluate_stock_rules,
+)
+from domain.stock_view import StockView
+from domain.trigger_policy import Ledger
+
+#: "Every pending signal is due": the audience at the end of a replay, when every view is known.
+EVERY_SIGNAL = 2**62
+
+
+def _offer_order(offer: Offer) -> tuple[int, str, str, str, str, tuple[str, ...]]:
+    store = offer.store_id or ""
+    return (offer.ts_ms, offer.rule_id, offer.sku, store, offer.reason, offer.evidence)
+
+
+@dataclass(slots=True)
+class CustomerTriggers:
+    """One customer's coupon rules, fed the customer's events in their order."""
+
+    customer_id: str = ""
+    state: CustomerState = field(default_factory=CustomerState)
+    #: clearance offers a replay holds for the end of the input
+    held_offers: list[Offer] = field(default_factory=list)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CustomerTriggers:
+        return CustomerTriggers(
+            self.customer_id, self.state.__deepcopy__(memo), list(self.held_offers)
+        )
+
+    def on_event(self, event: CustomerEvent, rules: RuleSet, stock: StockView) -> list[Outcome]:
+        """Deadlines before the event have passed (a customer's events come in order), then
+        the event itself; stores near a browsing customer are asked of ``stock`` as of it."""
+        self.customer_id = event.customer_id
+        out = on_time(self.state, self.customer_id, event.ts_ms - 1, rules)
+
+        def nearby(region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
+            return stock.stores_with_stock(region, sku, minimum, event.ts_ms)
+
+        self.state, fired = on_event(self.state, event, rules, nearby)
+        return [*out, *fired] if out else fired
+
+    def on_offer(self, offer: Offer, rules: RuleSet) -> list[Outcome]:
+        """A clearance coupon from the region's audience, under the same policy as any."""
+        self.customer_id = offer.customer_id
+        self.state, out = on_offer(self.state, offer, rules)
+        return out
+
+    def hold_offer(self, offer: Offer) -> None:
+        """Keep an offer for ``finish`` (a replay: it came after the customer's events)."""
+        self.customer_id = offer.customer_id
+        self.held_offers.append(offer)
+
+    def fire_due(self, mark_ms: int | None, rules: RuleSet) -> list[Outcome]:
+        """Carts and quiet hours due by ``mark_ms`` (nothing before the clock has a mark)."""
+        if mark_ms is None:
+            return []
+        return on_time(self.state, self.customer_id, mark_ms, rules)
+
+    def finish(self, end_ms: int | None, rules: RuleSet) -> list[Outcome]:
+        """The end of a replay: the held offers in event-time order, each after the timers
+        due before it, then the timers due by ``end_ms`` (the end of the input)."""
+        out: list[Outcome] = []
+        offers, self.held_offers = sorted(self.held_offers, key=_offer_order), []
+        for offer in offers:
+            if end_ms is not None:
+                out += self.fire_due(min(offer.ts_ms - 1, end_ms), rules)
+            out += self.on_offer(offer, rules)
+        return out + self.fire_due(end_ms, rules)
+
+    def next_deadline(self) -> int | None:
+        return next_deadline(self.state)
+
+
+@dataclass(slots=True)
+class LocationTriggers:
+    """The stock and clearance rules of one sku × location, fed its ``stock.changes`` in
+    stock_pool's order and its perishable receipts."""
+
+    sku: str = ""
+    location_id: str = ""
+    #: of the sku, from the reference data (``refresh``)
+    category: str = ""
+    reorder_point: int = 0
+    state: SkuRuleState = field(default_factory=SkuRuleState)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> LocationTriggers:
+        return LocationTriggers(
+            self.sku,
+            self.location_id,
+            self.category,
+            self.reorder_point,
+            self.state.__deepcopy__(memo),
+        )
+
+    @classmethod
+    def of(cls, sku: str, location_id: str, reference: ReferenceData) -> LocationTriggers:
+        return cls(sku, location_id).refresh(reference)
+
+    def refresh(self, reference: ReferenceData) -> LocationTriggers:
+        """Take the sku's category and reorder point from (possibly newer) reference data."""
+        product = reference.products.get(self.sku)
+        self.category = product.category if product else ""
+        self.reorder_point = product.reorder_point if product else 0
+        return self
+
+    def on_change(
+        self, change: StockChange, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        """Timers due before the change (the location's changes come in order), then the
+        stock rules and the clearance checks at the change."""
+        out = self.fire_due(change.ts_ms - 1, rules, stock)
+        stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
+        self.state, fired = evaluate_stock_rules(
+            self.state, change, stock_rules, self.reorder_point, stock
+        )
+        note_change(self.state, change)
+        out += fired
+        out += evaluate_clearance(self.state, rules, self.category, change.ts_ms, stock)
+        return out
+
+    def on_batch(self, batch: ExpiryBatch) -> None:
+        """A perishable receipt: judged by the stock change that puts it on hand, or by the
+        timer (``clearance_deadlines``), whichever of the two topics is read first."""
+        self.state = add_batch(self.state, batch)
+
+    def fire_due(
+        self, mark_ms: int | None, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        """Idleness and expiry checks due by ``mark_ms``, each at its own deadline."""
+        out: list[ClearanceOutcome] = []
+        if mark_ms is None:
+            return out
+        for deadline in clearance_deadlines(self.state, rules):
+            if deadline > mark_ms:
+                break
+            out += evaluate_clearance(self.state, rules, self.category, deadline, stock, timer=True)
+        return out
+
+    def finish(
+        self, end_ms: int | None, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        """The end of a replay: the timers due by the end of the input."""
+        return self.fire_due(end_ms, rules, stock)
+
+    def next_deadline(self, rules: RuleSet) -> int | None:
+        return clearance_deadline(self.state, rules)
+
+
+@dataclass(slots=True)
+class AudienceTriggers:
+    """One region's recent product views; turns clearance signals into offers once the
+    views have caught up with the signal's event time."""
+
+    state: AudienceState = field(default_factory=AudienceState)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> AudienceTriggers:
+        return AudienceTriggers(self.state.__deepcopy__(memo))
+
+    def add_view(self, view: View, rules: RuleSet) -> None:
+        self.state = add_view(self.state, view, rules)
+
+    def add_signal(self, signal: ClearanceSignal) -> None:
+        self.state = add_signal(self.state, signal)
+
+    def release(self, mark_ms: int | None, rules: RuleSet) -> list[Offer]:
+        """Offers for every signal the views have caught up with by ``mark_ms``."""
+        if mark_ms is None or not self.state.pending:
+            return []
+        return release_signals(self.state, mark_ms, rules, rules.max_audience)
+
+    def finish(self, rules: RuleSet) -> list[Offer]:
+        """The end of a replay: every view is known, every signal is released."""
+        return self.release(EVERY_SIGNAL, rules)
+
+    def next_release(self) -> int | None:
+        return min((s.ts_ms for s in self.state.pending), default=None)
+
+
+def _coupon_order(decision: CouponDecision) -> tuple[int, str]:
+    return (decision.sent_at_ms, decision.code)
+
+
+@dataclass(slots=True)
+class CampaignTriggers:
+    """Coupons naming one store for one sku (``campaign_prep``)."""
+
+    state: CampaignState | None = None
+    #: coupons a replay counts at the end (those of different customers come in no order)
+    held: list[CouponDecision] = field(default_factory=list)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CampaignTriggers:
+        state = self.state
+        copied = None
+        if state is not None:
+            ledger = Ledger(dict(state.ledger.last_fired), dict(state.ledger.coupons_per_day))
+            copied = CampaignState(list(state.triggers), ledger)
+        return CampaignTriggers(copied, list(self.held))  # decisions are frozen: shared
+
+    def count(
+        self,
+        decision: CouponDecision,
+        rules: RuleSet,
+        reference: ReferenceData,
+        stock: StockView,
+    ) -> list[StockOutcome]:
+        """Count one coupon; the store's available units are asked of ``stock`` (as of the
+        coupon) only when a ``campaign_prep`` rule is in force."""
+        assert decision.store_id is not None and decision.sku is not None
+        prep = rules.of_kind("campaign_prep")
+        sent_ms = decision.sent_at_ms
+        available = stock.available(decision.sku, decision.store_id, sent_ms) if prep else 0
+        self.state, out = evaluate_campaign_prep(
+            self.state,
+            decision.store_id,
+            reference.locations[decision.store_id].region,
+            decision.sku,
+            decision.code,
+            sent_ms,
+            prep,
+            available,
+            reference.products[decision.sku].reorder_point,
+        )
+        return out
+
+    def hold(self, decision: CouponDecision) -> None:
+        self.held.append(decision)
+
+    def finish(
+        self, rules: RuleSet, reference: ReferenceData, stock: StockView
+    ) -> list[StockOutcome]:
+        """The end of a replay: the held coupons counted in event-time order."""
+        out: list[StockOutcome] = []
+        held, self.held = sorted(self.held, key=_coupon_order), []
+        for decision in held:
+            out += self.count(decision, rules, reference, stock)
+        return out
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+
+def location_key(record: StockChange | ExpiryBatch) -> str:
+    """The sku × location a stock record belongs to (the key of ``stock.changes``)."""
+    return f"{record.sku}:{record.location_id}"
+
+
+def view_of(event: CustomerEvent) -> tuple[str, View] | None:
+    """The region and view a product view adds to the region's audience."""
+    if event.event_type != "product_view" or not (event.region and event.sku and event.category):
+        return None
+    return event.region, View(
+        event.customer_id, event.sku, event.category, event.ts_ms, event.source_partition
+    )
+
+
+def campaign_key(decision: CouponDecision, reference: ReferenceData) -> str | None:
+    """The store × sku whose ``campaign_prep`` counts a coupon (holdouts are not sent, so
+    they prepare nothing), or None."""
+    if (
+        decision.holdout
+        or decision.store_id not in reference.locations
+        or decision.sku not in reference.products
+    ):
+        return None
+    return f"{decision.store_id}:{decision.sku}"
+
+
+def redeemed_codes(events: list[CustomerEvent]) -> list[str]:
+    """The coupon codes of receipts that redeemed a coupon without a loyalty card: whose
+    they are is looked up (one lookup per batch)."""
+    return sorted({code for e in events if not e.customer_id for code in e.coupon_codes})
+
+
+def claim_redemption(event: CustomerEvent, owners: dict[str, str]) -> CustomerEvent | None:
+    """A receipt without a customer belongs to the customer of the first code it redeemed
+    that is known (None: none is, and the rules have no customer for it)."""
+    if event.customer_id:
+        return event
+    owner = next((owners[c] for c in event.coupon_codes if c in owners), None)
+    return None if owner is None else dataclasses.replace(event, customer_id=owner)
+
+
+def remembered_codes(decisions: list[CouponDecision], rules: RuleSet) -> list[tuple[str, str, int]]:
+    """(code, customer, seconds to keep) of coupons sent: a till may redeem the code without
+    a loyalty card until the coupon and its conversion window have passed."""
+    keep_s = int(rules.conversion_window_s)
+    rows = []
+    for decision in decisions:
+        rule = rules.by_id.get(decision.rule_id)
+        expires_s = int(rule.coupon.expires_in_s) if rule and rule.coupon else 0
+        rows.append((decision.code, decision.customer_id, expires_s + keep_s))
+    return rows

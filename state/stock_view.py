@@ -1,0 +1,35 @@
+"""The trigger rules' ``domain.stock_view.StockView`` on the stock pool as it stands.
+
+rule_triggers asks the pool stock_pool keeps (Redis in production, ``state.memory_stock``
+in the in-process tests) through its read side, ``state.interfaces.StockReader``: one
+pipelined round trip per question. The pool holds no history, so the event time a question
+is asked at is not used: live, the answer is the pool of the moment; in a replay behind a
+stock_pool that has caught up, the pool at the end of the input.
+"""
+
+from __future__ import annotations
+
+from domain.stock_rules import StockChange
+from state.interfaces import StockReader
+
+
+class PoolStockView:
+    """``StockView`` on a ``StockReader``; ``flow`` names the reader in the Redis metrics."""
+
+    def __init__(self, reader: StockReader, flow: str) -> None:
+        self.reader = reader
+        self.flow = flow
+
+    def stores_with_stock(
+        self, region: str, sku: str, minimum: int, as_of_ms: int
+    ) -> list[tuple[str, int]]:
+        return self.reader.stores_with_stock(region, sku, minimum, self.flow)
+
+    def region_positions(self, sku: str, region: str, as_of_ms: int) -> list[StockChange]:
+        return self.reader.region_positions(sku, region, self.flow)
+
+    def available(self, sku: str, location_id: str, as_of_ms: int) -> int:
+        return self.reader.available(sku, location_id, self.flow)
+
+    def close(self) -> None:
+        self.reader.close()
