@@ -1,40 +1,32 @@
-"""Kafka sources and sinks shared by all flows, and the one place errors become dead letters.
+"""The Kafka side of every flow: ``KafkaIO`` (the production ``flows.operators.FlowIO``),
+the sink that produces ``OutMessage``s and checks their delivery, a batch sink for the Redis
+stores, and the one place rejections become dead-letter records.
 
-``kafka_events`` gives a flow typed events and a stream of rejections; ``deadletter_output``
-is where every flow sends its rejections. Kafka consumer errors are rejections too, so
-nothing is dropped silently.
+Kafka consumer errors are rejections too (``consumer_error``), so nothing is dropped
+silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-import bytewax.operators as op
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSink
-from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Producer
 
 from base import stopping
 from base.config import Config
-from base.metrics import DEADLETTERS, EVENTS_CONSUMED
-from base.topics import CLOUDEVENT_TOPICS, DEADLETTER
-from connectors.decode import PiiHasher, decode_message, message_event_time
+from base.metrics import DEADLETTERS
+from base.topics import CLOUDEVENT_TOPICS
 from connectors.envelopes import CLOUDEVENT_HEADERS, OutMessage, deadletter_record
 from connectors.kafka_clients import admin_settings, brokers, consumer_settings, producer_settings
 from connectors.kafka_source import (
-    READ_PROGRESS,
     AlignedKafkaSource,
-    PartitionEnd,
-    SourceItem,
     list_partitions,
 )
 from domain.events import Origin, Rejection
-from domain.progress import PartitionReport
-from domain.reference import ReferenceData
 
 X = TypeVar("X")
 
@@ -104,177 +96,10 @@ class KafkaIO:
         return {name: counts[config.topic(name)] for name in topic_names}
 
 
-@dataclass(frozen=True)
-class EventStreams:
-    #: Decoded records, or what ``per_batch`` made of them.
-    oks: Stream[Any]
-    #: Rejections (decoder, ``per_batch`` and consumer errors); None with
-    #: ``dead_letters_inline``, where they travel in ``oks`` as dead-letter messages.
-    errs: Stream[Rejection] | None = None
-
-
-def _unprefixed(config: Config, topic: str) -> str:
-    prefix = config.kafka.topic_prefix
-    return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
-
-
-def kafka_events(
-    step_id: str,
-    flow: Dataflow,
-    config: Config,
-    flow_name: str,
-    topic_names: Sequence[str],
-    reference: ReferenceData,
-    *,
-    until_idle: bool,
-    hasher: PiiHasher | None = None,
-    decoder: Callable[[str, bytes, Origin], Any] | None = None,
-    per_batch: Callable[[list[Any], list[PartitionReport]], list[Any]] | None = None,
-    only_types: frozenset[str] | None = None,
-    dead_letters_inline: bool = False,
-) -> EventStreams:
-    """Consume the (prefixed) input topics and decode every message.
-
-    With ``until_idle`` the source stops at the end of every partition, so the flow ends
-    once its inputs are drained. ``decoder(topic name, bytes, origin)`` replaces the input
-    decoder of CONTRACT §1 for flows that read other flows' outputs; it returns a record or a
-    ``Rejection``.
-
-    Messages are decoded a Kafka batch at a time in one step: a Bytewax step per event cost
-    more than most of what a flow then does with it. ``per_batch(records, reports)`` turns a
-    batch's valid records into what the flow works on (movements grouped by shard, events
-    resolved in one Redis round trip …) in that same step; ``reports`` say how far each
-    partition of the batch has been read (``domain.progress``), for flows that apply
-    their inputs in event-time order. A ``Rejection`` it returns is dead-lettered like the
-    decoder's. ``only_types`` limits full decoding to those event types (see
-    ``decode_message``); events of other types are counted as consumed and go no further.
-
-    With ``dead_letters_inline``, ``per_batch`` returns ``OutMessage``s naming their topics
-    and the batch's rejections join them as ``deadletter`` messages, so the flow writes one
-    stream through one sink (``kafka_output(..., None, ...)``) and pays no branch step per
-    output message.
-    """
-    source = AlignedKafkaSource(
-        brokers(config),
-        [config.topic(name) for name in topic_names],
-        add_config=consumer_settings(config, CONSUMER_DEFAULTS),
-        admin_config=admin_settings(config),
-        tail=not until_idle,
-        batch_size=config.kafka.batch_size,
-        alignment_ms=int(config.flow.alignment_seconds * 1000),
-    )
-    raw = op.input(step_id, flow, source)
-    decode_all = _batch_decoder(
-        config, flow_name, topic_names, reference, hasher, decoder, only_types
-    )
-
-    deadletter_topic = config.topic(DEADLETTER)
-
-    def decode_batch(batch: list[SourceItem]) -> list[Any]:
-        out: list[Any] = []
-        records: list[Any] = []
-        items, reports = decode_all(batch)
-        for item in items:
-            (out if isinstance(item, Rejection) else records).append(item)
-        if dead_letters_inline:
-            out = [deadletter_message(r, flow_name, deadletter_topic) for r in out]
-        out += per_batch(records, reports) if per_batch is not None else records
-        return out
-
-    decoded = op.flat_map_batch(f"{step_id}_decode", raw, decode_batch)
-    if dead_letters_inline:
-        return EventStreams(oks=decoded)
-    split = op.branch(f"{step_id}_rejected", decoded, lambda item: isinstance(item, Rejection))
-    return EventStreams(oks=split.falses, errs=split.trues)
-
-
 def consumer_error(err: KafkaError[Any, Any]) -> Rejection:
     msg = err.msg
     origin = Origin(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key)
     return Rejection("kafka_error", str(err.err), origin, msg.value or b"")
-
-
-def _batch_decoder(
-    config: Config,
-    flow_name: str,
-    topic_names: Sequence[str],
-    reference: ReferenceData,
-    hasher: PiiHasher | None,
-    decoder: Callable[[str, bytes, Origin], Any] | None,
-    only_types: frozenset[str] | None,
-) -> Callable[[list[SourceItem]], tuple[list[Any], list[PartitionReport]]]:
-    """source items → (records or ``Rejection``s, a report per partition of the batch).
-
-    Counts what each flow consumed per topic once per batch (a counter increment per
-    message takes a lock each time). A partition's report carries the largest event time
-    read on it so far: of the records decoded, and of the batch's last message that was
-    left undecoded (``only_types``), whose time alone is read. Consumer errors become
-    ``kafka_error`` rejections, so nothing is dropped silently.
-    """
-    # Per-topic lookups done once, not per message (this runs for every input message).
-    names = {config.topic(name): name for name in topic_names}
-    # Created up front so every input's series exists (at 0) before its first message.
-    consumed = {name: EVENTS_CONSUMED.labels(flow_name, name) for name in topic_names}
-    #: (prefixed topic, partition) → largest event time read so far (this worker's).
-    latest: dict[tuple[str, int], int] = {}
-
-    def decode_all(batch: list[SourceItem]) -> tuple[list[Any], list[PartitionReport]]:
-        out: list[Any] = []
-        counts: dict[str, int] = {}
-        batch_latest: dict[tuple[str, int], int | None] = {}
-        skipped: dict[tuple[str, int], bytes | None] = {}
-        ended: set[tuple[str, int]] = set()
-        for msg in batch:
-            if isinstance(msg, PartitionEnd):
-                key = (msg.topic, msg.partition)
-                ended.add(key)
-                batch_latest.setdefault(key, None)
-                continue
-            if isinstance(msg, KafkaError):
-                out.append(consumer_error(msg))
-                continue
-            topic = msg.topic or ""
-            partition = msg.partition or 0
-            key = (topic, partition)
-            ended.discard(key)
-            name = names.get(topic) or _unprefixed(config, topic)
-            counts[name] = counts.get(name, 0) + 1
-            origin = Origin(topic, partition, msg.offset or 0, msg.key)
-            if decoder is not None:
-                record = decoder(name, msg.value or b"", origin)
-            else:
-                record = decode_message(name, msg.value, origin, reference, hasher, only_types)
-                if record is None:
-                    skipped[key] = msg.value
-                    batch_latest.setdefault(key, None)
-                    continue
-            out.append(record)
-            ts = getattr(record, "ts_ms", None)
-            seen = batch_latest.get(key)
-            if ts is not None and (seen is None or ts > seen):
-                batch_latest[key] = ts
-            else:
-                batch_latest.setdefault(key, None)
-        for key, value in skipped.items():
-            ts = message_event_time(value)
-            seen = batch_latest.get(key)
-            if ts is not None and (seen is None or ts > seen):
-                batch_latest[key] = ts
-        reports: list[PartitionReport] = []
-        for key, ts in batch_latest.items():
-            before = latest.get(key)
-            if ts is not None and (before is None or ts > before):
-                latest[key] = before = ts
-            at_end = key in ended
-            READ_PROGRESS.record(key[0], key[1], before, at_end)
-            topic, partition = key
-            name = names.get(topic) or _unprefixed(config, topic)
-            reports.append(PartitionReport(name, partition, before, at_end))
-        for name, count in counts.items():
-            (consumed.get(name) or EVENTS_CONSUMED.labels(flow_name, name)).inc(count)
-        return out, reports
-
-    return decode_all
 
 
 def event_rejection(reason: str, error: str, origin: Origin, **fields: Any) -> Rejection:
@@ -289,35 +114,6 @@ def deadletter_message(
     DEADLETTERS.labels(flow_name, rejection.reason).inc()
     key, value = deadletter_record(rejection, flow_name)
     return OutMessage(key, value, topic)
-
-
-def deadletter_output(
-    step_id: str, config: Config, flow_name: str, rejections: Stream[Rejection] | None
-) -> None:
-    """Publish rejections on ``deadletter`` (nothing to wire for None: see ``EventStreams``)."""
-    if rejections is None:
-        return
-    kafka_output(
-        step_id,
-        config,
-        DEADLETTER,
-        op.map(f"{step_id}_encode", rejections, lambda r: deadletter_message(r, flow_name)),
-    )
-
-
-def kafka_output(
-    step_id: str, config: Config, topic_name: str | None, messages: Stream[OutMessage]
-) -> None:
-    """Produce ``messages`` to ``topic_name`` (prefixed here), or each to its own
-    ``OutMessage.topic`` (already prefixed) when ``topic_name`` is None."""
-    sink = PairSink(
-        brokers(config),
-        None if topic_name is None else config.topic(topic_name),
-        add_config=producer_settings(config),
-        cloudevent_topics=frozenset(config.topic(name) for name in CLOUDEVENT_TOPICS),
-    )
-    # PairSink subclasses KafkaSink for its producer but takes OutMessage pairs.
-    op.output(step_id, messages, cast("DynamicSink[OutMessage]", sink))
 
 
 class DeliveryFailed(RuntimeError):
