@@ -5,8 +5,9 @@ store (``state.identity_store`` on Redis).
 
     read (clickstream, pos.sales) → decode a Kafka batch, hashing phone/e-mail
       → resolve_identities: the batch's events in one atomic update of the graph
-      → outputs: events.resolved (keyed by customer_id) and identity.changes, one sink
-      → dead letters: what the decoder refused
+      → dead_letters: what the decoder refused, as ``deadletter`` messages
+      → outputs: events.resolved (keyed by customer_id), identity.changes and the dead
+        letters, through one sink
 
 Step ids are part of the recovery snapshots (the source's offsets are kept under
 ``inputs``): keep them stable.
@@ -18,6 +19,7 @@ import functools
 import threading
 import time
 
+import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from base import topics
@@ -36,7 +38,7 @@ from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.reference_files import load_reference
 from connectors.resolved import resolved_event
-from connectors.streams import KafkaIO
+from connectors.streams import KafkaIO, deadletter_message
 from domain.events import ClickEvent, InputEvent, PosEvent
 from domain.identity import (
     EventIdentifiers,
@@ -47,7 +49,7 @@ from domain.identity import (
     pii_identifier_value,
 )
 from domain.reference import ReferenceData
-from flows.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
+from flows.operators import FlowIO, decode, output, per_batch, read
 from state.identity_store import IdentityStore
 from state.interfaces import IdentityGraphStore, StoreFactory
 
@@ -183,10 +185,18 @@ def build(
         batches,
         lambda batch: resolve_identities(store(), batch.records, resolved_topic, changes_topic),
     )
-    # One sink for both topics (each message names its topic): a branch and a map per
-    # output message cost more than the producer call itself.
-    output("outputs", io, None, resolved)
-    dead_letters("deadletter", io, IDENTITY_STITCH, rejections("rejections", batches))
+    deadletter_topic = config.topic(topics.DEADLETTER)
+    refused = per_batch(
+        "dead_letters",
+        batches,
+        lambda batch: [
+            deadletter_message(r, IDENTITY_STITCH, deadletter_topic) for r in batch.rejections
+        ],
+    )
+    # One sink for the three topics (each message names its topic): one producer and one
+    # flush per batch, where a sink per topic would wait for the broker once per topic; a
+    # branch and a map per output message cost more than the producer call itself.
+    output("outputs", io, None, op.merge("all_outputs", resolved, refused))
     return flow
 
 
