@@ -14,9 +14,12 @@ Stock side (state per sku × location, shared with ``low_stock``/``stockout`` in
   on hand belongs to the latest-expiring batches. It signals a clearance in the region and
   suggests either a ``transfer`` of the batch to the store of the region that sells the sku
   fastest (when that is faster than here) or a ``prepare`` of a clearance display here.
-  A batch is judged by the stock changes of its location and by the timer, never on its own
-  arrival: its units are on hand only from the stock change its receipt caused, which comes
-  on another topic, before or after the receipt itself.
+  A batch is judged at its window's start (by the timer) and at every stock change of its
+  location in the window, with the position of that moment, until it fires: its units are
+  on hand only from the stock change its receipt caused, which comes on another topic,
+  before or after the receipt. A receipt read early waits for its time; one read after
+  later changes of its location is judged at once at each of those moments
+  (``receive_batch``, from the location's recent positions): either way, the same signal.
 
 Audience side (state per region): product views by customer, sku and category. A clearance
 signal waits until the region's views have caught up with its event time (so a replay
@@ -39,6 +42,7 @@ from domain.stock_rules import (
     StockDecision,
     StockTriggerSuppressed,
     claim,
+    position_at,
     region_positions,
 )
 from domain.stock_view import StockView
@@ -81,11 +85,17 @@ def add_batch(state: SkuRuleState | None, batch: ExpiryBatch) -> SkuRuleState:
     return state
 
 
-def batch_units(state: SkuRuleState) -> list[tuple[ExpiryBatch, int]]:
-    """Units of each batch still on hand, first-expiring-first-out."""
-    left = max(0, state.position.on_hand) if state.position is not None else 0
+def batch_units(state: SkuRuleState, at_ms: int | None = None) -> list[tuple[ExpiryBatch, int]]:
+    """Units of each batch still on hand, first-expiring-first-out: now, or as of ``at_ms``
+    (the position then, the batches received by then)."""
+    if at_ms is None:
+        position, batches = state.position, state.batches
+    else:
+        position = position_at(state, at_ms)
+        batches = [b for b in state.batches if b.ts_ms <= at_ms]
+    left = max(0, position.on_hand) if position is not None else 0
     out: list[tuple[ExpiryBatch, int]] = []
-    for batch in reversed(state.batches):  # latest expiry keeps stock
+    for batch in reversed(batches):  # latest expiry keeps stock
         units = min(batch.qty, left)
         left -= units
         out.append((batch, units))
@@ -177,13 +187,20 @@ def evaluate_clearance(
 
 
 def _expiring(
-    state: SkuRuleState, rule: Rule, category: str, now_ms: int, stock: StockView
+    state: SkuRuleState,
+    rule: Rule,
+    category: str,
+    now_ms: int,
+    stock: StockView,
+    only: str | None = None,
 ) -> list[ClearanceOutcome]:
+    """The batches (or the one batch ``only``) of the location in their window at
+    ``now_ms`` with units on hand then."""
     out: list[ClearanceOutcome] = []
     within_ms = int(rule.params["within_days"] * DAY_MS)
-    for batch, units in batch_units(state):
+    for batch, units in batch_units(state, now_ms):
         key = (rule.rule_id, batch.event_id)
-        if units <= 0 or key in state.batches_fired:
+        if units <= 0 or key in state.batches_fired or (only and batch.event_id != only):
             continue
         if not batch.expires_ms - within_ms <= now_ms < batch.expires_ms:
             continue
@@ -209,12 +226,36 @@ def _expiring(
             )
         )
         others = region_positions(stock, batch.sku, batch.region, now_ms)
-        out.append(_expiry_move(state, others, rule, batch, units, days_left, reason, now_ms))
+        here = position_at(state, now_ms)
+        out.append(_expiry_move(here, others, rule, batch, units, days_left, reason, now_ms))
+    return out
+
+
+def receive_batch(
+    state: SkuRuleState, batch: ExpiryBatch, rules: RuleSet, category: str, stock: StockView
+) -> list[ClearanceOutcome]:
+    """Remember a perishable receipt, and judge it now if the location has already been
+    checked past the start of its window without it (the receipt was read after its
+    location's stock changes): at that start, then at each later change in the window, as
+    the timer and those changes would have, until it fires."""
+    add_batch(state, batch)
+    checked = max(state.timer_checked_ms, state.position.ts_ms if state.position else 0)
+    out: list[ClearanceOutcome] = []
+    for rule in rules.of_kind("expiring_stock"):
+        within_ms = int(rule.params["within_days"] * DAY_MS)
+        start = max(batch.expires_ms - within_ms, batch.ts_ms)
+        if start > checked:
+            continue  # in time: the timer or a change will judge it
+        times = [start] + [c.ts_ms for c in state.history if start < c.ts_ms <= checked]
+        for ts_ms in times:
+            if ts_ms >= batch.expires_ms or (rule.rule_id, batch.event_id) in state.batches_fired:
+                break
+            out += _expiring(state, rule, category, ts_ms, stock, only=batch.event_id)
     return out
 
 
 def _expiry_move(
-    state: SkuRuleState,
+    here: StockChange | None,
     others: dict[str, StockChange],
     rule: Rule,
     batch: ExpiryBatch,
@@ -223,7 +264,6 @@ def _expiry_move(
     reason: str,
     now_ms: int,
 ) -> StockDecision:
-    here = state.position
     here_rate = here.sold_24h if here is not None else 0
     best: StockChange | None = None
     for loc, other in sorted(others.items()):
@@ -279,9 +319,15 @@ def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
     deadlines: set[int] = set()
     for rule in rules.of_kind("expiring_stock"):
         within_ms = int(rule.params["within_days"] * DAY_MS)
-        for batch, units in batch_units(state):
-            if units > 0 and (rule.rule_id, batch.event_id) not in state.batches_fired:
-                deadlines.add(max(batch.expires_ms - within_ms, batch.ts_ms))
+        for batch in state.batches:
+            if (rule.rule_id, batch.event_id) in state.batches_fired:
+                continue
+            start = max(batch.expires_ms - within_ms, batch.ts_ms)
+            # Units as the batch's window opens: a receipt read ahead of its time does not
+            # count before it (first-expiring-first-out would give it the older stock).
+            units = dict((b.event_id, n) for b, n in batch_units(state, start))
+            if units.get(batch.event_id, 0) > 0:
+                deadlines.add(start)
     change = state.position
     for rule in rules.of_kind("overstock"):
         idle_ms = int(rule.params["idle_days"] * DAY_MS)

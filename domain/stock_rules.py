@@ -25,11 +25,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from base.units import HOUR_MS
 from domain.rules import Rule
 from domain.trigger_policy import Ledger, may_fire
 
 if TYPE_CHECKING:
     from domain.stock_view import StockView
+
+#: How far back (event time) a location remembers its positions: a perishable receipt read
+#: after later stock changes of its location (``wms.movements`` and ``stock.changes`` are
+#: read side by side, aligned within ``flow.alignment_seconds``) is judged with the stock it
+#: would have met in time, if it is no later than this.
+POSITION_HISTORY_MS = HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,9 @@ class SkuRuleState:
 
     #: the latest change seen here (None before the first)
     position: StockChange | None = None
+    #: the changes of the last ``POSITION_HISTORY_MS`` before it, and the one before them,
+    #: oldest first (the last is ``position``)
+    history: list[StockChange] = field(default_factory=list)
     #: rules whose condition fired here and has not re-armed (low_stock, stockout, overstock)
     fired: set[str] = field(default_factory=set)
     #: (rule id, batch event id) of the perishable batches ``expiring_stock`` signalled
@@ -96,6 +106,7 @@ class SkuRuleState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
         return SkuRuleState(
             self.position,
+            list(self.history),
             set(self.fired),
             set(self.batches_fired),
             Ledger(dict(self.ledger.last_fired), dict(self.ledger.coupons_per_day)),
@@ -118,6 +129,28 @@ class ExpiryBatch:
     event_id: str
     ts_ms: int
     source_partition: int = 0  # of wms.movements
+
+
+def record_position(state: SkuRuleState, change: StockChange) -> None:
+    """The location's new position (its changes come in stock_pool's order, in event time)."""
+    state.position = change
+    history = state.history
+    history.append(change)
+    cutoff = change.ts_ms - POSITION_HISTORY_MS
+    if len(history) > 2 and history[1].ts_ms < cutoff:
+        keep = next((i for i, c in enumerate(history) if c.ts_ms >= cutoff), len(history) - 1)
+        del history[: keep - 1]
+
+
+def position_at(state: SkuRuleState, ts_ms: int) -> StockChange | None:
+    """The location's position as of ``ts_ms``: its latest change at or before it."""
+    position = state.position
+    if position is None or ts_ms >= position.ts_ms:
+        return position
+    for change in reversed(state.history):
+        if change.ts_ms <= ts_ms:
+            return change
+    return None
 
 
 def claim(ledger: Ledger, rule: Rule, ts_ms: int) -> StockTriggerSuppressed | None:
@@ -168,7 +201,7 @@ def evaluate_stock_rules(
     source of a transfer is looked up in ``stock`` (as of the change) only when one fires."""
     if state is None:
         state = SkuRuleState()
-    state.position = change
+    record_position(state, change)
     out: list[StockOutcome] = []
     for rule in rules:
         if rule.kind == "low_stock":

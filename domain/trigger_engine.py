@@ -40,13 +40,13 @@ from domain.clearance_rules import (
     ClearanceOutcome,
     ClearanceSignal,
     View,
-    add_batch,
     add_signal,
     add_view,
     clearance_deadline,
     clearance_deadlines,
     evaluate_clearance,
     note_change,
+    receive_batch,
     release_signals,
 )
 from domain.customer_rules import (
@@ -188,10 +188,12 @@ class LocationTriggers:
         out += evaluate_clearance(self.state, rules, self.category, change.ts_ms, stock)
         return out
 
-    def on_batch(self, batch: ExpiryBatch) -> None:
-        """A perishable receipt: judged by the stock change that puts it on hand, or by the
-        timer (``clearance_deadlines``), whichever of the two topics is read first."""
-        self.state = add_batch(self.state, batch)
+    def on_batch(
+        self, batch: ExpiryBatch, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        """A perishable receipt: judged as if it had come with the stock change that put it
+        on hand, whichever of the two topics is read first (``receive_batch``)."""
+        return receive_batch(self.state, batch, rules, self.category, stock)
 
     def fire_due(
         self, mark_ms: int | None, rules: RuleSet, stock: StockView

@@ -147,8 +147,7 @@ class TriggerReplay:
                 record.sku, record.location_id, self.reference
             )
         if isinstance(record, ExpiryBatch):
-            location.on_batch(record)
-            return []
+            return self._from_location(location.on_batch(record, rules, self.stock))
         self._read(STOCK, record.ts_ms)
         return self._from_location(location.on_change(record, rules, self.stock))
 

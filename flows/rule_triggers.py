@@ -228,12 +228,11 @@ class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if self.triggers is None:
             self.triggers = LocationTriggers.of(value.sku, value.location_id, self.ctx.reference)
+        rules, stock = self.ctx.rules.current(), self.ctx.stock()
         if not isinstance(value, StockChange):
-            self.triggers.on_batch(value)
-            return [], StatefulLogic.RETAIN
+            return self.triggers.on_batch(value, rules, stock), StatefulLogic.RETAIN
         self._clock().observe((STOCK, value.source_partition), value.ts_ms)
-        out = self.triggers.on_change(value, self.ctx.rules.current(), self.ctx.stock())
-        return out, StatefulLogic.RETAIN
+        return self.triggers.on_change(value, rules, stock), StatefulLogic.RETAIN
 
     def _fire_due(self, mark: int | None) -> tuple[list[Any], bool]:
         if self.triggers is None:
