@@ -16,6 +16,9 @@ Keys (``<p>`` = key prefix):
 A batch is resolved optimistically: one pipelined read of every identifier and customer it
 touches, the rules of ``domain.identity`` applied in memory, then one Lua script that
 checks nothing it read has changed (owners and customer versions) and writes the difference.
+Which part is read, the loop over the batch and the difference are ``domain.identity``'s
+(``graph_part``, ``resolve_events``, ``graph_writes``), shared with the in-memory store of
+the tests (``state.memory_identity``), so both resolve alike.
 If another worker changed any of it in between, the script writes nothing and the batch is
 read and resolved again. So two workers or processes linking overlapping identifiers end
 with one consistent graph, with two round trips per batch in the common case.
