@@ -28,6 +28,13 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 OURS = frozenset(MAY_IMPORT)
 #: third-party packages ``base`` may use (configuration files, metric definitions).
 BASE_THIRD_PARTY = frozenset({"yaml", "prometheus_client"})
+#: standard modules the domain may not use: time comes in with the event, configuration is
+#: passed in, and the domain does no I/O of its own (DESIGN.md, "Layout").
+DOMAIN_FORBIDDEN_STDLIB = frozenset(
+    {"time", "os", "sys", "threading", "socket", "subprocess", "asyncio", "random", "logging"}
+)
+#: clock reads the domain may not make, whatever the import (``datetime.now()`` …).
+CLOCK_READS = frozenset({"now", "utcnow", "today", "time_ns", "monotonic", "perf_counter"})
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -63,9 +70,29 @@ def violations(package: str) -> list[str]:
                 stdlib = top in sys.stdlib_module_names
                 if package == "domain" and not stdlib:
                     problems.append(f"{where} (the domain uses the standard library only)")
+                if package == "domain" and top in DOMAIN_FORBIDDEN_STDLIB:
+                    problems.append(f"{where} (the domain reads no clock and does no I/O)")
                 if package == "base" and not stdlib and top not in BASE_THIRD_PARTY:
                     problems.append(f"{where} (base may use {sorted(BASE_THIRD_PARTY)})")
+        if package == "domain":
+            problems += [
+                f"{path.relative_to(ROOT)}:{line}: reads the clock ({name}())"
+                for line, name in clock_reads(path)
+            ]
     return problems
+
+
+def clock_reads(path: Path) -> list[tuple[int, str]]:
+    """Calls such as ``datetime.now()`` or ``date.today()``: attribute calls named like a
+    clock read."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        (node.lineno, node.func.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CLOCK_READS
+    ]
 
 
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
@@ -84,14 +111,19 @@ def test_the_check_sees_a_wrong_import(tmp_path: Path, monkeypatch: pytest.Monke
         "def f():\n    import connectors.decode\n"
         "import redis\n"
         "from .sibling import x\n"
-        "from .. import omnistream\n",
+        "from .. import omnistream\n"
+        "import time\n"
+        "from datetime import datetime\n"
+        "def g():\n    return datetime.now()\n",
         encoding="utf-8",
     )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = violations("domain")
-    assert [p.split(": imports ")[1].split(" ")[0] for p in found] == [
-        "flows",
-        "connectors.decode",
-        "redis",
-        "omnistream",
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in found] == [
+        "imports flows",
+        "imports connectors.decode",
+        "imports redis",
+        "imports omnistream",
+        "imports time",
+        "reads the clock",
     ]
