@@ -25,18 +25,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from base.units import HOUR_MS
+from base.units import DAY_MS
 from domain.rules import Rule
 from domain.trigger_policy import Ledger, may_fire
 
 if TYPE_CHECKING:
     from domain.stock_view import StockView
 
-#: How far back (event time) a location remembers its positions: a perishable receipt read
-#: after later stock changes of its location (``wms.movements`` and ``stock.changes`` are
-#: read side by side, aligned within ``flow.alignment_seconds``) is judged with the stock it
-#: would have met in time, if it is no later than this.
-POSITION_HISTORY_MS = HOUR_MS
+#: How far back (event time) a location of a perishable sku remembers its positions beyond
+#: the sku's shelf life: a perishable receipt read after later stock changes of its location
+#: (``wms.movements`` and ``stock.changes`` are read side by side, at their own pace) is
+#: judged with the stock it would have met in time, however late, until it has expired.
+POSITION_HISTORY_MARGIN_MS = DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,8 @@ class SkuRuleState:
 
     #: the latest change seen here (None before the first)
     position: StockChange | None = None
-    #: the changes of the last ``POSITION_HISTORY_MS`` before it, and the one before them,
-    #: oldest first (the last is ``position``)
+    #: the changes of the last ``history_ms`` before it (``record_position``) and the one
+    #: before them, oldest first (the last is ``position``)
     history: list[StockChange] = field(default_factory=list)
     #: rules whose condition fired here and has not re-armed (low_stock, stockout, overstock)
     fired: set[str] = field(default_factory=set)
@@ -131,12 +131,21 @@ class ExpiryBatch:
     source_partition: int = 0  # of wms.movements
 
 
-def record_position(state: SkuRuleState, change: StockChange) -> None:
-    """The location's new position (its changes come in stock_pool's order, in event time)."""
+def history_ms(shelf_life_days: int | None) -> int:
+    """How long a location of a sku keeps its positions: none but the latest for goods that
+    do not perish; for perishables, as long as a receipt of them can still matter."""
+    if shelf_life_days is None:
+        return 0
+    return shelf_life_days * DAY_MS + POSITION_HISTORY_MARGIN_MS
+
+
+def record_position(state: SkuRuleState, change: StockChange, keep_ms: int = 0) -> None:
+    """The location's new position (its changes come in stock_pool's order, in event time),
+    keeping those of the last ``keep_ms`` before it."""
     state.position = change
     history = state.history
     history.append(change)
-    cutoff = change.ts_ms - POSITION_HISTORY_MS
+    cutoff = change.ts_ms - keep_ms
     if len(history) > 2 and history[1].ts_ms < cutoff:
         keep = next((i for i, c in enumerate(history) if c.ts_ms >= cutoff), len(history) - 1)
         del history[: keep - 1]
@@ -196,12 +205,14 @@ def evaluate_stock_rules(
     rules: list[Rule],
     reorder_point: int,
     stock: StockView,
+    keep_ms: int = 0,
 ) -> tuple[SkuRuleState, list[StockOutcome]]:
     """Apply one stock change to the low_stock / stockout rules of its sku × location; the
-    source of a transfer is looked up in ``stock`` (as of the change) only when one fires."""
+    source of a transfer is looked up in ``stock`` (as of the change) only when one fires.
+    The positions of the last ``keep_ms`` are kept (``history_ms``)."""
     if state is None:
         state = SkuRuleState()
-    record_position(state, change)
+    record_position(state, change, keep_ms)
     out: list[StockOutcome] = []
     for rule in rules:
         if rule.kind == "low_stock":

@@ -70,6 +70,7 @@ from domain.stock_rules import (
     StockOutcome,
     evaluate_campaign_prep,
     evaluate_stock_rules,
+    history_ms,
 )
 from domain.stock_view import StockView
 from domain.trigger_policy import Ledger
@@ -151,6 +152,8 @@ class LocationTriggers:
     #: of the sku, from the reference data (``refresh``)
     category: str = ""
     reorder_point: int = 0
+    #: how long the location keeps its positions (``domain.stock_rules.history_ms``)
+    history_ms: int = 0
     state: SkuRuleState = field(default_factory=SkuRuleState)
 
     def __deepcopy__(self, memo: dict[int, object]) -> LocationTriggers:
@@ -159,6 +162,7 @@ class LocationTriggers:
             self.location_id,
             self.category,
             self.reorder_point,
+            self.history_ms,
             self.state.__deepcopy__(memo),
         )
 
@@ -171,6 +175,7 @@ class LocationTriggers:
         product = reference.products.get(self.sku)
         self.category = product.category if product else ""
         self.reorder_point = product.reorder_point if product else 0
+        self.history_ms = history_ms(product.shelf_life_days if product else None)
         return self
 
     def on_change(
@@ -181,7 +186,7 @@ class LocationTriggers:
         out = self.fire_due(change.ts_ms - 1, rules, stock)
         stock_rules = rules.of_kind("low_stock") + rules.of_kind("stockout")
         self.state, fired = evaluate_stock_rules(
-            self.state, change, stock_rules, self.reorder_point, stock
+            self.state, change, stock_rules, self.reorder_point, stock, self.history_ms
         )
         note_change(self.state, change)
         out += fired

@@ -11,7 +11,7 @@ from domain.clearance_rules import ClearanceSignal
 from domain.customer_rules import CouponDecision, CouponSuppressed, CustomerEvent, Offer
 from domain.reference import Location, Product, ReferenceData
 from domain.rules import RuleSet, parse_rules
-from domain.stock_rules import POSITION_HISTORY_MS, ExpiryBatch, StockChange, StockDecision
+from domain.stock_rules import ExpiryBatch, StockChange, StockDecision, history_ms
 from domain.stock_view import RecordedStock
 from domain.trigger_engine import (
     AudienceTriggers,
@@ -169,20 +169,40 @@ def test_a_receipt_is_judged_the_same_whichever_topic_is_read_first() -> None:
     assert (move.kind, move.suggested_qty) == ("prepare", 30)
 
 
-def test_a_receipt_read_later_than_the_position_history_is_judged_from_then_on() -> None:
-    """The limit of the above: a location remembers its positions for an hour of event time
-    (the sources are aligned far tighter). Beyond that the late receipt is judged from the
-    oldest position kept on, not at its receipt."""
+def test_a_receipt_read_days_late_is_still_judged_as_in_time() -> None:
+    """A location of a perishable sku keeps its positions for the shelf life and a day: a
+    replay may read one topic days ahead of the other."""
     rules = ruleset(EXPIRING)
     receipt = ExpiryBatch("MILK", "S1", "SH", 30, T0 + 3 * DAY, "rcv", T0)
-    late_sales = [
-        change(31 - n, T0 + n * POSITION_HISTORY_MS // 2, f"sale{n}") for n in range(1, 6)
-    ]
-    out = _receipt_outcomes([change(32, T0, "rcv"), *late_sales, receipt], rules)
-    signal = out[0]
+    sales = [change(32 - n, T0 + n * HOUR, f"sale{n}") for n in range(1, 60)]
+    in_time = _receipt_outcomes([receipt, change(32, T0, "rcv"), *sales], rules)
+    late = _receipt_outcomes([change(32, T0, "rcv"), *sales, receipt], rules)
+    assert late == in_time and len(in_time) == 2
+
+
+def test_a_receipt_read_later_than_a_location_remembers_is_judged_from_then_on() -> None:
+    """The limit: a receipt read more than the shelf life and a day after the stock changes
+    that followed it meets the oldest position the location kept, not its own."""
+    rules = ruleset(EXPIRING)
+    receipt = ExpiryBatch("MILK", "S1", "SH", 30, T0 + 3 * DAY, "rcv", T0)
+    assert history_ms(REFERENCE.products["MILK"].shelf_life_days) == 4 * DAY
+    sales = [change(32 - n, T0 + n * DAY, f"sale{n}") for n in range(1, 7)]
+    signal, _ = _receipt_outcomes([change(32, T0, "rcv"), *sales, receipt], rules)
     assert isinstance(signal, ClearanceSignal)
-    assert signal.ts_ms == T0 + POSITION_HISTORY_MS  # sale2: the oldest position kept
-    assert signal.reason.startswith("29 units")
+    assert signal.ts_ms == T0 + DAY  # sale1, the oldest position kept (6 days on)
+
+
+def test_goods_that_do_not_perish_keep_only_their_latest_position() -> None:
+    reference = ReferenceData(
+        REFERENCE.locations, {"SOAP": Product("SOAP", "home", 2.0, 5, 1, None)}
+    )
+    location = LocationTriggers.of("SOAP", "S1", reference)
+    pool = RecordedStock().at_end()
+    for n in range(5):
+        location.on_change(
+            StockChange("SOAP", "S1", "SH", 9, 1, T0 + n * DAY, f"c{n}", 9), ruleset(CART), pool
+        )
+    assert [c.cause for c in location.state.history] == ["c3", "c4"]
 
 
 def test_a_receipt_read_ahead_of_its_time_does_not_take_the_older_stock() -> None:
