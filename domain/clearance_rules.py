@@ -88,11 +88,12 @@ def add_batch(state: SkuRuleState | None, batch: ExpiryBatch) -> SkuRuleState:
 def batch_units(state: SkuRuleState, at_ms: int | None = None) -> list[tuple[ExpiryBatch, int]]:
     """Units of each batch still on hand, first-expiring-first-out: now, or as of ``at_ms``
     (the position then, the batches received by then)."""
-    if at_ms is None:
-        position, batches = state.position, state.batches
-    else:
-        position = position_at(state, at_ms)
-        batches = [b for b in state.batches if b.ts_ms <= at_ms]
+    position, batches = state.position, state.batches
+    if at_ms is not None:
+        if position is not None and at_ms < position.ts_ms:
+            position = position_at(state, at_ms)
+        if any(b.ts_ms > at_ms for b in batches):
+            batches = [b for b in batches if b.ts_ms <= at_ms]
     left = max(0, position.on_hand) if position is not None else 0
     out: list[tuple[ExpiryBatch, int]] = []
     for batch in reversed(batches):  # latest expiry keeps stock
@@ -317,17 +318,31 @@ def clearance_deadlines(state: SkuRuleState, rules: RuleSet) -> list[int]:
     """Event times, in order, at which the timer may find something: a batch entering its
     expiry window with units left, a store shelf turning idle with stock on it."""
     deadlines: set[int] = set()
-    for rule in rules.of_kind("expiring_stock"):
-        within_ms = int(rule.params["within_days"] * DAY_MS)
-        for batch in state.batches:
-            if (rule.rule_id, batch.event_id) in state.batches_fired:
-                continue
-            start = max(batch.expires_ms - within_ms, batch.ts_ms)
-            # Units as the batch's window opens: a receipt read ahead of its time does not
-            # count before it (first-expiring-first-out would give it the older stock).
-            units = dict((b.event_id, n) for b, n in batch_units(state, start))
-            if units.get(batch.event_id, 0) > 0:
-                deadlines.add(start)
+    expiring = rules.of_kind("expiring_stock")
+    if expiring and state.batches:
+        # Units as each batch's window opens: a receipt read ahead of its time does not count
+        # before it (first-expiring-first-out would give it the older stock). Usually that is
+        # the stock of now, with every batch received.
+        position_ms = state.position.ts_ms if state.position is not None else 0
+        received_ms = max(b.ts_ms for b in state.batches)
+        units_now: dict[str, int] | None = None
+        for rule in expiring:
+            within_ms = int(rule.params["within_days"] * DAY_MS)
+            for batch in state.batches:
+                start = max(batch.expires_ms - within_ms, batch.ts_ms)
+                if (
+                    start <= state.timer_checked_ms
+                    or (rule.rule_id, batch.event_id) in state.batches_fired
+                ):
+                    continue
+                if start >= position_ms and start >= received_ms:
+                    if units_now is None:
+                        units_now = {b.event_id: n for b, n in batch_units(state)}
+                    units = units_now
+                else:
+                    units = {b.event_id: n for b, n in batch_units(state, start)}
+                if units.get(batch.event_id, 0) > 0:
+                    deadlines.add(start)
     change = state.position
     for rule in rules.of_kind("overstock"):
         idle_ms = int(rule.params["idle_days"] * DAY_MS)

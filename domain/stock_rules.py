@@ -144,6 +144,9 @@ def record_position(state: SkuRuleState, change: StockChange, keep_ms: int = 0) 
     keeping those of the last ``keep_ms`` before it."""
     state.position = change
     history = state.history
+    if keep_ms <= 0:  # goods that do not perish: the latest is all that is asked for
+        history[:] = (change,)
+        return
     history.append(change)
     cutoff = change.ts_ms - keep_ms
     if len(history) > 2 and history[1].ts_ms < cutoff:
