@@ -1,10 +1,10 @@
 """rule_triggers' stateful steps resumed from their snapshots, as after a SIGKILL (issue 14).
 
-A resumed process starts with fresh per-thread event clocks: whatever a replay leaves for the
-end of the input (timers due by a partition's clock, coupons counted for campaign_prep) must
-come back from the snapshots, or it is lost when the partition has nothing left to read
-after the resume. Each "process" below runs in a thread of its own, so it gets clocks of its
-own, as a new process would.
+A resumed process starts with fresh event clocks: whatever a replay leaves for the end of the
+input (timers due by the end of what was read, the offers customers take at the end, the
+coupons counted for campaign_prep) must come back from the snapshots, or it is lost when the
+partitions have nothing left to read after the resume. Each "process" below runs in a
+thread of its own, so it gets clocks of its own, as a new process (or another worker) would.
 """
 
 from __future__ import annotations
