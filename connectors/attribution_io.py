@@ -20,7 +20,7 @@ from domain.events import Origin, Rejection
 from domain.timeparse import format_event_time
 
 #: What a decoder gives: the touches, purchases or merges of one message, a rejection, or
-#: None for a message attribution does not need (``flows.operators.MessageDecoder``).
+#: None for a message attribution does not need (``connectors.operators.MessageDecoder``).
 Decoded = list[AttributionInput] | Rejection | None
 
 

@@ -446,7 +446,7 @@ def input_decoder(
     only_types: frozenset[str] | None = None,
 ) -> Callable[[str, bytes, Origin], InputEvent | Rejection | None]:
     """``decode_message`` with its reference data, hasher and types fixed: the decoder of
-    the input topics for ``flows.operators.decode``."""
+    the input topics for ``connectors.operators.decode``."""
 
     def decode_input(topic: str, value: bytes, origin: Origin) -> InputEvent | Rejection | None:
         return decode_message(topic, value, origin, reference, hasher, only_types)

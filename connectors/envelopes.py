@@ -31,7 +31,7 @@ CLOUDEVENT_HEADERS: list[tuple[str, str | bytes | None]] = [
 
 
 class OutMessage(NamedTuple):
-    """One message for an output topic, as ``flows.operators.output`` publishes it.
+    """One message for an output topic, as ``connectors.operators.output`` publishes it.
 
     A plain pair rather than Bytewax's ``KafkaSinkMessage`` (a frozen dataclass with a
     headers list): the flows publish one or more per input event, and building those cost

@@ -1,4 +1,4 @@
-"""The Kafka side of every flow: ``KafkaIO`` (the production ``flows.operators.FlowIO``),
+"""The Kafka side of every flow: ``KafkaIO`` (the production ``connectors.operators.FlowIO``),
 the sink that produces ``OutMessage``s and checks their delivery, a batch sink for the Redis
 stores, and the one place rejections become dead-letter records.
 
@@ -56,7 +56,8 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 
 
 class KafkaIO:
-    """A flow's inputs and outputs on the configured Kafka cluster (``flows.operators.FlowIO``).
+    """A flow's inputs and outputs on the configured Kafka cluster (a
+    ``connectors.operators.FlowIO``).
 
     With ``until_idle`` the source stops at the end of every partition, so the flow ends
     once its inputs are drained."""

@@ -30,7 +30,9 @@ from base.config import Config, load_config
 from base.flow_names import ATTRIBUTION
 from base.metrics import ATTRIBUTED_CONVERSIONS, ATTRIBUTED_REVENUE, ATTRIBUTION_CONVERSIONS
 from base.units import DAY_MS
+from connectors import operators as flow_op
 from connectors.attribution_io import DECODERS, credits_message
+from connectors.operators import Decoded, FlowIO
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
 from domain.attribution import AttributionParams, ConvertedPath, Credits, MarkovState
@@ -53,8 +55,6 @@ from domain.attribution_paths import (
 )
 from domain.events import Origin
 from domain.reference import ReferenceData
-from flows import operators as flow_op
-from flows.operators import Decoded, FlowIO
 from state.attribution_store import AttributionStore, RedisAttributionStore
 
 INPUTS = (topics.EVENTS_RESOLVED, topics.TRIGGERS_COUPON, topics.IDENTITY_CHANGES)

@@ -36,6 +36,7 @@ from base.metrics import (
 )
 from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.operators import FlowIO, decode, output, per_batch, read
 from connectors.reference_files import load_reference
 from connectors.resolved import resolved_event
 from connectors.streams import KafkaIO, deadletter_message
@@ -49,7 +50,6 @@ from domain.identity import (
     pii_identifier_value,
 )
 from domain.reference import ReferenceData
-from flows.operators import FlowIO, decode, output, per_batch, read
 from state.identity_store import IdentityStore
 from state.interfaces import IdentityGraphStore, StoreFactory
 

@@ -55,6 +55,7 @@ from base.metrics import (
 from connectors.envelopes import OutMessage
 from connectors.event_clock import ClockMarks, EventClock, InputMarks, WorkerClocks
 from connectors.live_rules import LiveRules
+from connectors.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
 from connectors.trigger_inputs import DECODERS, Skipped
@@ -84,7 +85,6 @@ from domain.trigger_engine import (
     view_of,
 )
 from domain.trigger_replay import RESOLVED, STOCK
-from flows.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
 from state.coupon_store import CouponStore, RedisCouponStore
 from state.interfaces import StockReader, StoreFactory
 from state.stock_store import StockStore

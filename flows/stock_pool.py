@@ -45,6 +45,7 @@ from base.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
 from base.units import DAY_MS
 from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO, event_rejection
 from domain.events import (
@@ -78,7 +79,6 @@ from domain.stock_shard import (
     stock_shard,
 )
 from domain.stock_totals import SegmentTotals
-from flows.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
 from state.interfaces import StockWriter, StoreFactory
 from state.stock_store import StockStore
 

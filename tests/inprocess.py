@@ -1,6 +1,6 @@
 """Run a flow in this process on ``bytewax.testing`` sources and sinks: no broker.
 
-``MemoryIO`` is the tests' ``flows.operators.FlowIO``: the input is a list of messages per
+``MemoryIO`` is the tests' ``connectors.operators.FlowIO``: the input is a list of messages per
 (topic, partition), read in the order given, each partition followed by its end (as the
 Kafka source marks the end of a drained partition); outputs are collected per topic.
 ``run(flow, workers)`` runs a built flow on 1 worker (``run_main``) or on several worker
