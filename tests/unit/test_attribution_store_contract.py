@@ -15,40 +15,27 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from base.config import Config
 from domain.attribution import MODELS
 from state.attribution_store import (
     AttributionStore,
     MemoryAttributionStore,
     RedisAttributionStore,
 )
+from tests.store_backends import BACKENDS, handles
 
 #: Opens another handle on the same totals (a second worker, the report after the flow).
 Reopen = Callable[[], AttributionStore]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest) -> Iterator[Reopen]:
-    opened: list[AttributionStore] = []
-    if request.param == "memory":
-        shared = MemoryAttributionStore()
-
-        def reopen() -> AttributionStore:
-            return shared
-
-    else:
-        config: Config = request.getfixturevalue("omni_config")
-
-        def reopen() -> AttributionStore:
-            store = RedisAttributionStore(
-                redis.Redis.from_url(config.redis.url), config.redis.key_prefix
-            )
-            opened.append(store)
-            return store
-
-    yield reopen
-    for store in opened:
-        store.close()
+    yield from handles(
+        request,
+        MemoryAttributionStore,
+        lambda config: RedisAttributionStore(
+            redis.Redis.from_url(config.redis.url), config.redis.key_prefix
+        ),
+    )
 
 
 def test_cells_are_set_not_added_and_others_stay(stores: Reopen) -> None:

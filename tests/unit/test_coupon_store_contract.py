@@ -17,34 +17,22 @@ import redis
 
 from base.config import Config
 from state.coupon_store import CouponStore, MemoryCouponStore, RedisCouponStore
+from tests.store_backends import BACKENDS, handles
 
 #: Opens another handle on the same codes (another worker, a flow started again).
 Reopen = Callable[[], CouponStore]
 DAY_S = 86_400
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest) -> Iterator[Reopen]:
-    opened: list[CouponStore] = []
-    if request.param == "memory":
-        shared = MemoryCouponStore()
-
-        def reopen() -> CouponStore:
-            return shared
-
-    else:
-        config: Config = request.getfixturevalue("omni_config")
-
-        def reopen() -> CouponStore:
-            store = RedisCouponStore(
-                redis.Redis.from_url(config.redis.url), config.redis.key_prefix
-            )
-            opened.append(store)
-            return store
-
-    yield reopen
-    for store in opened:
-        store.close()
+    yield from handles(
+        request,
+        MemoryCouponStore,
+        lambda config: RedisCouponStore(
+            redis.Redis.from_url(config.redis.url), config.redis.key_prefix
+        ),
+    )
 
 
 def test_a_code_sent_is_found_by_another_handle(stores: Reopen) -> None:

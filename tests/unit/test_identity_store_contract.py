@@ -29,6 +29,7 @@ from state.interfaces import IdentityGraphStore
 from state.memory_identity import MemoryIdentityStore
 from state.redis_io import connect
 from tests.identity_fold import fold_changes
+from tests.store_backends import BACKENDS, handles
 
 T0 = 1_793_500_000_000
 MINUTE = 60_000
@@ -44,27 +45,22 @@ Open = Callable[..., IdentityGraphStore]
 Change = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def _redis_graph(
+    config: Config, name: str = "main", policy: IdentityPolicy = POLICY
+) -> IdentityGraphStore:
+    return IdentityStore(connect(config), f"{config.redis.key_prefix}{name}:", policy, ttl_s=3600)
+
+
+@pytest.fixture(params=BACKENDS)
 def graphs(request: pytest.FixtureRequest) -> Iterator[Open]:
-    opened: list[IdentityGraphStore] = []
-    if request.param == "memory":
-        shared: dict[str, MemoryIdentityStore] = {}
-
-        def open_graph(name: str = "main", policy: IdentityPolicy = POLICY) -> IdentityGraphStore:
-            return shared.setdefault(name, MemoryIdentityStore(policy))
-
-    else:
-        config: Config = request.getfixturevalue("omni_config")
-
-        def open_graph(name: str = "main", policy: IdentityPolicy = POLICY) -> IdentityGraphStore:
-            prefix = f"{config.redis.key_prefix}{name}:"
-            store = IdentityStore(connect(config), prefix, policy, ttl_s=3600)
-            opened.append(store)
-            return store
-
-    yield open_graph
-    for store in opened:
-        store.close()
+    """``open_graph(name, policy)``: the same name is the same graph (as a second worker or
+    the CLI sees it), another name an empty graph of its own."""
+    yield from handles(
+        request,
+        lambda name="main", policy=POLICY: MemoryIdentityStore(policy),
+        _redis_graph,
+        same_store=lambda name="main", policy=POLICY: name,
+    )
 
 
 def event(event_id: str, *identifiers: str, ts: int = T0) -> EventIdentifiers:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from base.config import Config
 from domain.reference import Location, Product, ReferenceData
 from domain.stock import StockPosition
 from domain.stock_rules import StockChange
@@ -27,6 +26,7 @@ from state.interfaces import StockPoolStore
 from state.memory_stock import MemoryStockStore
 from state.redis_io import connect
 from state.stock_store import StockStore
+from tests.store_backends import BACKENDS, handles
 
 T0 = 1_793_500_000_000
 FLOW = "contract"
@@ -56,26 +56,13 @@ REFERENCE = ReferenceData(
 Reopen = Callable[[], StockPoolStore]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest) -> Iterator[Reopen]:
-    opened: list[StockPoolStore] = []
-    if request.param == "memory":
-        shared = MemoryStockStore(REFERENCE)
-
-        def reopen() -> StockPoolStore:
-            return shared
-
-    else:
-        config: Config = request.getfixturevalue("omni_config")
-
-        def reopen() -> StockPoolStore:
-            store = StockStore(connect(config), config.redis.key_prefix, REFERENCE)
-            opened.append(store)
-            return store
-
-    yield reopen
-    for store in opened:
-        store.close()
+    yield from handles(
+        request,
+        lambda: MemoryStockStore(REFERENCE),
+        lambda config: StockStore(connect(config), config.redis.key_prefix, REFERENCE),
+    )
 
 
 def position(
