@@ -20,6 +20,7 @@ and answer the same (``state.interfaces.StockPoolStore``).
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -99,7 +100,7 @@ class StockKeys:
         return f"{self.prefix}stock_region:{sku}:{region}"
 
 
-class StockHashes:
+class StockHashes(ABC):
     """The stock pool's layout, reads and writes over hash primitives a backend provides.
 
     ``flow`` (None for the CLI's reads) names the caller in Redis's retry policy and error
@@ -111,19 +112,21 @@ class StockHashes:
 
     # -- primitives (per backend) --------------------------------------------------------
 
+    @abstractmethod
     def _write_hashes(self, writes: list[HashWrite]) -> None:
-        raise NotImplementedError
+        """Set (and delete) the fields of each hash, all of a batch together."""
 
+    @abstractmethod
     def _hashes(self, keys: list[str], flow: str | None) -> list[StockRow]:
         """Each hash whole ({} when absent)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fields(self, keys: list[str], field: str, flow: str) -> list[str | None]:
         """One field of each hash (None when absent)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the backend's connections."""
 
     # -- write side ----------------------------------------------------------------------
 
