@@ -36,6 +36,7 @@ from domain.stock_rules import (
     StockTriggerSuppressed,
 )
 from domain.stock_view import RecordedStock
+from tests.rule_samples import OVERSTOCK
 
 MIN = 60_000
 HOUR = 3_600_000
@@ -43,13 +44,6 @@ DAY = 86_400_000
 T0 = 1_795_000_000_000
 CATEGORY = "dairy"
 
-OVERSTOCK = {
-    "id": "overstock",
-    "kind": "overstock",
-    "cooldown": "1d",
-    "params": {"cover_days": 60, "idle_days": 30, "min_on_hand": 10, "viewed_within": "7d"},
-    "coupon": {"type": "percent_off", "value": 20},
-}
 EXPIRING = {
     "id": "expiring",
     "kind": "expiring_stock",

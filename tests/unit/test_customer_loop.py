@@ -22,6 +22,7 @@ from domain.customer_rules import (
 )
 from domain.rules import Rule, RuleSet, parse_rules
 from domain.trigger_policy import CONTROL, draw_variant
+from tests.rule_samples import BROWSE, CART
 
 MIN = 60_000
 HOUR = 3_600_000
@@ -29,20 +30,6 @@ DAY = 86_400_000
 CST = timezone(timedelta(hours=8))
 QUIET = {"start": "22:00", "end": "08:00", "utc_offset": "+08:00"}
 
-CART = {
-    "id": "cart",
-    "kind": "cart_abandonment",
-    "cooldown": "1d",
-    "params": {"within": "30m"},
-    "coupon": {"type": "amount_off", "value": 5},
-}
-BROWSE = {
-    "id": "browse",
-    "kind": "browse_nearby_stock",
-    "cooldown": "1d",
-    "params": {"views": 3, "within": "30m", "min_available": 2},
-    "coupon": {"type": "percent_off", "value": 10},
-}
 OVERSTOCK = {
     "id": "overstock",
     "kind": "overstock",

@@ -12,6 +12,7 @@ from domain.customer_rules import (
     on_time,
 )
 from domain.rules import parse_rules
+from tests.rule_samples import BROWSE, CART
 
 MIN = 60_000
 DAY = 86_400_000
@@ -22,20 +23,6 @@ def ruleset(*rules: dict, cap: int = 3):
     return parse_rules("test", {"defaults": {"frequency_cap_per_day": cap}, "rules": list(rules)})
 
 
-CART = {
-    "id": "cart",
-    "kind": "cart_abandonment",
-    "cooldown": "1d",
-    "params": {"within": "30m"},
-    "coupon": {"type": "amount_off", "value": 5},
-}
-BROWSE = {
-    "id": "browse",
-    "kind": "browse_nearby_stock",
-    "cooldown": "1d",
-    "params": {"views": 3, "within": "30m", "min_available": 2},
-    "coupon": {"type": "percent_off", "value": 10},
-}
 WINBACK = {
     "id": "winback",
     "kind": "win_back",

@@ -25,6 +25,7 @@ from domain.trigger_engine import (
 )
 from domain.trigger_replay import TriggerReplay
 from state.coupon_store import MemoryCouponStore
+from tests.rule_samples import CART, OVERSTOCK
 
 MIN = 60_000
 HOUR = 3_600_000
@@ -38,20 +39,6 @@ REFERENCE = ReferenceData(
     },
     products={"MILK": Product("MILK", "dairy", 4.5, 10, 1, 3)},
 )
-CART = {
-    "id": "cart",
-    "kind": "cart_abandonment",
-    "cooldown": "1d",
-    "params": {"within": "30m"},
-    "coupon": {"type": "amount_off", "value": 5},
-}
-OVERSTOCK = {
-    "id": "overstock",
-    "kind": "overstock",
-    "cooldown": "1d",
-    "params": {"cover_days": 60, "idle_days": 30, "min_on_hand": 10, "viewed_within": "7d"},
-    "coupon": {"type": "percent_off", "value": 20},
-}
 EXPIRING = {
     "id": "expiring",
     "kind": "expiring_stock",
