@@ -166,6 +166,25 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class FulfilmentConfig:
+    #: A pickup order is due for collection this long (event time) after it is placed: the
+    #: ``due_at`` of its ``pickup_prep`` task, and when the task counts as overdue.
+    pickup_prep_minutes: float = 120.0
+    #: A task done (collected) or cancelled stays on the store console this long (event
+    #: time) before the flow removes it from Redis.
+    task_retention_hours: float = 12.0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    #: Where ``omnistream serve`` listens (``--host``/``--port`` override).
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: How often (wall clock) an open store console checks Redis for changed tasks.
+    console_poll_seconds: float = 0.25
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -178,6 +197,8 @@ class Config:
     stock: StockConfig = field(default_factory=StockConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    fulfilment: FulfilmentConfig = field(default_factory=FulfilmentConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     #: Where the configuration came from, for messages.
     source: str = "<defaults>"
 
@@ -298,6 +319,9 @@ def _check_ranges(config: Config) -> None:
         "identity.ttl_days": config.identity.ttl_days,
         "flow.epoch_seconds": config.flow.epoch_seconds,
         "flow.alignment_seconds": config.flow.alignment_seconds,
+        "fulfilment.pickup_prep_minutes": config.fulfilment.pickup_prep_minutes,
+        "fulfilment.task_retention_hours": config.fulfilment.task_retention_hours,
+        "service.console_poll_seconds": config.service.console_poll_seconds,
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
         "rules.reload_seconds": config.rules.reload_seconds,
@@ -317,6 +341,11 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"{config.source}: key `attribution.first_share`/`attribution.last_share`: expected "
             f"shares in [0, 1] adding up to at most 1, got {a.first_share!r} and {a.last_share!r}"
+        )
+    if not 0 < config.service.port < 65536:
+        raise ConfigError(
+            f"{config.source}: key `service.port`: expected a port 1..65535, "
+            f"got {config.service.port!r}"
         )
     if not 0 < config.metrics.port < 65536:
         raise ConfigError(

@@ -27,7 +27,8 @@ PROCESSING_LAG = Histogram(
 )
 STOCK_UNITS = Gauge(
     "omnistream_stock_units",
-    "Units in the stock pool by region, location type and figure (on_hand, reserved, available).",
+    "Units in the stock pool by region, location type and figure (on_hand, reserved, "
+    "available, available_to_sell, in_transit).",
     ["region", "location_type", "figure"],
 )
 STOCK_STOCKOUTS = Gauge(
@@ -141,4 +142,45 @@ ATTRIBUTION_CONVERSIONS = Counter(
     "omnistream_attribution_conversions_total",
     "Conversions credited (each once), by whether they had touches (touched) or not (direct).",
     ["path"],
+)
+ORDERS_SOURCED = Counter(
+    "omnistream_orders_sourced_total",
+    "Delivery orders without a location that stock_pool sourced, by outcome (sourced, "
+    "unfulfillable).",
+    ["outcome"],
+)
+SOURCING_LAG = Histogram(
+    "omnistream_sourcing_lag_seconds",
+    "fired_at − event_time of each decision stock_pool publishes on orders.sourced and "
+    "store.tasks, by output (orders_sourced, store_tasks): how long an order waits for its "
+    "decision.",
+    ["output"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+)
+STORE_TASKS = Counter(
+    "omnistream_store_tasks_total",
+    "Store task events published on store.tasks, by kind (pickup_prep, pickup_exception) and "
+    "status (open, done, cancelled).",
+    ["kind", "status"],
+)
+STORE_TASKS_OPEN = Gauge(
+    "omnistream_store_tasks_open",
+    "Store tasks not yet done or cancelled, by kind, as of the flow's event time.",
+    ["kind"],
+)
+PICKUPS_OVERDUE = Gauge(
+    "omnistream_pickup_tasks_overdue",
+    "Open pickup tasks (pickup_prep and pickup_exception) whose due time has passed, as of "
+    "the flow's event time.",
+)
+HTTP_REQUESTS = Counter(
+    "omnistream_http_requests_total",
+    "Requests answered by omnistream serve, by route template and status code.",
+    ["route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "omnistream_http_request_seconds",
+    "Time omnistream serve took to answer a request (Redis round trip included), by route.",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )

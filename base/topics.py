@@ -14,6 +14,8 @@ TRIGGERS_HOLDOUT = "triggers.holdout"
 TRIGGERS_REPLENISHMENT = "triggers.replenishment"
 ATTRIBUTION_CREDITS = "attribution.credits"
 STOCK_CHANGES = "stock.changes"
+ORDERS_SOURCED = "orders.sourced"
+STORE_TASKS = "store.tasks"
 DEADLETTER = "deadletter"
 
 #: Output topics whose messages are CloudEvents (CONTRACT §3), published in structured mode
@@ -27,6 +29,8 @@ CLOUDEVENT_TOPICS: frozenset[str] = frozenset(
         TRIGGERS_REPLENISHMENT,
         ATTRIBUTION_CREDITS,
         STOCK_CHANGES,
+        ORDERS_SOURCED,
+        STORE_TASKS,
     }
 )
 
@@ -39,5 +43,7 @@ ALL_TOPICS: tuple[str, ...] = (
     TRIGGERS_REPLENISHMENT,
     ATTRIBUTION_CREDITS,
     STOCK_CHANGES,
+    ORDERS_SOURCED,
+    STORE_TASKS,
     DEADLETTER,
 )

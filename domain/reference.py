@@ -24,6 +24,28 @@ class Location:
     name: str = ""
     lat: float | None = None
     lon: float | None = None
+    #: The file's ``ships_online`` / ``pickup`` columns (CONTRACT §8); None when absent or
+    #: empty, and then the type decides (``ships`` and ``offers_pickup``).
+    ships_online: bool | None = None
+    pickup: bool | None = None
+
+    @property
+    def ships(self) -> bool:
+        """Can ship online orders: warehouses by default, stores only when the file says so."""
+        if self.ships_online is not None:
+            return self.ships_online
+        return self.type != "store"
+
+    @property
+    def offers_pickup(self) -> bool:
+        """Hands over store-pickup orders: stores by default."""
+        if self.pickup is not None:
+            return self.pickup
+        return self.type == "store"
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.lat is not None and self.lon is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +58,10 @@ class Product:
     lead_time_days: int
     #: Days a received batch keeps; None for goods that do not perish.
     shelf_life_days: int | None
+    #: Units held back from selling at every location (CONTRACT §8, "safety line").
+    safety_stock: int = 0
+    #: Typical days until the same customer buys the sku again; None: not a repurchase item.
+    repurchase_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +71,13 @@ class ReferenceData:
 
 
 def _number(
-    source: str, line: int, column: str, text: str, kind: type, allow_empty: bool = False
+    source: str,
+    line: int,
+    column: str,
+    text: str,
+    kind: type,
+    allow_empty: bool = False,
+    signed: bool = False,
 ) -> float | int | None:
     text = text.strip()
     if text == "" and allow_empty:
@@ -57,7 +89,7 @@ def _number(
         raise ReferenceDataError(
             f"{source}:{line}: column `{column}`: expected {expected}, got {text!r}"
         ) from None
-    if value < 0:
+    if value < 0 and not signed:
         raise ReferenceDataError(f"{source}:{line}: column `{column}`: expected ≥ 0, got {text!r}")
     return value
 
@@ -66,6 +98,20 @@ def _require_columns(source: str, header: Iterable[str], required: Iterable[str]
     missing = [c for c in required if c not in set(header)]
     if missing:
         raise ReferenceDataError(f"{source}: header: missing column(s) {', '.join(missing)}")
+
+
+def _flag(source: str, line: int, column: str, text: str | None) -> bool | None:
+    """``true``/``false`` (any case, also 1/0, yes/no); empty or absent: None (the default)."""
+    value = (text or "").strip().lower()
+    if value == "":
+        return None
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no"}:
+        return False
+    raise ReferenceDataError(
+        f"{source}:{line}: column `{column}`: expected true or false, got {text!r}"
+    )
 
 
 def parse_locations(
@@ -94,18 +140,35 @@ def parse_locations(
                 f"{source}:{line}: column `location_id`: duplicate {location_id!r}"
             )
         lat = (
-            _number(source, line, "lat", row.get("lat") or "", float, allow_empty=True)
+            _number(source, line, "lat", row.get("lat") or "", float, True, signed=True)
             if "lat" in row
             else None
         )
         lon = (
-            _number(source, line, "lon", row.get("lon") or "", float, allow_empty=True)
+            _number(source, line, "lon", row.get("lon") or "", float, True, signed=True)
             if "lon" in row
             else None
         )
+        if (lat is None) != (lon is None):
+            raise ReferenceDataError(
+                f"{source}:{line}: columns `lat`/`lon`: expected both or neither"
+            )
+        if lat is not None and not -90 <= lat <= 90:
+            raise ReferenceDataError(f"{source}:{line}: column `lat`: expected -90..90, got {lat}")
+        if lon is not None and not -180 <= lon <= 180:
+            raise ReferenceDataError(
+                f"{source}:{line}: column `lon`: expected -180..180, got {lon}"
+            )
         locations[location_id] = Location(
-            location_id, kind, region, (row.get("name") or "").strip(), lat, lon
-        )  # type: ignore[arg-type]
+            location_id,
+            kind,
+            region,
+            (row.get("name") or "").strip(),
+            lat,  # type: ignore[arg-type]
+            lon,  # type: ignore[arg-type]
+            _flag(source, line, "ships_online", row.get("ships_online")),
+            _flag(source, line, "pickup", row.get("pickup")),
+        )
     return locations
 
 
@@ -143,6 +206,17 @@ def parse_products(
                 line,
                 "shelf_life_days",  # type: ignore[arg-type]
                 row.get("shelf_life_days") or "",
+                int,
+                allow_empty=True,
+            ),
+            safety_stock=int(
+                _number(source, line, "safety_stock", row.get("safety_stock") or "0", int) or 0
+            ),
+            repurchase_days=_number(
+                source,
+                line,
+                "repurchase_days",  # type: ignore[arg-type]
+                row.get("repurchase_days") or "",
                 int,
                 allow_empty=True,
             ),

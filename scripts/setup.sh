@@ -9,6 +9,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)  # `config` check only
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool for the alert tests
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the store console's browser test
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # throwaway CA + certs for the Redis TLS test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing OS packages: ${need_apt[*]}" >&2
