@@ -9,6 +9,14 @@ The sample is a small grocery-and-household chain in the Yangtze delta: three re
 (Shanghai ``SH``, Hangzhou ``HZ``, Suzhou ``SZ``), one central warehouse in Shanghai, one
 forward warehouse in each of the other two cities, and four stores per city; 200 skus in
 eight categories, of which the 15 fresh-food and chilled-dairy skus perish.
+
+Fulfilment columns (CONTRACT §8): warehouses and forward warehouses ship online orders and
+hand over no pickups; every store offers pickup, and the largest store of each city also
+ships online (a "ship-from-store" store). A product's ``safety_stock`` is the few units each
+location holds back from selling (0 for most skus); consumables (fresh food, dairy,
+household) carry ``repurchase_days``, the usual days until a shopper buys the sku again.
+The fulfilment columns draw from a random stream of their own, so adding them left every
+earlier value of the files as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261101
+#: The fulfilment columns' own random stream (see the module docstring).
+FULFILMENT_SEED = f"{SEED}-fulfilment"
 
 # --- locations -------------------------------------------------------------------------------
 
@@ -42,6 +52,15 @@ LOCATIONS: list[tuple[str, str, str, str, float, float]] = [
     ("ST-SZ-04", "store", "SZ", "Suzhou Wuzhong Wanda", 31.2650, 120.6300),
 ]
 
+#: The store of each city that also ships online orders (the largest one, with a back room).
+SHIP_FROM_STORE = frozenset({"ST-SH-02", "ST-HZ-01", "ST-SZ-01"})
+
+
+def _location_flags(location_id: str, kind: str) -> dict[str, str]:
+    ships = kind != "store" or location_id in SHIP_FROM_STORE
+    return {"ships_online": str(ships).lower(), "pickup": str(kind == "store").lower()}
+
+
 # --- products --------------------------------------------------------------------------------
 
 
@@ -56,6 +75,8 @@ class Category:
     lead_time_days: tuple[int, int]
     #: Shelf life in days of each perishable item (by item name); absent items keep.
     shelf_life: dict[str, int]
+    #: (low, high) days until a shopper buys the sku again; None for durables.
+    repurchase_days: tuple[int, int] | None = None
 
 
 CATEGORIES: list[Category] = [
@@ -85,6 +106,7 @@ CATEGORIES: list[Category] = [
             "Bananas": 6,
             "Silken Tofu": 10,
         },
+        repurchase_days=(3, 7),
     ),
     Category(
         "dairy",
@@ -115,6 +137,7 @@ CATEGORIES: list[Category] = [
             "Cheese Slices": 30,
             "Salted Butter": 30,
         },
+        repurchase_days=(5, 14),
     ),
     Category(
         "beverages",
@@ -189,6 +212,7 @@ CATEGORIES: list[Category] = [
         (8, 25),
         (4, 8),
         {},
+        repurchase_days=(21, 45),
     ),
     Category(
         "baby_care",
@@ -230,7 +254,16 @@ CATEGORIES: list[Category] = [
 ]
 
 
-def _products(rng: random.Random) -> list[dict[str, str]]:
+def _fulfilment_columns(rng: random.Random, category: Category) -> dict[str, str]:
+    """``safety_stock`` (0 for about three skus in five, else 1–3 units) and
+    ``repurchase_days`` (empty for durables)."""
+    safety_stock = 0 if rng.random() < 0.6 else rng.randint(1, 3)
+    days = category.repurchase_days
+    repurchase = "" if days is None else str(rng.randint(*days))
+    return {"safety_stock": str(safety_stock), "repurchase_days": repurchase}
+
+
+def _products(rng: random.Random, fulfilment_rng: random.Random) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     number = 10001
     for category in CATEGORIES:
@@ -269,6 +302,7 @@ def _products(rng: random.Random) -> list[dict[str, str]]:
                     "lead_time_days": str(rng.randint(lead_low, lead_high)),
                     "shelf_life_days": "" if shelf_life is None else str(shelf_life),
                     "name": f"{brand} {item} {size}",
+                    **_fulfilment_columns(fulfilment_rng, category),
                 }
             )
             number += 1
@@ -292,13 +326,16 @@ def main() -> None:
             "name": name,
             "lat": f"{lat:.4f}",
             "lon": f"{lon:.4f}",
+            **_location_flags(location_id, kind),
         }
         for location_id, kind, region, name, lat, lon in LOCATIONS
     ]
     _write(
-        HERE / "locations.csv", ["location_id", "type", "region", "name", "lat", "lon"], locations
+        HERE / "locations.csv",
+        ["location_id", "type", "region", "name", "lat", "lon", "ships_online", "pickup"],
+        locations,
     )
-    products = _products(rng)
+    products = _products(rng, random.Random(FULFILMENT_SEED))
     header = [
         "sku",
         "category",
@@ -307,6 +344,8 @@ def main() -> None:
         "lead_time_days",
         "shelf_life_days",
         "name",
+        "safety_stock",
+        "repurchase_days",
     ]
     _write(HERE / "products.csv", header, products)
     perishable = sum(1 for row in products if row["shelf_life_days"])
