@@ -22,6 +22,12 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 #: ``kind`` values of stock triggers in ``omnistream_triggers_fired_total`` (a regex).
 STOCK_TRIGGER_KINDS = "replenish|transfer|stockout|prepare"
 OUT_DIR = Path(__file__).resolve().parent.parent / "grafana" / "dashboards"
+#: Share of sourcing decisions that found no location over 5 minutes; the alert rule
+#: OmnistreamUnfulfillableOrdersSurge computes the same ratio over 10 minutes.
+UNFULFILLABLE_SHARE = (
+    'sum(rate(omnistream_orders_sourced_total{outcome="unfulfillable"}[5m])) '
+    "/ sum(rate(omnistream_orders_sourced_total[5m]))"
+)
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,87 @@ INVENTORY = Board(
             "Stock positions written per second",
             (("sum(rate(omnistream_stock_positions_written_total[1m]))", "positions"),),
             "ops",
+        ),
+        Panel(
+            "Available to sell by region and location type",
+            (
+                (
+                    "sum by (region, location_type) "
+                    '(omnistream_stock_units{figure="available_to_sell"})',
+                    "{{region}} {{location_type}}",
+                ),
+            ),
+            description="available − safety stock, never below 0: the units sourcing, the "
+            "availability API and the coupon rules may promise.",
+        ),
+        Panel(
+            "In-transit units by region and location type",
+            (
+                (
+                    'sum by (region, location_type) (omnistream_stock_units{figure="in_transit"})',
+                    "{{region}} {{location_type}}",
+                ),
+            ),
+            description="Units of transfers sent towards the locations that have not arrived "
+            "yet (counted at the destination, not yet available there).",
+        ),
+        Panel(
+            "Delivery orders sourced per second by outcome",
+            (
+                (
+                    _rate_by("omnistream_orders_sourced_total", "outcome") + " or vector(0)",
+                    "{{outcome}}",
+                ),
+            ),
+            "ops",
+            description="Delivery orders without a location that stock_pool placed at a "
+            "shipping location (sourced) or could not place anywhere (unfulfillable).",
+        ),
+        Panel(
+            "Unfulfillable share of sourced orders",
+            ((f"{UNFULFILLABLE_SHARE} or vector(0)", "unfulfillable"),),
+            "percentunit",
+            description="Share of the last 5 minutes' sourcing decisions that found no "
+            "shipping location covering every line; alert above 20 % for 10 minutes "
+            "(OmnistreamUnfulfillableOrdersSurge).",
+        ),
+        Panel(
+            "Open store tasks by kind, overdue pickups",
+            (
+                ("sum by (kind) (omnistream_store_tasks_open) or vector(0)", "{{kind}}"),
+                ("sum(omnistream_pickup_tasks_overdue)", "overdue pickups"),
+            ),
+            description="Tasks not yet done or cancelled, and open pickups past their due "
+            "time, as of stock_pool's event time; alert when pickups stay overdue for 15 "
+            "minutes (OmnistreamPickupTasksOverdue).",
+        ),
+        Panel(
+            "Sourcing lag p50 / p99",
+            (
+                (_quantile(0.5, "omnistream_sourcing_lag_seconds", "output"), "p50 {{output}}"),
+                (_quantile(0.99, "omnistream_sourcing_lag_seconds", "output"), "p99 {{output}}"),
+            ),
+            "s",
+            description="fired_at − event_time of the decisions on orders.sourced and "
+            "store.tasks: how long an order waits for its location or its store task.",
+        ),
+        Panel(
+            "Service requests per second by route and status",
+            (
+                (
+                    _rate_by("omnistream_http_requests_total", "route, status"),
+                    "{{route}} {{status}}",
+                ),
+            ),
+            "ops",
+            description="Requests answered by `omnistream serve` (availability, stock, "
+            "customers, store consoles, health and metrics).",
+        ),
+        Panel(
+            "Service latency p99 by route",
+            ((_quantile(0.99, "omnistream_http_request_seconds", "route"), "{{route}}"),),
+            "s",
+            description="Time `omnistream serve` took to answer, Redis round trip included.",
         ),
     ),
 )

@@ -1,4 +1,4 @@
-"""docker-compose.yml is valid, runs every flow, and holds no default secret."""
+"""docker-compose.yml is valid, runs every flow and the service, and holds no default secret."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from base.topics import ALL_TOPICS
 from omnistream.runner import FLOWS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,33 @@ def test_compose_file_is_accepted_and_runs_every_flow() -> None:
         assert service["command"] == ["run", flow]
         assert service["environment"]["OMNI_RECOVERY_DIR"]
         assert any("recovery" in str(volume) for volume in service["volumes"])
+    words = {word.strip(";\\") for word in services["kafka-init"]["command"][0].split()}
+    assert set(ALL_TOPICS) <= words, "kafka-init must create every topic"
+
+
+def test_compose_runs_the_service_like_the_flows() -> None:
+    """Same image and environment as the flows, on Redis alone, checked through /readyz."""
+    env = {**os.environ, "OMNI_PII_KEY": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "pw"}
+    reply = compose_config(env)
+    assert reply.returncode == 0, reply.stderr
+    services = yaml.safe_load(reply.stdout)["services"]
+    serve, flow = services["serve"], services["stock_pool"]
+    assert serve["command"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert serve["image"] == flow["image"] and serve["build"] == flow["build"]
+    assert serve["environment"] == flow["environment"]
+    assert serve["environment"]["OMNI_PII_KEY"] == "compose-test-secret"
+    assert serve["environment"]["OMNI_REDIS_URL"] == "redis://redis:6379/0"
+    assert set(serve["depends_on"]) == {"redis"}
+    assert serve["depends_on"]["redis"]["condition"] == "service_healthy"
+    # docker-compose v1 prints ports as "host_ip:published:target/proto", v2 as mappings.
+    ports = [
+        p
+        if isinstance(p, str)
+        else f"{p['host_ip']}:{p['published']}:{p['target']}/{p['protocol']}"
+        for p in serve["ports"]
+    ]
+    assert ports == ["127.0.0.1:8080:8080/tcp"]
+    assert "/readyz" in " ".join(serve["healthcheck"]["test"])
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:
@@ -69,6 +97,11 @@ def test_prometheus_config_is_valid_and_scrapes_every_flow() -> None:
         timeout=60,
     )
     assert reply.returncode == 0, reply.stdout + reply.stderr
-    scrape = yaml.safe_load(config_path.read_text())["scrape_configs"]
-    flows = {target["labels"]["flow"] for job in scrape for target in job["static_configs"]}
+    jobs = {
+        job["job_name"]: job for job in yaml.safe_load(config_path.read_text())["scrape_configs"]
+    }
+    flows = {target["labels"]["flow"] for target in jobs["omnistream"]["static_configs"]}
     assert flows == set(FLOWS)
+    service = jobs["omnistream-serve"]
+    assert service.get("metrics_path", "/metrics") == "/metrics"
+    assert [t["targets"] for t in service["static_configs"]] == [["serve:8080"]]

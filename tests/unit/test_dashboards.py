@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 
+from prometheus_client.metrics import MetricWrapperBase
+
+import base.metrics
 from omnistream.dashboards import BOARDS, OUT_DIR, rendered
+
+#: Labels Prometheus attaches to every scraped series (monitoring/prometheus.yml).
+TARGET_LABELS = frozenset({"job", "instance", "flow"})
+#: Series a metric of each type exposes, by suffix (the Prometheus text format).
+SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+METRIC_NAME = re.compile(r"\bomnistream_[a-z0-9_]+")
 
 
 def test_checked_in_boards_match_the_code() -> None:
@@ -23,6 +33,69 @@ def test_boards_are_well_formed() -> None:
             assert panel["datasource"]["uid"] == "prometheus"
             assert panel["targets"] and all(t["expr"] for t in panel["targets"])
             assert "sku" not in json.dumps(panel["targets"])  # no per-sku series
+
+
+def exposed_series() -> dict[str, frozenset[str]]:
+    """Series name → its labels, for every metric base/metrics.py defines."""
+    series: dict[str, frozenset[str]] = {}
+    for metric in vars(base.metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            # prometheus_client keeps name, type and label names in these attributes only.
+            for suffix in SUFFIXES[str(metric._type)]:
+                extra = {"le"} if suffix == "_bucket" else set()
+                series[metric._name + suffix] = frozenset(metric._labelnames) | extra
+    return series
+
+
+def aggregated_spans(expr: str) -> list[tuple[set[str], str]]:
+    """Each ``by (labels) (argument)`` of an expression: the labels and the argument's text."""
+    spans = []
+    for match in re.finditer(r"\bby \(([^)]*)\)\s*\(", expr):
+        depth, end = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(expr[end], 0)
+            end += 1
+        labels = {label.strip() for label in match.group(1).split(",")}
+        spans.append((labels, expr[match.end() : end - 1]))
+    return spans
+
+
+def test_panels_query_metrics_and_labels_that_exist() -> None:
+    """A misspelt metric or label renders an empty panel, never an error: catch it here."""
+    series = exposed_series()
+    for board in BOARDS:
+        for panel in board.panels:
+            for expr, _ in panel.exprs:
+                where = f"{board.uid} / {panel.title}: {expr}"
+                for name in METRIC_NAME.findall(expr):
+                    assert name in series, f"{where}: {name} is not in base/metrics.py"
+                for selector_metric, selector in re.findall(
+                    r"\b(omnistream_[a-z0-9_]+)\{([^}]*)\}", expr
+                ):
+                    used = set(re.findall(r"(\w+)\s*[=!]~?", selector))
+                    assert used <= series[selector_metric] | TARGET_LABELS, where
+                for labels, argument in aggregated_spans(expr):
+                    known = set(TARGET_LABELS)
+                    for name in METRIC_NAME.findall(argument):
+                        known |= series[name]
+                    assert labels <= known, f"{where}: by ({', '.join(sorted(labels - known))})"
+
+
+def test_the_label_check_catches_a_misspelt_label() -> None:
+    """The parser the test above relies on finds what it should."""
+    spans = aggregated_spans(
+        "sum by (route, le) (rate(omnistream_http_request_seconds_bucket[5m])) / "
+        "sum by (outcome) (rate(omnistream_orders_sourced_total[5m]))"
+    )
+    assert spans == [
+        ({"route", "le"}, "rate(omnistream_http_request_seconds_bucket[5m])"),
+        ({"outcome"}, "rate(omnistream_orders_sourced_total[5m])"),
+    ]
+    series = exposed_series()
+    assert series["omnistream_http_request_seconds_bucket"] == {"route", "le"}
+    assert series["omnistream_orders_sourced_total"] == {"outcome"}
+    assert "omnistream_pickup_tasks_overdue" in series
+    assert "omnistream_orders_sourced" not in series  # a counter is exposed as …_total
 
 
 def test_push_uploads_every_board_with_the_token() -> None:
