@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException
 from base import topics
 from base.config import Config
 from connectors.generator.producing import GenerateStats, produce
+from connectors.generator.simulation import DEFAULT_UNSOURCED_SHARE
 from connectors.generator.traffic import DEFAULT_CUSTOMERS, DEFAULT_SEED, TrafficModel
 from connectors.kafka_clients import ensure_topics
 from connectors.reference_files import load_reference
@@ -106,6 +107,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "locations; the flows must send each to the deadletter topic",
     )
     parser.add_argument(
+        "--unsourced-share",
+        type=_ratio,
+        default=DEFAULT_UNSOURCED_SHARE,
+        metavar="F",
+        help="share of delivery orders placed without a fulfilling location, from 0 to 1 "
+        "(default %(default)s): they carry the delivery address and region, and the stock "
+        "flow chooses where they ship; the others name their warehouse",
+    )
+    parser.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -137,6 +147,7 @@ def run_generate(config: Config, args: argparse.Namespace) -> int:
             seed=args.seed,
             customers=args.customers,
             bad_ratio=args.bad_ratio,
+            unsourced_share=args.unsourced_share,
         )
     except (ReferenceDataError, ValueError) as exc:
         print(f"omnistream generate: {exc}", file=sys.stderr)

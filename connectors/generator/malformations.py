@@ -151,6 +151,31 @@ class Malformations:
         )
         return self._pii(payload, email_too=True)
 
+    def _sourced_order_event(self) -> dict[str, Any]:
+        """A delivery without a location: its address goes with it (CONTRACT §8)."""
+        payload = self._order_event()
+        store = self.rng.choice(self.sim.stores)
+        fulfillment: dict[str, Any] = {"type": "delivery", "region": store.region}
+        if store.lat is not None and store.lon is not None:
+            fulfillment["lat"] = round(store.lat + self.rng.uniform(-0.03, 0.03), 5)
+            fulfillment["lon"] = round(store.lon + self.rng.uniform(-0.03, 0.03), 5)
+        else:  # a reference without coordinates: People's Square, Shanghai
+            fulfillment["lat"], fulfillment["lon"] = 31.2304, 121.4737
+        payload["fulfillment"] = fulfillment
+        return payload
+
+    def _transfer_out_event(self) -> dict[str, Any]:
+        """A well-formed transfer between two known locations."""
+        payload = self._movement_event("transfer_out")
+        others = [
+            loc.location_id
+            for loc in self.sim.locations
+            if loc.location_id != payload["location_id"]
+        ]
+        payload["transfer_id"] = f"TR-{self.seed}-bad-{self._made}"
+        payload["to_location_id"] = self.rng.choice(others)
+        return payload
+
     def _sale_event(self) -> dict[str, Any]:
         store = self.rng.choice(self.sim.stores)
         lines = self._lines()
@@ -264,7 +289,17 @@ class Malformations:
         return topic, payload
 
     def _bad_type(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(7)
+        choice = self.rng.randrange(9)
+        if choice == 7:
+            payload = self._sourced_order_event()
+            field = self.rng.choice(("lat", "lon"))
+            payload["fulfillment"][field] = str(payload["fulfillment"][field])  # "31.22"
+            return topics.CLICKSTREAM, payload
+        if choice == 8:
+            payload = self._transfer_out_event()
+            to = payload["to_location_id"]
+            payload["to_location_id"] = self.rng.choice(([to], {"location_id": to}, 7, True))
+            return topics.WMS_MOVEMENTS, payload
         if choice == 0:
             payload = self._movement_event()
             payload["qty"] = str(payload["qty"])
@@ -295,7 +330,22 @@ class Malformations:
         return topic, payload
 
     def _bad_value(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(9)
+        choice = self.rng.randrange(12)
+        if choice == 9:
+            payload = self._sourced_order_event()
+            field, value = self.rng.choice(
+                (("lat", 91.5), ("lat", -90.01), ("lon", 181.0), ("lon", -200.0), ("lat", 3122.0))
+            )
+            payload["fulfillment"][field] = value
+            return topics.CLICKSTREAM, payload
+        if choice == 10:
+            payload = self._sourced_order_event()
+            del payload["fulfillment"][self.rng.choice(("lat", "lon"))]  # one without the other
+            return topics.CLICKSTREAM, payload
+        if choice == 11:
+            payload = self._transfer_out_event()
+            payload["to_location_id"] = payload["location_id"]  # a transfer to itself
+            return topics.WMS_MOVEMENTS, payload
         if choice == 0:
             payload = self._movement_event("receipt")
             payload["qty"] = self.rng.choice((0, -3))
@@ -388,10 +438,14 @@ class Malformations:
         unknown = self.rng.choice(("WH-BJ-01", "ST-XX-09", "FW-GZ-02", "st-sh-01", "STORE 7"))
         while unknown in known:
             unknown += "X"
-        choice = self.rng.randrange(3)
+        choice = self.rng.randrange(4)
         if choice == 0:
             payload = self._movement_event()
             payload["location_id"] = unknown
+            return topics.WMS_MOVEMENTS, payload
+        if choice == 3:
+            payload = self._transfer_out_event()
+            payload["to_location_id"] = unknown
             return topics.WMS_MOVEMENTS, payload
         if choice == 1:
             payload = self._sale_event()

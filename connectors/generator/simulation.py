@@ -14,6 +14,14 @@ a Poisson process; order follow-ups (cancellation, shipment, store pickup) and r
 them, always minutes later, so an effect never precedes its cause. A few events arrive late
 (their ``ts`` a few seconds before the one published before them), because real ones do.
 
+Fulfilment (CONTRACT §8–10): most delivery orders name no location but the delivery address;
+the simulation sources them itself with ``domain.fulfilment.source_order`` on its own model
+of available-to-sell (on hand − reserved − safety stock), which changes exactly when the
+event saying so is published, so its shipments leave from where the stock flow, reading the
+same events, most likely reserved them. An order no location covers is never shipped and is
+cancelled later. A few pickups land at a store that lacks the goods (pickup exceptions); the
+missing units come in by transfer (``transfer_out`` names its ``to_location_id``).
+
 The customer base (devices, accounts, loyalty cards, phone numbers, e-mails) depends on
 ``customers`` only, not on the seed: streams of different seeds are different days of the
 same shoppers, so identities stitch across runs. Everything with an id that must be unique
@@ -26,6 +34,7 @@ replenishment cycles: one day of ``lead_time_days`` takes ``LEAD_DAY_MS`` of eve
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import string
 from collections import Counter
@@ -47,6 +56,7 @@ from connectors.generator.wire import (
     local_date,
     money,
 )
+from domain.fulfilment import source_order, transfer_source
 from domain.reference import Location, Product, ReferenceData
 
 # --- tunables -----------------------------------------------------------------------------------
@@ -110,6 +120,21 @@ SEARCH_TERMS: dict[str, tuple[str, ...]] = {
 }
 ADJUSTMENT_REASONS = ("damaged", "shrinkage", "found", "system_correction")
 COUPON_CAMPAIGNS = ("CARTBACK", "WELCOME", "MEMBERDAY", "FRESH10", "RESTOCK")
+#: Share of delivery orders placed without a location (CONTRACT §8): they carry the address
+#: and Omnistream sources them (§10). The others name the location, as before sourcing.
+DEFAULT_UNSOURCED_SHARE = 0.7
+#: Of those, the share whose address was not geocoded (region only) and the share that carry
+#: neither coordinates nor region (still valid: sourcing then ranks by stock alone).
+ADDRESS_REGION_ONLY_SHARE = 0.08
+ADDRESS_BARE_SHARE = 0.02
+#: Delivery addresses lie within this many km of the shopper's home store.
+ADDRESS_RADIUS_KM = 5.0
+KM_PER_DEGREE = 111.195
+#: Share of pickups the shop accepts although the store cannot cover them (pickup exceptions).
+PICKUP_EXCEPTION_SHARE = 0.06
+#: An order nobody can fulfil (or a pickup nobody can restock) is cancelled this many minutes
+#: after it was placed.
+UNFULFILLABLE_CANCEL_MINUTES = (10.0, 40.0)
 
 # --- the simulated world ------------------------------------------------------------------------
 
@@ -154,12 +179,24 @@ class _Visit:
 
 
 @dataclass(slots=True)
+class _Fulfilment:
+    """Where an order's stock is reserved, and its ``fulfillment`` object as published."""
+
+    #: None: no location can fulfil it (it is not shipped and the shop cancels it).
+    location_id: str | None
+    fields: dict[str, Any]
+    #: (sku, units) a pickup store lacked when the order was placed (a pickup exception).
+    shortfall: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Order:
     order_id: str
     visit: _Visit
     lines: list[Line]
     fulfillment: str
-    location_id: str
+    location_id: str | None
+    shortfall: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -350,10 +387,18 @@ class Simulation:
     """The state of the chain while one stream is generated (see the module docstring)."""
 
     def __init__(
-        self, reference: ReferenceData, seed: int, customers: list[Customer], start_ms: int
+        self,
+        reference: ReferenceData,
+        seed: int,
+        customers: list[Customer],
+        start_ms: int,
+        unsourced_share: float = DEFAULT_UNSOURCED_SHARE,
     ) -> None:
+        if not 0.0 <= unsourced_share <= 1.0:
+            raise ValueError(f"unsourced_share must be between 0 and 1, got {unsourced_share}")
         self.reference = reference
         self.seed = seed
+        self.unsourced_share = unsourced_share
         self.rng = random.Random(f"omnistream-traffic-{seed}")
         self.now = start_ms
         self.customers = customers
@@ -364,6 +409,7 @@ class Simulation:
 
         rng = self.rng
         locations = _by_location_id(reference)
+        self.locations = locations
         self.stores = [loc for loc in locations if loc.type == "store"]
         self.warehouses = [loc for loc in locations if loc.type == "warehouse"]
         self.forward_warehouses = [loc for loc in locations if loc.type == "forward_warehouse"]
@@ -495,6 +541,11 @@ class Simulation:
         key = (sku, location_id)
         return self.on_hand.get(key, 0) - self.reserved.get(key, 0)
 
+    def _available_to_sell(self, sku: str, location_id: str) -> int:
+        """What an order may take (CONTRACT §9): available less the sku's safety stock."""
+        safety_stock = self.reference.products[sku].safety_stock
+        return max(0, self._available(sku, location_id) - safety_stock)
+
     def _change_stock(self, sku: str, location_id: str, delta: int) -> None:
         key = (sku, location_id)
         self.on_hand[key] = self.on_hand.get(key, 0) + delta
@@ -617,13 +668,29 @@ class Simulation:
 
     def _transfer(self, source_id: str, destination_id: str, sku: str, qty: int) -> Activity:
         """Goods leave one location and, after transit, arrive at another."""
-        transfer_id = f"TR-{self.seed}-{self._serial('transfer'):06d}"
-        self._change_stock(sku, source_id, -qty)
-        yield self._movement("transfer_out", source_id, sku, qty, transfer_id=transfer_id)
-        self._watch_stock(sku, source_id)
+        yield from self._transfers(destination_id, [(source_id, sku, qty)])
+
+    def _transfers(self, destination_id: str, moves: Sequence[tuple[str, str, int]]) -> Activity:
+        """Several (source, sku, qty) leave for one destination on the same truck run; each
+        ``transfer_out`` names the destination, and they all arrive after one transit."""
+        sent = []
+        for source_id, sku, qty in moves:
+            transfer_id = f"TR-{self.seed}-{self._serial('transfer'):06d}"
+            self._change_stock(sku, source_id, -qty)
+            yield self._movement(
+                "transfer_out",
+                source_id,
+                sku,
+                qty,
+                transfer_id=transfer_id,
+                to_location_id=destination_id,
+            )
+            self._watch_stock(sku, source_id)
+            sent.append((transfer_id, sku, qty))
         yield self._minutes(10, 40)  # on the truck
-        self._change_stock(sku, destination_id, qty)
-        yield self._movement("transfer_in", destination_id, sku, qty, transfer_id=transfer_id)
+        for transfer_id, sku, qty in sent:
+            self._change_stock(sku, destination_id, qty)
+            yield self._movement("transfer_in", destination_id, sku, qty, transfer_id=transfer_id)
 
     def _supplier_delivery(self) -> Activity:
         """A scheduled delivery: dry goods to the warehouse, fresh goods straight to a store."""
@@ -882,35 +949,107 @@ class Simulation:
         yield self._seconds(20, 120)
         yield self._place_order(visit)
 
-    def _choose_fulfillment(self, visit: _Visit, skus: list[str]) -> tuple[str, str]:
-        """Pickup at the home store when it carries everything, else delivery from the
-        forward warehouse of the region when it carries everything, else the warehouse."""
+    def _choose_fulfillment(self, visit: _Visit, lines: list[Line]) -> _Fulfilment:
+        """How the shopper wants the order and where its stock is reserved.
+
+        Pickup at the home store (40% of known shoppers) when the store's available-to-sell
+        covers every line; now and then the shop offers the pickup anyway (its availability
+        was stale) and the store cannot cover it: a pickup exception, which the store solves
+        with a transfer in. Otherwise delivery: most deliveries name no location but the
+        address, and the shop sources them as Omnistream does (``_source_delivery``); the
+        others are sent from the region's forward warehouse when it carries everything, else
+        from the warehouse, as before sourcing existed.
+        """
         customer = visit.customer
-        region = customer.region if customer else visit.region or self.rng.choice(self.regions)
-        if customer is not None and self.rng.random() < 0.4:
-            carried = set(self.assortment[customer.home_store])
-            if all(sku in carried for sku in skus):
-                return "store_pickup", customer.home_store
+        rng = self.rng
+        if customer is not None and rng.random() < 0.4:
+            store = customer.home_store
+            shortfall = [
+                (line.sku, line.qty - ats)
+                for line in lines
+                if (ats := self._available_to_sell(line.sku, store)) < line.qty
+            ]
+            if not shortfall or rng.random() < PICKUP_EXCEPTION_SHARE:
+                fields = {"type": "store_pickup", "location_id": store}
+                return _Fulfilment(store, fields, shortfall)
+        region = customer.region if customer else visit.region or rng.choice(self.regions)
+        if rng.random() < self.unsourced_share:
+            return self._source_delivery(customer, region, lines)
+        skus = [line.sku for line in lines]
+        location_id = self.central_warehouse(region).location_id
         for forward in self.forward_warehouses:
             if forward.region == region:
                 carried = set(self.assortment[forward.location_id])
                 if all(sku in carried for sku in skus):
-                    return "delivery", forward.location_id
-        return "delivery", self.central_warehouse(region).location_id
+                    location_id = forward.location_id
+                    break
+        return _Fulfilment(location_id, {"type": "delivery", "location_id": location_id})
+
+    def _delivery_address(
+        self, customer: Customer | None, region: str
+    ) -> tuple[float | None, float | None]:
+        """A point a few km from the shopper's home store (a guest's: a store of the region)."""
+        rng = self.rng
+        store_id = customer.home_store if customer else rng.choice(self.stores_by_region[region])
+        store = self.reference.locations[store_id]
+        if store.lat is None or store.lon is None:
+            return None, None
+        distance_km = ADDRESS_RADIUS_KM * math.sqrt(rng.random())  # uniform over the disc
+        bearing = rng.uniform(0.0, 2 * math.pi)
+        lat = store.lat + distance_km * math.cos(bearing) / KM_PER_DEGREE
+        lon = store.lon + distance_km * math.sin(bearing) / (
+            KM_PER_DEGREE * max(math.cos(math.radians(store.lat)), 0.01)
+        )
+        return round(min(max(lat, -90.0), 90.0), 5), round(((lon + 180.0) % 360.0) - 180.0, 5)
+
+    def _source_delivery(
+        self, customer: Customer | None, region: str, lines: list[Line]
+    ) -> _Fulfilment:
+        """A delivery without a location: the address goes with the order, and the shop
+        decides where it ships by the rule Omnistream's stock flow applies (CONTRACT §10) on
+        its own model of available-to-sell, so its shipments leave from the location the
+        flow most likely chose. A few addresses were not geocoded (region only), a very few
+        carry neither coordinates nor region; both are valid orders."""
+        roll = self.rng.random()
+        geocoded = roll >= ADDRESS_BARE_SHARE + ADDRESS_REGION_ONLY_SHARE
+        order_region = None if roll < ADDRESS_BARE_SHARE else region
+        lat, lon = self._delivery_address(customer, region) if geocoded else (None, None)
+        fields: dict[str, Any] = {"type": "delivery"}
+        if lat is not None and lon is not None:
+            fields["lat"], fields["lon"] = lat, lon
+        if order_region is not None:
+            fields["region"] = order_region
+        decision = source_order(
+            [(line.sku, line.qty) for line in lines],
+            self._available_to_sell,
+            self.locations,
+            lat,
+            lon,
+            order_region,
+        )
+        return _Fulfilment(decision.location_id, fields)
 
     def _place_order(self, visit: _Visit) -> _Outgoing:
         """The order reserves stock where it will be fulfilled; its follow-up is scheduled."""
         lines = [Line(sku, qty, self.unit_cents[sku]) for sku, qty in visit.cart.items()]
-        fulfillment, location_id = self._choose_fulfillment(visit, list(visit.cart))
+        chosen = self._choose_fulfillment(visit, lines)
         order = _Order(
-            f"ORD-{self.seed}-{self._serial('order'):07d}", visit, lines, fulfillment, location_id
+            f"ORD-{self.seed}-{self._serial('order'):07d}",
+            visit,
+            lines,
+            chosen.fields["type"],
+            chosen.location_id,
+            chosen.shortfall,
         )
-        for line in lines:
-            self._change_reserved(line.sku, location_id, line.qty)
-            self._watch_stock(line.sku, location_id)
-        if self.rng.random() < 0.08:
+        if order.location_id is not None:
+            for line in lines:
+                self._change_reserved(line.sku, order.location_id, line.qty)
+                self._watch_stock(line.sku, order.location_id)
+        if order.location_id is None:  # unfulfillable: nothing ships, the shop cancels it
+            self._after(0, self._cancel_order(order, UNFULFILLABLE_CANCEL_MINUTES))
+        elif self.rng.random() < 0.08:
             self._after(0, self._cancel_order(order))
-        elif fulfillment == "delivery":
+        elif order.fulfillment == "delivery":
             self._after(0, self._ship_order(order))
         else:
             self._after(0, self._store_pickup(order))
@@ -919,13 +1058,17 @@ class Simulation:
             "order_placed",
             order_id=order.order_id,
             **priced_lines(lines),
-            fulfillment={"type": fulfillment, "location_id": location_id},
+            fulfillment=chosen.fields,
         )
 
-    def _cancel_order(self, order: _Order) -> Activity:
-        yield self._minutes(1, 25)
-        for line in order.lines:
-            self._change_reserved(line.sku, order.location_id, -line.qty)
+    def _cancel_order(
+        self, order: _Order, after_minutes: tuple[float, float] = (1, 25)
+    ) -> Activity:
+        """The shopper (or, for an order nobody can fulfil, the shop) cancels it."""
+        yield self._minutes(*after_minutes)
+        if order.location_id is not None:
+            for line in order.lines:
+                self._change_reserved(line.sku, order.location_id, -line.qty)
         yield self._click(
             order.visit,
             "order_cancelled",
@@ -935,6 +1078,7 @@ class Simulation:
 
     def _ship_order(self, order: _Order) -> Activity:
         """Picked and packed: one shipment per line, from the fulfilling location."""
+        assert order.location_id is not None
         yield self._minutes(8, 45)
         for line in order.lines:
             self._change_stock(line.sku, order.location_id, -line.qty)
@@ -946,19 +1090,40 @@ class Simulation:
             yield self.rng.randint(300, 4_000)
 
     def _store_pickup(self, order: _Order) -> Activity:
-        """The shopper collects the order at the till of the store."""
-        yield self._minutes(20, 150)
+        """The shopper collects the order at the till of the store.
+
+        A pickup the store could not cover when it was placed (a pickup exception) waits for
+        the missing units: a transfer from the nearest location that has them to spare. When
+        none has, the shop cancels the order after a while."""
+        store_id = order.location_id
+        assert store_id is not None
+        if order.shortfall:
+            yield self._minutes(2, 8)  # the store asks for the missing units, a source picks
+            store = self.reference.locations[store_id]
+            moves = []
+            for sku, missing in order.shortfall:
+                source = transfer_source(
+                    sku, missing, self._available_to_sell, self.locations, store
+                )
+                if source is None:  # nobody has them to spare: the shop gives up
+                    yield from self._cancel_order(order, UNFULFILLABLE_CANCEL_MINUTES)
+                    return
+                moves.append((source, sku, missing))
+            yield from self._transfers(store_id, moves)
+            yield self._minutes(10, 60)  # the shopper is told and comes by
+        else:
+            yield self._minutes(20, 150)
         customer = order.visit.customer
         for line in order.lines:
-            self._change_stock(line.sku, order.location_id, -line.qty)
-            self._change_reserved(line.sku, order.location_id, -line.qty)
+            self._change_stock(line.sku, store_id, -line.qty)
+            self._change_reserved(line.sku, store_id, -line.qty)
         yield self._till(
             "sale",
-            order.location_id,
-            self._new_receipt_id(order.location_id),
+            store_id,
+            self._new_receipt_id(store_id),
             order.lines,
             member_code=customer.member_code if customer else None,
             order_id=order.order_id,
         )
         for line in order.lines:
-            self._watch_stock(line.sku, order.location_id)
+            self._watch_stock(line.sku, store_id)

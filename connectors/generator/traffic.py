@@ -21,7 +21,12 @@ from collections import deque
 from collections.abc import Iterator
 
 from connectors.generator.malformations import Malformations
-from connectors.generator.simulation import Customer, Simulation, customer_base
+from connectors.generator.simulation import (
+    DEFAULT_UNSOURCED_SHARE,
+    Customer,
+    Simulation,
+    customer_base,
+)
 from connectors.generator.wire import GeneratedEvent
 from domain.reference import ReferenceData
 
@@ -50,11 +55,14 @@ class TrafficModel:
         customers: int = DEFAULT_CUSTOMERS,
         start_ms: int = DEFAULT_START_MS,
         bad_ratio: float = 0.0,
+        unsourced_share: float = DEFAULT_UNSOURCED_SHARE,
     ) -> None:
         if customers < 1:
             raise ValueError(f"customers must be ≥ 1, got {customers}")
         if not 0.0 <= bad_ratio <= 1.0:
             raise ValueError(f"bad_ratio must be between 0 and 1, got {bad_ratio}")
+        if not 0.0 <= unsourced_share <= 1.0:
+            raise ValueError(f"unsourced_share must be between 0 and 1, got {unsourced_share}")
         kinds = {location.type for location in reference.locations.values()}
         if "store" not in kinds or not kinds & {"warehouse", "forward_warehouse"}:
             raise ValueError(
@@ -68,6 +76,8 @@ class TrafficModel:
         self.customers = customers
         self.start_ms = start_ms
         self.bad_ratio = bad_ratio
+        #: Share of delivery orders placed without a location, for Omnistream to source.
+        self.unsourced_share = unsourced_share
         self._customer_base: list[Customer] | None = None
 
     def events(self, count: int | None = None) -> Iterator[GeneratedEvent]:
@@ -76,7 +86,13 @@ class TrafficModel:
             raise ValueError(f"count must be ≥ 0, got {count}")
         if self._customer_base is None:  # the same for every call: built once
             self._customer_base = customer_base(self.reference, self.customers)
-        simulation = Simulation(self.reference, self.seed, self._customer_base, self.start_ms)
+        simulation = Simulation(
+            self.reference,
+            self.seed,
+            self._customer_base,
+            self.start_ms,
+            unsourced_share=self.unsourced_share,
+        )
         return self._mix(simulation, count)
 
     def _mix(self, simulation: Simulation, count: int | None) -> Iterator[GeneratedEvent]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -31,6 +33,7 @@ from domain.events import (
     Origin,
     Rejection,
 )
+from domain.fulfilment import source_order
 from domain.timeparse import parse_event_time
 from omnistream.generate_cli import add_generate_arguments
 
@@ -57,6 +60,14 @@ def good(stream: list[GeneratedEvent]) -> list[tuple[GeneratedEvent, dict[str, A
 
 
 @pytest.fixture(scope="module")
+def book(good: list[tuple[GeneratedEvent, dict[str, Any]]]) -> StockBook:
+    folded = StockBook()
+    for event, payload in good:
+        folded.apply(event, payload)
+    return folded
+
+
+@pytest.fixture(scope="module")
 def noisy() -> list[GeneratedEvent]:
     return list(TrafficModel(REFERENCE, seed=11, bad_ratio=0.1).events(20_000))
 
@@ -72,6 +83,98 @@ def fingerprint(events: list[GeneratedEvent]) -> list[tuple[object, ...]]:
 
 def lines_total(lines: list[dict[str, Any]]) -> float:
     return sum(line["qty"] * line["unit_price"] for line in lines)
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Spherical law of cosines (written apart from the domain's haversine)."""
+    p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
+    cos = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
+    return 6371.0088 * math.acos(min(1.0, max(-1.0, cos)))
+
+
+@dataclass
+class StockBook:
+    """The stock every location holds, folded from the good events in publication order —
+    what a shop that saw only the published events would know. The generator changes its
+    own model exactly when it publishes the event that says so, so at every order this book
+    is the generator's model; the tests source unsourced orders on it with
+    ``domain.fulfilment.source_order`` and compare with what the generator then did."""
+
+    on_hand: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reserved: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: order_id → its ``order_placed`` payload.
+    placed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: order_id → where its stock is reserved: the named location, or the one sourcing
+    #: picks (None: unfulfillable).
+    where: dict[str, str | None] = field(default_factory=dict)
+    #: pickup order_id → (sku, missing units) its store lacked when it was placed.
+    short: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: sku × location that had nothing left to sell after some event.
+    ran_out: set[tuple[str, str]] = field(default_factory=set)
+
+    def available(self, key: tuple[str, str]) -> int:
+        return self.on_hand[key] - self.reserved[key]
+
+    def ats(self, sku: str, location_id: str) -> int:
+        safety = REFERENCE.products[sku].safety_stock
+        return max(0, self.available((sku, location_id)) - safety)
+
+    def apply(self, event: GeneratedEvent, p: dict[str, Any]) -> None:
+        kind = p["event_type"]
+        sign = {"receipt": 1, "transfer_in": 1, "adjustment": 1, "shipment": -1, "transfer_out": -1}
+        touched: list[tuple[str, str]] = []
+        if event.topic == "wms.movements":
+            key = (p["sku"], p["location_id"])
+            if kind == "stock_count":
+                self.on_hand[key] = p["qty"]
+            else:
+                self.on_hand[key] += sign[kind] * p["qty"]
+            if kind == "shipment":
+                self.reserved[key] -= p["qty"]
+            touched = [key]
+        elif event.topic == "pos.sales":
+            for line in p["lines"]:
+                key = (line["sku"], p["store_id"])
+                self.on_hand[key] += line["qty"] if kind == "return" else -line["qty"]
+                if "order_id" in p:
+                    self.reserved[key] -= line["qty"]
+                touched.append(key)
+        elif kind == "order_placed":
+            touched = self._place(p)
+        elif kind == "order_cancelled":
+            location_id = self.where[p["order_id"]]
+            if location_id is not None:
+                for line in p["lines"]:
+                    self.reserved[(line["sku"], location_id)] -= line["qty"]
+                    touched.append((line["sku"], location_id))
+        self.ran_out.update(k for k in touched if self.available(k) <= 0)
+
+    def _place(self, p: dict[str, Any]) -> list[tuple[str, str]]:
+        order_id, fulfillment = p["order_id"], p["fulfillment"]
+        self.placed[order_id] = p
+        location_id = fulfillment.get("location_id")
+        if location_id is None:
+            decision = source_order(
+                [(line["sku"], line["qty"]) for line in p["lines"]],
+                self.ats,
+                REFERENCE.locations.values(),
+                fulfillment.get("lat"),
+                fulfillment.get("lon"),
+                fulfillment.get("region"),
+            )
+            location_id = decision.location_id
+        elif fulfillment["type"] == "store_pickup":
+            self.short[order_id] = [
+                (line["sku"], line["qty"] - self.ats(line["sku"], location_id))
+                for line in p["lines"]
+                if self.ats(line["sku"], location_id) < line["qty"]
+            ]
+        self.where[order_id] = location_id
+        if location_id is None:
+            return []
+        for line in p["lines"]:
+            self.reserved[(line["sku"], location_id)] += line["qty"]
+        return [(line["sku"], location_id) for line in p["lines"]]
 
 
 # --- reproducibility --------------------------------------------------------------------------
@@ -177,7 +280,7 @@ def test_totals_equal_the_sum_of_the_lines(good: list) -> None:
     assert checked > 1_000
 
 
-def test_order_follow_ups_refer_to_earlier_orders(good: list) -> None:
+def test_order_follow_ups_refer_to_earlier_orders(good: list, book: StockBook) -> None:
     placed: dict[str, dict[str, Any]] = {}
     outcome: dict[str, str] = {}
     shipped: Counter[tuple[str, str]] = Counter()
@@ -186,12 +289,13 @@ def test_order_follow_ups_refer_to_earlier_orders(good: list) -> None:
         if kind == "order_placed":
             assert order_id not in placed
             fulfillment = payload["fulfillment"]
-            location = REFERENCE.locations[fulfillment["location_id"]]
             if fulfillment["type"] == "store_pickup":
-                assert location.type == "store"
+                assert REFERENCE.locations[fulfillment["location_id"]].type == "store"
             else:
                 assert fulfillment["type"] == "delivery"
-                assert location.type in {"warehouse", "forward_warehouse"}
+                if "location_id" in fulfillment:  # named, as before sourcing: a warehouse
+                    location = REFERENCE.locations[fulfillment["location_id"]]
+                    assert location.type in {"warehouse", "forward_warehouse"}
             placed[order_id] = payload
             continue
         if order_id is None:
@@ -208,7 +312,8 @@ def test_order_follow_ups_refer_to_earlier_orders(good: list) -> None:
         elif kind == "shipment":
             assert outcome.setdefault(order_id, "shipped") == "shipped"
             assert fulfillment["type"] == "delivery"
-            assert payload["location_id"] == fulfillment["location_id"]
+            assert payload["location_id"] == book.where[order_id]  # named or sourced there
+            assert REFERENCE.locations[payload["location_id"]].ships
             line = next(ln for ln in order["lines"] if ln["sku"] == payload["sku"])
             assert payload["qty"] == line["qty"]
             shipped[(order_id, payload["sku"])] += 1
@@ -238,6 +343,7 @@ def test_transfers_come_in_pairs(good: list) -> None:
             arrived.add(payload["transfer_id"])
             assert (payload["sku"], payload["qty"]) == (sent["sku"], sent["qty"])
             assert payload["location_id"] != sent["location_id"]
+            assert payload["location_id"] == sent["to_location_id"]  # the named destination
             assert parse_event_time(payload["ts"]) > parse_event_time(sent["ts"])
     assert len(arrived) > 50
 
@@ -309,42 +415,143 @@ def test_all_contract_event_types_and_traffic_features_appear(good: list) -> Non
     assert 0.08 < mix["wms.movements"] / len(good) < 0.25
 
 
-def test_stock_mostly_stays_positive_but_some_skus_run_out(good: list) -> None:
-    on_hand: Counter[tuple[str, str]] = Counter()
-    reserved: Counter[tuple[str, str]] = Counter()
-    placed: dict[str, dict[str, Any]] = {}
-    ran_out: set[tuple[str, str]] = set()
-    sign = {"receipt": 1, "transfer_in": 1, "adjustment": 1, "shipment": -1, "transfer_out": -1}
-    for event, p in good:
-        kind = p["event_type"]
-        touched: list[tuple[str, str]] = []
-        if event.topic == "wms.movements":
+def test_stock_mostly_stays_positive_but_some_skus_run_out(book: StockBook) -> None:
+    negative = sum(1 for v in book.on_hand.values() if v < 0)
+    assert negative <= 0.02 * len(book.on_hand)
+    assert len(book.ran_out) >= 10  # stockouts do happen
+    assert min(book.reserved.values()) >= 0
+
+
+# --- fulfilment: sourcing, pickup exceptions --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sourced_day() -> tuple[list[tuple[GeneratedEvent, dict[str, Any]]], StockBook]:
+    """Another seeded day (a seed whose supply troubles leave a few orders unfulfillable),
+    its good events and the stock book folded from them."""
+    events = [
+        (e, orjson.loads(e.value))
+        for e in TrafficModel(REFERENCE, seed=1).events(20_000)
+        if not e.duplicate
+    ]
+    folded = StockBook()
+    for event, payload in events:
+        folded.apply(event, payload)
+    return events, folded
+
+
+def order_outcomes(good: list[tuple[GeneratedEvent, dict[str, Any]]]) -> dict[str, list[dict]]:
+    """order_id → the follow-ups that name it (shipments, the till sale, the cancellation)."""
+    follow_ups: dict[str, list[dict[str, Any]]] = {}
+    for _, payload in good:
+        if "order_id" in payload and payload["event_type"] != "order_placed":
+            follow_ups.setdefault(payload["order_id"], []).append(payload)
+    return follow_ups
+
+
+def test_most_delivery_orders_leave_the_location_to_sourcing(sourced_day: tuple) -> None:
+    _, book = sourced_day
+    deliveries = [p for p in book.placed.values() if p["fulfillment"]["type"] == "delivery"]
+    unsourced = [p for p in deliveries if "location_id" not in p["fulfillment"]]
+    assert len(deliveries) > 250
+    assert 0.6 < len(unsourced) / len(deliveries) < 0.8  # the default share, 0.7
+    addressed = [p for p in unsourced if "lat" in p["fulfillment"]]
+    region_only = [p for p in unsourced if set(p["fulfillment"]) == {"type", "region"}]
+    bare = [p for p in unsourced if set(p["fulfillment"]) == {"type"}]
+    assert len(addressed) + len(region_only) + len(bare) == len(unsourced)
+    assert len(addressed) > 0.8 * len(unsourced) and region_only and bare
+    stores = [loc for loc in REFERENCE.locations.values() if loc.type == "store"]
+    for p in addressed:
+        f = p["fulfillment"]
+        assert f["region"] in {loc.region for loc in stores}
+        nearest = min(
+            great_circle_km(f["lat"], f["lon"], loc.lat, loc.lon)  # type: ignore[arg-type]
+            for loc in stores
+            if loc.region == f["region"]
+        )
+        assert nearest <= 5.01  # a few km from the shopper's home store
+    outcomes = Counter(
+        "unfulfillable" if book.where[p["order_id"]] is None else "sourced" for p in unsourced
+    )
+    assert outcomes["sourced"] > 0.9 * len(unsourced) and outcomes["unfulfillable"] > 0
+    sourced_to = Counter(REFERENCE.locations[w].type for w in book.where.values() if w)
+    assert sourced_to["store"] and sourced_to["warehouse"] and sourced_to["forward_warehouse"]
+
+
+def test_an_unsourced_delivery_ships_from_the_location_source_order_picks(
+    sourced_day: tuple,
+) -> None:
+    """The book sources each order on the stock the published events imply; the generator
+    ships it from there, and an order nothing covers is never shipped but cancelled."""
+    good, book = sourced_day
+    follow_ups = order_outcomes(good)
+    shipped = cancelled_unfulfillable = 0
+    for order_id, order in book.placed.items():
+        if order["fulfillment"]["type"] != "delivery" or "location_id" in order["fulfillment"]:
+            continue
+        where = book.where[order_id]
+        kinds = Counter(p["event_type"] for p in follow_ups.get(order_id, []))
+        if where is None:
+            assert "shipment" not in kinds
+            if kinds:
+                (cancel,) = follow_ups[order_id]
+                assert cancel["event_type"] == "order_cancelled"
+                waited = parse_event_time(cancel["ts"]) - parse_event_time(order["ts"])
+                assert 9 * 60_000 < waited < 41 * 60_000
+                cancelled_unfulfillable += 1
+            continue
+        shipments = [p for p in follow_ups.get(order_id, []) if p["event_type"] == "shipment"]
+        assert {p["location_id"] for p in shipments} <= {where}
+        if shipments:  # one per line (the last order of the stream may be cut short)
+            skus = [p["sku"] for p in shipments]
+            assert len(set(skus)) == len(skus) and set(skus) <= {ln["sku"] for ln in order["lines"]}
+            shipped += 1
+    assert shipped > 100 and cancelled_unfulfillable > 0
+
+
+def test_a_few_pickups_are_placed_at_a_store_that_lacks_the_goods(sourced_day: tuple) -> None:
+    """Pickup exceptions: the store is short when the order arrives; the missing units come
+    in by transfer before the shopper collects (or the shop cancels the order)."""
+    good, book = sourced_day
+    follow_ups = order_outcomes(good)
+    pickups = [o for o, p in book.placed.items() if p["fulfillment"]["type"] == "store_pickup"]
+    exceptions = [o for o in pickups if book.short[o]]
+    assert len(pickups) > 30
+    assert 0 < len(exceptions) <= 0.25 * len(pickups)
+    arrivals: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for _, p in good:
+        if p["event_type"] == "transfer_in":
             key = (p["sku"], p["location_id"])
-            if kind == "stock_count":
-                on_hand[key] = p["qty"]
-            else:
-                on_hand[key] += sign[kind] * p["qty"]
-            if kind == "shipment":
-                reserved[key] -= p["qty"]
-            touched = [key]
-        elif event.topic == "pos.sales":
-            for line in p["lines"]:
-                key = (line["sku"], p["store_id"])
-                on_hand[key] += line["qty"] if kind == "return" else -line["qty"]
-                if "order_id" in p:
-                    reserved[key] -= line["qty"]
-                touched.append(key)
-        elif kind in ("order_placed", "order_cancelled"):
-            order = placed.setdefault(p["order_id"], p)
-            for line in p["lines"]:
-                key = (line["sku"], order["fulfillment"]["location_id"])
-                reserved[key] += line["qty"] if kind == "order_placed" else -line["qty"]
-                touched.append(key)
-        ran_out.update(k for k in touched if on_hand[k] - reserved[k] <= 0)
-    negative = sum(1 for v in on_hand.values() if v < 0)
-    assert negative <= 0.02 * len(on_hand)
-    assert len(ran_out) >= 10  # stockouts do happen
-    assert min(reserved.values()) >= 0
+            arrivals.setdefault(key, []).append((parse_event_time(p["ts"]), p["qty"]))
+    collected = 0
+    for order_id in exceptions:
+        order = book.placed[order_id]
+        store, placed_at = order["fulfillment"]["location_id"], parse_event_time(order["ts"])
+        sales = [p for p in follow_ups.get(order_id, []) if p["event_type"] == "sale"]
+        if not sales:
+            continue
+        collected += 1
+        collected_at = parse_event_time(sales[0]["ts"])
+        for sku, missing in book.short[order_id]:
+            assert any(
+                placed_at < at < collected_at and qty == missing
+                for at, qty in arrivals.get((sku, store), [])
+            ), (order_id, sku, missing)
+    assert collected > 0
+
+
+def test_the_unsourced_share_is_configurable() -> None:
+    for share, named in ((0.0, True), (1.0, False)):
+        placed = [
+            orjson.loads(e.value)["fulfillment"]
+            for e in TrafficModel(REFERENCE, seed=4, unsourced_share=share).events(8_000)
+            if b'"order_placed"' in e.value and not e.duplicate
+        ]
+        deliveries = [f for f in placed if f["type"] == "delivery"]
+        assert len(deliveries) > 50
+        assert all(("location_id" in f) is named for f in deliveries)
+    with pytest.raises(ValueError, match="unsourced_share"):
+        TrafficModel(REFERENCE, unsourced_share=1.2)
 
 
 # --- malformed traffic -------------------------------------------------------------------------
@@ -367,6 +574,26 @@ def test_each_malformed_event_gets_its_reason_from_the_decoder(
         else:
             assert isinstance(decoded, Rejection), event.value
             assert decoded.reason == event.bad_reason, (decoded.error, event.value)
+
+
+def test_malformed_fulfilment_fields_are_among_the_bad_events(
+    noisy: list[GeneratedEvent],
+) -> None:
+    """The new fields' bad forms appear, each with the reason the decoder must give."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for event in noisy:
+        if event.bad_reason is None or event.bad_reason == "malformed_json":
+            continue
+        payload = orjson.loads(event.value)
+        fulfillment = payload.get("fulfillment")
+        if isinstance(fulfillment, dict) and {"lat", "lon"} & set(fulfillment):
+            seen[("coordinates", event.bad_reason)] += 1
+        if "to_location_id" in payload:
+            seen[("to_location_id", event.bad_reason)] += 1
+    for reason in ("bad_type", "bad_value"):
+        assert seen[("coordinates", reason)] > 5, reason
+    for reason in ("bad_type", "bad_value", "unknown_location"):
+        assert seen[("to_location_id", reason)] > 5, reason
 
 
 def test_some_malformed_events_carry_raw_pii(noisy: list[GeneratedEvent]) -> None:
