@@ -113,9 +113,6 @@ class StockConfig:
     dedup_hours: float = 168.0
     #: How long (event time) an open order is remembered to route its cancellation.
     order_ttl_days: float = 30.0
-    #: Positions and sku totals are kept in this many shards (by sku); each is one keyed
-    #: state, so more shards spread the pool over more workers and make smaller snapshots.
-    stock_shards: int = 16
 
 
 @dataclass(frozen=True)
@@ -309,7 +306,6 @@ def _check_ranges(config: Config) -> None:
         "stock.late_window_hours": config.stock.late_window_hours,
         "stock.dedup_hours": config.stock.dedup_hours,
         "stock.order_ttl_days": config.stock.order_ttl_days,
-        "stock.stock_shards": config.stock.stock_shards,
         "flow.workers": config.flow.workers,
         "identity.max_anon": config.identity.max_anon,
         "identity.max_phone": config.identity.max_phone,

@@ -182,6 +182,30 @@ def _check_location(
         raise Invalid("bad_value", f"location {location_id!r} is a {location.type}, not a store")
 
 
+def _coordinate(fields: _Fields, key: str, limit: float) -> float | None:
+    """A WGS84 degree in ``[-limit, limit]`` (``_Fields.number`` takes only values ≥ 0)."""
+    value = fields.data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid("bad_type", f"`{fields._name(key)}` must be a number")
+    if not -limit <= value <= limit:  # NaN fails too
+        raise Invalid("bad_value", f"`{fields._name(key)}` must be within ±{limit:g} degrees")
+    return float(value)
+
+
+def _fulfillment(fields: _Fields, kind: str) -> Fulfillment:
+    """A pickup names its store; a delivery may leave the location to Omnistream's sourcing
+    (CONTRACT §10), with the address's ``lat``/``lon`` (both or neither) and ``region``."""
+    location_id = fields.string("location_id", required=kind == "store_pickup")
+    lat = _coordinate(fields, "lat", 90)
+    lon = _coordinate(fields, "lon", 180)
+    if (lat is None) != (lon is None):
+        raise Invalid("bad_value", f"`{fields._name('lat')}` and `lon` come together or not at all")
+    region = fields.string("region", required=False, max_chars=32)
+    return Fulfillment(kind, location_id, lat, lon, region)
+
+
 def _decode_click(
     f: _Fields, head: dict[str, Any], reference: ReferenceData, hasher: PiiHasher | None
 ) -> ClickEvent:
@@ -220,12 +244,12 @@ def _decode_click(
                     "bad_value",
                     f"`fulfillment.type` must be one of {', '.join(sorted(FULFILLMENT_TYPES))}",
                 )
-            fulfillment = Fulfillment(kind, fulfillment_fields.req_string("location_id"))
+            fulfillment = _fulfillment(fulfillment_fields, kind)
     phone_hash = f.pii("phone", hasher)
     email_hash = f.pii("email", hasher)
     ts_ms = _timestamp(head)
     _check_skus(reference, [sku] if sku else [line.sku for line in lines])
-    if fulfillment is not None:
+    if fulfillment is not None and fulfillment.location_id is not None:
         _check_location(
             reference, fulfillment.location_id, must_be_store=fulfillment.type == "store_pickup"
         )
@@ -312,8 +336,15 @@ def _decode_movement(f: _Fields, head: dict[str, Any], reference: ReferenceData)
         except ValueError:
             raise Invalid("bad_value", "`expiry_date` must be YYYY-MM-DD") from None
     reason = f.string("reason", required=False, max_chars=512)
+    to_location_id = None
+    if event_type == "transfer_out":
+        to_location_id = f.string("to_location_id", required=False)
+        if to_location_id == location_id:
+            raise Invalid("bad_value", "`to_location_id` must differ from `location_id`")
     ts_ms = _timestamp(head)
     _check_location(reference, location_id)
+    if to_location_id is not None:
+        _check_location(reference, to_location_id)
     _check_skus(reference, [sku])
     return MovementEvent(
         event_id=head["event_id"],
@@ -327,6 +358,7 @@ def _decode_movement(f: _Fields, head: dict[str, Any], reference: ReferenceData)
         order_id=order_id,
         expiry_date=expiry_date,
         reason=reason,
+        to_location_id=to_location_id,
     )
 
 

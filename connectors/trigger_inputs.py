@@ -105,6 +105,11 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
             data.integer(key) for key in ("available", "on_hand", "sold_24h")
         )
         assert available is not None and on_hand is not None and sold_24h is not None
+        # The rules judge what may be sold (CONTRACT §9); records written before the field
+        # existed carry only ``available``.
+        to_sell = data.integer("available_to_sell", required=False)
+        if to_sell is not None:
+            available = to_sell
         if sold_24h < 0:
             raise Invalid("bad_value", "`data.sold_24h` must be ≥ 0")
         cause = data.req_string("cause")

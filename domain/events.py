@@ -70,8 +70,16 @@ class Campaign:
 
 @dataclass(slots=True)
 class Fulfillment:
+    """How an online order reaches the customer (CONTRACT §1, §8).
+
+    ``location_id`` is absent for a delivery Omnistream sources itself (CONTRACT §10); the
+    delivery address's coordinates and region then guide the choice."""
+
     type: str
-    location_id: str
+    location_id: str | None
+    lat: float | None = None
+    lon: float | None = None
+    region: str | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +139,9 @@ class MovementEvent:
     order_id: str | None = None
     expiry_date: str | None = None
     reason: str | None = None
+    #: ``transfer_out``: the destination, where the units are in transit until the
+    #: ``transfer_in`` with the same ``transfer_id`` (CONTRACT §8).
+    to_location_id: str | None = None
 
 
 InputEvent = ClickEvent | PosEvent | MovementEvent

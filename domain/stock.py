@@ -16,6 +16,13 @@ Rules that must hold (each has a test):
   the latest event time seen at this sku × location (``as_of_ms``). Sold units are POS sales
   (walk-in and store pickups) and shipments of online orders.
 - ``days_of_cover = available / sold_24h``, None when nothing sold in 24 h.
+- ``available_to_sell = max(0, available − safety_stock)`` (CONTRACT §9): what sourcing,
+  the rules and the availability service may promise.
+- ``in_transit`` at a destination: units of each ``transfer_out`` naming it as
+  ``to_location_id`` (a ``transit`` movement at the destination) until the ``transfer_in``
+  with the same ``transfer_id`` arrives there. Kept per transfer, like reservations, so the
+  figure is the same whichever of the two arrives first; a short delivery closes the
+  transfer all the same (the rest is shrinkage, counted by the next stock count).
 - A movement older than the dedup horizon cannot be told from a replayed duplicate and is
   refused (``too_late``) instead of being applied twice; so is a stock count older than the
   late window, whose effect could no longer be computed exactly. Both horizons count back
@@ -47,6 +54,8 @@ ON_HAND_SIGN = {
     "sale": -1,
 }
 RESERVATION_KINDS = frozenset({"reserve", "release"})
+#: The destination's side of a ``transfer_out`` with ``to_location_id``: in transit there.
+TRANSIT = "transit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class StockMovement:
     qty: int
     origin: Origin
     order_id: str | None = None
+    #: ``transfer_out``/``transfer_in``/``transit``: the transfer it belongs to.
+    transfer_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -102,6 +113,12 @@ class StockPosition:
     cause: str
     #: Movement id (``<event_id>#<line>``): the output event id is derived from it.
     movement_id: str
+    safety_stock: int = 0
+    in_transit: int = 0
+
+    @property
+    def available_to_sell(self) -> int:
+        return max(0, self.available - self.safety_stock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +143,19 @@ class OrderReservation:
     def outstanding(self) -> int:
         """Units still promised to the order: nothing once cancelled, never below zero."""
         return 0 if self.released else max(0, self.reserved - self.consumed)
+
+
+@dataclass(slots=True)
+class Transit:
+    """One transfer on its way to this location."""
+
+    ts_ms: int
+    sent: int = 0
+    arrived: bool = False
+
+    @property
+    def outstanding(self) -> int:
+        return 0 if self.arrived else self.sent
 
 
 @dataclass(slots=True)
@@ -196,10 +226,19 @@ class StockState:
     #: movement_id → ts, to drop duplicates.
     seen: dict[str, int] = field(default_factory=dict)
     next_prune_ms: int = 0
+    #: transfer_id → the transfer on its way here (``in_transit``).
+    transits: dict[str, Transit] = field(default_factory=dict)
+    #: ``available_to_sell`` after the latest movement (sourcing asks it for many
+    #: locations per order: cheaper kept than summed over open reservations each time).
+    available_to_sell: int = 0
 
     @property
     def reserved(self) -> int:
         return sum(r.outstanding for r in self.reservations.values())
+
+    @property
+    def in_transit(self) -> int:
+        return sum(t.outstanding for t in self.transits.values())
 
     def __deepcopy__(self, memo: dict[int, object]) -> StockState:
         """Bytewax snapshots state with ``deepcopy`` every epoch; the containers hold
@@ -217,6 +256,8 @@ class StockState:
             sales=self.sales.copy(),
             seen=dict(self.seen),
             next_prune_ms=self.next_prune_ms,
+            transits={tid: dataclasses.replace(t) for tid, t in self.transits.items()},
+            available_to_sell=self.available_to_sell,
         )
 
 
@@ -250,7 +291,9 @@ def movements_of_pos(event: PosEvent) -> list[StockMovement]:
     )
 
 
-def movement_of_wms(event: MovementEvent) -> StockMovement:
+def movements_of_wms(event: MovementEvent) -> list[StockMovement]:
+    """A warehouse event at its location; a ``transfer_out`` naming its destination also
+    puts the units in transit there (movement ``<event_id>#transit``)."""
     (movement,) = line_movements(
         event.event_id,
         event.ts_ms,
@@ -260,7 +303,22 @@ def movement_of_wms(event: MovementEvent) -> StockMovement:
         event.origin,
         event.order_id,
     )
-    return movement
+    movement.transfer_id = event.transfer_id
+    if event.event_type != "transfer_out" or event.to_location_id is None:
+        return [movement]
+    transit = StockMovement(
+        f"{event.event_id}#transit",
+        event.event_id,
+        event.ts_ms,
+        event.sku,
+        event.to_location_id,
+        TRANSIT,
+        event.qty,
+        event.origin,
+        None,
+        event.transfer_id,
+    )
+    return [movement, transit]
 
 
 def reservation_movements(event: ClickEvent, location_id: str, kind: str) -> list[StockMovement]:
@@ -315,15 +373,23 @@ def _prune(state: StockState, policy: StockPolicy, progress_ms: int | None) -> N
             if held.ts_ms >= progress_ms - policy.reservation_ttl_ms
             and not (held.settled and held.ts_ms < seen_after)
         }
+    if state.transits:  # like reservations: arrived ones after the dedup horizon, others at TTL
+        state.transits = {
+            tid: t
+            for tid, t in state.transits.items()
+            if t.ts_ms >= progress_ms - policy.reservation_ttl_ms
+            and not (t.arrived and t.ts_ms < seen_after)
+        }
 
 
-def position_of(state: StockState, movement: StockMovement) -> StockPosition:
+def position_of(state: StockState, movement: StockMovement, safety_stock: int = 0) -> StockPosition:
     now = state.as_of_ms
     sold_1h = state.sales.units(now - HOUR_MS, now)
     sold_24h = state.sales.units(now - DAY_MS, now)
     reserved = state.reserved
     available = state.on_hand - reserved
     cover = round(available / sold_24h, 3) if sold_24h > 0 else None
+    state.available_to_sell = max(0, available - safety_stock)
     return StockPosition(
         movement.sku,
         movement.location_id,
@@ -336,6 +402,8 @@ def position_of(state: StockState, movement: StockMovement) -> StockPosition:
         now,
         movement.event_id,
         movement.movement_id,
+        safety_stock,
+        state.in_transit,
     )
 
 
@@ -366,8 +434,10 @@ def apply_movement(
     movement: StockMovement,
     policy: StockPolicy,
     progress_ms: int | None = None,
+    safety_stock: int = 0,
 ) -> tuple[StockState, StockPosition | TooLate | None]:
-    """Fold one movement into the state of its sku × location.
+    """Fold one movement into the state of its sku × location (``safety_stock``: the
+    product's, CONTRACT §8).
 
     ``progress_ms`` is the flow's low watermark over all its input partitions
     (``domain.progress``): a movement is too late only when it is older than a horizon
@@ -387,12 +457,14 @@ def apply_movement(
         _apply_count(state, movement)
     elif movement.kind in RESERVATION_KINDS:
         _apply_reservation(state, movement)
+    elif movement.kind == TRANSIT:
+        _transit(state, movement).sent += movement.qty
     else:
         _apply_flow(state, movement)
     state.seen[movement.movement_id] = movement.ts_ms
     state.as_of_ms = max(state.as_of_ms, movement.ts_ms)
     _prune(state, policy, progress_ms)
-    return state, position_of(state, movement)
+    return state, position_of(state, movement, safety_stock)
 
 
 def _apply_count(state: StockState, movement: StockMovement) -> None:
@@ -434,3 +506,15 @@ def _apply_flow(state: StockState, movement: StockMovement) -> None:
         _reservation(state, movement.order_id or "", movement.ts_ms).consumed += movement.qty
     if _is_sold(movement):
         state.sales.add(movement.ts_ms, movement.qty)
+    if movement.kind == "transfer_in" and movement.transfer_id is not None:
+        _transit(state, movement).arrived = True
+
+
+def _transit(state: StockState, movement: StockMovement) -> Transit:
+    transfer_id = movement.transfer_id
+    assert transfer_id is not None, "transit and transfer_in movements name their transfer"
+    held = state.transits.get(transfer_id)
+    if held is None:
+        held = state.transits[transfer_id] = Transit(movement.ts_ms)
+    held.ts_ms = max(held.ts_ms, movement.ts_ms)
+    return held

@@ -46,6 +46,7 @@ class StockChange:
     sku: str
     location_id: str
     region: str
+    #: ``available_to_sell`` (CONTRACT §9): the rules judge what may be sold.
     available: int
     sold_24h: int
     ts_ms: int

@@ -27,12 +27,23 @@ class Figures:
     sold_1h: int = 0
     sold_24h: int = 0
     locations: int = 0
+    available_to_sell: int = 0
+    in_transit: int = 0
 
     @staticmethod
     def of(p: StockPosition | None) -> Figures:
         if p is None:
             return Figures()
-        return Figures(p.on_hand, p.reserved, p.available, p.sold_1h, p.sold_24h, 1)
+        return Figures(
+            p.on_hand,
+            p.reserved,
+            p.available,
+            p.sold_1h,
+            p.sold_24h,
+            1,
+            p.available_to_sell,
+            p.in_transit,
+        )
 
     def replace(self, old: Figures, new: Figures) -> Figures:
         return Figures(
@@ -42,6 +53,8 @@ class Figures:
             self.sold_1h - old.sold_1h + new.sold_1h,
             self.sold_24h - old.sold_24h + new.sold_24h,
             self.locations - old.locations + new.locations,
+            self.available_to_sell - old.available_to_sell + new.available_to_sell,
+            self.in_transit - old.in_transit + new.in_transit,
         )
 
     @property
@@ -58,6 +71,8 @@ class SegmentShare:
     available: int = 0
     stockouts: int = 0
     low_stock: int = 0
+    available_to_sell: int = 0
+    in_transit: int = 0
 
     @staticmethod
     def of(p: StockPosition | None, reorder_point: int) -> SegmentShare:
@@ -69,6 +84,8 @@ class SegmentShare:
             p.available,
             int(is_stockout(p)),
             int(is_low_stock(p, reorder_point)),
+            p.available_to_sell,
+            p.in_transit,
         )
 
     def replace(self, old: SegmentShare, new: SegmentShare) -> SegmentShare:
@@ -78,6 +95,8 @@ class SegmentShare:
             self.available - old.available + new.available,
             self.stockouts - old.stockouts + new.stockouts,
             self.low_stock - old.low_stock + new.low_stock,
+            self.available_to_sell - old.available_to_sell + new.available_to_sell,
+            self.in_transit - old.in_transit + new.in_transit,
         )
 
 
@@ -106,12 +125,14 @@ class SkuTotalsState:
 
 
 def is_stockout(position: StockPosition) -> bool:
-    return position.available <= 0
+    """Nothing left to sell here (the safety stock is not for sale)."""
+    return position.available_to_sell <= 0
 
 
 def is_low_stock(position: StockPosition, reorder_point: int) -> bool:
-    """Below the reorder point (stockouts included): the sku needs replenishment here."""
-    return position.available < reorder_point
+    """Available to sell below the reorder point (stockouts included): the sku needs
+    replenishment here."""
+    return position.available_to_sell < reorder_point
 
 
 def update_sku_totals(
@@ -166,6 +187,8 @@ class SegmentTotals:
     available: int
     stockouts: int
     low_stock: int
+    available_to_sell: int = 0
+    in_transit: int = 0
 
 
 def update_segment(
@@ -179,5 +202,37 @@ def update_segment(
     state.total = state.total.replace(old, share)
     t = state.total
     return state, SegmentTotals(
-        segment[0], segment[1], t.on_hand, t.reserved, t.available, t.stockouts, t.low_stock
+        segment[0],
+        segment[1],
+        t.on_hand,
+        t.reserved,
+        t.available,
+        t.stockouts,
+        t.low_stock,
+        t.available_to_sell,
+        t.in_transit,
     )
+
+
+@dataclass(slots=True)
+class SegmentsState:
+    """Every region × location type segment: one state, as the gauges are process-wide."""
+
+    segments: dict[tuple[str, str], SegmentState] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SegmentsState:
+        return SegmentsState({seg: s.__deepcopy__(memo) for seg, s in self.segments.items()})
+
+
+def apply_shares(
+    state: SegmentsState | None, shares: list[tuple[tuple[str, str], str, SegmentShare]]
+) -> tuple[SegmentsState, list[SegmentTotals]]:
+    """Replace each sku's share of its segments; the new totals of every touched segment."""
+    if state is None:
+        state = SegmentsState()
+    touched: dict[tuple[str, str], SegmentTotals] = {}
+    for segment, sku, share in shares:
+        segment_state, totals = update_segment(state.segments.get(segment), segment, sku, share)
+        state.segments[segment] = segment_state
+        touched[segment] = totals
+    return state, list(touched.values())

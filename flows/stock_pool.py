@@ -1,31 +1,30 @@
-"""stock_pool: one central pool of stock per sku × location (CONTRACT §2).
+"""stock_pool: one central pool of stock per sku × location (CONTRACT §2, §9) and the
+fulfilment of online orders on it (CONTRACT §10).
 
-Wiring only; the arithmetic is in ``domain.stock``, ``domain.orders``,
-``domain.stock_totals`` and ``domain.stock_shard``.
+Wiring only; the arithmetic and the decisions are in ``domain.pool`` (the fold),
+``domain.stock`` (one position), ``domain.fulfilment`` (sourcing), ``domain.stock_totals``.
 
     read (clickstream orders, pos.sales, wms.movements) → decode a Kafka batch
-      → bundle_movements: the batch's order events in one ``OrderBatch``, its movements
-        grouped by stock shard, each group with the batch's partition reports (how far
-        each partition is read)
-      → order_book (one state) → reserve/release movements, grouped by stock shard, with
-        the clickstream partitions' reports
-      → key by stock shard (a crc32 of the sku) → stock_shard: buffers what is ahead of the
-        slowest partition still being read and folds the rest in event-time order into
-        positions (dedup, counts, windows) and sku totals of every location of its skus
-      → stock_store (Redis ``stock:<sku>:<location>`` and totals, one pipeline per batch)
-        + ``stock.changes``
-      → segment_totals → stock gauges
+      → bundle: the batch's movements and order events in one ``Bundle`` with the batch's
+        partition reports (how far each partition is read)
+      → stock_pool (one state): buffers what is ahead of the slowest partition still being
+        read and folds the rest in event-time order: positions (dedup, counts, windows,
+        in transit, available-to-sell), sku totals, orders (reserve, source, release) and
+        store tasks (pickup_prep, pickup_exception, done, cancelled)
+      → stock_store (Redis ``stock:<sku>:<location>``, totals and ``tasks:<store>``, one
+        pipeline per batch) + ``stock.changes``, ``orders.sourced``, ``store.tasks``, and the
+        transfers pickup exceptions ask for on ``triggers.replenishment``
+      → segment_totals → stock gauges; task gauges
       → dead letters: the decoder's rejections, order conflicts, movements too late
 
-Every batch reports to every shard, even with nothing for it, and the order book passes the
-clickstream's reports on: a shard applies a movement once every input partition has been
-read past it (or to its end), whatever order the topics are read in (``domain.progress``).
+Every batch reports to the pool, even with nothing for it: the pool applies a movement or an
+order once every input partition has been read past it (or to its end), whatever order the
+topics are read in (``domain.progress``), so sourcing decisions are a function of the input.
 
-Movements travel in bundles, not one by one: Bytewax's cost per item and step was most of
-the flow's time (see the README's benchmark section). Step ids of the stateful steps
-(``inputs``, ``order_book``, ``stock_shard``, ``segment_totals``) are part of the recovery
-snapshots: keep them stable (snapshots of the per-item layout before bundles do not restore
-into this one).
+Why one state and not shards of skus: see ``domain.pool`` (an order's decision needs the
+stock of all its skus at every location). Step ids of the stateful steps (``inputs``,
+``stock_pool``, ``segment_totals``) are part of the recovery snapshots: keep them stable
+(snapshots of the sharded layout before fulfilment do not restore into this one).
 """
 
 from __future__ import annotations
@@ -33,18 +32,25 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import TypeGuard, cast
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 
 from base import topics
 from base.config import Config, load_config
 from base.flow_names import STOCK_POOL
-from base.metrics import PROCESSING_LAG, STOCK_LOW, STOCK_STOCKOUTS, STOCK_UNITS
-from base.units import DAY_MS
+from base.metrics import (
+    PICKUPS_OVERDUE,
+    PROCESSING_LAG,
+    STOCK_LOW,
+    STOCK_STOCKOUTS,
+    STOCK_UNITS,
+    STORE_TASKS_OPEN,
+)
+from base.units import DAY_MS, MINUTE_MS
 from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.fulfilment_io import sourced_message, task_message, task_record, transfer_message
 from connectors.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO, event_rejection
@@ -58,8 +64,15 @@ from domain.events import (
     PosEvent,
     Rejection,
 )
-from domain.orders import OrderBatch, OrderBook, OrderConflict, route_order_batch
-from domain.progress import Partition, PartitionReport, partitions_of
+from domain.pool import (
+    Bundle,
+    FulfilmentPolicy,
+    OrderConflict,
+    PoolOutcome,
+    PoolState,
+    apply_bundle,
+)
+from domain.progress import PartitionReport, partitions_of
 from domain.reference import ReferenceData
 from domain.stock import (
     HOUR_MS,
@@ -67,19 +80,11 @@ from domain.stock import (
     StockPolicy,
     StockPosition,
     TooLate,
-    movement_of_wms,
     movements_of_pos,
+    movements_of_wms,
 )
-from domain.stock_shard import (
-    Bundle,
-    ShardOutcome,
-    ShardState,
-    apply_bundle,
-    apply_shares,
-    stock_shard,
-)
-from domain.stock_totals import SegmentTotals
-from state.interfaces import StockWriter, StoreFactory
+from domain.stock_totals import SegmentTotals, apply_shares
+from state.interfaces import StockWriter, StoreFactory, TaskWrite
 from state.stock_store import StockStore
 
 INPUTS = topics.INPUT_TOPICS
@@ -105,15 +110,20 @@ def is_stock_event(event: InputEvent) -> bool:
     return isinstance(event, PosEvent | MovementEvent)
 
 
+def fulfilment_policy_of(config: Config, reference: ReferenceData) -> FulfilmentPolicy:
+    return FulfilmentPolicy.of(
+        reference,
+        int(config.fulfilment.pickup_prep_minutes * MINUTE_MS),
+        int(config.fulfilment.task_retention_hours * HOUR_MS),
+        config.pii.key.encode("utf-8"),
+    )
+
+
 def movements_of(event: InputEvent) -> list[StockMovement]:
     if isinstance(event, PosEvent):
         return movements_of_pos(event)
     assert isinstance(event, MovementEvent)
-    return [movement_of_wms(event)]
-
-
-def is_bundle(item: object) -> TypeGuard[Bundle]:
-    return isinstance(item, Bundle)
+    return movements_of_wms(event)
 
 
 def conflict_rejection(conflict: OrderConflict) -> Rejection:
@@ -154,6 +164,9 @@ def stock_changed_message(position: StockPosition, reference: ReferenceData) -> 
         "on_hand": position.on_hand,
         "reserved": position.reserved,
         "available": position.available,
+        "safety_stock": position.safety_stock,
+        "in_transit": position.in_transit,
+        "available_to_sell": position.available_to_sell,
         "sold_1h": position.sold_1h,
         "sold_24h": position.sold_24h,
         "days_of_cover": position.days_of_cover,
@@ -177,6 +190,8 @@ def publish_segments(batch: list[SegmentTotals]) -> None:
         STOCK_UNITS.labels(*labels, "on_hand").set(totals.on_hand)
         STOCK_UNITS.labels(*labels, "reserved").set(totals.reserved)
         STOCK_UNITS.labels(*labels, "available").set(totals.available)
+        STOCK_UNITS.labels(*labels, "available_to_sell").set(totals.available_to_sell)
+        STOCK_UNITS.labels(*labels, "in_transit").set(totals.in_transit)
         STOCK_STOCKOUTS.labels(*labels).set(totals.stockouts)
         STOCK_LOW.labels(*labels).set(totals.low_stock)
 
@@ -185,71 +200,54 @@ def _noop() -> None:
     """Nothing to release when the gauge sink closes."""
 
 
-def bundle_movements(
-    records: list[InputEvent],
-    reports: list[PartitionReport],
-    shard_of: Callable[[str], str],
-    shard_keys: list[str],
-) -> list[OrderBatch | Bundle]:
-    """Sort one Kafka batch's valid events: the order events go to the order book in one
-    ``OrderBatch`` with the reports of the batch's clickstream partitions; the movements of
-    till receipts and warehouse events are grouped by stock shard, and every shard gets a
-    ``Bundle`` with the reports of the batch's other partitions, movements or not.
+def publish_tasks(batch: list[PoolOutcome]) -> None:
+    """Open tasks by kind and overdue pickups, as of the latest outcome (absolute)."""
+    if not batch:
+        return
+    last = batch[-1]
+    for kind, count in last.open_tasks.items():
+        STORE_TASKS_OPEN.labels(kind).set(count)
+    PICKUPS_OVERDUE.set(last.overdue_pickups)
 
-    Clickstream events other than orders do not touch stock: the decoder already skipped
-    them (``DECODED_TYPES``), and any that still come are dropped here.
-    """
-    click_reports = tuple(r for r in reports if r.topic == topics.CLICKSTREAM)
-    stock_reports = tuple(r for r in reports if r.topic != topics.CLICKSTREAM)
+
+def pool_bundle(records: list[InputEvent], reports: list[PartitionReport]) -> list[Bundle]:
+    """One Kafka batch's valid events as one bundle: the order events, and the movements of
+    till receipts and warehouse events. Clickstream events other than orders do not touch
+    stock: the decoder already skipped them (``DECODED_TYPES``), and any that still come are
+    dropped here."""
     orders: list[ClickEvent] = []
-    bundles: dict[str, list[StockMovement]] = {}
+    movements: list[StockMovement] = []
     for item in records:
         if is_order_event(item):
             orders.append(item)  # type: ignore[arg-type]
         elif is_stock_event(item):
-            for movement in movements_of(item):
-                shard = shard_of(movement.sku)
-                group = bundles.get(shard)
-                if group is None:
-                    group = bundles[shard] = []
-                group.append(movement)
-    out: list[OrderBatch | Bundle] = []
-    if orders or click_reports:
-        out.append(OrderBatch(orders, click_reports))
-    out.extend(shard_bundles(bundles, stock_reports, shard_keys))
+            movements.extend(movements_of(item))
+    if not orders and not movements and not reports:
+        return []
+    return [Bundle(movements, orders, tuple(reports))]
+
+
+def fulfilment_messages(outcome: PoolOutcome, topic_of: Callable[[str], str]) -> list[OutMessage]:
+    """The outcome's decisions, tasks and transfers, each addressed to its topic."""
+    now_ms = int(time.time() * 1000)
+    out: list[OutMessage] = []
+    for order in outcome.sourced:
+        out.append(sourced_message(order, now_ms)._replace(topic=topic_of(topics.ORDERS_SOURCED)))
+    for task in outcome.tasks:
+        out.append(task_message(task, now_ms)._replace(topic=topic_of(topics.STORE_TASKS)))
+    for transfer in outcome.transfers:
+        out.append(
+            transfer_message(transfer, now_ms)._replace(
+                topic=topic_of(topics.TRIGGERS_REPLENISHMENT)
+            )
+        )
     return out
 
 
-def shard_bundles(
-    movements: dict[str, list[StockMovement]],
-    reports: tuple[PartitionReport, ...],
-    shard_keys: list[str],
-) -> list[Bundle]:
-    """A bundle for every shard when there are reports to pass on, else for those with
-    movements."""
-    if not reports:
-        return [Bundle(shard, group, ()) for shard, group in movements.items()]
-    return [Bundle(shard, movements.get(shard, []), reports) for shard in shard_keys]
-
-
-def route_orders(
-    book: OrderBook | None,
-    batch: OrderBatch,
-    order_ttl_ms: int,
-    expected_orders: frozenset[Partition],
-    shard_of: Callable[[str], str],
-    shard_keys: list[str],
-) -> tuple[OrderBook, list[Bundle | Rejection]]:
-    """Online orders reserve and release; the order book remembers where. Its movements go
-    to their shards with the clickstream's reports (every shard hears of them), an order
-    id placed twice to the dead letters."""
-    book, movements, conflicts = route_order_batch(book, batch, order_ttl_ms, expected_orders)
-    by_shard: dict[str, list[StockMovement]] = {}
-    for movement in movements:
-        by_shard.setdefault(shard_of(movement.sku), []).append(movement)
-    out: list[Bundle | Rejection] = [conflict_rejection(c) for c in conflicts]
-    out.extend(shard_bundles(by_shard, batch.reports, shard_keys))
-    return book, out
+def task_writes(outcome: PoolOutcome) -> list[TaskWrite]:
+    writes = [TaskWrite(task.store_id, task.task_id, task_record(task)) for task in outcome.tasks]
+    writes.extend(TaskWrite(r.store_id, r.task_id, None) for r in outcome.removed_tasks)
+    return writes
 
 
 def build(
@@ -264,7 +262,7 @@ def build(
 
     ``io`` is where it reads and writes: Kafka by default (``until_idle`` stops it once its
     inputs drain), ``tests.inprocess.MemoryIO`` in the tests. Its input partitions
-    (``io.partitions``, read from the broker on Kafka) are what every shard waits for before
+    (``io.partitions``, read from the broker on Kafka) are what the pool waits for before
     it applies anything. ``stock_store`` opens the pool's store once per worker: Redis by
     default (``state.stock_store.StockStore``)."""
     reference = reference if reference is not None else load_reference(config)
@@ -275,14 +273,8 @@ def build(
         else functools.partial(StockStore.from_config, config, reference)
     )
     policy = policy_of(config)
-    order_ttl_ms = policy.reservation_ttl_ms
-    stock_shards = config.stock.stock_shards
-    shard_keys = [f"stock-{i}" for i in range(stock_shards)]
+    fulfilment = fulfilment_policy_of(config, reference)
     expected = partitions_of(io.partitions(INPUTS))
-    expected_orders: frozenset[Partition] = frozenset(
-        p for p in expected if p[0] == topics.CLICKSTREAM
-    )
-    shard_of = functools.lru_cache(maxsize=65_536)(lambda sku: stock_shard(sku, stock_shards))
 
     flow = Dataflow(STOCK_POOL)
     batches = decode(
@@ -293,45 +285,26 @@ def build(
         INPUTS,
         input_decoder(reference, only_types=DECODED_TYPES),
     )
-    work = per_batch(
-        "bundle_movements",
-        batches,
-        lambda batch: bundle_movements(batch.records, batch.reports, shard_of, shard_keys),
-    )
-    work_split = op.branch("bundles", work, is_bundle)
+    bundles = per_batch("bundle", batches, lambda batch: pool_bundle(batch.records, batch.reports))
 
-    # One state for the order book: it sees every clickstream partition's reports and passes
-    # them on to every shard.
-    routed = op.stateful_map(
-        "order_book",
-        op.key_on("key_order_book", work_split.falses, lambda _: "orders"),
-        lambda book, batch: route_orders(
-            book, cast(OrderBatch, batch), order_ttl_ms, expected_orders, shard_of, shard_keys
-        ),
-    )
-    routed_items = op.flat_map("order_movements", routed, lambda kv: kv[1])
-    order_split = op.branch("order_ok", routed_items, is_bundle)
-    bundles = op.merge("all_bundles", work_split.trues, order_split.trues)
-
-    def apply(state: ShardState | None, bundle: Bundle) -> tuple[ShardState, ShardOutcome]:
-        return apply_bundle(state, bundle, policy, reference, expected)
+    def apply(state: PoolState | None, bundle: Bundle) -> tuple[PoolState, PoolOutcome]:
+        return apply_bundle(state, bundle, policy, fulfilment, reference, expected)
 
     outcomes = op.map(
-        "shard_outcome",
-        op.stateful_map(
-            "stock_shard", op.key_on("key_by_shard", bundles, lambda b: b.shard), apply
-        ),
+        "pool_outcome",
+        op.stateful_map("stock_pool", op.key_on("key_pool", bundles, lambda _: "pool"), apply),
         lambda kv: kv[1],
     )
 
-    def open_store_writer() -> tuple[Callable[[list[ShardOutcome]], None], Callable[[], None]]:
+    def open_store_writer() -> tuple[Callable[[list[PoolOutcome]], None], Callable[[], None]]:
         store = open_store()
         lag = PROCESSING_LAG.labels(STOCK_POOL)
 
-        def write(batch: list[ShardOutcome]) -> None:
-            positions = [p for outcome in batch for p in outcome.positions]
-            store.write(positions, [t for outcome in batch for t in outcome.totals])
+        def write(batch: list[PoolOutcome]) -> None:
             now_ms = time.time() * 1000
+            positions = [p for outcome in batch for p in outcome.positions]
+            tasks = [t for outcome in batch for t in task_writes(outcome)]
+            store.write(positions, [t for outcome in batch for t in outcome.totals], tasks)
             for position in positions:
                 lag.observe(max(0.0, (now_ms - position.as_of_ms) / 1000))
 
@@ -347,6 +320,12 @@ def build(
             outcomes,
             lambda o: [stock_changed_message(p, reference) for p in o.positions],
         ),
+    )
+    output(
+        "fulfilment",
+        io,
+        None,
+        op.flat_map("encode_fulfilment", outcomes, lambda o: fulfilment_messages(o, config.topic)),
     )
 
     # Totals per region × location type (gauges): one state for the process-wide gauges.
@@ -364,11 +343,14 @@ def build(
         segment_totals,
         BatchSink(lambda: (lambda batch: publish_segments([t for ts in batch for t in ts]), _noop)),
     )
+    op.output("publish_task_gauges", outcomes, BatchSink(lambda: (publish_tasks, _noop)))
 
     refused = op.merge(
         "rejections",
         rejections("decode_rejections", batches),
-        cast("Stream[Rejection]", order_split.falses),  # what is not a bundle is a conflict
+        op.flat_map(
+            "order_conflicts", outcomes, lambda o: [conflict_rejection(c) for c in o.conflicts]
+        ),
         op.flat_map(
             "too_late", outcomes, lambda o: [too_late_rejection(late) for late in o.refused]
         ),

@@ -15,6 +15,7 @@ worker the same (locked) instance.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from domain.identity import Customer, EventIdentifiers, IdentityChange, Resolution
@@ -31,13 +32,28 @@ StoreFactory = Callable[[], S]
 StockRow = dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class TaskWrite:
+    """A store task's JSON record to set, or None to remove the task."""
+
+    store_id: str
+    task_id: str
+    record: bytes | None
+
+
 class StockWriter(Protocol):
     """The stock pool's write side, used by stock_pool: absolute figures, so a replayed
     batch writes the same values again."""
 
-    def write(self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()) -> int:
+    def write(
+        self,
+        positions: Sequence[StockPosition],
+        totals: Sequence[SkuTotals] = (),
+        tasks: Sequence[TaskWrite] = (),
+    ) -> int:
         """Store the latest position of each sku × location and the latest totals of each
-        sku given (earlier ones of the same key are superseded); the positions written."""
+        sku given (earlier ones of the same key are superseded), and the store tasks'
+        records (None removes one); the positions written."""
         ...
 
     def close(self) -> None: ...

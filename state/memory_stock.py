@@ -21,6 +21,8 @@ def redis_text(value: Any) -> str:
     """A field value as Redis stores it: redis-py writes ints and floats by ``repr``."""
     if isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        return value.decode()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"Redis takes no {type(value).__name__} as a hash value")
     return repr(value)

@@ -2,7 +2,8 @@
 
 Public (CONTRACT §5): ``<prefix>stock:<sku>:<location_id>`` hash with ``on_hand``,
 ``reserved``, ``available``, ``updated_at`` (event time of the latest change, RFC 3339 UTC),
-``sold_1h``, ``sold_24h``, ``days_of_cover`` (absent when nothing sold in 24 h), plus
+``sold_1h``, ``sold_24h``, ``days_of_cover`` (absent when nothing sold in 24 h), and
+(CONTRACT §9) ``safety_stock``, ``in_transit``, ``available_to_sell``, plus
 ``region``, ``location_type``, ``cause`` and ``updated_at_ms``.
 
 Internal: ``<prefix>stock_total:<sku>`` (network total) and
@@ -35,7 +36,7 @@ from domain.stock import StockPosition
 from domain.stock_rules import StockChange
 from domain.stock_totals import Figures, SkuTotals
 from domain.timeparse import format_event_time
-from state.interfaces import StockRow
+from state.interfaces import StockRow, TaskWrite
 from state.redis_io import connect, with_retries
 
 
@@ -54,6 +55,9 @@ def position_write(key: str, p: StockPosition, region: str, location_type: str) 
         "on_hand": p.on_hand,
         "reserved": p.reserved,
         "available": p.available,
+        "safety_stock": p.safety_stock,
+        "available_to_sell": p.available_to_sell,
+        "in_transit": p.in_transit,
         "sold_1h": p.sold_1h,
         "sold_24h": p.sold_24h,
         "updated_at": format_event_time(p.as_of_ms),
@@ -73,6 +77,8 @@ def figures_write(key: str, f: Figures, as_of_ms: int) -> HashWrite:
         "on_hand": f.on_hand,
         "reserved": f.reserved,
         "available": f.available,
+        "available_to_sell": f.available_to_sell,
+        "in_transit": f.in_transit,
         "sold_1h": f.sold_1h,
         "sold_24h": f.sold_24h,
         "locations": f.locations,
@@ -84,6 +90,20 @@ def figures_write(key: str, f: Figures, as_of_ms: int) -> HashWrite:
         return HashWrite(key, fields, ("days_of_cover",))
     fields["days_of_cover"] = days_of_cover
     return HashWrite(key, fields)
+
+
+def task_writes(keys: StockKeys, tasks: Sequence[TaskWrite]) -> list[HashWrite]:
+    """One hash write per store; the latest record of a task wins (a batch may carry a
+    task's placement and its collection)."""
+    by_store: dict[str, dict[str, bytes | None]] = {}
+    for t in tasks:
+        by_store.setdefault(t.store_id, {})[t.task_id] = t.record
+    writes = []
+    for store_id, records in by_store.items():
+        fields = {task_id: r for task_id, r in records.items() if r is not None}
+        deleted = tuple(task_id for task_id, r in records.items() if r is None)
+        writes.append(HashWrite(keys.tasks(store_id), fields, deleted))
+    return writes
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,10 @@ class StockKeys:
 
     def region_total(self, sku: str, region: str) -> str:
         return f"{self.prefix}stock_region:{sku}:{region}"
+
+    def tasks(self, store_id: str) -> str:
+        """The open and recent tasks of a store (CONTRACT §10): task id → task JSON."""
+        return f"{self.prefix}tasks:{store_id}"
 
 
 class StockHashes(ABC):
@@ -130,12 +154,18 @@ class StockHashes(ABC):
 
     # -- write side ----------------------------------------------------------------------
 
-    def write(self, positions: Sequence[StockPosition], totals: Sequence[SkuTotals] = ()) -> int:
-        """Write the latest of each position and of each sku's totals in one batch (one
-        round trip on Redis: it answers ~10× more commands pipelined than one by one)."""
+    def write(
+        self,
+        positions: Sequence[StockPosition],
+        totals: Sequence[SkuTotals] = (),
+        tasks: Sequence[TaskWrite] = (),
+    ) -> int:
+        """Write the latest of each position and of each sku's totals, and the store tasks,
+        in one batch (one round trip on Redis: it answers ~10× more commands pipelined than
+        one by one)."""
         latest = {(p.sku, p.location_id): p for p in positions}
         latest_totals = {t.sku: t for t in totals}
-        if not latest and not latest_totals:
+        if not latest and not latest_totals and not tasks:
             return 0
         locations = self.reference.locations
         keys = self.keys
@@ -148,6 +178,7 @@ class StockHashes(ABC):
             writes.append(figures_write(keys.sku_total(t.sku), t.total, t.as_of_ms))
             for region, figures in t.regions.items():
                 writes.append(figures_write(keys.region_total(t.sku, region), figures, t.as_of_ms))
+        writes.extend(task_writes(keys, tasks))
         self._write_hashes(writes)
         STOCK_POSITIONS_WRITTEN.inc(len(latest))
         return len(latest)
@@ -157,7 +188,7 @@ class StockHashes(ABC):
     def stores_with_stock(
         self, region: str, sku: str, minimum: int, flow: str
     ) -> list[tuple[str, int]]:
-        """Stores of ``region`` with at least ``minimum`` available of ``sku``, most first
+        """Stores of ``region`` with at least ``minimum`` available to sell of ``sku``, most first
         (ties by store id): one pipelined round trip."""
         stores = sorted(
             loc.location_id
@@ -166,7 +197,9 @@ class StockHashes(ABC):
         )
         if not stores:
             return []
-        replies = self._fields([self.keys.position(sku, s) for s in stores], "available", flow)
+        replies = self._fields(
+            [self.keys.position(sku, s) for s in stores], "available_to_sell", flow
+        )
         found = [
             (store, int(value))
             for store, value in zip(stores, replies, strict=True)
@@ -190,7 +223,7 @@ class StockHashes(ABC):
                     sku=sku,
                     location_id=location_id,
                     region=region,
-                    available=int(row.get("available", 0)),
+                    available=int(row.get("available_to_sell", row.get("available", 0))),
                     sold_24h=int(row.get("sold_24h", 0)),
                     ts_ms=int(row.get("updated_at_ms", 0)),
                     cause=row.get("cause", ""),
@@ -200,8 +233,13 @@ class StockHashes(ABC):
             )
         return positions
 
+    def tasks(self, store_id: str) -> dict[str, str]:
+        """A store's tasks as stored: task id → task JSON (CONTRACT §10)."""
+        (row,) = self._hashes([self.keys.tasks(store_id)], None)
+        return row
+
     def available(self, sku: str, location_id: str, flow: str) -> int:
-        (value,) = self._fields([self.keys.position(sku, location_id)], "available", flow)
+        (value,) = self._fields([self.keys.position(sku, location_id)], "available_to_sell", flow)
         return int(value) if value is not None else 0
 
     def read_sku(self, sku: str) -> tuple[list[StockRow], StockRow, dict[str, StockRow]]:
@@ -244,7 +282,8 @@ class StockStore(StockHashes):
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             for w in writes:
-                pipe.hset(w.key, mapping=cast("Mapping[Any, Any]", w.fields))
+                if w.fields:
+                    pipe.hset(w.key, mapping=cast("Mapping[Any, Any]", w.fields))
                 if w.deleted:
                     pipe.hdel(w.key, *w.deleted)
             pipe.execute()

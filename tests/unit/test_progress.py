@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from base.config import Config
 from connectors.reference_files import load_reference
 from domain.events import Origin
+from domain.pool import Bundle, FulfilmentPolicy, apply_bundle
 from domain.progress import (
     END_OF_INPUT,
     EventTimeBuffer,
@@ -20,7 +21,6 @@ from domain.progress import (
 )
 from domain.reference import ReferenceData
 from domain.stock import HOUR_MS, StockMovement, StockPolicy, apply_movement
-from domain.stock_shard import Bundle, apply_bundle
 
 T0 = 1_795_000_000_000
 A = ("pos.sales", 0)
@@ -134,17 +134,17 @@ def batches(key: tuple[str, int], items: list[StockMovement], size: int) -> list
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
         at_end = start + size >= len(items)
-        out.append(Bundle("stock-0", chunk, (report(key, chunk[-1].ts_ms, at_end),)))
+        out.append(Bundle(chunk, [], (report(key, chunk[-1].ts_ms, at_end),)))
     return out
 
 
 @settings(max_examples=150, deadline=None)
 @given(two_topics(), st.randoms(use_true_random=False))
-def test_shard_publishes_the_positions_of_event_time_order(
+def test_pool_publishes_the_positions_of_event_time_order(
     case: tuple[list[StockMovement], list[StockMovement], int], rng: random.Random
 ) -> None:
     """Whatever the interleaving of the two partitions' batches (one read entirely before the
-    other, or anything between), the shard publishes exactly the positions of applying every
+    other, or anything between), the pool publishes exactly the positions of applying every
     movement in event-time order: same sequence of on-hand figures, nothing refused."""
     receipts, sales, size = case
     reference_state = None
@@ -165,7 +165,9 @@ def test_shard_publishes_the_positions_of_event_time_order(
     published = []
     refused = []
     for bundle in arrival:
-        state, outcome = apply_bundle(state, bundle, POLICY, REFERENCE, frozenset({A, B}))
+        state, outcome = apply_bundle(
+            state, bundle, POLICY, FulfilmentPolicy(), REFERENCE, frozenset({A, B})
+        )
         published += [(p.movement_id, p.on_hand) for p in outcome.positions]
         refused += outcome.refused
     assert not refused

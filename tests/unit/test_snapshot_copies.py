@@ -28,15 +28,16 @@ How it works, with no per-class list to keep up to date:
 Intentional differences are declared in ``RESET_ON_COPY`` with the value the copy must have.
 
 What the hand-written copies buy, measured with a timeit script (best of 5 × 5 copies,
-Python 3.11, the 2-core development machine, three runs): a stock shard of 60 skus × 50
+Python 3.11, the 2-core development machine, three runs): a stock pool of 60 skus × 50
 locations = 3 000 positions, each after 7 movements (receipt, sales, a reservation, its
 shipment and release, an adjustment: 7 seen ids, history, sales log), with 60 sku totals and
-200 buffered movements, built with ``domain.stock_shard.fold_movements``:
+200 buffered movements (measured on the sharded layout before fulfilment; the pool is the
+same parts in one state):
 
 - ``copy.deepcopy(shard)`` through the hand-written copies: 18–23 ms;
-- the same after ``delattr``-ing the ``__deepcopy__`` of ``ShardState``, ``StockState``,
+- the same after ``delattr``-ing the ``__deepcopy__`` of the shard state, ``StockState``,
   ``SkuTotalsState``, ``InputProgress`` and ``EventTimeBuffer`` (the generic path): 232–260 ms,
-  10–14 × as much, paid at every epoch for every shard.
+  10–14 × as much, paid at every epoch.
 """
 
 from __future__ import annotations

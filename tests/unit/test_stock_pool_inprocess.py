@@ -29,6 +29,7 @@ from state.memory_stock import MemoryStockStore
 from tests.inprocess import MemoryIO, run
 from tests.stock_fold import (
     event_time_sequences,
+    expected_fulfilment,
     expected_stock,
     stock_pool_decodes,
     stored_figures,
@@ -146,6 +147,65 @@ def test_exactly_the_malformed_messages_are_dead_lettered_where_they_were_read(
     assert sorted(found) == sorted(wanted)
     assert len(wanted) > 100 and len(set(reason for *_, reason in wanted)) > 5
     assert all(d["flow"] == "stock_pool" and "raw" in d and d["error"] for d in letters)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_orders_without_a_location_are_sourced_where_the_independent_fold_picks(
+    workers: int,
+) -> None:
+    """Every delivery order without a location gets one decision on orders.sourced: the
+    location (or unfulfillable) that a brute-force choice over the independently folded
+    pool makes at the order's place in event-time order."""
+    fold = expected_fulfilment(traffic())
+    values = flow_run(workers).io.values("orders.sourced")
+    decided = {}
+    for envelope in values:
+        assert envelope["type"] == "omnistream.order.sourced"
+        data = envelope["data"]
+        assert envelope["subject"] == data["order_id"]
+        decided[data["order_id"]] = (data["status"], data["location_id"])
+        if data["status"] == "sourced":
+            assert data["distance_km"] is None or data["distance_km"] >= 0
+        else:
+            assert data["location_id"] is None and data["reason"]
+    assert len(values) == len(decided)  # one decision per order
+    assert decided == fold.sourced
+    outcomes = Counter(status for status, _ in decided.values())
+    assert outcomes["sourced"] > 50
+    assert len({loc for _, loc in decided.values()}) > 2  # not one warehouse for everything
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_pickup_orders_become_the_store_tasks_the_independent_fold_expects(
+    workers: int,
+) -> None:
+    """A pickup order's task is pickup_prep when its store covered every line before the
+    reservation, else pickup_exception with the nearest other pickup store that covers it;
+    the till sale with the order id closes it; an exception asks for a transfer."""
+    fold = expected_fulfilment(traffic())
+    io = flow_run(workers).io
+    opened: dict[str, tuple[str, str | None]] = {}
+    done: set[str] = set()
+    codes: dict[str, str] = {}
+    for envelope in io.values("store.tasks"):
+        data = envelope["data"]
+        assert data["task_id"] == f"pickup:{data['order_id']}"
+        assert len(data["pickup_code"]) == 6 and data["pickup_code"].isdigit()
+        assert codes.setdefault(data["order_id"], data["pickup_code"]) == data["pickup_code"]
+        if data["status"] == "open":
+            opened[data["order_id"]] = (data["kind"], data["alternative_location_id"])
+        elif data["status"] == "done":
+            done.add(data["order_id"])
+    assert opened == fold.tasks
+    assert done == fold.collected
+    kinds = Counter(kind for kind, _ in opened.values())
+    assert kinds["pickup_prep"] > 5 and kinds["pickup_exception"] > 0
+    transfers = [
+        v["data"] for v in io.values("triggers.replenishment") if v["data"].get("order_id")
+    ]
+    exceptions = {order for order, (kind, _) in opened.items() if kind == "pickup_exception"}
+    assert {t["order_id"] for t in transfers} == exceptions
+    assert all(t["kind"] == "transfer" and t["suggested_qty"] >= 1 for t in transfers)
 
 
 def test_one_and_two_workers_agree() -> None:

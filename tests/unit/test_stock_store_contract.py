@@ -22,7 +22,7 @@ from domain.reference import Location, Product, ReferenceData
 from domain.stock import StockPosition
 from domain.stock_rules import StockChange
 from domain.stock_totals import Figures, SkuTotals
-from state.interfaces import StockPoolStore
+from state.interfaces import StockPoolStore, TaskWrite
 from state.memory_stock import MemoryStockStore
 from state.redis_io import connect
 from state.stock_store import StockStore
@@ -75,12 +75,14 @@ def position(
     sold_1h: int = 0,
     ts: int = T0,
     cause: str = "e1",
+    safety_stock: int = 0,
+    in_transit: int = 0,
 ) -> StockPosition:
     available = on_hand - reserved
     cover = round(available / sold_24h, 3) if sold_24h else None
     return StockPosition(
         sku, location_id, on_hand, reserved, available, sold_1h, sold_24h, cover, ts, cause,
-        f"{cause}#0",
+        f"{cause}#0", safety_stock, in_transit,
     )  # fmt: skip
 
 
@@ -91,7 +93,9 @@ def rfc3339(ts_ms: int) -> str:
 
 def test_a_position_is_stored_as_the_contract_hash(stores: Reopen) -> None:
     store = stores()
-    assert store.write([position("ST-N1", 12, 2, sold_24h=4, sold_1h=1, ts=T0 + 250)]) == 1
+    written = position("ST-N1", 12, 2, sold_24h=4, sold_1h=1, ts=T0 + 250, safety_stock=3)
+    written.in_transit = 5
+    assert store.write([written]) == 1
     rows, total, regions = stores().read_sku("SKU-A")
     assert rows == [
         {
@@ -99,6 +103,9 @@ def test_a_position_is_stored_as_the_contract_hash(stores: Reopen) -> None:
             "on_hand": "12",
             "reserved": "2",
             "available": "10",
+            "safety_stock": "3",
+            "in_transit": "5",
+            "available_to_sell": "7",
             "sold_1h": "1",
             "sold_24h": "4",
             "days_of_cover": "2.5",
@@ -111,6 +118,40 @@ def test_a_position_is_stored_as_the_contract_hash(stores: Reopen) -> None:
     ]
     assert rfc3339(T0 + 250).endswith(".250Z")
     assert (total, regions) == ({}, {})  # no totals were written
+
+
+def test_available_to_sell_holds_back_the_safety_stock_and_never_goes_negative(
+    stores: Reopen,
+) -> None:
+    store = stores()
+    store.write([position("ST-N1", 4, 3, safety_stock=2), position("ST-N2", 9, safety_stock=2)])
+    rows = {row["location_id"]: row for row in stores().read_sku("SKU-A")[0]}
+    assert (rows["ST-N1"]["available"], rows["ST-N1"]["available_to_sell"]) == ("1", "0")
+    assert rows["ST-N2"]["available_to_sell"] == "7"
+    # what the rules read is what may be sold
+    assert stores().available("SKU-A", "ST-N2", "test") == 7
+    assert stores().stores_with_stock("N", "SKU-A", 1, "test") == [("ST-N2", 7)]
+
+
+def test_store_tasks_are_set_replaced_and_removed_per_store(stores: Reopen) -> None:
+    store = stores()
+    store.write(
+        [],
+        tasks=[
+            TaskWrite("ST-N1", "pickup:o1", b'{"status":"open"}'),
+            TaskWrite("ST-N1", "pickup:o2", b'{"status":"open"}'),
+            TaskWrite("ST-N2", "pickup:o3", b'{"status":"open"}'),
+            TaskWrite("ST-N1", "pickup:o1", b'{"status":"done"}'),  # the latest wins
+        ],
+    )
+    assert stores().tasks("ST-N1") == {
+        "pickup:o1": '{"status":"done"}',
+        "pickup:o2": '{"status":"open"}',
+    }
+    store.write([], tasks=[TaskWrite("ST-N1", "pickup:o2", None)])
+    assert stores().tasks("ST-N1") == {"pickup:o1": '{"status":"done"}'}
+    assert stores().tasks("ST-N2") == {"pickup:o3": '{"status":"open"}'}
+    assert stores().tasks("ST-S1") == {}
 
 
 def test_values_are_absolute_and_a_batch_keeps_its_last_position_per_key(stores: Reopen) -> None:
@@ -146,7 +187,16 @@ def test_days_of_cover_goes_when_sales_stop_and_comes_back(stores: Reopen) -> No
 def test_network_and_region_totals_are_stored_beside_the_positions(stores: Reopen) -> None:
     north = Figures(on_hand=15, reserved=2, available=13, sold_1h=1, sold_24h=5, locations=2)
     south = Figures(on_hand=4, reserved=0, available=4, sold_1h=0, sold_24h=0, locations=1)
-    network = Figures(on_hand=19, reserved=2, available=17, sold_1h=1, sold_24h=5, locations=3)
+    network = Figures(
+        on_hand=19,
+        reserved=2,
+        available=17,
+        sold_1h=1,
+        sold_24h=5,
+        locations=3,
+        available_to_sell=15,
+        in_transit=6,
+    )
     store = stores()
     store.write(
         [position("ST-N1", 10, 2), position("WH-N", 5), position("ST-S1", 4)],
@@ -157,6 +207,8 @@ def test_network_and_region_totals_are_stored_beside_the_positions(stores: Reope
         "on_hand": "19",
         "reserved": "2",
         "available": "17",
+        "available_to_sell": "15",
+        "in_transit": "6",
         "sold_1h": "1",
         "sold_24h": "5",
         "locations": "3",
@@ -209,11 +261,13 @@ def test_stores_with_stock_are_the_regions_stores_holding_enough_most_first(
     assert reader.stores_with_stock("nowhere", "SKU-A", 1, FLOW) == []
 
 
-def test_a_store_with_stock_below_zero_available_is_not_offered(stores: Reopen) -> None:
+def test_an_oversold_store_has_nothing_to_sell(stores: Reopen) -> None:
+    """The rules read available-to-sell (CONTRACT §9): an oversold store (available −3) has
+    0 to sell, like an empty one, and neither is offered for a unit."""
     store = stores()
-    store.write([position("ST-N1", 2, 5), position("ST-N2", 0)])  # -3 and 0 available
-    assert store.stores_with_stock("N", "SKU-A", 0, FLOW) == [("ST-N2", 0)]
-    assert store.available("SKU-A", "ST-N1", FLOW) == -3
+    store.write([position("ST-N1", 2, 5), position("ST-N2", 0), position("ST-N3", 1)])
+    assert store.stores_with_stock("N", "SKU-A", 1, FLOW) == [("ST-N3", 1)]
+    assert store.available("SKU-A", "ST-N1", FLOW) == 0
 
 
 def test_region_positions_are_what_the_stock_rules_read(stores: Reopen) -> None:
@@ -264,7 +318,7 @@ def test_random_batches_from_two_writers_end_with_each_keys_last_position(
         writers[n % 2].write(batch)
     reader = stores()
     for (sku, loc), p in last.items():
-        assert reader.available(sku, loc, FLOW) == p.available
+        assert reader.available(sku, loc, FLOW) == max(0, p.available - p.safety_stock)
     for sku in REFERENCE.products:
         rows = reader.read_sku(sku)[0]
         assert [row["location_id"] for row in rows] == sorted(loc for s, loc in last if s == sku)

@@ -8,7 +8,6 @@ store keeps (``stock_total:*``, ``stock_region:*``) and the stock gauges show.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 
 from domain.reference import Location, Product, ReferenceData
 from domain.stock import StockPosition
-from domain.stock_shard import stock_shard
 from domain.stock_totals import (
     Figures,
     SegmentState,
@@ -44,7 +42,7 @@ REFERENCE = ReferenceData(
 )
 
 positions = st.builds(
-    lambda sku, loc, on_hand, reserved, sold, n: StockPosition(
+    lambda sku, loc, on_hand, reserved, sold, n, safety, transit: StockPosition(
         sku,
         loc,
         on_hand,
@@ -56,6 +54,8 @@ positions = st.builds(
         T0 + n,
         f"e{n}",
         f"e{n}#0",
+        safety,
+        transit,
     ),
     st.sampled_from(sorted(REFERENCE.products)),
     st.sampled_from(sorted(REFERENCE.locations)),
@@ -63,6 +63,8 @@ positions = st.builds(
     st.integers(0, 8),
     st.integers(0, 9),
     st.integers(0, 10_000),
+    st.integers(0, 4),
+    st.integers(0, 12),
 )
 
 
@@ -118,9 +120,16 @@ def test_totals_by_replacement_equal_plain_sums_of_the_latest_positions(
             sum(p.reserved for p in members),
             sum(p.available for p in members),
         )
-        assert t.stockouts == sum(1 for p in members if p.available <= 0)
+        assert (t.available_to_sell, t.in_transit) == (
+            sum(max(0, p.available - p.safety_stock) for p in members),
+            sum(p.in_transit for p in members),
+        )
+        # what cannot be sold: the safety stock is held back (CONTRACT §9)
+        assert t.stockouts == sum(1 for p in members if p.available - p.safety_stock <= 0)
         assert t.low_stock == sum(
-            1 for p in members if p.available < REFERENCE.products[p.sku].reorder_point
+            1
+            for p in members
+            if max(0, p.available - p.safety_stock) < REFERENCE.products[p.sku].reorder_point
         )
 
 
@@ -140,6 +149,8 @@ def plain_sum(members: list[StockPosition]) -> Figures:
         sold_1h=sum(p.sold_1h for p in members),
         sold_24h=sum(p.sold_24h for p in members),
         locations=len(members),
+        available_to_sell=sum(max(0, p.available - p.safety_stock) for p in members),
+        in_transit=sum(p.in_transit for p in members),
     )
 
 
@@ -148,11 +159,3 @@ def test_days_of_cover_of_a_total_is_available_over_a_days_sales() -> None:
     assert Figures(available=10, sold_24h=3).days_of_cover == 3.333
     assert Figures(available=-4, sold_24h=8).days_of_cover == -0.5
     assert Figures(available=9, sold_24h=0).days_of_cover is None
-
-
-def test_a_skus_shard_is_its_crc32_and_the_same_in_every_process() -> None:
-    """crc32 of the UTF-8 bytes, not Python's ``hash`` (salted per process): a restarted
-    flow meets each sku's state in the shard it left it in."""
-    for sku in ("SKU-10001", "SKU-20417", "Ünïcode-7"):
-        assert stock_shard(sku, 8) == f"stock-{zlib.crc32(sku.encode('utf-8')) % 8}"
-    assert {stock_shard(f"SKU-{n}", 4) for n in range(100)} == {f"stock-{i}" for i in range(4)}
