@@ -2,28 +2,37 @@
 
 Starts Tansu and redis-server on free loopback ports, runs each flow as its own process
 (exactly ``omnistream run <flow>``), feeds them generated traffic at a steady rate, waits
-until every flow has consumed everything, and prints a summary. Ctrl-C at any
-point stops the flow, the broker and Redis, and removes the temporary directory.
+until every flow has consumed everything, and prints a summary: stock, sourcing outcomes
+and open store tasks, identities, triggers, attribution. With ``--keep`` the HTTP service
+(exactly ``omnistream serve``) runs beside the flows too, and the summary names a store
+console to open. Ctrl-C at any point stops the flows, the service, the broker and Redis,
+and removes the temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import redis
 
 from base import topics
 from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
 from omnistream.attribution_report import report
-from omnistream.embedded import EmbeddedStack, free_port
+from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import (
     Samples,
     scrape,
@@ -33,6 +42,7 @@ from omnistream.processes import (
     wait_for_metrics,
 )
 from omnistream.trigger_watch import TriggerWatch, percentile
+from state.redis_io import connect
 
 #: The flows the demo runs, with the input topics each consumes.
 DEMO_FLOWS: dict[str, tuple[str, ...]] = {
@@ -69,8 +79,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="after the summary, keep everything running until Ctrl-C "
-        "(to look at /metrics or query Redis)",
+        help="also run the HTTP service (omnistream serve) and, after the summary, keep "
+        "everything running until Ctrl-C (to open a store console, look at /metrics or query "
+        "Redis)",
     )
 
 
@@ -84,6 +95,62 @@ class FlowProcess:
 
     def consumed(self) -> float:
         return total(scrape(self.port), "omnistream_events_consumed_total", flow=self.name)
+
+
+@dataclass
+class ServiceProcess:
+    """``omnistream serve`` beside the flows (``--keep``), on its own free port."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _service_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
+        return False
+
+
+def _start_service(
+    demo_config: Config, workdir: Path, logs: list[IO[bytes]], timeout_s: float = 60.0
+) -> ServiceProcess | None:
+    """Start ``omnistream serve`` on a free loopback port and wait until it answers; None
+    (with its log on stderr) when it does not come up — the flows run on without it."""
+    port = free_port()
+    config_path = workdir / "serve.yaml"
+    dump_config(demo_config, config_path)
+    log_path = workdir / "serve.log"
+    log = log_path.open("wb")
+    logs.append(log)
+    command = [sys.executable, "-m", "omnistream.cli", "serve", "--config", str(config_path)]
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    service = ServiceProcess(port, process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if _service_answers(port):
+            return service
+        time.sleep(0.2)
+    stop_process(process)
+    log.flush()
+    print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+    print(
+        "omnistream demo: omnistream serve did not come up; running without the store console",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _wait_until_consumed(
@@ -130,6 +197,71 @@ def _dead_letters(samples: Samples | None) -> dict[str, int]:
     return reasons
 
 
+def _by_label(samples: Samples | None, name: str, label: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for labels, value in (samples or {}).get(name, []):
+        if label in labels:
+            counts[labels[label]] = counts.get(labels[label], 0) + int(value)
+    return counts
+
+
+def _print_fulfilment(stock: Samples | None) -> None:
+    """Sourcing outcomes and open store tasks, from stock_pool's own metrics (CONTRACT §10).
+    Overdue is judged there on the stream's event time, which a generated stream runs far
+    ahead of the wall clock the store console judges by."""
+    outcomes = _by_label(stock, "omnistream_orders_sourced_total", "outcome")
+    print(
+        f"delivery orders sourced by stock_pool: {sum(outcomes.values()):,}  "
+        f"sourced={outcomes.get('sourced', 0):,}  "
+        f"unfulfillable={outcomes.get('unfulfillable', 0):,}"
+    )
+    open_tasks = _by_label(stock, "omnistream_store_tasks_open", "kind")
+    overdue = int(total(stock, "omnistream_pickup_tasks_overdue"))
+    print(
+        f"open store tasks: {sum(open_tasks.values()):,}  "
+        + "".join(f"{kind}={n:,}  " for kind, n in sorted(open_tasks.items()))
+        + f"overdue pickups: {overdue:,} (as of the stream's event time)"
+    )
+
+
+def _store_with_tasks(config: Config) -> tuple[str, int] | None:
+    """The store with the most open tasks in Redis (``<prefix>tasks:<store_id>``), with
+    their count; ties go to the lower store id. None when no store has a task."""
+    prefix = f"{config.redis.key_prefix}tasks:"
+    client = connect(config)
+    try:
+        ranked: list[tuple[int, str]] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1_000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            tasks = [json.loads(raw) for raw in client.hvals(key)]
+            if tasks:
+                open_count = sum(1 for task in tasks if task.get("status", "open") == "open")
+                ranked.append((-open_count, name[len(prefix) :]))
+    finally:
+        client.close()
+    if not ranked:
+        return None
+    most, store_id = min(ranked)
+    return store_id, -most
+
+
+def _print_console(config: Config, service: ServiceProcess) -> None:
+    try:
+        busiest = _store_with_tasks(config)
+    except (redis.RedisError, ValueError) as exc:
+        print(f"store console: cannot read the store tasks from Redis: {exc}")
+        busiest = None
+    if busiest is None:
+        print(f"store console: no store has tasks yet; {service.url}/stores/<store_id>")
+    else:
+        store_id, open_count = busiest
+        print(
+            f"store console of {store_id} ({open_count:,} open tasks): "
+            f"{service.url}/stores/{store_id}"
+        )
+    print(f"HTTP service: {service.url}/docs (availability, stock, customers), /metrics")
+
+
 def _print_triggers(samples: Samples | None, watch: TriggerWatch) -> None:
     fired = sorted(
         ((labels["rule"], labels["kind"], labels["variant"]), int(value))
@@ -165,7 +297,12 @@ def _print_triggers(samples: Samples | None, watch: TriggerWatch) -> None:
 
 
 def _print_summary(
-    flows: list[FlowProcess], produced: dict[str, int], elapsed_s: float, watch: TriggerWatch
+    flows: list[FlowProcess],
+    produced: dict[str, int],
+    elapsed_s: float,
+    watch: TriggerWatch,
+    service: ServiceProcess | None,
+    config: Config,
 ) -> None:
     samples = {f.name: scrape(f.port) for f in flows}
     stock, identity = samples.get("stock_pool"), samples.get("identity_stitch")
@@ -196,9 +333,10 @@ def _print_summary(
         f"low stock (available below reorder point): "
         f"{int(total(stock, 'omnistream_stock_low_positions'))}"
     )
-    for figure in ("on_hand", "reserved", "available"):
+    for figure in ("on_hand", "reserved", "available", "available_to_sell", "in_transit"):
         units = int(total(stock, "omnistream_stock_units", figure=figure))
         print(f"units {figure}: {units:,}")
+    _print_fulfilment(stock)
     created = int(total(identity, "omnistream_identity_customers_created_total"))
     merges = int(total(identity, "omnistream_identity_merges_total"))
     print(f"customers: {created - merges:,} (created {created:,}, merged {merges:,})")
@@ -217,6 +355,10 @@ def _print_summary(
             f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "
             "(while the demo runs; use --keep)"
         )
+    if service is not None:
+        _print_console(config, service)
+    else:
+        print("store console and HTTP service: run the demo with --keep")
     print(
         "full stack (Kafka, Redis, the flows, Prometheus with alerts, Grafana boards): "
         "OMNI_PII_KEY=<secret> GRAFANA_ADMIN_PASSWORD=<password> docker compose up -d "
@@ -259,6 +401,7 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
     logs: list[IO[bytes]] = []
     flows: list[FlowProcess] = []
     failed: list[FlowProcess] = []
+    service: ServiceProcess | None = None
     with (
         tempfile.TemporaryDirectory(prefix="omnistream-demo-") as tmp,
         EmbeddedStack(Path(tmp) / "stack", partitions=args.partitions) as stack,
@@ -272,6 +415,8 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
                 f"broker {stack.kafka_bootstrap}  redis {stack.redis_url}",
                 logs,
             )
+            if args.keep:
+                service = _start_service(demo_config, workdir, logs)
             started = time.monotonic()
             model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
             watch = TriggerWatch(demo_config)
@@ -286,7 +431,7 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             _wait_until_consumed(flows, produced, timeout_s=300)
             time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
             watch.stop()
-            _print_summary(flows, produced, time.monotonic() - started, watch)
+            _print_summary(flows, produced, time.monotonic() - started, watch, service, demo_config)
             print("\n== Attribution (omnistream attribution report) ==")
             report(demo_config)
             if args.keep:
@@ -294,6 +439,13 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
                 while all(f.process.poll() is None for f in flows):
                     time.sleep(1)
         finally:
+            if service is not None and stop_process(service.process) not in (0, -2, -15, 130):
+                print(service.log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+                print(
+                    f"omnistream demo: omnistream serve exited with code "
+                    f"{service.process.returncode}",
+                    file=sys.stderr,
+                )
             for f in flows:
                 if stop_process(f.process) not in (0, -2, -15, 130):
                     failed.append(f)
