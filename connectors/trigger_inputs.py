@@ -110,6 +110,7 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         to_sell = data.integer("available_to_sell", required=False)
         if to_sell is not None:
             available = to_sell
+        in_transit = data.integer("in_transit", required=False) or 0
         if sold_24h < 0:
             raise Invalid("bad_value", "`data.sold_24h` must be ≥ 0")
         cause = data.req_string("cause")
@@ -131,6 +132,7 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         on_hand=on_hand,
         location_type=location.type,
         source_partition=origin.partition,
+        in_transit=in_transit,
     )
 
 

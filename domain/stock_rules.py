@@ -54,6 +54,8 @@ class StockChange:
     on_hand: int = 0
     location_type: str = "store"
     source_partition: int = 0  # of stock.changes
+    #: Units on their way here by transfer (CONTRACT §9): low stock counts them as coming.
+    in_transit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,8 @@ def evaluate_stock_rules(
     out: list[StockOutcome] = []
     for rule in rules:
         if rule.kind == "low_stock":
-            condition = change.available < reorder_point
+            # what is already on its way by transfer needs no second order
+            condition = change.available + change.in_transit < reorder_point
         elif rule.kind == "stockout":
             condition = change.available <= 0
         else:
@@ -243,7 +246,7 @@ def _decision(
     rule: Rule, change: StockChange, reorder_point: int, stock: StockView
 ) -> StockDecision:
     target = target_level(reorder_point, change.sold_24h, rule.params.get("target_cover_days", 7.0))
-    needed = max(1, target - change.available)
+    needed = max(1, target - change.available - change.in_transit)
     if rule.kind == "stockout":
         return StockDecision(
             rule.rule_id,

@@ -16,6 +16,9 @@ COLUMNS = [
     ("on_hand", 8),
     ("reserved", 8),
     ("available", 9),
+    ("safety", 6),
+    ("to_sell", 7),
+    ("transit", 7),
     ("sold_1h", 7),
     ("sold_24h", 8),
     ("cover_d", 8),
@@ -25,7 +28,7 @@ COLUMNS = [
 
 def _row(cells: list[str]) -> str:
     return "  ".join(
-        cell.ljust(width) if i < 3 or i == 9 else cell.rjust(width)
+        cell.ljust(width) if i < 3 or i == len(COLUMNS) - 1 else cell.rjust(width)
         for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
     )
 
@@ -35,6 +38,9 @@ def _figures(row: dict[str, str]) -> list[str]:
         row.get("on_hand", "0"),
         row.get("reserved", "0"),
         row.get("available", "0"),
+        row.get("safety_stock", "-"),
+        row.get("available_to_sell", row.get("available", "0")),
+        row.get("in_transit", "0"),
         row.get("sold_1h", "0"),
         row.get("sold_24h", "0"),
         row.get("days_of_cover", "-"),
@@ -55,7 +61,10 @@ def print_stock(config: Config, reference: ReferenceData, sku: str) -> int:
     finally:
         store.close()
     product = reference.products[sku]
-    print(f"{sku}  category={product.category}  reorder_point={product.reorder_point}")
+    print(
+        f"{sku}  category={product.category}  reorder_point={product.reorder_point}  "
+        f"safety_stock={product.safety_stock}"
+    )
     if not rows:
         print("no stock recorded for this sku yet")
         return 0

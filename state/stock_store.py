@@ -229,6 +229,7 @@ class StockHashes(ABC):
                     cause=row.get("cause", ""),
                     on_hand=int(row.get("on_hand", 0)),
                     location_type=self.reference.locations[location_id].type,
+                    in_transit=int(row.get("in_transit", 0)),
                 )
             )
         return positions

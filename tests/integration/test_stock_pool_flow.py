@@ -2,7 +2,9 @@
 
 The expected stock is a plain fold over the generated events (``tests/stock_fold.py``),
 written without the project's domain code (CONTRACT §2 read literally), and compared with
-every ``omni:stock:*`` hash and with the last ``stock.changes`` event of every sku × location.
+every ``omni:stock:*`` hash and with the last ``stock.changes`` event of every sku × location;
+its brute-force sourcing and pickup checks with ``orders.sourced``, ``store.tasks`` and the
+``omni:tasks:*`` hashes the store console reads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
 from omnistream.processes import start_flow
 from tests.kafka_helpers import read_topic
-from tests.stock_fold import expected_stock, stock_pool_decodes, stored_figures
+from tests.stock_fold import (
+    expected_fulfilment,
+    expected_stock,
+    stock_pool_decodes,
+    stored_figures,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +111,44 @@ def test_flow_matches_independent_fold_on_10k_events(omni_config: Config, tmp_pa
         for letter in letters
     )
 
+    # Fulfilment: each delivery order without a location is decided once, where the
+    # independent fold's brute-force choice puts it; each pickup order is one task whose
+    # kind and alternative store the fold expects, closed by its till sale.
+    fold = expected_fulfilment(events, reference)
+    decided: dict[str, tuple[str, str | None]] = {}
+    for message in read_topic(omni_config, "orders.sourced", timeout_s=60):
+        envelope = json.loads(message.value())
+        assert envelope["type"] == "omnistream.order.sourced"
+        data = envelope["data"]
+        assert message.key().decode() == data["order_id"] not in decided
+        decided[data["order_id"]] = (data["status"], data["location_id"])
+    assert decided == fold.sourced
+    assert sum(1 for status, _ in decided.values() if status == "sourced") > 50
+    latest: dict[str, dict] = {}
+    for message in read_topic(omni_config, "store.tasks", timeout_s=60):
+        data = json.loads(message.value())["data"]
+        assert message.key().decode() == data["store_id"]
+        if data["status"] == "open":
+            assert (data["kind"], data["alternative_location_id"]) == fold.tasks[data["order_id"]]
+        latest[data["task_id"]] = data
+    assert {t["order_id"] for t in latest.values()} == set(fold.tasks)
+    assert {t["order_id"] for t in latest.values() if t["status"] == "done"} == fold.collected
+    client = redis.Redis.from_url(omni_config.redis.url)
+    try:
+        stored_tasks = {}
+        for key in client.scan_iter(match=f"{prefix}tasks:*", count=1000):
+            for task_id, record in client.hgetall(key).items():
+                task = json.loads(record)
+                assert key.decode() == f"{prefix}tasks:{task['store_id']}"
+                stored_tasks[task_id.decode()] = task
+    finally:
+        client.close()
+    # Redis holds each task's latest state (nothing is old enough to be removed yet)
+    assert {tid: t["status"] for tid, t in stored_tasks.items()} == {
+        tid: t["status"] for tid, t in latest.items()
+    }
+    assert all(t["pickup_code"] == latest[tid]["pickup_code"] for tid, t in stored_tasks.items())
+
     # `omnistream stock <sku>` prints what Redis holds, per location and in total.
     busiest = max(expected, key=lambda key: expected[key]["sold_24h"])  # type: ignore[arg-type]
     sku, location_id = busiest.split(":")
@@ -124,8 +169,16 @@ def test_flow_matches_independent_fold_on_10k_events(omni_config: Config, tmp_pa
     )
     row = next(line for line in reply.stdout.splitlines() if line.startswith(location_id))
     cells = row.split()
-    assert cells[3:6] == [
-        str(expected[busiest][name]) for name in ("on_hand", "reserved", "available")
+    assert cells[3:9] == [
+        str(expected[busiest][name])
+        for name in (
+            "on_hand",
+            "reserved",
+            "available",
+            "safety_stock",
+            "available_to_sell",
+            "in_transit",
+        )
     ]
     network_on_hand = sum(
         f["on_hand"]

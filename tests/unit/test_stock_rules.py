@@ -159,3 +159,17 @@ def test_campaign_prep_fires_past_the_threshold_once_per_cooldown() -> None:
     ]
     state, out = evaluate_campaign_prep(None, "S1", "SH", "SKU1", "x", T0, [prep], 2, REORDER)
     assert out == []  # one coupon is not a campaign
+
+
+def test_low_stock_counts_what_is_in_transit_as_coming() -> None:
+    """Units on their way by transfer need no second order: below the reorder point with
+    them in transit is not low; when they fall short, the suggestion is net of them."""
+    covered = StockChange("SKU1", "S1", "SH", 4, 6, T0, "e1", in_transit=6)  # 4 + 6 ≥ 10
+    state, out = evaluate_stock_rules(None, covered, [LOW], REORDER, RecordedStock().as_recorded())
+    assert out == []
+    short = StockChange("SKU1", "S1", "SH", 4, 6, T0 + 1, "e2", in_transit=3)  # 4 + 3 < 10
+    _, out = evaluate_stock_rules(state, short, [LOW], REORDER, RecordedStock().as_recorded())
+    (decision,) = out
+    assert isinstance(decision, StockDecision) and decision.kind == "replenish"
+    target = target_level(REORDER, 6, 2.0)
+    assert decision.suggested_qty == target - 4 - 3
