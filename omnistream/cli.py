@@ -109,6 +109,32 @@ def _cmd_bench(config: Config, args: argparse.Namespace) -> int:
     return run_bench(config, args)
 
 
+def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from connectors.reference_files import load_reference
+    from omnistream.serve import run
+
+    reference = load_reference(config)
+    _needs(config, redis=True)
+    host = args.host if args.host is not None else config.service.host
+    port = args.port if args.port is not None else config.service.port
+    try:
+        run(config, reference, host, port)
+    except OSError as exc:  # the port is taken or the address is not this host's
+        print(f"omnistream serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}")
+    return port
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -255,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_argument(backtest)
     backtest.set_defaults(handler=_cmd_rules_backtest)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve availability, stock and customer look-ups and the store console over HTTP",
+        description="Answer HTTP requests from the Redis the stock_pool and identity_stitch "
+        "flows keep (it reads Redis and writes nothing): GET /v1/availability?sku=&qty=[&lat=&"
+        "lon=][&region=][&mode=pickup|delivery] (the locations that can give qty units, nearest "
+        "or own region first), /v1/stock/{sku}, /v1/customers/{type}/{value} (a raw phone or "
+        "e-mail is hashed with OMNI_PII_KEY first), the store console /stores/{store_id} "
+        "(open pickups, exceptions and visiting customers, updated live), /healthz, /readyz "
+        "(Redis answers), /metrics, and the API's OpenAPI page at /docs. Bad parameters answer "
+        "400 naming the parameter; Redis unreachable 503. Stops on Ctrl-C / SIGTERM.",
+    )
+    serve.add_argument("--host", help="address to listen on (default: service.host, 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: service.port, 8080)")
+    _add_config_argument(serve)
+    serve.set_defaults(handler=_cmd_serve)
 
     bench = sub.add_parser(
         "bench",

@@ -16,10 +16,12 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -52,11 +54,32 @@ def connect(
     parameters as redis-py reads them). Without a retry of its own (see the module doc)."""
     return redis.Redis.from_url(
         config.redis.url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        health_check_interval=30,
+        **_client_options(socket_timeout_s, connect_timeout_s),
         retry=Retry(NoBackoff(), 0),
     )
+
+
+def connect_async(
+    config: Config, *, socket_timeout_s: float = 10.0, connect_timeout_s: float = 5.0
+) -> redis.asyncio.Redis:
+    """The ``redis.asyncio`` twin of ``connect`` (``omnistream serve``): the same URL, so the
+    same user, password and TLS settings, the same timeouts and no retry of its own (the
+    service answers 503 at once instead of retrying behind the caller's back)."""
+    return redis.asyncio.Redis.from_url(
+        config.redis.url,
+        **_client_options(socket_timeout_s, connect_timeout_s),
+        retry=AsyncRetry(NoBackoff(), 0),
+    )
+
+
+def _client_options(socket_timeout_s: float, connect_timeout_s: float) -> dict[str, Any]:
+    """What ``connect`` and ``connect_async`` pass besides the URL and their retry (redis-py
+    has one ``Retry`` class per flavour)."""
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "health_check_interval": 30,
+    }
 
 
 def describe(url: str) -> str:
