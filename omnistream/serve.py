@@ -35,7 +35,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -283,7 +282,7 @@ def create_app(
                 "Redis at %s unavailable (%s %s): %s; answering 503",
                 where,
                 request.method,
-                request.url.path,
+                route_label(request.scope),  # not the path: it may hold a raw phone or e-mail
                 exc,
             )
         return _json_error(503, f"Redis at {where} is unavailable; try again shortly")
@@ -404,7 +403,8 @@ def create_app(
                 type, value, config.pii.key, config.pii.default_country_code
             )
             if hashed is None:
-                raise BadParameter("value", f"value: not a usable {type}: {value!r}")
+                # not echoed: it may be most of somebody's phone number or e-mail address
+                raise BadParameter("value", f"value: not a usable {type}")
             stored = hashed
         ident = identifier(type, stored)
         found = await reads.customer(ident)
@@ -429,7 +429,7 @@ def create_app(
         responses={503: {"model": StatusOut, "description": "Redis unreachable"}},
     )
     async def readyz() -> Response:
-        """Ready when Redis answers PING within a second."""
+        """Ready when Redis answers PING (within REDIS_SOCKET_TIMEOUT_S); else 503 and why."""
         try:
             await asyncio.wait_for(reads.ping(), timeout=REDIS_SOCKET_TIMEOUT_S)
         except (redis.RedisError, TimeoutError, OSError) as exc:
@@ -444,7 +444,16 @@ def create_app(
 
     # -- the store console ------------------------------------------------------------------
 
-    app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")
+    assets = console_assets()
+
+    @app.get("/console/{asset}", include_in_schema=False)
+    async def console_asset(asset: str) -> Response:
+        """The console's own script, style sheet and icon (read once at start)."""
+        found = assets.get(asset)
+        if found is None:
+            raise BadParameter("asset", f"no console asset {asset!r}", status=404)
+        body, media_type = found
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @app.get("/stores/{store_id}", response_class=HTMLResponse, tags=["store console"])
     async def store_console(store_id: str) -> HTMLResponse:
@@ -495,6 +504,19 @@ def create_app(
         )
 
     return app
+
+
+#: The console's files served as they are (the page itself is a template: not among them).
+ASSET_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+
+def console_assets() -> dict[str, tuple[bytes, str]]:
+    """Name → (content, media type) of the files under ``omnistream/console/``."""
+    return {
+        path.name: (path.read_bytes(), ASSET_TYPES[path.suffix])
+        for path in sorted(CONSOLE_DIR.iterdir())
+        if path.suffix in ASSET_TYPES
+    }
 
 
 _PAGE_HEADERS = {
@@ -628,10 +650,11 @@ async def task_events(
 
 def route_label(scope: Scope) -> str:
     """The matched route's template (``/v1/stock/{sku}``), never the raw path (a label per
-    sku would grow without bound); ``unmatched`` for paths no route knows."""
+    sku would grow without bound), as the OpenAPI page writes it (no ``:path`` converter; the
+    console's assets are ``/console/{asset}``); ``unmatched`` for paths no route knows."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) and template else "unmatched"
 
 
 class RequestMetrics:
@@ -663,10 +686,11 @@ class RequestMetrics:
         except Exception:
             if response_started:  # a stream broke midway: nothing more can be said to it
                 log.exception(
-                    "%s %s failed while answering", scope.get("method"), scope.get("path")
+                    "%s %s failed while answering", scope.get("method"), route_label(scope)
                 )
                 return
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            # the route template, not the path: a path may hold a raw phone or e-mail
+            log.exception("%s %s failed", scope.get("method"), route_label(scope))
             response = _json_error(500, "internal error; the service log has the details")
             await response(scope, receive, timed_send)
 

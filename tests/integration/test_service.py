@@ -546,6 +546,8 @@ def test_readyz_follows_redis_and_sigterm_ends_open_console_streams(
             assert http.get("/readyz").json() == {"status": "ready"}
             throwaway.terminate()
             throwaway.wait(timeout=20)
+            phone = http.get("/v1/customers/phone/13800138000")  # the one logged line
+            assert phone.status_code == 503 and "13800138000" not in running.run.output()
             ready = http.get("/readyz")
             assert ready.status_code == 503, ready.text
             assert ready.json()["status"] == "unavailable"
@@ -586,6 +588,32 @@ def test_a_port_in_use_is_one_line_and_exit_1(service: Service, tmp_path: Path) 
     assert run.lines() == [
         f"omnistream serve: cannot listen on 127.0.0.1:{port}: Address already in use"
     ], run.output()
+
+
+def test_an_unexpected_error_is_a_500_line_with_the_traceback_in_the_log_once(
+    stack: EmbeddedStack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = service_config(stack, tmp_path)
+    client = redis.Redis.from_url(config.redis.url)
+    client.hset(f"{config.redis.key_prefix}stock:SKU-A:ST-1", mapping={"on_hand": "lots"})
+    try:
+        with (
+            caplog.at_level("ERROR", logger="omnistream.serve"),
+            ThreadedService(config) as service,
+        ):
+            before, _, _ = http_counts(service.url)
+            response = httpx.get(f"{service.url}/v1/stock/SKU-A", timeout=10)
+            after, _, _ = http_counts(service.url)
+    finally:
+        client.close()
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error; the service log has the details"}
+    assert "Traceback" not in response.text and "lots" not in response.text
+    errors = [r for r in caplog.records if r.name == "omnistream.serve"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert errors[0].getMessage() == "GET /v1/stock/{sku} failed"
+    key = ("/v1/stock/{sku}", "500")
+    assert after.get(key, 0) - before.get(key, 0) == 1
 
 
 # -- the console's event stream ------------------------------------------------------------

@@ -2,7 +2,9 @@
 unknown skus and stores are 404s, the API is documented, and a Redis that is not there is a
 503 in one JSON line (a closed port: redis-py's real connection failure), never a 500.
 
-What the service answers from real data is in ``tests/integration/test_service.py``.
+What the service answers from real data is in ``tests/integration/test_service.py`` (this
+module has its own basename: two test modules of one basename break the collection of the
+whole suite).
 """
 
 from __future__ import annotations
@@ -134,6 +136,21 @@ def test_redis_unreachable_is_a_503_in_one_json_line(client: TestClient, config:
         assert "Redis" in response.json()["error"] and port in response.json()["error"]
 
 
+def test_an_outage_is_logged_by_route_template_never_with_the_raw_phone(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client = connect_async(config, socket_timeout_s=1, connect_timeout_s=1)
+    app = create_app(config, load_reference(config), redis_client)
+    with caplog.at_level("WARNING", logger="omnistream.serve"), TestClient(app) as client:
+        assert client.get("/v1/customers/phone/13800138000").status_code == 503
+        assert client.get("/v1/customers/phone/13800138001").status_code == 503
+    asyncio.run(redis_client.aclose())
+    warnings = [r for r in caplog.records if r.name == "omnistream.serve"]
+    assert len(warnings) == 1, "one line per outage, not one per request"
+    assert "/v1/customers/{type}/{value}" in warnings[0].getMessage()
+    assert "1380013800" not in caplog.text
+
+
 def test_readyz_says_why_redis_is_not_ready_and_healthz_still_answers(
     client: TestClient,
 ) -> None:
@@ -198,16 +215,22 @@ def test_the_store_page_uses_its_own_assets_only(client: TestClient) -> None:
         response = client.get(asset)
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert "https://" not in response.text and "@import" not in response.text
+    assert client.get("/console/store.html").status_code == 404  # the template is not an asset
+    assert client.get("/console/..%2Fserve.py").status_code == 404
 
 
 def test_metrics_are_labelled_by_route_template(client: TestClient) -> None:
     client.get("/v1/stock/SKU-NOPE")
     client.get("/v1/stock/SKU-NOPE-2")
     client.get("/no/such/path")
+    client.get("/console/console.css")
+    client.get("/v1/customers/user/a/b")  # the value's :path converter is not in the label
     text = client.get("/metrics").text
     assert 'omnistream_http_requests_total{route="/v1/stock/{sku}",status="404"}' in text
     assert 'route="unmatched",status="404"' in text
-    assert "SKU-NOPE" not in text
+    assert 'route="/console/{asset}",status="200"' in text
+    assert 'route="/v1/customers/{type}/{value}",status="503"' in text
+    assert "SKU-NOPE" not in text and "console.css" not in text and ":path" not in text
     assert 'omnistream_http_request_seconds_count{route="/v1/stock/{sku}"}' in text
 
 
