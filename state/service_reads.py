@@ -13,7 +13,8 @@ request waits on more than one round trip:
   (``state.identity_store``), so this adds no constraint;
 - a store's tasks: ``HGETALL <p>tasks:<store_id>``.
 
-Keys are the writers' (``StockKeys``, ``IdentityKeys``); a missing stock hash reads as a
+Keys are the writers' (``StockKeys`` for positions and tasks, ``IdentityKeys``; the profile
+key is defined here until its writer exists); a missing stock hash reads as a
 position that never moved. Errors are redis-py's own: the service turns a connection
 failure into a 503 (no retries here: a caller's retry is better informed than ours).
 """
@@ -48,11 +49,6 @@ UNAVAILABLE = (
     redis.BusyLoadingError,
     redis.AuthenticationError,
 )
-
-
-def tasks_key(prefix: str, store_id: str) -> str:
-    """The hash of a store's tasks (field = task id, value = the task's JSON)."""
-    return f"{prefix}tasks:{store_id}"
 
 
 def profile_key(prefix: str, customer_id: str) -> str:
@@ -188,5 +184,5 @@ class ServiceReads:
 
     async def store_tasks(self, store_id: str) -> dict[str, str]:
         """The store's tasks as stored: task id → the task's JSON text (one HGETALL)."""
-        raw = await self.client.hgetall(tasks_key(self.prefix, store_id))
+        raw = await self.client.hgetall(self._stock.tasks(store_id))
         return {_text(field): _text(value) for field, value in raw.items()}
