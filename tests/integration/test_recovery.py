@@ -49,7 +49,26 @@ def stock_hashes(config: Config) -> dict[bytes, dict[bytes, bytes]]:
 
 
 def output_ids(config: Config) -> set[str]:
-    return {json.loads(m.value() or b"{}")["id"] for m in read_topic(config, "stock.changes", 60)}
+    """Ids of everything stock_pool publishes: position changes, sourcing decisions and
+    store tasks (a crash must neither lose nor invent one)."""
+    return {
+        json.loads(m.value() or b"{}")["id"]
+        for topic in ("stock.changes", "orders.sourced", "store.tasks")
+        for m in read_topic(config, topic, 60)
+    }
+
+
+def task_hashes(config: Config) -> dict[bytes, dict[bytes, bytes]]:
+    """The store tasks the console reads (``tasks:<store>``)."""
+    client = redis.Redis.from_url(config.redis.url)
+    try:
+        prefix = config.redis.key_prefix.encode()
+        return {
+            key[len(prefix) :]: client.hgetall(key)
+            for key in client.scan_iter(match=f"{config.redis.key_prefix}tasks:*", count=1000)
+        }
+    finally:
+        client.close()
 
 
 def test_sigkill_and_resume_equals_an_uninterrupted_run(
@@ -62,10 +81,14 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(
     first = run_flow("stock_pool", steady, tmp_path / "steady.yaml")
     assert first.code == 0
     expected_stock, expected_ids = stock_hashes(steady), output_ids(steady)
+    expected_tasks = task_hashes(steady)
+    assert expected_tasks  # the traffic has pickup orders
+    in_transit = sum(int(row.get(b"in_transit", 0)) for row in expected_stock.values())
     expected_refused = deadletters(steady)
     print(
         f"\nsteady: {len(expected_stock)} positions, {len(expected_ids)} change ids, "
-        f"{len(expected_refused)} dead letters in {first.seconds:.1f} s"
+        f"{len(expected_refused)} dead letters in {first.seconds:.1f} s; "
+        f"{in_transit} units in transit, {len(expected_tasks)} stores with tasks"
     )
 
     for tag, kill, snapshot_s in crash_points(EVENTS, 0.5):
@@ -81,6 +104,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(
             f"{killed.seconds:.1f} s), resumed in {resumed.seconds:.1f} s; {len(ids)} change ids, "
             f"{len(ids - expected_ids)} new, {len(expected_ids - ids)} missing"
         )
-        assert stock_hashes(crashed) == expected_stock
+        assert stock_hashes(crashed) == expected_stock  # in_transit included
+        assert task_hashes(crashed) == expected_tasks
         assert ids == expected_ids
         assert deadletters(crashed) == expected_refused
