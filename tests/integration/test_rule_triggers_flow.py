@@ -138,15 +138,17 @@ def scenario() -> tuple[Script, dict[str, Any]]:
     s.move("receipt", "ST-SH-01", "SKU-10012", 50, T0 - 70 * MIN)
     s.move("receipt", "ST-SH-01", milk, 100, T0 - 60 * MIN)
     s.move("receipt", "ST-SH-02", milk, 30, T0 - 50 * MIN)
-    s.sale("ST-SH-02", milk, 10, T0 - 40 * MIN)  # 20 < 22: low stock → transfer
+    # milk holds back a safety stock of 3 (sample products): the rules read available-to-sell
+    s.sale("ST-SH-02", milk, 10, T0 - 40 * MIN)  # 20 − 3 = 17 < 22: low stock → transfer
     s.sale("ST-SH-02", milk, 5, T0 - 30 * MIN)  # still low: no storm
     s.sale("ST-SH-02", milk, 15, T0 - 20 * MIN)  # 0: stockout
     s.move("receipt", "ST-SH-02", milk, 40, T0 - 10 * MIN)  # back above: re-armed
     s.sale("ST-SH-02", milk, 20, T0 - 5 * MIN)  # low again, but inside the 6 h cooldown
     batch = s.move("receipt", "ST-SH-03", fresh, 20, T0, expiry_date="2026-11-03")
     expect["replenishment"] = {
-        # target cover 7 days × 10 sold = 70; 70 − 20 = 50, less than the 78 surplus
-        ("low-stock", "transfer", milk, "ST-SH-02", "ST-SH-01", 50),
+        # target cover 7 days × 10 sold = 70; 70 − 17 = 53, less than the 75 surplus
+        # (Jing'an: 100 − 3 to sell, 22 of them its own reorder point)
+        ("low-stock", "transfer", milk, "ST-SH-02", "ST-SH-01", 53),
         # 7 × 30 sold = 210 to get back to target cover
         ("stockout", "stockout", milk, "ST-SH-02", None, 210),
         ("expiring", "prepare", fresh, "ST-SH-03", None, 20),
