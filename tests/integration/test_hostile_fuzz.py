@@ -437,7 +437,8 @@ def templates(reference: ReferenceData) -> list[Template]:
                 *line_fields,
                 FieldSpec(("total",), "number"),
                 FieldSpec(("fulfillment",), "object"),
-                FieldSpec(("fulfillment", "location_id"), "location"),
+                # a delivery may leave its location to Omnistream's sourcing (CONTRACT §10)
+                FieldSpec(("fulfillment", "location_id"), "location", required=False),
             ],
         ),
         Template(
