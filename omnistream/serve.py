@@ -35,6 +35,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -252,7 +253,9 @@ def create_app(
     poll_s = config.service.console_poll_seconds
     page = Template((CONSOLE_DIR / "store.html").read_text(encoding="utf-8"))
 
-    app = FastAPI(
+    # FastAPIOffline: /docs serves Swagger UI's files from the installed package, not from a
+    # CDN, so the docs work on a network without internet, like the console.
+    app = FastAPIOffline(
         title="Omnistream service",
         version="1",
         description="Availability, stock and customers from the Omnistream serving state, "

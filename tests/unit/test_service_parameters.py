@@ -10,6 +10,7 @@ whole suite).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -194,6 +195,12 @@ def test_the_openapi_page_documents_the_api(client: TestClient) -> None:
     assert "400" in paths["/v1/availability"]["get"]["responses"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # the docs, like the console, load nothing from a CDN: every asset is served here
+    assert "https://" not in docs.text and "http://" not in docs.text
+    assets = re.findall(r'(?:src|href)="(/[^"]+)"', docs.text)
+    assert len(assets) >= 2
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
 
 
 def test_an_unknown_store_is_a_404_page_and_its_events_a_404(client: TestClient) -> None:
