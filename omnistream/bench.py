@@ -20,7 +20,13 @@ in the same run (machines are shared and noisy: a ratio means more than a figure
 5. Latency, on fresh topics with all four flows running live and the generator offering a
    steady ``--rate`` for ``--latency-seconds``: trigger latency from producing an input event
    to the trigger (caused by it) arriving on its topic; stock freshness from producing a
-   warehouse movement to its effect being readable in Redis (a sample of movements).
+   warehouse movement to its effect being readable in Redis (a sample of movements); and in
+   the same run the fulfilment latencies: from producing an order for delivery without a
+   location to stock_pool's decision arriving on ``orders.sourced``, and from producing a
+   pickup order to its open task arriving on ``store.tasks``.
+6. The availability service (``omnistream.bench_service``): ``omnistream serve`` on the
+   Redis the stock_pool run left, offered requests at fixed rates, open loop. It runs
+   after the flows and before the latency run, with nothing else of the bench running.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,7 @@ from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.kafka_clients import ensure_topics, make_consumer
 from connectors.reference_files import load_reference
 from flows import attribution, identity_stitch, rule_triggers, stock_pool
+from omnistream.bench_service import SERVICE_RATES, print_service, service_run
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
 from omnistream.trigger_watch import TriggerWatch, percentile
@@ -85,6 +93,28 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the live latency run (its JSON figures are then absent); for profiling",
     )
+    parser.add_argument(
+        "--service-seconds",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="how long each rate is offered to the availability service (5)",
+    )
+    parser.add_argument(
+        "--no-service",
+        action="store_true",
+        help="skip the availability service (omnistream serve under load; JSON `service`)",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 < S ≤ 3600; got {text!r}")
+    return seconds
 
 
 def _flow_names(text: str) -> tuple[str, ...]:
@@ -317,9 +347,103 @@ class FreshnessProbe:
         self._stop.set()
 
 
+#: Target of both fulfilment latencies (order → decision, pickup order → open task).
+FULFILMENT_TARGET_P99_S = 1.0
+
+
+@dataclass
+class FulfilmentWatch:
+    """When each order was produced, and when stock_pool's answer to it reached its topic:
+    the first decision on ``orders.sourced``, the first ``open`` task on ``store.tasks``.
+
+    The latency runs from producing the order to the answer's timestamp on its topic, as the
+    trigger latency does. Not ``fired_at − event_time``, the figure the flow's own
+    ``omnistream_sourcing_lag_seconds`` histogram observes in production: the generated
+    stream's event time runs hours ahead of the wall clock within the run (the simulation
+    packs about 2.5 events into a second of event time, the bench offers 1,000 a second).
+    An order the pool has not applied when the run ends (it waits until every input
+    partition is read past it) has no answer and is not counted."""
+
+    config: Config
+    placed_at: dict[str, float] = field(default_factory=dict)
+    decided_at: dict[str, int] = field(default_factory=dict)
+    task_opened_at: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
+        """Pass events through, remembering when each order was handed to the producer."""
+        for event in events:
+            if (
+                event.topic == topics.CLICKSTREAM
+                and event.bad_reason is None
+                and b'"order_placed"' in event.value
+            ):
+                order_id = orjson.loads(event.value).get("order_id")
+                if isinstance(order_id, str):
+                    self.placed_at.setdefault(order_id, time.time() * 1000)
+            yield event
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._follow, name="fulfilment-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        consumer = make_consumer(
+            self.config,
+            group_id=f"bench-fulfilment-{uuid.uuid4().hex}",
+            **{"fetch.wait.max.ms": "10"},
+        )
+        sourced = self.config.topic(topics.ORDERS_SOURCED)
+        try:
+            assignments = []
+            for topic in (sourced, self.config.topic(topics.STORE_TASKS)):
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+            consumer.assign(assignments)
+            while not self._stop.is_set():
+                for message in consumer.consume(500, 0.2):
+                    value = message.value()
+                    if message.error() is not None or value is None:
+                        continue
+                    _, arrived_ms = message.timestamp()
+                    data = orjson.loads(value)["data"]
+                    if message.topic() == sourced:
+                        self.decided_at.setdefault(data["order_id"], arrived_ms)
+                    elif data.get("status") == "open" and data.get("order_id"):
+                        self.task_opened_at.setdefault(data["order_id"], arrived_ms)
+        finally:
+            consumer.close()
+
+    def latencies_s(self, answered_at: dict[str, int]) -> list[float]:
+        """Seconds from producing each order to its answer, for orders produced in this run."""
+        return [
+            (arrived - self.placed_at[order_id]) / 1000
+            for order_id, arrived in answered_at.items()
+            if order_id in self.placed_at
+        ]
+
+    def figures(self) -> dict[str, float | int]:
+        decisions = self.latencies_s(self.decided_at)
+        tasks = self.latencies_s(self.task_opened_at)
+        return {
+            "orders_sourced_p50_s": round(percentile(decisions, 0.5), 3),
+            "orders_sourced_p99_s": round(percentile(decisions, 0.99), 3),
+            "orders_sourced_measured": len(decisions),
+            "store_tasks_p50_s": round(percentile(tasks, 0.5), 3),
+            "store_tasks_p99_s": round(percentile(tasks, 0.99), 3),
+            "store_tasks_measured": len(tasks),
+        }
+
+
 def latency_run(
     config: Config, workdir: Path, events: list[GeneratedEvent], rate: float, seconds: float
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     live = config.with_overrides(kafka={"topic_prefix": "live."})
     ensure_topics(live, list(ALL_TOPICS))
     processes = []
@@ -334,13 +458,17 @@ def latency_run(
             wait_for_metrics(port, process)
         watch = TriggerWatch(live)
         watch.start()
+        fulfilment = FulfilmentWatch(live)
+        fulfilment.start()
         probe = FreshnessProbe(live)
         follower = threading.Thread(target=probe.follow, daemon=True)
         follower.start()
         count = int(rate * seconds)
-        produce(live, probe.stamp(watch.stamp(events[:count])), rate=rate, progress=False)
-        time.sleep(3)  # the last triggers and Redis writes
+        stamped = probe.stamp(watch.stamp(fulfilment.stamp(events[:count])))
+        produce(live, stamped, rate=rate, progress=False)
+        time.sleep(3)  # the last triggers, decisions and Redis writes
         watch.stop()
+        fulfilment.stop()
         probe.stop()
         follower.join(timeout=10)
     finally:
@@ -355,7 +483,18 @@ def latency_run(
         "stock_freshness_p50_ms": round(percentile(probe.freshness_ms, 0.5), 1),
         "stock_freshness_p99_ms": round(percentile(probe.freshness_ms, 0.99), 1),
         "movements_measured": len(probe.freshness_ms),
+        **fulfilment.figures(),
     }
+
+
+def has_stock_pool(config: Config) -> bool:
+    """Whether Redis holds any stock position (a flow run wrote the pool)."""
+    client = redis.Redis.from_url(config.redis.url)
+    try:
+        pattern = f"{config.redis.key_prefix}stock:*"
+        return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+    finally:
+        client.close()
 
 
 def run_bench(config: Config, args: argparse.Namespace) -> int:
@@ -363,6 +502,7 @@ def run_bench(config: Config, args: argparse.Namespace) -> int:
         config = config.with_overrides(pii={"key": uuid.uuid4().hex})
     reference = load_reference(config)
     results: dict[str, Any] = {"events": args.events}
+    status = 0
     with (
         tempfile.TemporaryDirectory(prefix="omnistream-bench-") as tmp,
         EmbeddedStack(Path(tmp) / "stack", partitions=args.partitions) as stack,
@@ -412,6 +552,20 @@ def run_bench(config: Config, args: argparse.Namespace) -> int:
         results["flows"] = flows
         results["reference_eps"] = round(statistics.median(references), 1)
         results["reference_runs"] = [round(eps, 1) for eps in references]
+        if not args.no_service:
+            if not has_stock_pool(bench):
+                say("stock_pool (not measured: the availability service reads its pool) …")
+                run_until_idle("stock_pool", bench, workdir)
+            say(f"availability service: {', '.join(f'{r:g}' for r in SERVICE_RATES)} requests/s …")
+            try:
+                results["service"] = service_run(
+                    bench, workdir, reference, args.service_seconds, args.seed
+                )
+            except RuntimeError as exc:  # serve did not come up: the other figures still count
+                say(f"availability service not measured: {exc}")
+                first = str(exc).splitlines()[0].rstrip(":")
+                results["service"] = {"error": f"{first} (its log's end is on stderr)"}
+                status = 1
         if not args.no_latency:
             say(f"latency: {args.rate:g} events/s for {args.latency_seconds:g} s …")
             live_events = list(
@@ -429,7 +583,7 @@ def run_bench(config: Config, args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"written to {args.json}")
-    return 0
+    return status
 
 
 def say(text: str) -> None:
@@ -451,8 +605,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"{row['peak_rss_mb']:>12,.0f} {row['consumed']:>10,}"
         )
     lat = results.get("latency")
-    if lat is None:
-        return
+    if lat is not None:
+        print_latency(lat)
+    if "service" in results:
+        print_service(results["service"])
+
+
+def print_latency(lat: dict[str, Any]) -> None:
     print(
         f"\nlatency at {lat['offered_eps']:,.0f} events/s offered: trigger p50 "
         f"{lat['trigger_p50_ms']:,.0f} ms, p99 {lat['trigger_p99_ms']:,.0f} ms "
@@ -460,3 +619,14 @@ def print_table(results: dict[str, Any]) -> None:
         f"{lat['stock_freshness_p50_ms']:,.0f} ms, p99 {lat['stock_freshness_p99_ms']:,.0f} ms "
         f"({lat['movements_measured']:,} movements)"
     )
+    target = f"target p99 ≤ {FULFILMENT_TARGET_P99_S:g} s"
+    for label, key, unit in (
+        ("order → orders.sourced", "orders_sourced", "decisions"),
+        ("pickup order → store.tasks", "store_tasks", "open tasks"),
+    ):
+        p99 = lat[f"{key}_p99_s"]
+        met = "met" if p99 <= FULFILMENT_TARGET_P99_S else "MISSED"
+        print(
+            f"{label:<27} p50 {lat[f'{key}_p50_s']:.3f} s, p99 {p99:.3f} s "
+            f"({lat[f'{key}_measured']:,} {unit}); {target}: {met}"
+        )
