@@ -7,7 +7,8 @@ Public (CONTRACT §5): ``<prefix>stock:<sku>:<location_id>`` hash with ``on_hand
 ``region``, ``location_type``, ``cause`` and ``updated_at_ms``.
 
 Internal: ``<prefix>stock_total:<sku>`` (network total) and
-``<prefix>stock_region:<sku>:<region>`` (region total), same figures plus ``locations``.
+``<prefix>stock_region:<sku>:<region>`` (region total), same figures plus ``locations``;
+``<prefix>tasks:<store_id>`` (task id → the store task's JSON, read by the store console).
 
 A batch is written in one pipelined round trip, and only the last position per key of the
 batch is written: the values are absolute, so the earlier ones are already superseded.
