@@ -4,6 +4,9 @@ converted path is credited, and the running totals per model × channel.
 
 The flow (``flows.attribution``) runs these as its steps, keyed as follows:
 
+- ``chain_merges`` on one key, merges only: resolves each merge to the customer that
+  survives the whole chain (A merged into B, then B into C: A's path belongs to C) and tells
+  the customers merged into B earlier that their path now belongs to C;
 - ``route`` per customer id an item arrived with: a customer merged into another hands its
   touches (and the purchases already credited under its id) over, and forwards everything
   that arrives for it later to the survivor;
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.attribution import (
     MODELS,
@@ -76,6 +79,70 @@ class Absorb:
 AttributionInput = CustomerTouch | Purchase | Absorb
 
 
+# --- merge chains: the customer that survives ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Repoint:
+    """``customer_id`` was merged into a customer that has now been merged into ``into``:
+    its path belongs to ``into`` from now on (the merges step's word to the router)."""
+
+    customer_id: str
+    into: str
+
+
+@dataclass(slots=True)
+class MergeChains:
+    """Every merge seen, as alias → the customer that survives it, and survivor → the ids
+    merged into it (transitively). ``survivor`` always names the end of the chain, so one
+    look-up resolves an id."""
+
+    survivor: dict[str, str] = field(default_factory=dict)
+    merged: dict[str, list[str]] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> MergeChains:
+        return MergeChains(dict(self.survivor), {k: list(v) for k, v in self.merged.items()})
+
+
+def chain_merges(
+    state: MergeChains | None, item: Absorb
+) -> tuple[MergeChains, list[Absorb | Repoint]]:
+    """One merge of ``identity.changes`` resolved through the merges seen before it (in
+    arrival order: the topic's partitions interleave as they may).
+
+    ``identity.changes`` names a merge's two customers only (``merged_from`` → ``customer_id``):
+    after A → B and B → C, the router of A knew only B, so A's path, handed to B, stayed
+    there when B's path went to C: a purchase credited under A (an order placed on a device)
+    was credited again when its store pickup arrived under C. Here A → B becomes A → (the
+    end of B's chain), and B → C also repoints every id merged into B before to C.
+
+    >>> state, out = chain_merges(None, Absorb("a", into="b"))
+    >>> out
+    [Absorb(customer_id='a', into='b')]
+    >>> chain_merges(state, Absorb("b", into="c"))[1]
+    [Absorb(customer_id='b', into='c'), Repoint(customer_id='a', into='c')]
+
+    A merge into itself, a second merge of an id already merged (a replayed change), and one
+    that would close a loop (its survivor's chain ends at the id itself) change nothing, as
+    in ``route``."""
+    if state is None:
+        state = MergeChains()
+    old = item.customer_id
+    into = state.survivor.get(item.into, item.into)
+    if old in state.survivor or into == old:
+        return state, []
+    moved = state.merged.pop(old, [])
+    for earlier in moved:
+        state.survivor[earlier] = into
+    state.survivor[old] = into
+    state.merged.setdefault(into, []).extend([old, *moved])
+    return state, [Absorb(old, into), *(Repoint(earlier, into) for earlier in moved)]
+
+
+#: What the router is fed: the decoded items, merges resolved by ``chain_merges``.
+RouterInput = CustomerTouch | Purchase | Absorb | Repoint
+
+
 # --- routing: the customer that owns the path --------------------------------------------------
 
 
@@ -95,9 +162,10 @@ ROUTER_CONVERSIONS_KEPT = 200
 
 @dataclass(slots=True)
 class RouterState:
-    """What the router keeps per customer id: the survivor once merged, and until then the
-    touches (at most ``max_touches``) and conversions (at most ``ROUTER_CONVERSIONS_KEPT``)
-    a handover would need."""
+    """What the router keeps per customer id: the survivor once merged, until then the
+    touches (at most ``max_touches``) a handover would need, and the conversions routed for
+    this id (at most ``ROUTER_CONVERSIONS_KEPT``), kept after the merge too: when the
+    survivor is merged on, the new one is told of them (``Repoint``)."""
 
     absorbed_into: str | None = None
     touches: tuple[Touch, ...] = ()
@@ -114,28 +182,50 @@ PathItem = Touch | Handover | Purchase
 
 
 def route(
-    state: RouterState | None, item: AttributionInput, params: AttributionParams
+    state: RouterState | None, item: RouterInput, params: AttributionParams
 ) -> tuple[RouterState, list[tuple[str, PathItem]]]:
     """``item`` (keyed by the customer id it arrived with) as (owner of the path, what the
     owner's path is fed). A merged customer keeps the touches it has seen (bounded) to hand
     them over when the merge becomes known; a merge into itself or a second merge of the
-    same id changes nothing."""
+    same id changes nothing.
+
+    A ``Repoint`` (the survivor was merged on) moves the owner to the new survivor and tells
+    its path of the conversions routed for this id, so none of them is credited again
+    there. The touches handed over before stay where they went: that path may have used
+    some of them, which this router cannot know. (Along a chain a touch can still lead two
+    conversions: B's path may use a touch of B's for a purchase routed from A, which B's
+    router does not see when it hands B's touches to C. Without a loop in the dataflow
+    only B's path knows; conversions, the figure subscribers and totals count, are each
+    credited once.)"""
     if state is None:
         state = RouterState()
+    if isinstance(item, Repoint):
+        if state.absorbed_into is None:  # the merge itself not seen yet: it is this one
+            item = Absorb(item.customer_id, item.into)
+        else:
+            if state.absorbed_into == item.into:
+                return state, []
+            state.absorbed_into = item.into
+            if not state.conversions:
+                return state, []
+            return state, [(item.into, Handover((), state.conversions))]
     if isinstance(item, Absorb):
         if state.absorbed_into is not None or item.into == item.customer_id:
             return state, []
         state.absorbed_into = item.into
         handover = Handover(state.touches, state.conversions)
-        state.touches, state.conversions = (), ()
+        state.touches = ()
         return state, [(item.into, handover)]
     owner = state.absorbed_into
     if isinstance(item, CustomerTouch):
-        if owner is None:
+        used_until = max((ts for _, ts in state.conversions), default=None)
+        if owner is None and (used_until is None or item.touch.ts_ms > used_until):
+            # A touch older than a conversion of this id is that conversion's (a replay
+            # applies the path in event-time order), even when read after it.
             kept = (*state.touches, item.touch)
             state.touches = kept[-max(1, params.max_touches) :]
         return state, [(owner or item.customer_id, item.touch)]
-    if owner is None and item.customer_id:
+    if item.customer_id:
         seen = (*state.conversions, (item.conversion_id, item.ts_ms))
         state.conversions = seen[-ROUTER_CONVERSIONS_KEPT:]
         # The conversion uses up the touches before it: a later handover must not bring

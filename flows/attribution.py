@@ -6,20 +6,22 @@ Wiring only; the steps are in ``domain.attribution_paths``, the models in
     events.resolved (touches: campaign visits, ad clicks; purchases: orders, till sales)
     triggers.coupon (touches: coupons sent), identity.changes (merges)
       → decode, a Kafka batch at a time; rejections → deadletter
+      → merges, one key, merges only: each resolved to the end of its chain (A into B, B
+        into C: A's path belongs to C), ids merged earlier repointed
       → router, keyed by the customer id an item arrived with: a customer merged into
         another hands its touches over and forwards everything later to it
       → paths, keyed by the customer that owns the path: touches, purchases (each id once)
       → credit, one key: heuristic models per path, the Markov chain over all paths
       → attribution.credits; totals per model × channel → the store and gauges
 
-Step ids are part of the recovery snapshots: keep them stable (``inputs``, ``router``,
-``paths``, ``credit``, ``totals`` hold state).
+Step ids are part of the recovery snapshots: keep them stable (``inputs``, ``merges``,
+``router``, ``paths``, ``credit``, ``totals`` hold state).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -37,13 +39,16 @@ from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
 from domain.attribution import AttributionParams, ConvertedPath, Credits, MarkovState
 from domain.attribution_paths import (
+    Absorb,
     AttributionInput,
     CustomerPath,
     PathItem,
     PathOutcome,
     PathSnapshot,
+    RouterInput,
     TotalsCell,
     accumulate,
+    chain_merges,
     credit,
     latest_cells,
     route,
@@ -108,11 +113,25 @@ def build(
         _decode,
     )
     items = flow_op.per_batch("items", batches, _inputs_of)
+    merges = op.branch("split_merges", items, _is_merge)
+    chained = op.flat_map(
+        "chained",
+        op.stateful_map(
+            "merges",
+            op.key_on("all_merges", merges.trues, lambda _: "all"),
+            chain_merges,
+        ),
+        lambda kv: kv[1],
+    )
     routed = op.flat_map(
         "routed",
         op.stateful_map(
             "router",
-            op.key_on("key_by_arrival_customer", items, _arrival_key),
+            op.key_on(
+                "key_by_arrival_customer",
+                op.merge("router_inputs", merges.falses, chained),
+                _arrival_key,
+            ),
             lambda state, item: route(state, item, params),
         ),
         lambda kv: kv[1],
@@ -167,7 +186,11 @@ def _inputs_of(batch: Decoded[list[AttributionInput]]) -> list[AttributionInput]
     return [item for found in batch.records for item in found]
 
 
-def _arrival_key(item: AttributionInput) -> str:
+def _is_merge(item: AttributionInput) -> TypeGuard[Absorb]:
+    return isinstance(item, Absorb)
+
+
+def _arrival_key(item: RouterInput) -> str:
     """Walk-in sales (no customer) share one key: they have no path and no merges."""
     return item.customer_id or ""
 
