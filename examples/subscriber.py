@@ -19,7 +19,12 @@ What it does with each message, and why:
   ``customer_id`` (resolved transitively), a customer's identifiers dropped on ``erased``.
   The result equals the ``omni:id:*`` keys whatever order the partitions are read in. A
   merge names customers of other partitions, so one subscriber reads *every* partition of
-  identity.changes: this one assigns them all instead of joining a consumer group.
+  identity.changes: this one assigns them all instead of joining a consumer group. For the
+  same reason an erased customer stays erased: B merged into C and C erased, the changes
+  that linked identifiers to B (B's partition) may be read after the erasure (C's), and
+  they lead to C through the alias; so the fold remembers the erased ids and leaves out
+  every identifier that resolves to one (identity_stitch never revives an erased id:
+  CONTRACT §11, nothing more is sent to it).
 - **stock.changes: the latest per key** (``sku:location_id``) wins, duplicate id or not. A
   key's changes are in one partition in the flow's order (the flows' producers are
   idempotent, so a retry cannot swap two of them), and each carries the absolute figures,
@@ -29,9 +34,22 @@ What it does with each message, and why:
   it republishes an id with other figures than the first time; a subscriber skipping those
   as duplicates would keep the first figures. (While a replay runs, the position steps back
   through older figures before it ends on the current ones again.)
+- **orders.sourced and store.tasks: the latest per order and per task**, duplicate id or
+  not, for the reason stock.changes is: a decision's id names the order event, a task's
+  its ``task_id`` and status, and a flow that recomputes with input that arrived since
+  (older movements, a till sale) republishes an id with other content: the sourcing
+  location, a ``pickup_prep`` that is now a ``pickup_exception``. A task changes status
+  under the same ``task_id`` with a new id (open → done or cancelled); all of a task's
+  messages are in its store's partition (key ``store_id``), in the flow's order, and a
+  decision's in its order's (key ``order_id``), so the last one read is the flow's last
+  word, as in ``omni:tasks:<store_id>``.
 - **Triggers and credits are acted on once per id**: here they are counted, and credited
-  revenue is kept per conversion. A stock change is counted once per id too (a real
-  subscriber would alert once per id), although its figures are taken from every message.
+  revenue is kept per conversion. triggers.replenishment carries rule_triggers' triggers
+  and stock_pool's transfers for pickup exceptions (source ``omnistream/stock_pool``,
+  ``rule_id`` ``pickup_exception``, with the ``order_id`` they are for): one topic, one
+  handling. A stock change, a sourcing decision and a task change are counted once per id
+  too (a real subscriber would alert, reroute an order or notify a store once per id),
+  although their content is taken from every message.
 
 The fold lives in memory, so the subscriber reads every topic from its beginning at each
 start and commits no offsets. A subscriber that must resume instead stores its fold, the ids
@@ -58,9 +76,18 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 IDENTITY_CHANGES = "identity.changes"
 STOCK_CHANGES = "stock.changes"
+ORDERS_SOURCED = "orders.sourced"
+STORE_TASKS = "store.tasks"
 ATTRIBUTION_CREDITS = "attribution.credits"
 TRIGGERS = ("triggers.coupon", "triggers.holdout", "triggers.replenishment")
-TOPICS = (IDENTITY_CHANGES, STOCK_CHANGES, ATTRIBUTION_CREDITS, *TRIGGERS)
+TOPICS = (
+    IDENTITY_CHANGES,
+    STOCK_CHANGES,
+    ORDERS_SOURCED,
+    STORE_TASKS,
+    ATTRIBUTION_CREDITS,
+    *TRIGGERS,
+)
 STRUCTURED_JSON = "application/cloudevents+json"
 JSON_FORMAT = JSONFormat()
 
@@ -120,6 +147,7 @@ class IdentityFold:
 
     owner: dict[str, str] = field(default_factory=dict)
     alias: dict[str, str] = field(default_factory=dict)
+    erased: set[str] = field(default_factory=set)
 
     def apply(self, data: dict[str, Any]) -> None:
         kind, customer = data["kind"], data["customer_id"]
@@ -130,6 +158,8 @@ class IdentityFold:
                 if old != customer:
                     self.alias[old] = customer
         elif kind == "erased":
+            # Remembered, not only applied: a change read later may still lead to it.
+            self.erased.add(customer)
             gone = set(data["identifiers"])
             gone.update(i for i, c in self.owner.items() if self.resolve(c) == customer)
             for identifier in gone:
@@ -145,7 +175,9 @@ class IdentityFold:
         return customer
 
     def mapping(self) -> dict[str, str]:
-        return {identifier: self.resolve(c) for identifier, c in self.owner.items()}
+        """identifier → customer, leaving out every identifier whose customer was erased."""
+        resolved = {identifier: self.resolve(c) for identifier, c in self.owner.items()}
+        return {i: c for i, c in resolved.items() if c not in self.erased}
 
 
 @dataclass
@@ -160,6 +192,8 @@ class Subscriber:
     dedup: Deduplicator
     identity: IdentityFold = field(default_factory=IdentityFold)
     stock: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sourced: dict[str, dict[str, Any]] = field(default_factory=dict)  # order_id → decision
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task_id → task
     credited_revenue: dict[str, float] = field(default_factory=dict)
     counts: dict[str, TopicCounts] = field(default_factory=dict)
 
@@ -175,8 +209,13 @@ class Subscriber:
             counts.rejected += 1
             print(f"skipped a CloudEvent without a JSON object on {topic}", file=sys.stderr)
             return
-        if topic == STOCK_CHANGES:  # the latest per key, duplicate or not (see the docstring)
+        # The latest per key, duplicate or not (see the docstring).
+        if topic == STOCK_CHANGES:
             self.stock[(message.key() or b"").decode()] = data  # key: sku:location_id
+        elif topic == ORDERS_SOURCED:
+            self.sourced[data["order_id"]] = data
+        elif topic == STORE_TASKS:
+            self.tasks[data["task_id"]] = data
         if not self.dedup.first_time(f"{event.get_source()}\x1f{event.get_id()}"):
             counts.duplicates += 1
             return
@@ -185,12 +224,16 @@ class Subscriber:
             self.identity.apply(data)
         elif topic == ATTRIBUTION_CREDITS:
             self.credited_revenue[data["conversion_id"]] = data["revenue"]
-        # triggers: a real subscriber sends the coupon / opens the task here, once per id
+        # triggers: a real subscriber sends the coupon / opens the transfer here, once per
+        # id; orders.sourced: tells the warehouse or the customer; store.tasks: notifies the
+        # store (a new id is a new status of the task)
 
     def state(self) -> dict[str, Any]:
         return {
             "identity": self.identity.mapping(),
             "stock": self.stock,
+            "sourced": self.sourced,
+            "tasks": self.tasks,
             "credited_revenue": self.credited_revenue,
             "counts": {t: vars(c) for t, c in sorted(self.counts.items())},
         }
@@ -265,6 +308,11 @@ def main() -> int:
               f"  {counts['rejected']:>4} rejected")  # fmt: skip
     print(f"{len(state['identity'])} identifiers of {len(set(state['identity'].values()))} "
           f"customers; {len(state['stock'])} stock positions")  # fmt: skip
+    sourced = sum(d["status"] == "sourced" for d in state["sourced"].values())
+    open_tasks = sum(t.get("status") == "open" for t in state["tasks"].values())
+    print(f"{len(state['sourced'])} orders sourced by Omnistream ({sourced} sourced, "
+          f"{len(state['sourced']) - sourced} unfulfillable); {len(state['tasks'])} store "
+          f"tasks, {open_tasks} open")  # fmt: skip
     if args.state_out is not None:
         args.state_out.write_text(json.dumps(state, indent=1, sort_keys=True))
     return 0
