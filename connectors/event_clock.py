@@ -211,3 +211,76 @@ class ClockMarks:
     streams: dict[Hashable, int]
     #: the latest event time read of the group, by the whole process (``InputMarks``)
     read: int | None
+
+
+class ReceiptWaits:
+    """Where each location's receipts are read, and which sku × locations of a replay wait
+    for them, for every worker thread of the process (``flows.rule_triggers``).
+
+    In a replay a sku × location of a perishable sku takes a stock change only once its
+    location's receipts have been read up to it (``domain.trigger_engine.LocationTriggers``).
+    How far they have been read must reach the key *behind* the receipts themselves, or a
+    receipt still in flight to the key's worker would be overtaken: so this registry does not
+    answer the key; it tells the worker that reads the location's ``wms.movements``
+    partition whom to send a ``ReceiptsRead`` mark after each batch of that partition, on
+    the path the batch's receipts took. A mark sent there counts every receipt of the
+    location read up to the end of the batch, as ``wms.movements`` is keyed by location, so a
+    location's receipts are all in one partition, in the order they were produced.
+
+    A location seen on more than one partition (a producer that did not key by location)
+    is never said to be read: its keys wait for the end of the input, which is always safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: location → the wms.movements partitions its movements were read from
+        self._partitions: dict[str, set[int]] = {}
+        #: partition → the locations read from it
+        self._locations: dict[int, set[str]] = {}
+        #: partition → the sku × locations whose perishable receipts were read from it
+        self._receiving: dict[int, set[tuple[str, str]]] = {}
+        #: location → (sku, location) → event time of its earliest waiting stock change
+        self._waiting: dict[str, dict[tuple[str, str], int]] = {}
+
+    def located(self, location_id: str, partition: int, sku: str | None = None) -> None:
+        """A movement of ``location_id`` (a perishable receipt of ``sku``) was read from
+        ``partition``; noted by the reading worker before the batch's marks are made."""
+        with self._lock:
+            self._partitions.setdefault(location_id, set()).add(partition)
+            self._locations.setdefault(partition, set()).add(location_id)
+            if sku is not None:
+                self._receiving.setdefault(partition, set()).add((sku, location_id))
+
+    def wait(self, sku: str, location_id: str, since_ms: int) -> None:
+        """The sku × location holds stock changes from ``since_ms`` on until its location's
+        receipts are read up to them."""
+        with self._lock:
+            keys = self._waiting.setdefault(location_id, {})
+            key = (sku, location_id)
+            keys[key] = min(since_ms, keys.get(key, since_ms))
+
+    def due(self, partition: int, read_ms: int, *, at_end: bool = False) -> list[tuple[str, str]]:
+        """The sku × locations to send a mark that ``partition`` has been read up to
+        ``read_ms``: those waiting for no later than that; at the end of the partition also
+        every sku × location that received perishable goods from it (so none of them waits
+        for the end of the whole input). Each wait is answered once; a key still holding
+        changes afterwards waits again."""
+        with self._lock:
+            due: set[tuple[str, str]] = set()
+            for location in self._locations.get(partition, ()):
+                keys = self._waiting.get(location)
+                if not keys or self._partitions.get(location) != {partition}:
+                    continue
+                ready = [key for key, since in keys.items() if since <= read_ms]
+                for key in ready:
+                    del keys[key]
+                due.update(ready)
+                if not keys:
+                    del self._waiting[location]
+            if at_end:
+                due.update(
+                    key
+                    for key in self._receiving.get(partition, ())
+                    if self._partitions.get(key[1]) == {partition}
+                )
+        return sorted(due)

@@ -28,12 +28,22 @@ needs every record is done, in this order: locations fire their last timers (cle
 signals go to the audience), the audience releases every signal with the views of the
 whole input, customers take their offers in event-time order, each after the timers due
 before it, and campaigns count their coupons in event-time order.
+
+A sku × location hears from two topics, ``stock.changes`` and the perishable receipts of
+``wms.movements``, which a replay may read days of event time apart. Its expiry checks need
+every receipt received by the time they look at, and once one has fired it cannot be taken
+back; so in a replay the flow hands a perishable sku's stock changes to ``hold``, which keeps
+them until the location's receipts have been read up to them (``receipts_read``, told by a
+``ReceiptsRead`` mark that follows the receipts), and the location takes its two inputs in
+event-time order whatever the read order. ``rules backtest`` reads them in that order
+already (``domain.trigger_replay.replay_order``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from domain.clearance_rules import (
     AudienceState,
@@ -142,6 +152,16 @@ class CustomerTriggers:
         return next_deadline(self.state)
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptsRead:
+    """The receipts of a location have been read up to ``read_ms`` (event time): every
+    perishable receipt of it received by then has reached its sku × locations."""
+
+    sku: str
+    location_id: str
+    read_ms: int
+
+
 @dataclass(slots=True)
 class LocationTriggers:
     """The stock and clearance rules of one sku × location, fed its ``stock.changes`` in
@@ -155,6 +175,10 @@ class LocationTriggers:
     #: how long the location keeps its positions (``domain.stock_rules.history_ms``)
     history_ms: int = 0
     state: SkuRuleState = field(default_factory=SkuRuleState)
+    #: a replay's stock changes waiting for the location's receipts (``hold``), in order
+    held: list[StockChange] = field(default_factory=list)
+    #: event time up to which the location's receipts are known to have been read
+    receipts_read_ms: int | None = None
 
     def __deepcopy__(self, memo: dict[int, object]) -> LocationTriggers:
         return LocationTriggers(
@@ -164,6 +188,8 @@ class LocationTriggers:
             self.reorder_point,
             self.history_ms,
             self.state.__deepcopy__(memo),
+            list(self.held),  # changes are frozen: shared
+            self.receipts_read_ms,
         )
 
     @classmethod
@@ -200,6 +226,53 @@ class LocationTriggers:
         on hand, whichever of the two topics is read first (``receive_batch``)."""
         return receive_batch(self.state, batch, rules, self.category, stock)
 
+    def hold(self, change: StockChange, rules: RuleSet, stock: StockView) -> list[ClearanceOutcome]:
+        """A replay's stock change: taken now if the location's receipts have been read up
+        to it, else kept, in order, until they have (``receipts_read``, ``finish``).
+
+        Why: an expiry check looks at every batch received by its time (first-expiring-
+        first-out shares the units among them, and of the batches entering their window
+        together the rule's cooldown lets one fire), and what it fired stays fired. A
+        receipt read after a later change of its location (a replay reads the two topics at
+        their own pace: one batch of a partition near its end can span months) would come
+        after the checks it should have taken part in. Goods that do not perish have no
+        receipts to wait for.
+        """
+        read = self.receipts_read_ms
+        if not self.held and (self.history_ms <= 0 or (read is not None and change.ts_ms <= read)):
+            return self.on_change(change, rules, stock)
+        self.held.append(change)
+        return []
+
+    def receipts_read(
+        self, read_ms: int, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        """The location's receipts have been read up to ``read_ms``: the changes held up to
+        then are taken, in order."""
+        if self.receipts_read_ms is None or read_ms > self.receipts_read_ms:
+            self.receipts_read_ms = read_ms
+        return self._release(self.receipts_read_ms, rules, stock)
+
+    def waiting_since(self) -> int | None:
+        """Event time of the earliest change held for the receipts (None: none is)."""
+        return self.held[0].ts_ms if self.held else None
+
+    def _release(
+        self, up_to_ms: int | None, rules: RuleSet, stock: StockView
+    ) -> list[ClearanceOutcome]:
+        count = 0
+        for change in self.held:
+            if up_to_ms is not None and change.ts_ms > up_to_ms:
+                break
+            count += 1
+        if not count:
+            return []
+        released, self.held = self.held[:count], self.held[count:]
+        out: list[ClearanceOutcome] = []
+        for change in released:
+            out += self.on_change(change, rules, stock)
+        return out
+
     def fire_due(
         self, mark_ms: int | None, rules: RuleSet, stock: StockView
     ) -> list[ClearanceOutcome]:
@@ -216,8 +289,10 @@ class LocationTriggers:
     def finish(
         self, end_ms: int | None, rules: RuleSet, stock: StockView
     ) -> list[ClearanceOutcome]:
-        """The end of a replay: the timers due by the end of the input."""
-        return self.fire_due(end_ms, rules, stock)
+        """The end of a replay: every receipt has been read, so the changes still held are
+        taken; then the timers due by the end of the input."""
+        out = self._release(None, rules, stock)
+        return out + self.fire_due(end_ms, rules, stock)
 
     def next_deadline(self, rules: RuleSet) -> int | None:
         return clearance_deadline(self.state, rules)
@@ -316,8 +391,17 @@ class CampaignTriggers:
 # --- routing ------------------------------------------------------------------------------------
 
 
-def location_key(record: StockChange | ExpiryBatch) -> str:
-    """The sku × location a stock record belongs to (the key of ``stock.changes``)."""
+class _OfLocation(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+    @property
+    def location_id(self) -> str: ...
+
+
+def location_key(record: _OfLocation) -> str:
+    """The sku × location a stock record (a change, a receipt, a ``ReceiptsRead``) belongs
+    to: the key of ``stock.changes``."""
     return f"{record.sku}:{record.location_id}"
 
 

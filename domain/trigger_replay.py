@@ -6,7 +6,10 @@ what crosses keys and needs the whole input (``domain.trigger_engine``). ``Trigg
 drives the same engine the same way, with dictionaries where the flow has Bytewax steps:
 the same keys, the same routing, the same end of the input — the latest event time read
 of ``events.resolved`` (less the timer grace) for customers, of ``stock.changes`` for
-locations.
+locations. The flow holds a perishable sku × location's stock changes until its receipts
+have been read up to them (``LocationTriggers.hold``), so that the location takes its two
+topics in event-time order; ``replay_order`` gives them in that order already (a receipt
+before the later changes of its location), so here every change is taken as it comes.
 
 Two things the flow asks of the outside world come from the caller:
 

@@ -23,6 +23,16 @@ input, which is also when the audience releases its signals, customers take thei
 and campaigns count their coupons (``domain.trigger_engine``). ``rules backtest`` replays
 the same engine the same way (``domain.trigger_replay``).
 
+In a replay a perishable sku × location also takes its stock changes in event-time order
+with its receipts: a change waits (``LocationTriggers.hold``) until the location's
+``wms.movements`` partition has been read up to it. The worker reading that partition says
+so after each of its batches with a ``ReceiptsRead`` mark to every key waiting there
+(``connectors.event_clock.ReceiptWaits``), sent on the path the batch's receipts took, so it
+never overtakes one of them; a key's own receipt says as much, and the end of the input
+releases everything. (A receipt is read when its Kafka batch is; the stock changes it
+caused come on another topic, which a replay may read months of event time ahead: one batch
+of a partition close to its end does not hold the others back.)
+
 Everything a replay holds for the end must be in the snapshots, or a run killed after the
 last snapshot before the end loses it on resume (issue 14): each key's snapshot carries the
 clock marks of its input group (``ClockMarks``: the clocks are outside Bytewax's state), and
@@ -36,6 +46,7 @@ import copy
 import functools
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,10 +63,20 @@ from base.metrics import (
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
+from connectors.decode import Invalid, event_time, load_object
 from connectors.envelopes import OutMessage
-from connectors.event_clock import ClockMarks, EventClock, InputMarks, WorkerClocks
+from connectors.event_clock import ClockMarks, EventClock, InputMarks, ReceiptWaits, WorkerClocks
 from connectors.live_rules import LiveRules
-from connectors.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
+from connectors.operators import (
+    Decoded,
+    FlowIO,
+    dead_letters,
+    decode,
+    output,
+    per_batch,
+    read,
+    rejections,
+)
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
 from connectors.trigger_inputs import DECODERS, Skipped
@@ -69,14 +90,16 @@ from domain.customer_rules import (
     Offer,
 )
 from domain.events import Origin
+from domain.progress import END_OF_INPUT
 from domain.reference import ReferenceData
-from domain.stock_rules import StockChange, StockDecision, StockTriggerSuppressed
+from domain.stock_rules import ExpiryBatch, StockChange, StockDecision, StockTriggerSuppressed
 from domain.stock_view import StockView
 from domain.trigger_engine import (
     AudienceTriggers,
     CampaignTriggers,
     CustomerTriggers,
     LocationTriggers,
+    ReceiptsRead,
     campaign_key,
     claim_redemption,
     location_key,
@@ -93,6 +116,17 @@ from state.stock_view import PoolStockView
 INPUTS = (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS)
 #: The audience's clock (its streams are the partitions of ``events.resolved``).
 VIEWS = "views"
+
+
+@dataclass(frozen=True, slots=True)
+class MovementSeen:
+    """A ``wms.movements`` event that is no perishable receipt: the rules skip it, but its
+    time says how far its partition has been read and its location where the location's
+    receipts are read (``ReceiptWaits``). It goes no further than the batch step."""
+
+    location_id: str | None
+    ts_ms: int
+    partition: int
 
 
 class _Context:
@@ -119,6 +153,8 @@ class _Context:
         idle_ms = None if until_idle else int(config.rules.idle_advance_seconds * 1000)
         self.clocks = WorkerClocks(self.grace_ms, idle_ms)
         self.read = InputMarks()
+        #: a replay's sku × locations waiting for their location's receipts
+        self.receipts = ReceiptWaits()
         self._open_stock = stock_store
         #: opens the coupon codes' store (a worker's claims, the sink of each worker)
         self.open_coupons = coupon_store
@@ -212,15 +248,20 @@ LocationSnapshot = tuple[LocationTriggers, ClockMarks]
 class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
     """One sku × location (``LocationTriggers``), the key of ``stock.changes``, so its
     changes arrive in the order stock_pool made them. Live, timers (idle shelves, expiring
-    batches) run at their deadline's event time once every stock partition has passed it."""
+    batches) run at their deadline's event time once every stock partition has passed it.
+    In a replay a perishable sku's changes wait for the location's receipts (``hold``), and
+    the key asks the reader of those for a ``ReceiptsRead`` mark while any is held."""
 
     def __init__(self, ctx: _Context, resume: LocationSnapshot | None) -> None:
         self.ctx = ctx
         self.triggers: LocationTriggers | None = None
+        #: the wait last registered with ``ctx.receipts`` (asked once, not per change)
+        self._asked: int | None = None
         if resume is not None:
             triggers, marks = resume
             self.triggers = triggers.refresh(ctx.reference)
             ctx.restore(STOCK, marks)
+            self._await_receipts()  # a new process: its readers know no wait of before
 
     def _clock(self) -> EventClock:
         return self.ctx.clock(STOCK)
@@ -228,11 +269,32 @@ class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if self.triggers is None:
             self.triggers = LocationTriggers.of(value.sku, value.location_id, self.ctx.reference)
-        rules, stock = self.ctx.rules.current(), self.ctx.stock()
-        if not isinstance(value, StockChange):
-            return self.triggers.on_batch(value, rules, stock), StatefulLogic.RETAIN
-        self._clock().observe((STOCK, value.source_partition), value.ts_ms)
-        return self.triggers.on_change(value, rules, stock), StatefulLogic.RETAIN
+        triggers, rules, stock = self.triggers, self.ctx.rules.current(), self.ctx.stock()
+        if isinstance(value, ReceiptsRead):
+            self._asked = None  # the mark answered the wait registered
+            out = triggers.receipts_read(value.read_ms, rules, stock)
+        elif isinstance(value, ExpiryBatch):
+            out = triggers.on_batch(value, rules, stock)
+            if self.ctx.replay:
+                # This receipt's partition has been read up to it (less the grace for
+                # events produced a little out of order).
+                read_ms = value.ts_ms - self.ctx.grace_ms
+                out += triggers.receipts_read(read_ms, rules, stock)
+        else:
+            self._clock().observe((STOCK, value.source_partition), value.ts_ms)
+            if not self.ctx.replay:
+                return triggers.on_change(value, rules, stock), StatefulLogic.RETAIN
+            out = triggers.hold(value, rules, stock)
+        self._await_receipts()
+        return out, StatefulLogic.RETAIN
+
+    def _await_receipts(self) -> None:
+        """Ask the reader of the location's receipts for a mark while changes are held."""
+        triggers = self.triggers
+        since = triggers.waiting_since() if triggers is not None else None
+        if triggers is not None and since is not None and since != self._asked:
+            self.ctx.receipts.wait(triggers.sku, triggers.location_id, since)
+        self._asked = since
 
     def _fire_due(self, mark: int | None) -> tuple[list[Any], bool]:
         if self.triggers is None:
@@ -246,7 +308,12 @@ class LocationLogic(StatefulLogic[Any, Any, LocationSnapshot]):
     def on_eof(self) -> tuple[list[Any], bool]:
         if not self.ctx.replay:
             return self._fire_due(self._clock().low_watermark(STOCK))
-        return self._fire_due(self.ctx.end_of_input(STOCK))
+        if self.triggers is None:
+            return [], StatefulLogic.RETAIN
+        # Every receipt has been read: the changes still held, then the last timers.
+        ctx = self.ctx
+        end = ctx.end_of_input(STOCK)
+        return self.triggers.finish(end, ctx.rules.current(), ctx.stock()), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self.ctx.replay or self.triggers is None:
@@ -333,6 +400,17 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceSnapshot]):
         return copy.deepcopy(self.triggers), self.ctx.marks(VIEWS)
 
 
+def movement_seen(raw: bytes, origin: Origin) -> MovementSeen | None:
+    """The location and time of a movement the decoder found valid and skipped."""
+    try:
+        record = load_object(raw)
+        ts_ms = event_time(record, "ts")
+    except Invalid:
+        return None
+    location = record.get("location_id")
+    return MovementSeen(location if isinstance(location, str) else None, ts_ms, origin.partition)
+
+
 def _count_outcome(item: Any) -> None:
     if isinstance(item, CouponSuppressed):
         TRIGGERS_SUPPRESSED.labels(item.rule_id, item.variant, item.reason).inc()
@@ -377,19 +455,34 @@ def build(
     )
 
     def decoder(name: str, raw: bytes, origin: Origin) -> Any:
-        return DECODERS[name](raw, origin, reference)
+        record = DECODERS[name](raw, origin, reference)
+        if name == topics.WMS_MOVEMENTS and isinstance(record, Skipped):
+            return movement_seen(raw, origin) or record
+        return record
 
-    def usable(records: list[Any]) -> list[Any]:
+    def usable(batch: Decoded[Any]) -> list[Any]:
         """Once per Kafka batch: count what the rules skip, find the customers of anonymous
-        coupon redemptions (one lookup), and note how far the batch read each input."""
+        coupon redemptions (one lookup), note how far the batch read each input, and in a
+        replay tell the locations waiting for the receipts this batch read (after its
+        records, on their path)."""
         kept = []
         anonymous = False
-        for item in records:
+        movements_seen = 0
+        for item in batch.records:
+            if isinstance(item, MovementSeen):
+                movements_seen += 1
+                if item.location_id is not None:
+                    ctx.receipts.located(item.location_id, item.partition)
+                continue
             if isinstance(item, Skipped):
                 TRIGGER_INPUTS_SKIPPED.labels(item.reason).inc()
                 continue
+            if isinstance(item, ExpiryBatch):
+                ctx.receipts.located(item.location_id, item.source_partition, item.sku)
             anonymous = anonymous or (isinstance(item, CustomerEvent) and not item.customer_id)
             kept.append(item)
+        if movements_seen:
+            TRIGGER_INPUTS_SKIPPED.labels("not_perishable_receipt").inc(movements_seen)
         if anonymous:
             kept = claim_redeemers(kept)
         resolved_ms = stock_ms = None
@@ -401,7 +494,24 @@ def build(
                 stock_ms = item.ts_ms
         ctx.read.note(RESOLVED, resolved_ms)
         ctx.read.note(STOCK, stock_ms)
+        if ctx.replay:
+            kept += receipts_read_marks(batch)
         return kept
+
+    def receipts_read_marks(batch: Decoded[Any]) -> list[ReceiptsRead]:
+        marks = []
+        for report in batch.reports:
+            if report.topic != topics.WMS_MOVEMENTS:
+                continue
+            if report.at_end:  # a replay's partition ends once: everything has been read
+                read_ms = END_OF_INPUT
+            elif report.latest_ms is not None:
+                read_ms = report.latest_ms - ctx.grace_ms
+            else:
+                continue
+            due = ctx.receipts.due(report.partition, read_ms, at_end=report.at_end)
+            marks += [ReceiptsRead(sku, location, read_ms) for sku, location in due]
+        return marks
 
     def claim_redeemers(batch: list[Any]) -> list[Any]:
         """Receipts that redeemed a coupon without a loyalty card belong to the coupon's
@@ -423,7 +533,7 @@ def build(
     batches = decode(
         "decode", read("inputs", flow, io, INPUTS), config, RULE_TRIGGERS, INPUTS, decoder
     )
-    inputs = per_batch("usable_inputs", batches, lambda batch: usable(batch.records))
+    inputs = per_batch("usable_inputs", batches, usable)
     split = op.branch("customer_or_stock", inputs, lambda x: isinstance(x, CustomerEvent))
     customer_events = split.trues
     stock_events = split.falses

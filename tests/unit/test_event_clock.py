@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.event_clock import MAX_WAIT_S, MIN_WAIT_S, EventClock, InputMarks, WorkerClocks
+from connectors.event_clock import (
+    MAX_WAIT_S,
+    MIN_WAIT_S,
+    EventClock,
+    InputMarks,
+    ReceiptWaits,
+    WorkerClocks,
+)
 
 T0 = 1_795_313_730_000  # an event time in November 2026
 #: Slack for the real ``datetime.now`` read inside ``wake_at`` and around it.
@@ -235,3 +242,38 @@ def test_a_restored_stream_counts_as_just_heard_from_while_tailing() -> None:
     assert clock.watermark(0) == T0 - 500  # no jump by the time the flow was down
     wall.advance(1_500)
     assert clock.watermark(0) == T0 - 500 + 1_000
+
+
+def test_a_wait_for_receipts_is_answered_once_by_the_partition_of_its_location() -> None:
+    """The reader of a location's ``wms.movements`` partition is told whom to send a mark
+    after its batch: the keys of that location waiting for no later than what it has read."""
+    waits = ReceiptWaits()
+    waits.located("ST-1", 2)
+    waits.wait("MILK", "ST-1", T0 + 5_000)
+    waits.wait("MILK", "ST-1", T0 + 1_000)  # an earlier held change: the earliest counts
+    waits.wait("EGGS", "ST-1", T0 + 9_000)
+    assert waits.due(1, T0 + 60_000) == []  # another partition says nothing of ST-1
+    assert waits.due(2, T0 + 999) == []
+    assert waits.due(2, T0 + 1_000) == [("MILK", "ST-1")]
+    assert waits.due(2, T0 + 1_000) == []  # answered once
+    assert waits.due(2, T0 + 60_000) == [("EGGS", "ST-1")]
+
+
+def test_a_location_not_yet_read_or_read_from_two_partitions_waits_for_the_end() -> None:
+    waits = ReceiptWaits()
+    waits.wait("MILK", "ST-1", T0)
+    assert waits.due(0, T0 + 60_000) == []  # no movement of ST-1 read anywhere yet
+    waits.located("ST-1", 0)
+    waits.located("ST-1", 3)  # its receipts may be behind on the other partition
+    assert waits.due(0, T0 + 60_000) == [] and waits.due(3, T0 + 60_000) == []
+    assert waits.due(0, 2**62, at_end=True) == []
+
+
+def test_the_end_of_a_partition_marks_every_key_that_received_perishables_from_it() -> None:
+    waits = ReceiptWaits()
+    waits.located("ST-1", 1, "MILK")
+    waits.located("ST-2", 1, "EGGS")
+    waits.located("ST-2", 1)  # a movement that is no perishable receipt
+    waits.located("ST-3", 0, "MILK")
+    assert waits.due(1, T0) == []  # nobody waits
+    assert waits.due(1, 2**62, at_end=True) == [("EGGS", "ST-2"), ("MILK", "ST-1")]

@@ -97,11 +97,11 @@ BROWSER, HELD_OUT = customer_drawing("a", "browser"), customer_drawing("control"
 class Script:
     """The inputs, a partition per key as on Kafka."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, partitioned: bool = True) -> None:
         self.io = MemoryIO(
             config,
             partition_counts=dict.fromkeys(rule_triggers.INPUTS, PARTITIONS),
-            partitioned=True,
+            partitioned=partitioned,
         )
         self.count = 0
 
@@ -298,3 +298,61 @@ def test_one_and_two_workers_publish_the_same(config: Config) -> None:
         return found
 
     assert ids_and_payloads(1) == ids_and_payloads(2)
+
+
+FRESH_ONLY = """
+rules:
+  - id: fresh
+    kind: expiring_stock
+    cooldown: 1h
+    params: {within_days: 4, viewed_within: 1d}
+    coupon: {type: percent_off, value: 30, expires_in: 24h}
+"""
+
+
+@pytest.mark.parametrize(
+    ("partitioned", "workers"),
+    [(False, 1), (True, 1), (True, 2)],
+    ids=["receipts-read-last", "partitions-1-worker", "partitions-2-workers"],
+)
+def test_receipts_read_after_a_month_of_stock_changes_are_judged_in_event_time(
+    tmp_path: Path, partitioned: bool, workers: int
+) -> None:
+    """Two spinach receipts at Wujiaochang, two hours apart, expiring the same day; the
+    store's stock changes go on a month later. Read as one source (``receipts-read-last``),
+    every ``wms.movements`` message comes after every stock change, as one batch of a
+    partition near its end did on the broker. Worked out by hand: when their window opens
+    (2026-11-20, 4 days before the end of 11-23) 37 are on hand; first-expiring-first-out
+    gives the second receipt its 8 (same expiry, later event id) and the first 29, which is
+    judged first and fires; the cooldown (1 h) holds the second back. (Handed to the rules
+    as read, the month-later change fired the first batch alone, with 30, before the second
+    receipt was read.)"""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(FRESH_ONLY)
+    config = Config().with_overrides(rules={"file": str(rules)})
+    s = Script(config, partitioned=partitioned)
+    first = s.receipt(SPINACH, "ST-SH-04", 30, T0, "2026-11-23")
+    second = s.receipt(SPINACH, "ST-SH-04", 8, T0 + 2 * HOUR, "2026-11-23")
+    s.stock(SPINACH, "ST-SH-04", 30, T0, first, sold=0)
+    s.stock(SPINACH, "ST-SH-04", 29, T0 + HOUR, "sale-1", sold=1)
+    s.stock(SPINACH, "ST-SH-04", 37, T0 + 2 * HOUR, second, sold=1)
+    s.stock(SPINACH, "ST-SH-04", 54, T0 + 30 * DAY, "receipt-next-month", sold=0)
+    s.stock(SPINACH, "ST-SH-04", 50, T0 + 30 * DAY + HOUR, "sale-2", sold=4)
+    pool = MemoryStockStore(load_reference(config))
+    pool.write(
+        [StockPosition(SPINACH, "ST-SH-04", 50, 0, 50, 4, 4, None, T0 + 30 * DAY, "sale-2", "x")]
+    )
+    flow = rule_triggers.build(
+        config,
+        until_idle=True,
+        io=s.io,
+        stock_store=lambda: pool,
+        coupon_store=MemoryCouponStore,
+    )
+    run(flow, workers)
+    opens = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp() * 1000)
+    (fresh,) = [e["data"] for e in s.io.values(topics.TRIGGERS_REPLENISHMENT)]
+    assert (fresh["kind"], fresh["evidence"], fresh["suggested_qty"]) == ("prepare", [first], 29)
+    assert fresh["reason"] == "29 units at ST-SH-04 expire in 4.0 days; prepare a clearance display"
+    assert fresh["event_time"] == iso(opens) and fresh["available"] == 37
+    assert s.io.values(topics.TRIGGERS_COUPON) == []  # nobody viewed spinach

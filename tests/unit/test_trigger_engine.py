@@ -5,13 +5,20 @@ the end of the input, and the cases where the order two topics are read in must 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from domain.clearance_rules import ClearanceSignal
 from domain.customer_rules import CouponDecision, CouponSuppressed, CustomerEvent, Offer
 from domain.reference import Location, Product, ReferenceData
 from domain.rules import RuleSet, parse_rules
-from domain.stock_rules import ExpiryBatch, StockChange, StockDecision, history_ms
+from domain.stock_rules import (
+    ExpiryBatch,
+    StockChange,
+    StockDecision,
+    StockTriggerSuppressed,
+    history_ms,
+)
 from domain.stock_view import RecordedStock
 from domain.trigger_engine import (
     AudienceTriggers,
@@ -63,7 +70,7 @@ def change(on_hand: int, ts: int, cause: str, location: str = "S1", sold: int = 
     return StockChange("MILK", location, "SH", on_hand, sold, ts, cause, on_hand)
 
 
-def coupons(out: list[object]) -> list[CouponDecision]:
+def coupons(out: Sequence[object]) -> list[CouponDecision]:
     return [o for o in out if isinstance(o, CouponDecision)]
 
 
@@ -205,6 +212,106 @@ def test_a_receipt_read_ahead_of_its_time_does_not_take_the_older_stock() -> Non
     assert first == second
     signals = [o for o in first if isinstance(o, ClearanceSignal)]
     assert [(s.evidence, s.ts_ms) for s in signals] == [(("old",), T0 - DAY), (("new",), T0 + HOUR)]
+
+
+def _replayed(order: list[object], rules: RuleSet) -> list[object]:
+    """A replay's sku × location (``flows.rule_triggers``): its stock changes wait until its
+    receipts are read up to them (here each receipt says so of its own time; the flow's
+    reader also sends marks), and the end of the input takes what is still held."""
+    pool = RecordedStock(o for o in order if isinstance(o, StockChange))
+    location = LocationTriggers.of("MILK", "S1", REFERENCE)
+    out: list[object] = []
+    for item in order:
+        if isinstance(item, ExpiryBatch):
+            out += location.on_batch(item, rules, pool.at_end())
+            out += location.receipts_read(item.ts_ms, rules, pool.at_end())
+        else:
+            assert isinstance(item, StockChange)
+            out += location.hold(item, rules, pool.at_end())
+    end = max(o.ts_ms for o in order if isinstance(o, StockChange))
+    out += location.finish(end, rules, pool.at_end())
+    assert location.held == []
+    return out
+
+
+def _interleavings(first: list[object], second: list[object]) -> list[list[object]]:
+    """Every merge of two streams that keeps each stream's own order."""
+    size = len(first) + len(second)
+    merged = []
+    for places in itertools.combinations(range(size), len(second)):
+        a, b = iter(first), iter(second)
+        merged.append([next(b) if n in places else next(a) for n in range(size)])
+    return merged
+
+
+def test_a_replay_judges_batches_entering_their_window_together_whatever_the_read_order() -> None:
+    """On the broker, one batch of ``wms.movements`` carried a store's second receipt of
+    the day after ``stock.changes`` had been read a month on: the location's timer judged
+    the first batch alone at their shared window start (all its 30 units, and it fired),
+    then the second at the same moment with the first pruned as long expired (8 units, not
+    the 7 it had). In event time both are on hand as the window opens; first-expiring-
+    first-out gives the 30 to the batch that sorts last (same expiry: by event id), and the
+    one-hour cooldown lets only the first judged fire: ``rcv-a`` with 7. A replay holds the
+    location's changes until its receipts are read up to them, so every read order of the
+    two topics gives that, as reading them in event time (the backtest) does."""
+    rules = ruleset(EXPIRING)
+    expires = T0 + 6 * DAY  # the window (4 days) opens at T0 + 2 days
+    topic_receipts: list[object] = [
+        ExpiryBatch("MILK", "S1", "SH", 30, expires, "rcv-b", T0),
+        ExpiryBatch("MILK", "S1", "SH", 8, expires, "rcv-a", T0 + 2 * HOUR),
+    ]
+    topic_changes: list[object] = [
+        change(30, T0, "rcv-b"),
+        change(29, T0 + HOUR, "sale"),
+        change(37, T0 + 2 * HOUR, "rcv-a"),
+        change(54, T0 + 30 * DAY, "next-month"),
+        change(50, T0 + 30 * DAY + HOUR, "sale2"),
+    ]
+    in_event_time = sorted(
+        [*topic_receipts, *topic_changes],
+        key=lambda r: (r.ts_ms, isinstance(r, ExpiryBatch)),  # type: ignore[attr-defined]
+    )
+    expected = _receipt_outcomes(in_event_time, rules)
+    decisions = [o for o in expected if isinstance(o, StockDecision)]
+    assert [(d.kind, d.evidence, d.suggested_qty) for d in decisions] == [
+        ("prepare", ("rcv-a",), 7)
+    ]
+    assert decisions[0].event_time_ms == T0 + 2 * DAY
+    assert StockTriggerSuppressed("expiring", "cooldown") in expected
+
+    orders = _interleavings(topic_changes, topic_receipts)
+    assert len(orders) == 21
+    for order in orders:
+        assert _replayed(order, rules) == expected, [getattr(r, "cause", r) for r in order]
+
+
+def test_a_replay_holds_a_perishable_change_until_its_receipts_are_read_up_to_it() -> None:
+    rules = ruleset(EXPIRING)
+    pool = RecordedStock().at_end()
+    location = LocationTriggers.of("MILK", "S1", REFERENCE)
+    first, second = change(5, T0, "a"), change(4, T0 + HOUR, "b")
+    assert location.hold(first, rules, pool) == [] and location.hold(second, rules, pool) == []
+    assert location.waiting_since() == T0 and location.state.position is None
+    location.receipts_read(T0 - 1, rules, pool)
+    assert location.state.position is None  # not read up to it yet
+    location.receipts_read(T0, rules, pool)
+    assert location.state.position == first and location.held == [second]
+    location.receipts_read(T0 - DAY, rules, pool)  # an older mark takes nothing back
+    assert location.receipts_read_ms == T0 and location.waiting_since() == T0 + HOUR
+    third = change(3, T0 + 30 * MIN, "c")  # read up to T0 only: behind the held one anyway
+    location.hold(third, rules, pool)
+    location.finish(T0 + HOUR, rules, pool)  # the end of the input: everything was read
+    assert location.state.position == third and location.held == []
+
+
+def test_goods_that_do_not_perish_are_never_held_for_receipts() -> None:
+    reference = ReferenceData(
+        REFERENCE.locations, {"SOAP": Product("SOAP", "home", 2.0, 5, 1, None)}
+    )
+    location = LocationTriggers.of("SOAP", "S1", reference)
+    soap = StockChange("SOAP", "S1", "SH", 9, 1, T0, "c", 9)
+    location.hold(soap, ruleset(EXPIRING), RecordedStock().at_end())
+    assert location.state.position == soap and location.waiting_since() is None
 
 
 # --- audience and campaigns ---------------------------------------------------------------------
