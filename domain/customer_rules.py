@@ -176,9 +176,7 @@ def _admit(
     variant = draw_variant(rule.experiment, customer_id, rule.rule_id)
     if reason is not None:
         return CouponSuppressed(rule.rule_id, reason, variant)
-    state.ledger.record(
-        rule.rule_id, ts_ms, coupon=variant != CONTROL, keep_ms=max(cooldown_ms, DAY_MS)
-    )
+    state.ledger.record(rule.rule_id, ts_ms, coupon=variant != CONTROL)
     return CouponDecision(rule.rule_id, customer_id, variant, event_time_ms=ts_ms, **fields)  # type: ignore[arg-type]
 
 

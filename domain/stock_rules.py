@@ -174,7 +174,7 @@ def claim(ledger: Ledger, rule: Rule, ts_ms: int) -> StockTriggerSuppressed | No
     reason = may_fire(ledger, rule.rule_id, cooldown_ms, ts_ms, False, 0)
     if reason is not None:
         return StockTriggerSuppressed(rule.rule_id, reason)
-    ledger.record(rule.rule_id, ts_ms, coupon=False, keep_ms=max(cooldown_ms, 1))
+    ledger.record(rule.rule_id, ts_ms, coupon=False)
     return None
 
 

@@ -88,13 +88,13 @@ class Ledger:
     def capped(self, cap_per_day: int, ts_ms: int) -> bool:
         return self.coupons_per_day.get(ts_ms // DAY_MS, 0) >= cap_per_day
 
-    def record(self, rule_id: str, ts_ms: int, coupon: bool, keep_ms: int) -> None:
+    def record(self, rule_id: str, ts_ms: int, coupon: bool) -> None:
         self.last_fired[rule_id] = max(ts_ms, self.last_fired.get(rule_id, ts_ms))
         if coupon:
             day = ts_ms // DAY_MS
             self.coupons_per_day[day] = self.coupons_per_day.get(day, 0) + 1
-        horizon = ts_ms - keep_ms
-        self.last_fired = {r: t for r, t in self.last_fired.items() if t >= horizon}
+        # One entry per rule: bounded by the rules file. (Pruning every rule by the horizon
+        # of the one that fired dropped a 30-day cooldown when a 1-hour rule fired after it.)
         self.coupons_per_day = {
             d: n for d, n in self.coupons_per_day.items() if d >= ts_ms // DAY_MS - 1
         }

@@ -52,10 +52,10 @@ def test_cooldown_and_cap_suppress_and_expire() -> None:
     ledger = Ledger()
     t0 = ms("2026-11-22T10:00:00+00:00")
     assert may_fire(ledger, "cart", HOUR_MS, t0, True, 2) is None
-    ledger.record("cart", t0, coupon=True, keep_ms=30 * DAY_MS)
+    ledger.record("cart", t0, coupon=True)
     assert may_fire(ledger, "cart", HOUR_MS, t0 + HOUR_MS // 2, True, 2) == "cooldown"
     assert may_fire(ledger, "cart", HOUR_MS, t0 + HOUR_MS, True, 2) is None
-    ledger.record("browse", t0 + 1, coupon=True, keep_ms=30 * DAY_MS)
+    ledger.record("browse", t0 + 1, coupon=True)
     assert may_fire(ledger, "winback", HOUR_MS, t0 + 2, True, 2) == "cap"
     assert may_fire(ledger, "low-stock", HOUR_MS, t0 + 2, False, 2) is None  # not a coupon
     assert may_fire(ledger, "winback", HOUR_MS, t0 + DAY_MS, True, 2) is None  # a new day
@@ -73,3 +73,17 @@ def test_quiet_hours_across_midnight_in_local_time() -> None:
     assert quiet_until(daytime, ms("2026-11-23T13:00:00+00:00")) == ms("2026-11-23T14:00:00+00:00")
     assert quiet_until(None, late) is None
     assert datetime.fromtimestamp(late / 1000, tz=UTC).hour == 15
+
+
+def test_a_short_rule_firing_keeps_a_long_rules_cooldown() -> None:
+    """A 30-day win-back, then a 1-hour cart coupon two days later: the win-back's cooldown
+    still holds on day 3 (one rule's horizon must not prune another's entry)."""
+    from domain.trigger_policy import Ledger
+
+    day = 86_400_000
+    ledger = Ledger()
+    ledger.record("win-back", 0, coupon=True)
+    ledger.record("cart", 2 * day, coupon=True)
+    assert ledger.in_cooldown("win-back", 30 * day, 3 * day)
+    assert not ledger.in_cooldown("win-back", 30 * day, 31 * day)
+    assert not ledger.in_cooldown("cart", 3_600_000, 3 * day)
