@@ -59,7 +59,7 @@ from flows import attribution, identity_stitch, rule_triggers, stock_pool
 from omnistream.bench_service import SERVICE_RATES, print_service, service_run
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
-from omnistream.trigger_watch import TriggerWatch, percentile
+from omnistream.trigger_watch import TopicFollower, TriggerWatch, percentile
 
 FLOW_ORDER = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")
 
@@ -352,7 +352,7 @@ FULFILMENT_TARGET_P99_S = 1.0
 
 
 @dataclass
-class FulfilmentWatch:
+class FulfilmentWatch(TopicFollower):
     """When each order was produced, and when stock_pool's answer to it reached its topic:
     the first decision on ``orders.sourced``, the first ``open`` task on ``store.tasks``.
 
@@ -364,12 +364,11 @@ class FulfilmentWatch:
     An order the pool has not applied when the run ends (it waits until every input
     partition is read past it) has no answer and is not counted."""
 
-    config: Config
     placed_at: dict[str, float] = field(default_factory=dict)
     decided_at: dict[str, int] = field(default_factory=dict)
     task_opened_at: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    follows: tuple[str, ...] = (topics.ORDERS_SOURCED, topics.STORE_TASKS)
+    name = "bench-fulfilment"
 
     def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
         """Pass events through, remembering when each order was handed to the producer."""
@@ -384,41 +383,12 @@ class FulfilmentWatch:
                     self.placed_at.setdefault(order_id, time.time() * 1000)
             yield event
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._follow, name="fulfilment-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _follow(self) -> None:
-        consumer = make_consumer(
-            self.config,
-            group_id=f"bench-fulfilment-{uuid.uuid4().hex}",
-            **{"fetch.wait.max.ms": "10"},
-        )
-        sourced = self.config.topic(topics.ORDERS_SOURCED)
-        try:
-            assignments = []
-            for topic in (sourced, self.config.topic(topics.STORE_TASKS)):
-                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-                assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
-            consumer.assign(assignments)
-            while not self._stop.is_set():
-                for message in consumer.consume(500, 0.2):
-                    value = message.value()
-                    if message.error() is not None or value is None:
-                        continue
-                    _, arrived_ms = message.timestamp()
-                    data = orjson.loads(value)["data"]
-                    if message.topic() == sourced:
-                        self.decided_at.setdefault(data["order_id"], arrived_ms)
-                    elif data.get("status") == "open" and data.get("order_id"):
-                        self.task_opened_at.setdefault(data["order_id"], arrived_ms)
-        finally:
-            consumer.close()
+    def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
+        data = document["data"]
+        if topic == topics.ORDERS_SOURCED:
+            self.decided_at.setdefault(data["order_id"], arrived_ms)
+        elif data.get("status") == "open" and data.get("order_id"):
+            self.task_opened_at.setdefault(data["order_id"], arrived_ms)
 
     def latencies_s(self, answered_at: dict[str, int]) -> list[float]:
         """Seconds from producing each order to its answer, for orders produced in this run."""

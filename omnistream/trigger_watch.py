@@ -39,22 +39,25 @@ class SeenTrigger:
 
 
 @dataclass
-class TriggerWatch:
+class TopicFollower:
+    """A background consumer reading some output topics from their beginning while traffic
+    flows, handing each message's CONTRACT topic name, broker timestamp and document to
+    ``received``. The demo's and the benchmark's watchers are one of these each."""
+
     config: Config
-    produced_at: dict[str, float] = field(default_factory=dict)
-    seen: list[SeenTrigger] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
-        """Pass events through, remembering when each was handed to the producer."""
-        for event in events:
-            if event.event_id is not None:
-                self.produced_at.setdefault(event.event_id, time.time() * 1000)
-            yield event
+    #: CONTRACT names of the topics followed (set by each watcher).
+    follows: tuple[str, ...] = ()
+    name = "topic-follower"
+
+    def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
+        """One message of a followed topic (each watcher keeps what it needs)."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._follow, name="trigger-watch", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -64,28 +67,45 @@ class TriggerWatch:
 
     def _follow(self) -> None:
         consumer = make_consumer(
-            self.config, group_id=f"trigger-watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": "10"}
+            self.config, group_id=f"{self.name}-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": "10"}
         )
         try:
             assignments = []
-            for name in TRIGGER_TOPICS:
+            for name in self.follows:
                 topic = self.config.topic(name)
                 partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
                 assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
             consumer.assign(assignments)
-            names = {self.config.topic(n): n for n in TRIGGER_TOPICS}
+            names = {self.config.topic(n): n for n in self.follows}
             while not self._stop.is_set():
                 for message in consumer.consume(500, 0.2):
                     value = message.value()
                     if message.error() is not None or value is None:
                         continue
                     _, timestamp = message.timestamp()
-                    event = orjson.loads(value)
-                    self.seen.append(
-                        SeenTrigger(names.get(message.topic() or "", ""), timestamp, event["data"])
+                    self.received(
+                        names.get(message.topic() or "", ""), timestamp, orjson.loads(value)
                     )
         finally:
             consumer.close()
+
+
+@dataclass
+class TriggerWatch(TopicFollower):
+    produced_at: dict[str, float] = field(default_factory=dict)
+    seen: list[SeenTrigger] = field(default_factory=list)
+    follows: tuple[str, ...] = TRIGGER_TOPICS
+    name = "trigger-watch"
+
+    def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
+        """Pass events through, remembering when each was handed to the producer."""
+        for event in events:
+            if event.event_id is not None:
+                self.produced_at.setdefault(event.event_id, time.time() * 1000)
+            yield event
+
+    def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
+        self.seen.append(SeenTrigger(topic, arrived_ms, document["data"]))
 
     def latencies_ms(self) -> list[float]:
         """Produce-to-topic latency of every event-driven trigger whose cause was produced
