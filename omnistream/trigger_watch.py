@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ class SeenTrigger:
 
 
 @dataclass
-class TopicFollower:
+class TopicFollower(ABC):
     """A background consumer reading some output topics from their beginning while traffic
     flows, handing each message's CONTRACT topic name, broker timestamp and document to
     ``received``. The demo's and the benchmark's watchers are one of these each."""
@@ -52,9 +53,9 @@ class TopicFollower:
     follows: tuple[str, ...] = ()
     name = "topic-follower"
 
+    @abstractmethod
     def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
         """One message of a followed topic (each watcher keeps what it needs)."""
-        raise NotImplementedError
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name=self.name, daemon=True)
