@@ -15,7 +15,9 @@ import orjson
 from base.flow_names import STOCK_POOL
 from base.metrics import ORDERS_SOURCED, SOURCING_LAG, STORE_TASKS
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.triggers import replenishment_data
 from domain.pool import PICKUP_TRANSFER_RULE, PickupTransfer, SourcedOrder, StoreTask
+from domain.stock_rules import StockDecision
 from domain.timeparse import format_event_time
 
 
@@ -102,22 +104,21 @@ def transfer_message(transfer: PickupTransfer, fired_at_ms: int) -> OutMessage:
     """The transfer a pickup exception asks for, on ``triggers.replenishment`` beside the
     rules' own (same fields, plus the ``order_id`` it is for)."""
     key = f"{transfer.sku}:{transfer.store_id}"
-    data = {
-        "rule_id": PICKUP_TRANSFER_RULE,
-        "kind": "transfer",
-        "sku": transfer.sku,
-        "location_id": transfer.store_id,
-        "region": transfer.region,
-        "available": transfer.available_to_sell,
-        "reorder_point": transfer.reorder_point,
-        "suggested_qty": transfer.suggested_qty,
-        "source_location_id": transfer.source_location_id,
-        "order_id": transfer.order_id,
-        "reason": transfer.reason,
-        "evidence": [transfer.event_id],
-        "event_time": format_event_time(transfer.event_time_ms),
-        "fired_at": format_event_time(fired_at_ms),
-    }
+    decision = StockDecision(
+        PICKUP_TRANSFER_RULE,
+        "transfer",
+        transfer.sku,
+        transfer.store_id,
+        transfer.region,
+        transfer.available_to_sell,
+        transfer.reorder_point,
+        transfer.suggested_qty,
+        transfer.source_location_id,
+        transfer.reason,
+        (transfer.event_id,),
+        transfer.event_time_ms,
+    )
+    data = {**replenishment_data(decision, fired_at_ms), "order_id": transfer.order_id}
     value = cloud_event(
         event_type="omnistream.trigger.replenishment",
         source=STOCK_POOL,
