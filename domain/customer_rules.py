@@ -55,6 +55,20 @@ class CustomerEvent:
     coupon_codes: tuple[str, ...] = ()  # redeemed at a till
     category: str | None = None  # of ``sku``
     source_partition: int = 0  # of events.resolved: the clock its timers follow
+    #: clickstream channel (``app``, ``web``, …); ``store`` for a till receipt
+    channel: str | None = None
+    #: the store of a till receipt or of a ``store_checkin``
+    store_id: str | None = None
+    #: ``delivery`` | ``store_pickup`` of an ``order_placed``
+    fulfillment: str | None = None
+    #: total of a purchase (an order or a till sale), else 0
+    revenue: float = 0.0
+    #: product categories of ``skus`` (same order; unknown skus left out)
+    categories: tuple[str, ...] = ()
+    #: ``marketing`` of a ``consent`` event (None for every other event)
+    consent: bool | None = None
+    #: a till sale that scanned a loyalty card (a known member walked into the store)
+    member_scan: bool = False
 
 
 @dataclass(frozen=True, slots=True)
