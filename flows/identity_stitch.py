@@ -6,7 +6,8 @@ store (``state.identity_store`` on Redis).
     read (clickstream, pos.sales) → decode a Kafka batch, hashing phone/e-mail
       → resolve_identities: the batch's events in one atomic update of the graph
       → dead_letters: what the decoder refused, as ``deadletter`` messages
-      → outputs: events.resolved (keyed by customer_id), identity.changes and the dead
+      → outputs: events.resolved (keyed by customer_id; a merge also writes its two
+        notices there, ``connectors.resolved.merge_notices``), identity.changes and the dead
         letters, through one sink
 
 Step ids are part of the recovery snapshots (the source's offsets are kept under
@@ -38,7 +39,7 @@ from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.operators import FlowIO, decode, output, per_batch, read
 from connectors.reference_files import load_reference
-from connectors.resolved import resolved_event
+from connectors.resolved import merge_notices, resolved_event
 from connectors.streams import KafkaIO, deadletter_message
 from domain.events import ClickEvent, InputEvent, PosEvent
 from domain.identity import (
@@ -128,6 +129,16 @@ def resolve_identities(
         count_resolution(resolution)
         if resolution.created:
             IDENTITY_CUSTOMERS_CREATED.inc()
+        for change in resolution.changes:
+            if change.kind == "merged":
+                # Before the event: it is the survivor's first event after the merge.
+                for merged in change.merged_from:
+                    out += [
+                        OutMessage(key.encode(), record, resolved_topic)
+                        for key, record in merge_notices(
+                            merged, change.customer_id, event.event_id, event.ts_ms
+                        )
+                    ]
         out.append(resolved_message(event, resolution.customer_id, resolved_topic))
         for change in resolution.changes:
             out.append(change_message(change, event.event_id, event.ts_ms, changes_topic))

@@ -10,6 +10,7 @@ from base import topics
 from base.config import Config
 from connectors.envelopes import CLOUDEVENT_HEADERS, cloud_event, cloud_event_id
 from connectors.kafka_clients import make_producer
+from connectors.resolved import erased_notice
 from domain.identity import PRIORITY, identifier, kind_of, pii_identifier_value
 from state.identity_store import IdentityStore
 from state.interfaces import IdentityGraphStore
@@ -89,6 +90,14 @@ def forget(config: Config, kind: str, value: str) -> int:
         key=change.customer_id.encode(),
         value=payload,
         headers=CLOUDEVENT_HEADERS,  # a structured-mode CloudEvent like the flow's changes
+    )
+    # And into the customer's own stream, after every event resolved to it: the flows that
+    # keep state per customer (rule_triggers: rule state, profile, coupon codes) drop it
+    # there (``connectors.resolved.erased_notice``).
+    producer.produce(
+        config.topic(topics.EVENTS_RESOLVED),
+        key=change.customer_id.encode(),
+        value=erased_notice(change.customer_id, now_ms),
     )
     if producer.flush(30) != 0:
         print("omnistream forget: the erased event could not be delivered", file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Where a merged customer's per-customer state waits for its survivor (rule_triggers).
+
+Bytewax dataflows have no loops: a key's state cannot be sent to another key of the same
+step. When customer A merges into B, A's key writes what it keeps into this store, and
+B's key — told by its own ``identity_absorbed`` notice to wait for it — takes it from
+here (``flows.rule_triggers``). Redis is shared by every worker and every process of a
+cluster, so the survivor finds the state wherever A's key ran.
+
+An entry is not deleted when it is taken: a run resumed from a snapshot taken before the
+survivor absorbed it must find it again. It expires after ``ttl_s`` instead, and an
+erasure of the survivor removes every entry it was party to. The key names the survivor in
+a hash tag, so an entry lives in its survivor's Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import redis
+
+from base.config import Config
+from state.redis_io import connect
+
+#: How long a handed-over state waits (seconds): far longer than any lag between a merge's
+#: two notices, short enough that merged customers' state does not pile up in Redis.
+HANDOVER_TTL_S = 7 * 24 * 3600
+
+
+class HandoverStore(Protocol):
+    def put(self, survivor: str, merged: str, payload: bytes) -> None:
+        """Keep ``merged``'s state for ``survivor`` (writing it again changes nothing)."""
+        ...
+
+    def take(self, survivor: str, merged: str) -> bytes | None:
+        """``merged``'s state if it has been handed over, else None (ask again later)."""
+        ...
+
+    def erase(self, customer_id: str) -> None:
+        """Drop every entry ``customer_id`` is the survivor or the merged customer of."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def handover_key(prefix: str, survivor: str, merged: str) -> str:
+    return f"{prefix}handover:{{{survivor}}}:{merged}"
+
+
+class RedisHandoverStore:
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = HANDOVER_TTL_S) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisHandoverStore:
+        return cls(connect(config), config.redis.key_prefix)
+
+    def put(self, survivor: str, merged: str, payload: bytes) -> None:
+        self.client.set(handover_key(self.prefix, survivor, merged), payload, ex=self.ttl_s)
+
+    def take(self, survivor: str, merged: str) -> bytes | None:
+        value = self.client.get(handover_key(self.prefix, survivor, merged))
+        return value if isinstance(value, bytes) else None
+
+    def erase(self, customer_id: str) -> None:
+        """Erasures are rare: a scan of the handover keys is cheap enough and finds the
+        entries where the id was merged away as well as those it survived."""
+        patterns = (
+            f"{self.prefix}handover:{{{customer_id}}}:*",
+            f"{self.prefix}handover:{{*}}:{customer_id}",
+        )
+        for pattern in patterns:
+            keys = list(self.client.scan_iter(match=pattern, count=1000))
+            if keys:
+                self.client.delete(*keys)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MemoryHandoverStore:
+    """One dictionary shared by every worker thread of a test's flow (give every worker the
+    same instance)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, survivor: str, merged: str, payload: bytes) -> None:
+        with self._lock:
+            self.entries[(survivor, merged)] = payload
+
+    def take(self, survivor: str, merged: str) -> bytes | None:
+        with self._lock:
+            return self.entries.get((survivor, merged))
+
+    def erase(self, customer_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self.entries if customer_id in k]:
+                del self.entries[key]
+
+    def close(self) -> None:
+        pass
