@@ -39,6 +39,11 @@ class CouponStore(Protocol):
         """The customer of each code that is known and not expired."""
         ...
 
+    def forget(self, codes: list[str]) -> None:
+        """Drop these codes (their customer was erased): a till redeeming one later finds
+        no owner."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -78,6 +83,10 @@ class RedisCouponStore:
             if v is not None
         }
 
+    def forget(self, codes: list[str]) -> None:
+        if codes:
+            with_retries(RULE_TRIGGERS, lambda: self.client.delete(*(self.key(c) for c in codes)))
+
     def close(self) -> None:
         self.client.close()
 
@@ -112,6 +121,11 @@ class MemoryCouponStore:
                     continue
                 found[code] = entry[0]
         return found
+
+    def forget(self, codes: list[str]) -> None:
+        with self._lock:
+            for code in codes:
+                self._codes.pop(code, None)
 
     def close(self) -> None:
         """Nothing to release; the codes stay readable after a flow closed its writer."""

@@ -99,3 +99,11 @@ def test_redis_keeps_a_code_for_its_seconds(omni_config: Config) -> None:
         assert client.ttl(store.key("OSBBB")) == 1
     finally:
         store.close()
+
+
+def test_forgotten_codes_have_no_owner_and_others_stay(stores: Reopen) -> None:
+    """An erased customer's codes are dropped; another customer's code is untouched."""
+    writer = stores()
+    writer.remember([("OSAAA", "c1", 3600), ("OSBBB", "c1", 3600), ("OSCCC", "c2", 3600)])
+    writer.forget(["OSAAA", "OSBBB", "OSNONE"])
+    assert stores().owners(["OSAAA", "OSBBB", "OSCCC"]) == {"OSCCC": "c2"}
