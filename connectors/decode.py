@@ -1,4 +1,4 @@
-"""Decoding and validation of the three input topics into typed records (CONTRACT §1).
+"""Decoding and validation of the three input topics into typed records (CONTRACT §1, §8).
 
 ``decode_message`` is the single entry point: bytes in, an ``InputEvent`` or a ``Rejection``
 out, never an exception. Checks run in a fixed order so the reason code is predictable:
@@ -245,6 +245,8 @@ def _decode_click(
                     f"`fulfillment.type` must be one of {', '.join(sorted(FULFILLMENT_TYPES))}",
                 )
             fulfillment = _fulfillment(fulfillment_fields, kind)
+    store_id = f.req_string("store_id") if event_type == "store_checkin" else None
+    marketing = _marketing(f) if event_type == "consent" else None
     phone_hash = f.pii("phone", hasher)
     email_hash = f.pii("email", hasher)
     ts_ms = _timestamp(head)
@@ -253,6 +255,8 @@ def _decode_click(
         _check_location(
             reference, fulfillment.location_id, must_be_store=fulfillment.type == "store_pickup"
         )
+    if store_id is not None:  # a check-in happens at a till's kind of place, as pos.sales
+        _check_location(reference, store_id, must_be_store=True)
     return ClickEvent(
         event_id=head["event_id"],
         event_type=event_type,
@@ -272,7 +276,21 @@ def _decode_click(
         lines=lines,
         total=total,
         fulfillment=fulfillment,
+        store_id=store_id,
+        marketing=marketing,
     )
+
+
+def _marketing(fields: _Fields) -> bool:
+    """``marketing`` of a ``consent`` event: a JSON boolean and nothing else. A string
+    ``"false"`` or a 0/1 is refused rather than guessed at: reading a withdrawal as consent
+    would send coupons to a customer who said no (CONTRACT §11)."""
+    value = fields.data.get("marketing")
+    if type(value) is bool:
+        return value
+    if value is None:
+        fields._missing("marketing")
+    raise Invalid("bad_type", f"`{fields._name('marketing')}` must be true or false")
 
 
 def _decode_pos(

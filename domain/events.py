@@ -25,6 +25,8 @@ CLICK_EVENT_TYPES = frozenset(
         "order_cancelled",
         "login",
         "ad_click",
+        "store_checkin",
+        "consent",
     }
 )
 #: Clickstream events that reserve or release stock (and carry order lines).
@@ -104,6 +106,12 @@ class ClickEvent:
     lines: tuple[OrderLine, ...] = ()
     total: float | None = None
     fulfillment: Fulfillment | None = None
+    #: ``store_checkin``: the store the customer arrived at (CONTRACT §8), always a known
+    #: location of type ``store``; None on every other event type.
+    store_id: str | None = None
+    #: ``consent``: whether the customer now accepts marketing (CONTRACT §8); None on every
+    #: other event type, so "no consent event" (consented) stays distinct from ``False``.
+    marketing: bool | None = None
 
 
 @dataclass(slots=True)
