@@ -17,7 +17,12 @@ from confluent_kafka import KafkaException
 from base import topics
 from base.config import Config
 from connectors.generator.producing import GenerateStats, produce
-from connectors.generator.simulation import DEFAULT_UNSOURCED_SHARE
+from connectors.generator.simulation import (
+    DEFAULT_CONSENT_WITHDRAWAL_SHARE,
+    DEFAULT_INACTIVE_DAYS,
+    DEFAULT_LAPSING_SHARE,
+    DEFAULT_UNSOURCED_SHARE,
+)
 from connectors.generator.traffic import DEFAULT_CUSTOMERS, DEFAULT_SEED, TrafficModel
 from connectors.kafka_clients import ensure_topics
 from connectors.reference_files import load_reference
@@ -116,6 +121,32 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "flow chooses where they ship; the others name their warehouse",
     )
     parser.add_argument(
+        "--consent-withdrawal-share",
+        type=_ratio,
+        default=DEFAULT_CONSENT_WITHDRAWAL_SHARE,
+        metavar="F",
+        help="share of signed-in sessions in which the shopper turns marketing off, from 0 "
+        "to 1 (default %(default)s); a third of them turn it back on within hours. Coupons "
+        "to them are held back (no_consent)",
+    )
+    parser.add_argument(
+        "--lapsing-share",
+        type=_ratio,
+        default=DEFAULT_LAPSING_SHARE,
+        metavar="F",
+        help="share of the customers who bought once --inactive-days before the stream "
+        "starts and never come back, from 0 to 1 (default %(default)s); the stream opens "
+        "with their purchases, backdated, so a lapsed rule fires in its first hours",
+    )
+    parser.add_argument(
+        "--inactive-days",
+        type=_positive_int,
+        default=DEFAULT_INACTIVE_DAYS,
+        metavar="DAYS",
+        help="the lapsed rule's inactive_days that the lapsing customers' backdated "
+        "purchases are dated for (default %(default)s, as in the sample rules)",
+    )
+    parser.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -148,6 +179,9 @@ def run_generate(config: Config, args: argparse.Namespace) -> int:
             customers=args.customers,
             bad_ratio=args.bad_ratio,
             unsourced_share=args.unsourced_share,
+            consent_withdrawal_share=args.consent_withdrawal_share,
+            lapsing_share=args.lapsing_share,
+            inactive_days=args.inactive_days,
         )
     except (ReferenceDataError, ValueError) as exc:
         print(f"omnistream generate: {exc}", file=sys.stderr)

@@ -151,6 +151,29 @@ class Malformations:
         )
         return self._pii(payload, email_too=True)
 
+    def _member_app_event(self, event_type: str) -> dict[str, Any]:
+        """A signed-in member's app event (a check-in or a consent setting, CONTRACT §8)."""
+        members = [c for c in self.sim.customers if c.user_id is not None]
+        customer = self.rng.choice(members or self.sim.customers)
+        payload = self._head(event_type)
+        payload.update({"anonymous_id": customer.devices[0], "channel": "app"})
+        if customer.user_id is not None:
+            payload["user_id"] = customer.user_id
+        payload["region"] = customer.region
+        return payload
+
+    def _checkin_event(self) -> dict[str, Any]:
+        """A well-formed check-in at a store of the member's region."""
+        payload = self._member_app_event("store_checkin")
+        region_stores = [s for s in self.sim.stores if s.region == payload["region"]]
+        payload["store_id"] = self.rng.choice(region_stores or self.sim.stores).location_id
+        return payload
+
+    def _consent_event(self) -> dict[str, Any]:
+        payload = self._member_app_event("consent")
+        payload["marketing"] = self.rng.random() < 0.3
+        return payload
+
     def _sourced_order_event(self) -> dict[str, Any]:
         """A delivery without a location: its address goes with it (CONTRACT §8)."""
         payload = self._order_event()
@@ -260,7 +283,15 @@ class Malformations:
     # --- field-level faults ------------------------------------------------------------------
 
     def _missing_field(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(8)
+        choice = self.rng.randrange(10)
+        if choice == 8:
+            payload = self._checkin_event()
+            del payload["store_id"]  # the app lost the store it checked in at
+            return topics.CLICKSTREAM, payload
+        if choice == 9:
+            payload = self._consent_event()
+            del payload["marketing"]  # a settings change that says nothing
+            return topics.CLICKSTREAM, payload
         if choice == 0:
             payload = self._movement_event()
             del payload["sku"]
@@ -289,7 +320,15 @@ class Malformations:
         return topic, payload
 
     def _bad_type(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(9)
+        choice = self.rng.randrange(11)
+        if choice == 9:
+            payload = self._consent_event()
+            payload["marketing"] = self.rng.choice(("false", "true", 0, 1, "no", "opt_out"))
+            return topics.CLICKSTREAM, payload
+        if choice == 10:
+            payload = self._checkin_event()
+            payload["store_id"] = self.rng.choice((17, [payload["store_id"]]))
+            return topics.CLICKSTREAM, payload
         if choice == 7:
             payload = self._sourced_order_event()
             field = self.rng.choice(("lat", "lon"))
@@ -330,7 +369,11 @@ class Malformations:
         return topic, payload
 
     def _bad_value(self) -> tuple[str, dict[str, Any]]:
-        choice = self.rng.randrange(12)
+        choice = self.rng.randrange(13)
+        if choice == 12:
+            payload = self._checkin_event()
+            payload["store_id"] = self._central_warehouse_id()  # nobody checks in at a DC
+            return topics.CLICKSTREAM, payload
         if choice == 9:
             payload = self._sourced_order_event()
             field, value = self.rng.choice(
@@ -438,7 +481,11 @@ class Malformations:
         unknown = self.rng.choice(("WH-BJ-01", "ST-XX-09", "FW-GZ-02", "st-sh-01", "STORE 7"))
         while unknown in known:
             unknown += "X"
-        choice = self.rng.randrange(4)
+        choice = self.rng.randrange(5)
+        if choice == 4:
+            payload = self._checkin_event()
+            payload["store_id"] = unknown  # a store the reference data does not know (yet)
+            return topics.CLICKSTREAM, payload
         if choice == 0:
             payload = self._movement_event()
             payload["location_id"] = unknown

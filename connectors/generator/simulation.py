@@ -29,6 +29,21 @@ same shoppers, so identities stitch across runs. Everything with an id that must
 
 Lead times and transit times are compressed so that an hour of traffic shows whole
 replenishment cycles: one day of ``lead_time_days`` takes ``LEAD_DAY_MS`` of event time.
+
+Customers (CONTRACT §8, §11): signed-in members check in at a store of their region with the
+app, most often a little while after looking at products online (so a store associate's
+``customer_visit`` task has recent views to show), and many then buy at the till with their
+loyalty card. Some signed-in shoppers turn marketing off in their settings (a ``consent``
+event), and a few turn it back on later. Customer life cycles take weeks, a generated stream
+hours (about one event per 400 ms of event time): so the stream opens with a little history,
+backdated weeks before ``start_ms`` and published first, in event-time order, before the
+opening stock. *Lapsing* members bought once, ``inactive_days`` (and up to an hour on either
+side) before the stream starts, and never come back, so a ``lapsed`` rule's timer comes due
+in the stream's first hour or so; other members bought a repurchase item (a product with
+``repurchase_days``) that many days before, so its reminder comes due then too. The store
+stock those old sales took was there: the opening-stock receipt of that sku at that store is
+published before the first of them instead of at ``start_ms``. Only non-perishable skus are
+sold in that history, so no batch received weeks ago expires inside the stream.
 """
 
 from __future__ import annotations
@@ -46,7 +61,7 @@ from typing import Any
 import orjson
 
 from base import topics
-from base.units import MINUTE_MS, SECOND_MS
+from base.units import DAY_MS, MINUTE_MS, SECOND_MS
 from connectors.generator.wire import (
     CHANNELS,
     GeneratedEvent,
@@ -135,6 +150,31 @@ PICKUP_EXCEPTION_SHARE = 0.06
 #: An order nobody can fulfil (or a pickup nobody can restock) is cancelled this many minutes
 #: after it was placed.
 UNFULFILLABLE_CANCEL_MINUTES = (10.0, 40.0)
+#: Share of online sessions of a signed-in shopper who looked at products that lead to a
+#: check-in at a store of their region minutes later (the visit task then has recent views).
+CHECKIN_AFTER_VIEWS_SHARE = 0.3
+#: Minutes from the last product view to the check-in at the store.
+CHECKIN_AFTER_VIEWS_MINUTES = (5.0, 60.0)
+#: Share of check-ins at the shopper's home store (the others: another store of the region).
+CHECKIN_HOME_STORE_SHARE = 0.7
+#: Share of check-ins of a card-holding member that end with a till sale on the card.
+CHECKIN_PURCHASE_SHARE = 0.6
+#: Share of sessions of a signed-in shopper (marketing on) that turn marketing off.
+DEFAULT_CONSENT_WITHDRAWAL_SHARE = 0.06
+#: Share of withdrawals turned back on later in the stream, after this many minutes.
+CONSENT_REGRANT_SHARE = 0.3
+CONSENT_REGRANT_MINUTES = (20.0, 90.0)
+#: Days without a purchase after which the sample ``lapsed`` rule fires (its
+#: ``inactive_days``); the history's lapsing members bought once that long ago.
+DEFAULT_INACTIVE_DAYS = 30
+#: Share of the customer base that lapses: card-holding members with one purchase in the
+#: history and no activity in the stream.
+DEFAULT_LAPSING_SHARE = 0.01
+#: Share of the customer base with a repurchase item bought ``repurchase_days`` ago.
+REPURCHASE_HISTORY_SHARE = 0.02
+#: A history purchase is dated so that its lapse or reminder comes due this many minutes
+#: around ``start_ms`` (the stream opens at 09:00: due times stay out of quiet hours).
+HISTORY_DUE_MINUTES = (-60.0, 90.0)
 
 # --- the simulated world ------------------------------------------------------------------------
 
@@ -197,6 +237,18 @@ class _Order:
     fulfillment: str
     location_id: str | None
     shortfall: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _HistorySale:
+    """A till sale of the backdated history (see the module docstring)."""
+
+    ts_ms: int
+    customer: Customer
+    store_id: str
+    lines: list[Line]
+    #: ``lapsing``: the member's only purchase; ``repurchase``: a repurchase item.
+    why: str
 
 
 @dataclass(slots=True)
@@ -393,12 +445,25 @@ class Simulation:
         customers: list[Customer],
         start_ms: int,
         unsourced_share: float = DEFAULT_UNSOURCED_SHARE,
+        consent_withdrawal_share: float = DEFAULT_CONSENT_WITHDRAWAL_SHARE,
+        lapsing_share: float = DEFAULT_LAPSING_SHARE,
+        inactive_days: int = DEFAULT_INACTIVE_DAYS,
     ) -> None:
-        if not 0.0 <= unsourced_share <= 1.0:
-            raise ValueError(f"unsourced_share must be between 0 and 1, got {unsourced_share}")
+        for name, share in (
+            ("unsourced_share", unsourced_share),
+            ("consent_withdrawal_share", consent_withdrawal_share),
+            ("lapsing_share", lapsing_share),
+        ):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {share}")
+        if inactive_days < 1:
+            raise ValueError(f"inactive_days must be ≥ 1, got {inactive_days}")
         self.reference = reference
         self.seed = seed
         self.unsourced_share = unsourced_share
+        self.consent_withdrawal_share = consent_withdrawal_share
+        self.inactive_days = inactive_days
+        self.start_ms = start_ms
         self.rng = random.Random(f"omnistream-traffic-{seed}")
         self.now = start_ms
         self.customers = customers
@@ -453,11 +518,18 @@ class Simulation:
         self.replenishing: set[tuple[str, str]] = set()
         self.recent_sales: dict[str, list[_TillReceipt]] = {s.location_id: [] for s in self.stores}
 
-        activity = [c.number % 10 + 1 for c in customers]  # some shoppers come back often
-        self.frequent_customer = _Choice(customers, activity)
+        # The history (module docstring) has its own dice, so its size moves no other draw.
+        self._history_rng = random.Random(f"omnistream-history-{seed}")
+        self.lapsing = self._lapsing_members(lapsing_share)
+        active = [c for c in customers if c.number not in self.lapsing]
+        activity = [c.number % 10 + 1 for c in active]  # some shoppers come back often
+        self.frequent_customer = _Choice(active, activity)
         self.customers_by_region: dict[str, list[Customer]] = {}
-        for customer in customers:
+        for customer in active:
             self.customers_by_region.setdefault(customer.region, []).append(customer)
+        #: Numbers of the customers whose marketing is off right now.
+        self.marketing_off: set[int] = set()
+        self._stocked_early: set[tuple[str, str]] = set()
         self.busy_store = _Choice(self.stores, [rng.uniform(0.6, 1.4) for _ in self.stores])
         self.next_activity = _Choice(
             [
@@ -468,8 +540,9 @@ class Simulation:
                 self._stock_adjustment,
                 self._cycle_count,
                 self._store_rebalancing,
+                self._passing_checkin,
             ],
-            [30, 55, 2.0, 4.0, 4.0, 7.0, 1.5],
+            [30, 55, 2.0, 4.0, 4.0, 7.0, 1.5, 1.0],
         )
 
     def _by_popularity(self, skus: Sequence[str]) -> _Choice:
@@ -481,8 +554,14 @@ class Simulation:
         self._scheduled += 1
         heapq.heappush(self._agenda, (self.now + max(0, wait_ms), self._scheduled, activity))
 
+    def _at(self, ts_ms: int, activity: Activity) -> None:
+        """Schedule an activity at an absolute event time (the history lies before now)."""
+        self._scheduled += 1
+        heapq.heappush(self._agenda, (ts_ms, self._scheduled, activity))
+
     def run(self) -> Iterator[GeneratedEvent]:
         """The good events, in publication order, forever."""
+        self._schedule_history()
         self._after(0, self._opening_stock())
         agenda = self._agenda
         while agenda:
@@ -617,17 +696,23 @@ class Simulation:
 
     def _opening_stock(self) -> Activity:
         """Morning deliveries fill every location before the first shopper arrives."""
-        cover = {"warehouse": (10, 20), "forward_warehouse": (3, 6), "store": (2, 4)}
         for location in [*self.warehouses, *self.forward_warehouses, *self.stores]:
-            low, high = cover[location.type]
             for sku in self.assortment[location.location_id]:
-                product = self.reference.products[sku]
-                qty = round(max(product.reorder_point, 3) * self.rng.uniform(low, high))
-                if sku in self.supply_problems:
-                    qty = max(1, qty // 4)
+                if (sku, location.location_id) in self._stocked_early:
+                    continue  # on the shelf since the history (module docstring)
+                qty = self._opening_qty(location, sku, self.rng)
                 yield self._receipt(location.location_id, sku, qty, reason="opening stock")
                 yield self.rng.randint(5, 60)
         self._after(0, self._arrivals())
+
+    def _opening_qty(self, location: Location, sku: str, rng: random.Random) -> int:
+        """A few weeks of cover at a warehouse, a few days' at a store; little of a sku whose
+        supplier is in trouble."""
+        low, high = {"warehouse": (10, 20), "forward_warehouse": (3, 6), "store": (2, 4)}[
+            location.type
+        ]
+        qty = round(max(self.reference.products[sku].reorder_point, 3) * rng.uniform(low, high))
+        return max(1, qty // 4) if sku in self.supply_problems else qty
 
     def _arrivals(self) -> Activity:
         """Shoppers and warehouse tasks arrive one after another, for ever."""
@@ -794,16 +879,27 @@ class Simulation:
         if self.rng.random() < 0.06:
             code = "".join(self.rng.choices(string.ascii_uppercase + string.digits, k=6))
             coupons = [f"C-{self.rng.choice(COUPON_CAMPAIGNS)}-{code}"]
-        receipt_id = self._new_receipt_id(store.location_id)
+        yield from self._ring_up(store.location_id, lines, member_code, phone, coupons)
+
+    def _ring_up(
+        self,
+        store_id: str,
+        lines: list[Line],
+        member_code: str | None,
+        phone: str | None = None,
+        coupons: list[str] | None = None,
+    ) -> Activity:
+        """The till sale of a basket taken from the shelf (a walk-in or a checked-in member)."""
+        receipt_id = self._new_receipt_id(store_id)
         for line in lines:
-            self._change_stock(line.sku, store.location_id, -line.qty)
-        sales = self.recent_sales[store.location_id]
+            self._change_stock(line.sku, store_id, -line.qty)
+        sales = self.recent_sales[store_id]
         sales.append(_TillReceipt(receipt_id, lines, member_code))
         if len(sales) > 200:
             del sales[:100]
         yield self._till(
             "sale",
-            store.location_id,
+            store_id,
             receipt_id,
             lines,
             member_code=member_code,
@@ -811,7 +907,7 @@ class Simulation:
             coupon_codes=coupons,
         )
         for line in lines:
-            self._watch_stock(line.sku, store.location_id)
+            self._watch_stock(line.sku, store_id)
 
     def _customer_return(self) -> Activity:
         """A shopper brings back part of an earlier purchase to the same store."""
@@ -830,6 +926,159 @@ class Simulation:
             [returned],
             member_code=sale.member_code,
             original_receipt_id=sale.receipt_id,
+        )
+
+    # --- activities: customers (CONTRACT §8, §11) --------------------------------------------
+
+    def _app_session(self, customer: Customer, region: str | None = None) -> _Visit:
+        """The member's phone app, signed in: where check-ins and consent settings happen."""
+        visit = _Visit(customer.devices[0], "app", customer, region or customer.region, None, "")
+        visit.user_id = customer.user_id
+        return visit
+
+    def _check_in(self, customer: Customer, viewed: Sequence[str] = ()) -> Activity:
+        """A signed-in member arrives at a store of their region (mostly the home store) and
+        checks in with the app; a card holder often buys then, now and then one of the
+        products just looked at online when the shelf has it."""
+        assert customer.user_id is not None
+        rng = self.rng
+        store_id = customer.home_store
+        others = [s for s in self.stores_by_region[customer.region] if s != store_id]
+        if others and rng.random() >= CHECKIN_HOME_STORE_SHARE:
+            store_id = rng.choice(others)
+        visit = self._app_session(customer, self.reference.locations[store_id].region)
+        yield self._click(visit, "store_checkin", store_id=store_id)
+        if customer.member_code is None or rng.random() >= CHECKIN_PURCHASE_SHARE:
+            return
+        yield self._minutes(3, 25)
+        lines = self._fill_basket(store_id, BASKET_SIZES(rng))
+        basket = {line.sku for line in lines}
+        for sku in dict.fromkeys(viewed):
+            if sku not in basket and self._available(sku, store_id) >= 1 and rng.random() < 0.5:
+                lines.append(Line(sku, 1, self.unit_cents[sku]))
+                basket.add(sku)
+        if lines:
+            yield from self._ring_up(store_id, lines, customer.member_code)
+
+    def _passing_checkin(self) -> Activity:
+        """A member walks into a store without having shopped online first."""
+        customer = self.frequent_customer(self.rng)
+        if customer.user_id is not None:
+            yield from self._check_in(customer)
+
+    def _consent_settings(self, visit: _Visit) -> Activity:
+        """Now and then a signed-in shopper turns marketing off in the settings; a few turn
+        it back on hours later."""
+        customer = visit.customer
+        if customer is None or visit.user_id is None or customer.number in self.marketing_off:
+            return
+        if self.rng.random() >= self.consent_withdrawal_share:
+            return
+        yield self._think()
+        self.marketing_off.add(customer.number)
+        yield self._click(visit, "consent", marketing=False)
+        if self.rng.random() < CONSENT_REGRANT_SHARE:
+            wait = self._minutes(*CONSENT_REGRANT_MINUTES)
+            self._after(wait, self._regrant_consent(customer))
+
+    def _regrant_consent(self, customer: Customer) -> Activity:
+        self.marketing_off.discard(customer.number)
+        yield self._click(self._app_session(customer), "consent", marketing=True)
+
+    # --- the history before the stream (module docstring) ------------------------------------
+
+    def _lasting_skus(self, store_id: str) -> list[str]:
+        """What the store carries that does not perish: the only goods the history sells."""
+        products = self.reference.products
+        return [s for s in self.assortment[store_id] if products[s].shelf_life_days is None]
+
+    def _lapsing_members(self, share: float) -> frozenset[int]:
+        """Card-holding members who bought once in the history and stay away: about
+        ``share`` of the customer base, never all of it (someone must shop in the stream)."""
+        members = [c.number for c in self.customers if c.member_code is not None]
+        count = min(round(share * len(self.customers)), len(members), len(self.customers) - 1)
+        if count <= 0:
+            return frozenset()
+        return frozenset(self._history_rng.sample(members, count))
+
+    def _history_sales(self) -> list[_HistorySale]:
+        """Each lapsing member's one purchase, ``inactive_days`` before the stream; other
+        members' repurchase item, its ``repurchase_days`` before (module docstring)."""
+        rng = self._history_rng
+        low, high = HISTORY_DUE_MINUTES
+
+        def dated(days: int) -> int:
+            return self.start_ms - days * DAY_MS + round(rng.uniform(low, high) * MINUTE_MS)
+
+        sales = []
+        for customer in self.customers:
+            if customer.number not in self.lapsing:
+                continue
+            shelf = self._lasting_skus(customer.home_store)
+            picks = sorted(rng.sample(shelf, min(len(shelf), rng.randint(1, 3))))
+            lines = [Line(sku, TILL_QTY(rng), self.unit_cents[sku]) for sku in picks]
+            if lines:
+                ts_ms = dated(self.inactive_days)
+                sales.append(_HistorySale(ts_ms, customer, customer.home_store, lines, "lapsing"))
+        members = [
+            c for c in self.customers if c.member_code is not None and c.number not in self.lapsing
+        ]
+        count = min(round(REPURCHASE_HISTORY_SHARE * len(self.customers)), len(members))
+        for customer in sorted(rng.sample(members, count), key=lambda c: c.number):
+            items = [
+                s
+                for s in self._lasting_skus(customer.home_store)
+                if self.reference.products[s].repurchase_days is not None
+            ]
+            if not items:
+                continue
+            sku = rng.choice(items)
+            days = self.reference.products[sku].repurchase_days
+            assert days is not None
+            line = Line(sku, TILL_QTY(rng), self.unit_cents[sku])
+            sales.append(
+                _HistorySale(dated(days), customer, customer.home_store, [line], "repurchase")
+            )
+        return sales
+
+    def _schedule_history(self) -> None:
+        """Put the history on the agenda before the opening stock: each sku × store it sells
+        is received there (its opening stock, early) a while before its first sale, and no
+        sale takes more than that receipt brought."""
+        rng = self._history_rng
+        sales = sorted(self._history_sales(), key=lambda sale: (sale.ts_ms, sale.customer.number))
+        first_sold: dict[tuple[str, str], int] = {}
+        for sale in sales:
+            for line in sale.lines:
+                first_sold.setdefault((line.sku, sale.store_id), sale.ts_ms)
+        left: dict[tuple[str, str], int] = {}
+        for (sku, store_id), ts_ms in sorted(first_sold.items()):
+            qty = self._opening_qty(self.reference.locations[store_id], sku, rng)
+            left[(sku, store_id)] = qty
+            self._stocked_early.add((sku, store_id))
+            received_at = ts_ms - round(rng.uniform(20, 120) * MINUTE_MS)
+            self._at(received_at, self._early_opening_stock(store_id, sku, qty))
+        for sale in sales:
+            lines = []
+            for line in sale.lines:
+                qty = min(line.qty, left[(line.sku, sale.store_id)])
+                if qty >= 1:
+                    left[(line.sku, sale.store_id)] -= qty
+                    lines.append(Line(line.sku, qty, line.unit_cents))
+            if lines:
+                self._at(sale.ts_ms, self._history_sale(sale, lines))
+
+    def _early_opening_stock(self, store_id: str, sku: str, qty: int) -> Activity:
+        yield self._receipt(store_id, sku, qty, reason="opening stock")
+
+    def _history_sale(self, sale: _HistorySale, lines: list[Line]) -> Activity:
+        """Rung up with the member's card. Nobody restocks before the stream and nobody
+        returns what was bought weeks ago, so it is neither watched nor remembered."""
+        for line in lines:
+            self._change_stock(line.sku, sale.store_id, -line.qty)
+        receipt_id = self._new_receipt_id(sale.store_id)
+        yield self._till(
+            "sale", sale.store_id, receipt_id, lines, member_code=sale.customer.member_code
         )
 
     # --- activities: online ------------------------------------------------------------------
@@ -907,6 +1156,8 @@ class Simulation:
         if can_sign_in and rng.random() < (0.6 if intent == "buy" else 0.3):
             yield self._think()
             yield self._login(visit)
+            yield from self._consent_settings(visit)
+        viewed: list[str] = []
         for _ in range(rng.randint(1, 5)):
             yield self._think()
             if rng.random() < 0.3:
@@ -916,11 +1167,16 @@ class Simulation:
             sku = self._browse_pick(visit)
             price = money(self.unit_cents[sku])
             yield self._click(visit, "product_view", sku=sku, price=price)
+            viewed.append(sku)
             if intent in ("cart", "buy") and (rng.random() < 0.45 or not visit.cart):
                 yield self._think()
                 qty = CART_QTY(rng)
                 visit.cart[sku] = visit.cart.get(sku, 0) + qty
                 yield self._click(visit, "add_to_cart", sku=sku, qty=qty, price=price)
+        if customer is not None and visit.user_id is not None:
+            if rng.random() < CHECKIN_AFTER_VIEWS_SHARE:
+                wait = self._minutes(*CHECKIN_AFTER_VIEWS_MINUTES)
+                self._after(wait, self._check_in(customer, viewed))
         if len(visit.cart) > 1 and rng.random() < 0.25:
             sku = rng.choice(list(visit.cart))
             yield self._think()

@@ -3,7 +3,9 @@ benchmark and ``omnistream generate`` see it.
 
 It interleaves three sources, each drawing from a random stream of its own:
 
-- the good events of the simulated chain (``simulation``), in publication order;
+- the good events of the simulated chain (``simulation``), in publication order: a short
+  history backdated weeks before ``start_ms`` first (lapsing members, repurchase items),
+  then the day from ``start_ms`` on;
 - exact duplicates of a recently published good event (same bytes, same ``event_id``), as an
   at-least-once producer redelivers them;
 - with ``bad_ratio > 0``, malformed events (``malformations``), each tagged with the
@@ -22,6 +24,9 @@ from collections.abc import Iterator
 
 from connectors.generator.malformations import Malformations
 from connectors.generator.simulation import (
+    DEFAULT_CONSENT_WITHDRAWAL_SHARE,
+    DEFAULT_INACTIVE_DAYS,
+    DEFAULT_LAPSING_SHARE,
     DEFAULT_UNSOURCED_SHARE,
     Customer,
     Simulation,
@@ -56,6 +61,9 @@ class TrafficModel:
         start_ms: int = DEFAULT_START_MS,
         bad_ratio: float = 0.0,
         unsourced_share: float = DEFAULT_UNSOURCED_SHARE,
+        consent_withdrawal_share: float = DEFAULT_CONSENT_WITHDRAWAL_SHARE,
+        lapsing_share: float = DEFAULT_LAPSING_SHARE,
+        inactive_days: int = DEFAULT_INACTIVE_DAYS,
     ) -> None:
         if customers < 1:
             raise ValueError(f"customers must be ≥ 1, got {customers}")
@@ -63,6 +71,14 @@ class TrafficModel:
             raise ValueError(f"bad_ratio must be between 0 and 1, got {bad_ratio}")
         if not 0.0 <= unsourced_share <= 1.0:
             raise ValueError(f"unsourced_share must be between 0 and 1, got {unsourced_share}")
+        for name, share in (
+            ("consent_withdrawal_share", consent_withdrawal_share),
+            ("lapsing_share", lapsing_share),
+        ):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {share}")
+        if inactive_days < 1:
+            raise ValueError(f"inactive_days must be ≥ 1, got {inactive_days}")
         kinds = {location.type for location in reference.locations.values()}
         if "store" not in kinds or not kinds & {"warehouse", "forward_warehouse"}:
             raise ValueError(
@@ -78,6 +94,12 @@ class TrafficModel:
         self.bad_ratio = bad_ratio
         #: Share of delivery orders placed without a location, for Omnistream to source.
         self.unsourced_share = unsourced_share
+        #: Share of signed-in sessions that turn marketing off (CONTRACT §8 ``consent``).
+        self.consent_withdrawal_share = consent_withdrawal_share
+        #: Share of the customers who bought once ``inactive_days`` before the stream and
+        #: never come back (for a ``lapsed`` rule with that many ``inactive_days``).
+        self.lapsing_share = lapsing_share
+        self.inactive_days = inactive_days
         self._customer_base: list[Customer] | None = None
 
     def events(self, count: int | None = None) -> Iterator[GeneratedEvent]:
@@ -92,6 +114,9 @@ class TrafficModel:
             self._customer_base,
             self.start_ms,
             unsourced_share=self.unsourced_share,
+            consent_withdrawal_share=self.consent_withdrawal_share,
+            lapsing_share=self.lapsing_share,
+            inactive_days=self.inactive_days,
         )
         return self._mix(simulation, count)
 
