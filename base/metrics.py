@@ -184,3 +184,9 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+IDENTITY_CUSTOMERS = Gauge(
+    "omnistream_identity_customers",
+    "Customers in the identity graph (records created minus merged away or erased), as the "
+    "last batch's write in Redis answered: survives restarts; every identity_stitch process "
+    "reports the same global number (take max, not sum).",
+)

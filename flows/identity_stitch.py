@@ -28,6 +28,7 @@ from base.config import Config, ConfigError, load_config
 from base.flow_names import IDENTITY_STITCH
 from base.metrics import (
     IDENTITY_CONFLICTS,
+    IDENTITY_CUSTOMERS,
     IDENTITY_CUSTOMERS_CREATED,
     IDENTITY_JUNK,
     IDENTITY_LINKS,
@@ -51,7 +52,7 @@ from domain.identity import (
     pii_identifier_value,
 )
 from domain.reference import ReferenceData
-from state.identity_store import IdentityStore
+from state.identity_store import CustomerCounting, IdentityStore
 from state.interfaces import IdentityGraphStore, StoreFactory
 
 INPUTS = (topics.CLICKSTREAM, topics.POS_SALES)
@@ -121,6 +122,10 @@ def resolve_identities(
     resolutions = store.resolve_batch(
         [EventIdentifiers(e.event_id, e.ts_ms, tuple(identifiers_of(e))) for e in items]
     )
+    # The customer base as the batch's own write answered (no extra round trip): absolute,
+    # so it survives restarts and a replay leaves it where it was.
+    if isinstance(store, CustomerCounting) and (count := store.customer_count()) is not None:
+        IDENTITY_CUSTOMERS.set(count)
     out: list[OutMessage] = []
     now_ms = time.time() * 1000
     lag = PROCESSING_LAG.labels(IDENTITY_STITCH)

@@ -307,16 +307,20 @@ IDENTITY = Board(
     "Omnistream · Identity",
     (
         Panel(
-            "Customers",
-            (
-                (
-                    "sum(omnistream_identity_customers_created_total) "
-                    "- sum(omnistream_identity_merges_total)",
-                    "customers",
-                ),
-            ),
+            "Customer base",
+            (("max(omnistream_identity_customers)", "customers"),),
             kind="stat",
-            description="Created minus merged since the flow started.",
+            description="Customers in the identity graph (records created minus merged away "
+            "or erased), counted in Redis by identity_stitch's own writes: it survives "
+            "restarts and replays. Every identity_stitch process reports the same global "
+            "count, hence max, not sum.",
+        ),
+        Panel(
+            "Customers by segment",
+            (("max by (segment) (omnistream_customers)", "{{segment}}"),),
+            description="Profiles per segment (new, active, loyal, at_risk, lapsed; CONTRACT "
+            "§11), from the segment counts rule_triggers keeps in Redis; global, hence max "
+            "over the processes.",
         ),
         Panel(
             "Identifiers linked per second",

@@ -25,6 +25,29 @@ with one consistent graph, with two round trips per batch in the common case.
 
 The script touches keys of several slots: identity needs a single Redis instance (or one
 primary), not Redis Cluster.
+
+**Customer base.** ``<p>customers:count`` (internal, no TTL) is the number of customer
+records: the same script adds one for each ``cust:`` record it creates (``EXISTS`` was 0
+before its ``HSET``) and takes one off for each it deletes (``DEL`` answered 1: merged away,
+renamed, erased by ``forget``), and returns the count. A replayed batch writes records that
+already exist and deletes none that are gone, so it changes nothing; nor does a batch whose
+check failed (the script stops before writing). identity_stitch sets the
+``omnistream_identity_customers`` gauge from that reply after each batch: no extra round
+trip, and the board keeps its number across restarts (it used to be created − merged since
+the process started).
+
+The count key is global, one for the whole graph, which is one more reason this script needs
+one Redis primary: on Redis Cluster it would sit in its own slot, away from the customers'
+keys, and the script could not touch it. Sharding identity over a cluster would mean one
+count per shard (hash-tagged with the shard's keys), summed by the reader.
+
+Seeding: on a deployment that predates the count, ``from_config`` finds the key missing and
+sets it once from a ``SCAN`` of the ``cust:`` records (``SET NX``: several workers starting
+at once count alike, and the first one wins; every process seeds or sees the key before its
+first batch, so no batch is counted twice). During a rolling upgrade, batches of processes
+still on the old version are not counted: delete the key and restart to count again. A
+record that expires by TTL (``identity.ttl_days`` without a write) is not taken off either;
+the same recount corrects that drift (``IdentityStore.recount_customers``).
 """
 
 from __future__ import annotations
@@ -34,7 +57,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import redis
@@ -61,7 +84,8 @@ from state.redis_io import connect, with_retries
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 50
 
-# Checks then writes; returns 1 when applied, 0 when something read has changed meanwhile.
+# Checks then writes; returns 0 when something read has changed meanwhile, else
+# {1, the number of customers after the writes} (KEYS[1]: the count of customers).
 _APPLY = """
 local doc = cjson.decode(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -83,15 +107,36 @@ for _, check in ipairs(doc.versions) do
   if current ~= check[2] then return 0 end
 end
 for _, key in ipairs(doc.delete) do redis.call('DEL', key) end
+-- Only records that were there count off, and only records that were not count on: a
+-- replayed batch finds its records written and its merged customers gone.
+local delta = 0
+for _, key in ipairs(doc.delete_customers) do delta = delta - redis.call('DEL', key) end
 for _, pair in ipairs(doc.owner_writes) do redis.call('SET', pair[1], pair[2], 'EX', ttl) end
 for _, c in ipairs(doc.customers) do
+  if redis.call('EXISTS', c[1]) == 0 then delta = delta + 1 end
   redis.call('HSET', c[1], 'first_seen', c[2], 'ids', c[3], 'v', c[4])
   redis.call('EXPIRE', c[1], ttl)
 end
 for _, s in ipairs(doc.sightings) do redis.call('SET', s[1], s[2], 'EX', ttl) end
 for _, r in ipairs(doc.results) do redis.call('SET', r[1], r[2], 'EX', tonumber(ARGV[3])) end
-return 1
+local count
+if delta ~= 0 then
+  count = redis.call('INCRBY', KEYS[1], delta)
+else
+  count = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+return {1, count}
 """
+
+
+@runtime_checkable
+class CustomerCounting(Protocol):
+    """A graph store that knows its customer base (both stores here); a store without it
+    (a test's fake) simply leaves the gauge alone."""
+
+    def customer_count(self) -> int | None:
+        """The number of customers as of this handle's last write; None before any."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +154,15 @@ class IdentityKeys:
 
     def result(self, event_id: str) -> str:
         return f"{self.prefix}idres:{event_id}"
+
+    def customer_count(self) -> str:
+        return f"{self.prefix}customers:count"
+
+    def customer_pattern(self) -> str:
+        """``SCAN`` pattern of every customer record (the prefix's glob characters
+        escaped)."""
+        escaped = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in self.prefix)
+        return f"{escaped}cust:*"
 
 
 #: How long an event's resolution is kept for a replay (after a crash, the flow resumes
@@ -149,15 +203,20 @@ class IdentityStore:
         self.junk = policy.compiled_junk()
         self.ttl_s = ttl_s
         self._apply = client.register_script(_APPLY)
+        self._customer_count: int | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> IdentityStore:
-        return cls(
+        """The store of ``config``'s graph, its customer count seeded if it has none yet
+        (one ``EXISTS`` per opening; a ``SCAN`` only the first time on an old deployment)."""
+        store = cls(
             connect(config),
             config.redis.key_prefix,
             policy_of(config),
             int(config.identity.ttl_days * 86_400),
         )
+        with_retries(IDENTITY_STITCH, store.seed_customer_count)
+        return store
 
     def close(self) -> None:
         self.client.close()
@@ -204,6 +263,36 @@ class IdentityStore:
             return None
         return Customer(customer_id, record.first_seen_ms, set(record.identifiers))
 
+    # -- the customer base ---------------------------------------------------------------
+
+    def customer_count(self) -> int | None:
+        """How many customers the graph holds, as the last batch or erasure this handle
+        wrote answered (no round trip); None before it wrote anything."""
+        return self._customer_count
+
+    def count_records(self) -> int:
+        """The customer records there are now, by ``SCAN`` (a pass over the keyspace: for
+        seeding and checking the count, not per batch)."""
+        pattern = self.keys.customer_pattern()
+        return sum(1 for _ in self.client.scan_iter(match=pattern, count=1000))
+
+    def seed_customer_count(self) -> bool:
+        """Set the count from the records if it is missing (a deployment from before the
+        count, or after the key was deleted to recount); True when this call set it."""
+        key = self.keys.customer_count()
+        if self.client.exists(key):
+            return False
+        return bool(self.client.set(key, self.count_records(), nx=True))
+
+    def recount_customers(self) -> int:
+        """Count the records again and replace the count (drift from records expired by
+        TTL, or batches of an old version). Meant for a quiet graph: a batch written during
+        the ``SCAN`` may be counted in the scan and again by its script, or not at all."""
+        count = self.count_records()
+        self.client.set(self.keys.customer_count(), count)
+        self._customer_count = count
+        return count
+
     # -- writing -------------------------------------------------------------------------
 
     def _write(
@@ -223,8 +312,8 @@ class IdentityStore:
                 [keys.customer(c), "" if v is None else str(v)] for c, v in part.versions.items()
             ],
             "owner_writes": [[keys.owner(i), owner] for i, owner in writes.owners.items()],
-            "delete": [keys.owner(i) for i in writes.dropped_owners]
-            + [keys.customer(c) for c in writes.dropped_customers],
+            "delete": [keys.owner(i) for i in writes.dropped_owners],
+            "delete_customers": [keys.customer(c) for c in writes.dropped_customers],
             "customers": [
                 [
                     keys.customer(cid),
@@ -243,7 +332,13 @@ class IdentityStore:
             ],
             "results": [[keys.result(eid), encode_resolution(r)] for eid, r in results],
         }
-        return bool(self._apply(args=[orjson.dumps(doc), self.ttl_s, RESULT_TTL_S]))
+        reply = self._apply(
+            keys=[keys.customer_count()], args=[orjson.dumps(doc), self.ttl_s, RESULT_TTL_S]
+        )
+        if not reply:
+            return False
+        self._customer_count = int(reply[1])
+        return True
 
     def resolve_batch(self, events: Sequence[EventIdentifiers]) -> list[Resolution]:
         """Link the identifiers of every event, in order; one resolution per event."""

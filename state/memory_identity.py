@@ -8,6 +8,10 @@ steps of ``domain.identity``: read the part of the graph the batch touches
 difference back (``graph_writes``). Only the optimistic check is gone: one lock makes every
 batch atomic, which is what the Redis script's check achieves across workers.
 
+The customer base is counted as the Redis script counts it: one on for each record created
+(not there before), one off for each record dropped that was there; ``customer_count``
+answers it.
+
 Nothing expires here (Redis keeps identities ``identity.ttl_days`` and resolutions a
 week, by wall-clock TTL): a test's run is far shorter.
 """
@@ -46,6 +50,9 @@ class MemoryIdentityStore:
         self.sightings: dict[str, Sighting] = {}
         #: event id → what it resolved to (events that changed the graph only)
         self.results: dict[str, Resolution] = {}
+        #: customer records created minus those deleted (``len(customers)`` by construction,
+        #: kept the way Redis keeps it so both count alike)
+        self.customer_total = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -68,8 +75,10 @@ class MemoryIdentityStore:
         for ident in writes.dropped_owners:
             self.owners.pop(ident, None)
         for customer_id in writes.dropped_customers:
-            self.customers.pop(customer_id, None)
+            if self.customers.pop(customer_id, None) is not None:
+                self.customer_total -= 1
         self.owners.update(writes.owners)
+        self.customer_total += sum(1 for cid in writes.customers if cid not in self.customers)
         self.customers.update(writes.customers)
         self.sightings.update(writes.sightings)
 
@@ -87,6 +96,11 @@ class MemoryIdentityStore:
             self._write(part, touched)
             self.results.update(remembered)
             return resolutions
+
+    def customer_count(self) -> int | None:
+        """How many customers the graph holds (every handle shares this one object)."""
+        with self._lock:
+            return self.customer_total
 
     def owner_of(self, ident: str) -> str | None:
         with self._lock:
