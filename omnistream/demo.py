@@ -262,6 +262,28 @@ def _print_console(config: Config, service: ServiceProcess) -> None:
     print(f"HTTP service: {service.url}/docs (availability, stock, customers), /metrics")
 
 
+def _print_customers(triggers: Samples | None) -> None:
+    """The customer rules of CONTRACT §11 in one line, from rule_triggers' own counters:
+    coupons of the life-cycle rules (by rule kind), the ``customer_visit`` tasks it gave the
+    stores (``store.tasks``; stock_pool's open-task gauge above counts only its pickups) and
+    the coupons held back for want of consent or stock. The generated stream sets these up
+    (check-ins, consent withdrawals, a backdated history of lapsing members and repurchase
+    items), so all of them should be above zero once the rules are configured."""
+    fired = _by_label(triggers, "omnistream_triggers_fired_total", "kind")
+    held = _by_label(triggers, "omnistream_triggers_suppressed_total", "reason")
+    visits = sum(
+        int(value)
+        for labels, value in (triggers or {}).get("omnistream_store_tasks_total", [])
+        if labels.get("kind") == "customer_visit" and labels.get("status") == "open"
+    )
+    print(
+        f"customers: lapsed coupons={fired.get('lapsed', 0):,}  "
+        f"repurchase coupons={fired.get('repurchase', 0):,}  "
+        f"customer_visit tasks={visits:,}  "
+        f"held back no_consent={held.get('no_consent', 0):,} no_stock={held.get('no_stock', 0):,}"
+    )
+
+
 def _print_triggers(samples: Samples | None, watch: TriggerWatch) -> None:
     fired = sorted(
         ((labels["rule"], labels["kind"], labels["variant"]), int(value))
@@ -350,6 +372,7 @@ def _print_summary(
     )
     print(f"identifiers linked: {int(total(identity, 'omnistream_identity_links_total')):,}")
     _print_triggers(samples.get("rule_triggers"), watch)
+    _print_customers(samples.get("rule_triggers"))
     for f in flows:
         print(
             f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "
