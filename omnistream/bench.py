@@ -23,7 +23,10 @@ in the same run (machines are shared and noisy: a ratio means more than a figure
    warehouse movement to its effect being readable in Redis (a sample of movements); and in
    the same run the fulfilment latencies: from producing an order for delivery without a
    location to stock_pool's decision arriving on ``orders.sourced``, and from producing a
-   pickup order to its open task arriving on ``store.tasks``.
+   pickup order to its open task arriving on ``store.tasks``; and profile freshness, from
+   producing a clickstream or till event to the customer's profile
+   (``omni:profile:<customer_id>``, CONTRACT §11) showing it (``ProfileProbe``; target p99
+   ≤ 1 s), which goes through identity_stitch and rule_triggers.
 6. The availability service (``omnistream.bench_service``): ``omnistream serve`` on the
    Redis the stock_pool run left, offered requests at fixed rates, open loop. It runs
    after the flows and before the latency run, with nothing else of the bench running.
@@ -55,6 +58,7 @@ from base.topics import ALL_TOPICS
 from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.kafka_clients import ensure_topics, make_consumer
 from connectors.reference_files import load_reference
+from domain.timeparse import TimestampError, parse_event_time
 from flows import attribution, identity_stitch, rule_triggers, stock_pool
 from omnistream.bench_service import SERVICE_RATES, print_service, service_run
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
@@ -347,6 +351,190 @@ class FreshnessProbe:
         self._stop.set()
 
 
+#: Target of profile freshness: a profile shows an event within a second (CONTRACT §11).
+PROFILE_TARGET_P99_MS = 1_000.0
+#: A sampled event whose profile has not caught up after this long is given up on (its
+#: customer has no profile: nothing writes them yet, or the event was junk).
+PROFILE_GIVE_UP_MS = 30_000.0
+
+
+def profile_identifiers(topic: str, body: dict[str, Any]) -> tuple[str, ...]:
+    """The identifiers of a generated clickstream or till event that lead to its customer's
+    owner key (``id:<type>:<value>``, CONTRACT §5), strongest first. Phone and e-mail are
+    left out: their keys hold a keyed hash the bench would have to recompute; every
+    clickstream event has its device and a member's till event its card anyway."""
+    fields = (
+        (("user", "user_id"), ("order", "order_id"), ("anon", "anonymous_id"))
+        if topic == topics.CLICKSTREAM
+        else (("member", "member_code"), ("order", "order_id"))
+    )
+    return tuple(
+        f"{kind}:{value}"
+        for kind, name in fields
+        if isinstance(value := body.get(name), str) and value
+    )
+
+
+def profile_time_ms(raw: bytes | str | None) -> int | None:
+    """A profile's ``last_seen`` (RFC 3339, or epoch ms) as epoch ms; None when absent or not
+    a time."""
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        return parse_event_time(int(text) if text.isdigit() else text)
+    except TimestampError:
+        return None
+
+
+@dataclass
+class ProfileSample:
+    """One sampled event: when it was handed to the producer (wall clock, ms), its event
+    time, and the identifiers its customer is found by."""
+
+    produced_ms: float
+    ts_ms: int
+    identifiers: tuple[str, ...]
+    polls: int = 0
+
+
+@dataclass
+class ProfileBook:
+    """The bookkeeping of the profile probe, without Redis: which sampled events are still
+    awaited, and what each poll says of them.
+
+    An event counts once its customer's profile shows a ``last_seen`` at or past the
+    event's time; produce → that poll is its freshness. A profile that already shows it at
+    the very first poll was brought there by another event (one later in event time, the
+    generator's backdated history) before this one could have travelled two flows: the
+    sample proves nothing and is skipped (``skipped``), which errs on the slow side."""
+
+    pending: dict[str, ProfileSample] = field(default_factory=dict)
+    freshness_ms: list[float] = field(default_factory=list)
+    skipped: int = 0
+    given_up: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, event_id: str, sample: ProfileSample) -> None:
+        with self._lock:
+            self.pending.setdefault(event_id, sample)
+
+    def awaited(self) -> list[tuple[str, ProfileSample]]:
+        with self._lock:
+            return list(self.pending.items())
+
+    def observe(self, event_id: str, last_seen_ms: int | None, now_ms: float) -> None:
+        """What one poll read for a sample: its customer's ``last_seen`` (None: no customer
+        or no profile yet)."""
+        with self._lock:
+            sample = self.pending.get(event_id)
+            if sample is None:
+                return
+            sample.polls += 1
+            if last_seen_ms is not None and last_seen_ms >= sample.ts_ms:
+                del self.pending[event_id]
+                if sample.polls == 1:
+                    self.skipped += 1
+                else:
+                    self.freshness_ms.append(now_ms - sample.produced_ms)
+            elif now_ms - sample.produced_ms > PROFILE_GIVE_UP_MS:
+                del self.pending[event_id]
+                self.given_up += 1
+
+    def figures(self) -> dict[str, float | int]:
+        return {
+            "profile_freshness_p50_ms": round(percentile(self.freshness_ms, 0.5), 1),
+            "profile_freshness_p99_ms": round(percentile(self.freshness_ms, 0.99), 1),
+            "profiles_measured": len(self.freshness_ms),
+            "profiles_skipped": self.skipped,
+            "profiles_given_up": self.given_up,
+        }
+
+
+@dataclass
+class ProfileProbe:
+    """Samples clickstream and till events of the generator's customers and polls Redis
+    until each one's profile shows it.
+
+    Each poll is two pipelined round trips for every awaited sample at once: the owners of
+    their identifiers (one ``MGET``; read again each poll, since a merge may move the event
+    to another customer), then those customers' ``last_seen`` (one pipeline of ``HGET``).
+    Until something writes ``omni:profile:`` (rule_triggers), nothing is measured: the
+    figures say 0 profiles and NaN percentiles."""
+
+    config: Config
+    every: int = 10
+    interval_s: float = 0.025
+    book: ProfileBook = field(default_factory=ProfileBook)
+    _seen: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
+        """Pass events through, sampling every ``every``-th good one of a known customer."""
+        for event in events:
+            if (
+                event.topic in (topics.CLICKSTREAM, topics.POS_SALES)
+                and event.bad_reason is None
+                and not event.duplicate
+                and event.event_id
+            ):
+                self._seen += 1
+                if self._seen % self.every == 0:
+                    self._sample(event)
+            yield event
+
+    def _sample(self, event: GeneratedEvent) -> None:
+        body = orjson.loads(event.value)
+        identifiers = profile_identifiers(event.topic, body)
+        try:
+            ts_ms = parse_event_time(body.get("ts"))
+        except TimestampError:
+            return
+        if identifiers and event.event_id:
+            self.book.add(event.event_id, ProfileSample(time.time() * 1000, ts_ms, identifiers))
+
+    def poll(self, client: redis.Redis) -> None:
+        """One look at every awaited sample."""
+        awaited = self.book.awaited()
+        if not awaited:
+            return
+        prefix = self.config.redis.key_prefix
+        idents = sorted({i for _, sample in awaited for i in sample.identifiers})
+        replies: list[bytes | None] = client.mget([f"{prefix}id:{i}" for i in idents])  # type: ignore[assignment]
+        owner = {i: r.decode() for i, r in zip(idents, replies, strict=True) if r}
+        customer_of = {
+            event_id: next((owner[i] for i in sample.identifiers if i in owner), None)
+            for event_id, sample in awaited
+        }
+        customers = sorted({c for c in customer_of.values() if c is not None})
+        pipe = client.pipeline(transaction=False)
+        for customer_id in customers:
+            pipe.hget(f"{prefix}profile:{customer_id}", "last_seen")
+        last_seen = {
+            c: profile_time_ms(raw) for c, raw in zip(customers, pipe.execute(), strict=True)
+        }
+        now_ms = time.time() * 1000
+        for event_id, found in customer_of.items():
+            self.book.observe(event_id, last_seen.get(found) if found else None, now_ms)
+
+    def follow(self) -> None:
+        """Poll until stopped, then two seconds more (the last events' profiles)."""
+        client = redis.Redis.from_url(self.config.redis.url)
+        stopped_at: float | None = None
+        try:
+            while stopped_at is None or time.monotonic() - stopped_at < 2.0:
+                if stopped_at is None and self._stop.is_set():
+                    stopped_at = time.monotonic()
+                started = time.monotonic()
+                self.poll(client)
+                time.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 #: Target of both fulfilment latencies (order → decision, pickup order → open task).
 FULFILMENT_TARGET_P99_S = 1.0
 
@@ -433,14 +621,19 @@ def latency_run(
         probe = FreshnessProbe(live)
         follower = threading.Thread(target=probe.follow, daemon=True)
         follower.start()
+        profiles = ProfileProbe(live)
+        profile_follower = threading.Thread(target=profiles.follow, daemon=True)
+        profile_follower.start()
         count = int(rate * seconds)
-        stamped = probe.stamp(watch.stamp(fulfilment.stamp(events[:count])))
+        stamped = profiles.stamp(probe.stamp(watch.stamp(fulfilment.stamp(events[:count]))))
         produce(live, stamped, rate=rate, progress=False)
         time.sleep(3)  # the last triggers, decisions and Redis writes
         watch.stop()
         fulfilment.stop()
         probe.stop()
+        profiles.stop()
         follower.join(timeout=10)
+        profile_follower.join(timeout=10)
     finally:
         for process, _ in processes:
             stop_process(process)
@@ -453,6 +646,7 @@ def latency_run(
         "stock_freshness_p50_ms": round(percentile(probe.freshness_ms, 0.5), 1),
         "stock_freshness_p99_ms": round(percentile(probe.freshness_ms, 0.99), 1),
         "movements_measured": len(probe.freshness_ms),
+        **profiles.book.figures(),
         **fulfilment.figures(),
     }
 
@@ -589,6 +783,7 @@ def print_latency(lat: dict[str, Any]) -> None:
         f"{lat['stock_freshness_p50_ms']:,.0f} ms, p99 {lat['stock_freshness_p99_ms']:,.0f} ms "
         f"({lat['movements_measured']:,} movements)"
     )
+    print(profile_line(lat))
     target = f"target p99 ≤ {FULFILMENT_TARGET_P99_S:g} s"
     for label, key, unit in (
         ("order → orders.sourced", "orders_sourced", "decisions"),
@@ -600,3 +795,24 @@ def print_latency(lat: dict[str, Any]) -> None:
             f"{label:<27} p50 {lat[f'{key}_p50_s']:.3f} s, p99 {p99:.3f} s "
             f"({lat[f'{key}_measured']:,} {unit}); {target}: {met}"
         )
+
+
+def profile_line(lat: dict[str, Any]) -> str:
+    """The table's profile freshness line; says so when nothing was measured (no flow
+    wrote profiles) rather than printing NaN."""
+    measured = int(lat.get("profiles_measured", 0))
+    label = f"{'event → profile readable':<27}"
+    extra = (
+        f"{lat.get('profiles_skipped', 0):,} skipped, {lat.get('profiles_given_up', 0):,} given up"
+    )
+    if measured == 0:
+        return (
+            f"{label}not measured (0 profiles; {extra}): is rule_triggers writing "
+            "omni:profile:<customer_id>?"
+        )
+    p99 = float(lat["profile_freshness_p99_ms"])
+    met = "met" if p99 <= PROFILE_TARGET_P99_MS else "MISSED"
+    return (
+        f"{label}p50 {lat['profile_freshness_p50_ms']:,.0f} ms, p99 {p99:,.0f} ms "
+        f"({measured:,} profiles; {extra}); target p99 ≤ {PROFILE_TARGET_P99_MS:,.0f} ms: {met}"
+    )
