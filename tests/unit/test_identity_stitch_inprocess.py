@@ -158,8 +158,24 @@ def test_the_scenarios_events_are_resolved_and_the_broken_one_dead_lettered(
     workers: int,
 ) -> None:
     result = scenario(workers)
-    resolved = {r["event_id"]: r for r in result.values("events.resolved")}
+    written = result.values("events.resolved")
+    resolved = {r["event_id"]: r for r in written if r["source_topic"] != "identity"}
     assert sorted(resolved) == sorted(e["event_id"] for e in [*CLICKS, *SALES])
+    # Each merge also put its two notices in the customers' streams (merged id → survivor).
+    notices = [r for r in written if r["source_topic"] == "identity"]
+    away = {(r["customer_id"], r["into"]) for r in notices if r["event_type"] == "identity_merged"}
+    absorbed = {
+        (r["merged_from"], r["customer_id"])
+        for r in notices
+        if r["event_type"] == "identity_absorbed"
+    }
+    merges = {
+        (old, c["customer_id"])
+        for c in result.changes()
+        if c["kind"] == "merged"
+        for old in c["merged_from"]
+    }
+    assert away == absorbed == merges
     final = survivor(result.changes())
     assert final[resolved["c2"]["customer_id"]] == result.store.owner_of("user:u-bob")
     assert final[resolved["p3"]["customer_id"]] == result.store.owner_of("user:u-ann")
@@ -248,12 +264,32 @@ def test_generated_customers_are_the_connected_components_of_their_identifiers(
     assert folded(changes) == result.store.owners
 
 
+def events_of(result: Run) -> list[dict[str, Any]]:
+    """The resolved events on ``events.resolved``, without the merges' notices (their ids
+    name the merge, which may differ between runs like the changes themselves)."""
+    return [r for r in result.values("events.resolved") if r["source_topic"] != "identity"]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_good_event_is_resolved_to_the_customer_of_its_identifiers(workers: int) -> None:
     result = generated(workers)
-    records = result.values("events.resolved")
+    records = events_of(result)
     docs = good_events()
     assert Counter(r["event_id"] for r in records) == Counter(d["event_id"] for d in docs)
+    notices = [r for r in result.values("events.resolved") if r["source_topic"] == "identity"]
+    merges = Counter(
+        (old, c["customer_id"])
+        for c in result.changes()
+        if c["kind"] == "merged"
+        for old in c["merged_from"]
+    )
+    assert merges, "the generated day merges customers"
+    for kind, pair in (
+        ("identity_merged", ("customer_id", "into")),
+        ("identity_absorbed", ("merged_from", "customer_id")),
+    ):
+        found = Counter((r[pair[0]], r[pair[1]]) for r in notices if r["event_type"] == kind)
+        assert found == merges, kind
     final = survivor(result.changes())
     by_id = {d["event_id"]: d for d in docs}
     for record in records:
@@ -297,7 +333,7 @@ def test_generated_traffic_ends_the_same_on_one_and_two_workers() -> None:
         final = survivor(result.changes())
         return Counter(
             (r["event_id"], final.get(r["customer_id"], r["customer_id"]))
-            for r in result.values("events.resolved")
+            for r in events_of(result)
         )
 
     assert resolved(one) == resolved(two)
