@@ -24,6 +24,9 @@ RULE_KINDS = (
     "overstock",
     "expiring_stock",
     "campaign_prep",
+    "lapsed",
+    "repurchase",
+    "store_visit",
 )
 #: Kinds whose triggers are coupons for a customer (the others suggest stock moves).
 COUPON_KINDS = frozenset(
@@ -33,6 +36,8 @@ COUPON_KINDS = frozenset(
         "win_back",
         "overstock",
         "expiring_stock",
+        "lapsed",
+        "repurchase",
     }
 )
 COUPON_TYPES = ("percent_off", "amount_off", "free_shipping", "gift")
@@ -50,6 +55,10 @@ class Param:
     minimum: float = 0.0
 
 
+#: ``min_available`` of a coupon kind: a coupon naming a sku is held back (``no_stock``) when
+#: fewer units are available to sell where it sends the customer. 0 turns the guard off.
+_MIN_AVAILABLE = Param("int", 1, 0)
+
 #: Parameters of each rule kind, with defaults (None = required).
 PARAMS: dict[str, dict[str, Param]] = {
     "low_stock": {"target_cover_days": Param("number", 7, 0.1)},
@@ -59,19 +68,31 @@ PARAMS: dict[str, dict[str, Param]] = {
         "within": Param("duration", 1800, 1),
         "min_available": Param("int", 1, 1),
     },
-    "cart_abandonment": {"within": Param("duration", 3600, 1)},
-    "win_back": {"inactive_days": Param("number", 60, 1)},
+    "cart_abandonment": {"within": Param("duration", 3600, 1), "min_available": _MIN_AVAILABLE},
+    "win_back": {"inactive_days": Param("number", 60, 1), "min_available": _MIN_AVAILABLE},
     "overstock": {
         "cover_days": Param("number", 60, 1),
         "idle_days": Param("number", 30, 1),
         "min_on_hand": Param("int", 10, 0),
         "viewed_within": Param("duration", 7 * 86400, 1),
+        "min_available": _MIN_AVAILABLE,
     },
     "expiring_stock": {
         "within_days": Param("number", 3, 0),
         "viewed_within": Param("duration", 7 * 86400, 1),
+        "min_available": _MIN_AVAILABLE,
     },
     "campaign_prep": {"triggers": Param("int", 50, 1), "window": Param("duration", 3600, 1)},
+    # Fires on its own timer at the last purchase + inactive_days (win_back waits for the
+    # customer to come back; lapsed reaches out while they are away).
+    "lapsed": {"inactive_days": Param("number", 30, 1), "min_available": _MIN_AVAILABLE},
+    # The sku's ``repurchase_days`` come from the products file; lead_days fires that early.
+    "repurchase": {"lead_days": Param("number", 0, 0), "min_available": _MIN_AVAILABLE},
+    # A task for the store, not a coupon: the customer's latest views travel with it.
+    "store_visit": {
+        "max_views": Param("int", 5, 1),
+        "views_within": Param("duration", 7 * 86400, 1),
+    },
 }
 
 
@@ -256,7 +277,7 @@ def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
 def _parse_coupon(check: _Checker, where: str, kind: str, raw: object) -> Coupon | None:
     if kind not in COUPON_KINDS:
         if raw is not None:
-            check.fail(where, "coupon", "no coupon on a stock rule", raw)
+            check.fail(where, "coupon", "no coupon on a stock rule or a store visit", raw)
         return None
     section = check.mapping(where, "coupon", raw)
     if section is None:

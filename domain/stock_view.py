@@ -3,7 +3,9 @@
 A rule of one sku × location or of one customer sometimes needs stock it does not hold: the
 stores of a region with stock (``browse_nearby_stock``), the sku's positions in a region (the
 source of a transfer, the store selling fastest), one position's available units
-(``campaign_prep``). Those questions go through a ``StockView``:
+(``campaign_prep``, a coupon naming a store), the sku's units available to sell wherever
+online orders ship from (a coupon sending the customer to the web shop). Those questions go
+through a ``StockView``:
 
 - the flow answers them from the stock pool in Redis, as it stands when the question is asked
   (``state.stock_view.PoolStockView``): live, that is the pool of the moment; in a replay
@@ -20,7 +22,7 @@ pool ignores it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +45,12 @@ class StockView(Protocol):
 
     def available(self, sku: str, location_id: str, as_of_ms: int) -> int:
         """Units of ``sku`` available at ``location_id`` (0 when nothing is recorded)."""
+        ...
+
+    def available_online(self, sku: str, as_of_ms: int) -> int:
+        """Units of ``sku`` available to sell summed over the locations that ship online
+        orders (``domain.reference.Location.ships``): what a coupon for the web shop can
+        be redeemed against."""
         ...
 
 
@@ -70,19 +78,35 @@ class RecordedStock:
     5
     >>> stock.at_end().available("SKU1", "ST1", 1_500)
     2
+
+    Which locations ship online orders is the reference's to say (``shipping``: their ids);
+    without it, every location that is not a store does (the reference's default).
+
+    >>> stock.record(StockChange("SKU1", "WH1", "SH", 7, 0, 1_000, "c", location_type="warehouse"))
+    >>> stock.as_recorded().available_online("SKU1", 1_500)
+    7
+    >>> RecordedStock(shipping={"ST1"}).as_recorded().available_online("SKU1", 1_500)
+    0
     """
 
-    def __init__(self, changes: Iterable[StockChange] = ()) -> None:
+    def __init__(
+        self, changes: Iterable[StockChange] = (), *, shipping: Collection[str] | None = None
+    ) -> None:
+        #: ids of the locations that ship online orders (None: every non-store location)
+        self.shipping = frozenset(shipping) if shipping is not None else None
         #: (sku, region) → location → its changes, by (event time, arrival)
         self._by_region: dict[tuple[str, str], dict[str, list[_Position]]] = {}
         #: (sku, location) → the region its changes name
         self._region_of: dict[tuple[str, str], str] = {}
+        #: sku → the locations that recorded it
+        self._locations_of: dict[str, set[str]] = {}
         self._seq = 0
         for change in changes:
             self.record(change)
 
     def record(self, change: StockChange) -> None:
         self._region_of[(change.sku, change.location_id)] = change.region
+        self._locations_of.setdefault(change.sku, set()).add(change.location_id)
         locations = self._by_region.setdefault((change.sku, change.region), {})
         history = locations.setdefault(change.location_id, [])
         self._seq += 1
@@ -120,6 +144,22 @@ class RecordedStock:
             return history[-1].change
         index = bisect.bisect_right(history, as_of_ms, key=lambda p: p.ts_ms)
         return history[index - 1].change if index else None
+
+
+    def _online(self, sku: str, as_of_ms: int | None) -> int:
+        total = 0
+        for location in self._locations_of.get(sku, ()):
+            position = self._position(sku, location, as_of_ms)
+            if position is None:
+                continue
+            ships = (
+                location in self.shipping
+                if self.shipping is not None
+                else position.location_type != "store"
+            )
+            if ships:
+                total += position.available
+        return total
 
 
 def _as_stored(change: StockChange) -> StockChange:
@@ -165,3 +205,6 @@ class _StockAt:
     def available(self, sku: str, location_id: str, as_of_ms: int) -> int:
         position = self._stock._position(sku, location_id, self._when(as_of_ms))
         return position.available if position is not None else 0
+
+    def available_online(self, sku: str, as_of_ms: int) -> int:
+        return self._stock._online(sku, self._when(as_of_ms))

@@ -96,7 +96,13 @@ def _offer_order(offer: Offer) -> tuple[int, str, str, str, str, tuple[str, ...]
 
 @dataclass(slots=True)
 class CustomerTriggers:
-    """One customer's coupon rules, fed the customer's events in their order."""
+    """One customer's rules, fed the customer's events in their order.
+
+    ``stock`` answers the coupons' ``no_stock`` guard (a coupon naming a sku needs units
+    where it sends the customer) as of each coupon's event time; without one (None) that
+    guard is not applied, so every caller that can should pass the same view it passes to
+    ``on_event``, or timers and events would be judged differently.
+    """
 
     customer_id: str = ""
     state: CustomerState = field(default_factory=CustomerState)
@@ -112,18 +118,20 @@ class CustomerTriggers:
         """Deadlines before the event have passed (a customer's events come in order), then
         the event itself; stores near a browsing customer are asked of ``stock`` as of it."""
         self.customer_id = event.customer_id
-        out = on_time(self.state, self.customer_id, event.ts_ms - 1, rules)
+        out = on_time(self.state, self.customer_id, event.ts_ms - 1, rules, stock)
 
         def nearby(region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
             return stock.stores_with_stock(region, sku, minimum, event.ts_ms)
 
-        self.state, fired = on_event(self.state, event, rules, nearby)
+        self.state, fired = on_event(self.state, event, rules, nearby, stock)
         return [*out, *fired] if out else fired
 
-    def on_offer(self, offer: Offer, rules: RuleSet) -> list[Outcome]:
+    def on_offer(
+        self, offer: Offer, rules: RuleSet, stock: StockView | None = None
+    ) -> list[Outcome]:
         """A clearance coupon from the region's audience, under the same policy as any."""
         self.customer_id = offer.customer_id
-        self.state, out = on_offer(self.state, offer, rules)
+        self.state, out = on_offer(self.state, offer, rules, stock)
         return out
 
     def hold_offer(self, offer: Offer) -> None:
@@ -131,24 +139,31 @@ class CustomerTriggers:
         self.customer_id = offer.customer_id
         self.held_offers.append(offer)
 
-    def fire_due(self, mark_ms: int | None, rules: RuleSet) -> list[Outcome]:
-        """Carts and quiet hours due by ``mark_ms`` (nothing before the clock has a mark)."""
+    def fire_due(
+        self, mark_ms: int | None, rules: RuleSet, stock: StockView | None = None
+    ) -> list[Outcome]:
+        """Carts, lapses, repurchases and quiet hours due by ``mark_ms`` (nothing before
+        the clock has a mark)."""
         if mark_ms is None:
             return []
-        return on_time(self.state, self.customer_id, mark_ms, rules)
+        return on_time(self.state, self.customer_id, mark_ms, rules, stock)
 
-    def finish(self, end_ms: int | None, rules: RuleSet) -> list[Outcome]:
+    def finish(
+        self, end_ms: int | None, rules: RuleSet, stock: StockView | None = None
+    ) -> list[Outcome]:
         """The end of a replay: the held offers in event-time order, each after the timers
         due before it, then the timers due by ``end_ms`` (the end of the input)."""
         out: list[Outcome] = []
         offers, self.held_offers = sorted(self.held_offers, key=_offer_order), []
         for offer in offers:
             if end_ms is not None:
-                out += self.fire_due(min(offer.ts_ms - 1, end_ms), rules)
-            out += self.on_offer(offer, rules)
-        return out + self.fire_due(end_ms, rules)
+                out += self.fire_due(min(offer.ts_ms - 1, end_ms), rules, stock)
+            out += self.on_offer(offer, rules, stock)
+        return out + self.fire_due(end_ms, rules, stock)
 
     def next_deadline(self) -> int | None:
+        """Carts, held coupons, lapses and repurchases: the earliest (all kept in the state,
+        armed with the rules in force when they were set)."""
         return next_deadline(self.state)
 
 

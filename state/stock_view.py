@@ -9,16 +9,27 @@ stock_pool that has caught up, the pool at the end of the input.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from domain.stock_rules import StockChange
 from state.interfaces import StockReader
 
 
 class PoolStockView:
-    """``StockView`` on a ``StockReader``; ``flow`` names the reader in the Redis metrics."""
+    """``StockView`` on a ``StockReader``; ``flow`` names the reader in the Redis metrics.
 
-    def __init__(self, reader: StockReader, flow: str) -> None:
+    ``shipping``: the ids of the locations that ship online orders (from the reference,
+    ``Location.ships``), asked one position each for ``available_online``. Without it the
+    sku's positions are read whole and every location that is not a store counts (the
+    reference's default), which misses a store the locations file lets ship.
+    """
+
+    def __init__(
+        self, reader: StockReader, flow: str, shipping: Collection[str] | None = None
+    ) -> None:
         self.reader = reader
         self.flow = flow
+        self.shipping = sorted(shipping) if shipping is not None else None
 
     def stores_with_stock(
         self, region: str, sku: str, minimum: int, as_of_ms: int
@@ -30,6 +41,16 @@ class PoolStockView:
 
     def available(self, sku: str, location_id: str, as_of_ms: int) -> int:
         return self.reader.available(sku, location_id, self.flow)
+
+    def available_online(self, sku: str, as_of_ms: int) -> int:
+        if self.shipping is not None:
+            return sum(self.reader.available(sku, loc, self.flow) for loc in self.shipping)
+        rows, _, _ = self.reader.read_sku(sku)
+        return sum(
+            int(row.get("available_to_sell", 0))
+            for row in rows
+            if row.get("location_type", "store") != "store"
+        )
 
     def close(self) -> None:
         self.reader.close()
