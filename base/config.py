@@ -182,6 +182,33 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """The customer profile (CONTRACT §11): segment thresholds, interest window, bounds."""
+
+    #: ``new``: a customer with exactly one purchase, made less than this many days ago.
+    new_days: float = 30.0
+    #: ``active`` (or ``loyal``): last purchase less than this many days ago …
+    active_days: float = 30.0
+    #: … ``loyal`` with at least this many purchases within ``loyal_window_days``.
+    loyal_purchases: int = 3
+    loyal_window_days: float = 180.0
+    #: ``at_risk`` until the last purchase is this many days old, ``lapsed`` after (also a
+    #: customer who never bought and has shown no activity for as long).
+    lapsed_days: float = 60.0
+    #: ``top_categories`` weigh engagement (view 1, add to cart 3, purchase 5) of the last
+    #: this many UTC days.
+    interest_window_days: int = 30
+    #: Length of ``top_categories`` (CONTRACT: at most 5).
+    max_categories: int = 5
+    #: Event ids kept per customer to drop replayed duplicates: this long (event time) …
+    dedup_hours: float = 168.0
+    #: … and at most this many.
+    max_event_ids: int = 1000
+    #: Profile hashes in Redis expire this long after their last write.
+    ttl_days: float = 400.0
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -196,6 +223,7 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     fulfilment: FulfilmentConfig = field(default_factory=FulfilmentConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     #: Where the configuration came from, for messages.
     source: str = "<defaults>"
 
@@ -326,6 +354,16 @@ def _check_ranges(config: Config) -> None:
         "attribution.half_life_days": config.attribution.half_life_days,
         "attribution.markov_refresh_conversions": config.attribution.markov_refresh_conversions,
         "attribution.markov_refresh_minutes": config.attribution.markov_refresh_minutes,
+        "profile.new_days": config.profile.new_days,
+        "profile.active_days": config.profile.active_days,
+        "profile.loyal_purchases": config.profile.loyal_purchases,
+        "profile.loyal_window_days": config.profile.loyal_window_days,
+        "profile.lapsed_days": config.profile.lapsed_days,
+        "profile.interest_window_days": config.profile.interest_window_days,
+        "profile.max_categories": config.profile.max_categories,
+        "profile.dedup_hours": config.profile.dedup_hours,
+        "profile.max_event_ids": config.profile.max_event_ids,
+        "profile.ttl_days": config.profile.ttl_days,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -337,6 +375,17 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"{config.source}: key `attribution.first_share`/`attribution.last_share`: expected "
             f"shares in [0, 1] adding up to at most 1, got {a.first_share!r} and {a.last_share!r}"
+        )
+    p = config.profile
+    if p.lapsed_days <= p.active_days:
+        raise ConfigError(
+            f"{config.source}: key `profile.lapsed_days`: expected more days than "
+            f"`profile.active_days` ({p.active_days!r}), got {p.lapsed_days!r}"
+        )
+    if p.max_categories > 5:
+        raise ConfigError(
+            f"{config.source}: key `profile.max_categories`: expected at most 5 (CONTRACT "
+            f"§11), got {p.max_categories!r}"
         )
     if not 0 < config.service.port < 65536:
         raise ConfigError(

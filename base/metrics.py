@@ -126,6 +126,20 @@ TRIGGER_INPUTS_SKIPPED = Counter(
     "not_perishable_receipt).",
     ["reason"],
 )
+CUSTOMERS_BY_SEGMENT = Gauge(
+    "omnistream_customers",
+    "Customer profiles in Redis by lifecycle segment (new, active, loyal, at_risk, lapsed), "
+    "as the last profile write read them back: global, every rule_triggers process reports "
+    "the same number (take max, not sum).",
+    ["segment"],
+)
+RULE_STATE_HANDOVERS = Counter(
+    "omnistream_rule_state_handovers_total",
+    "Per-customer state moved on an identity change, by flow and kind: merged (a merged "
+    "customer's state handed to its survivor), absorbed (a survivor took it over), erased "
+    "(a forgotten customer's state dropped).",
+    ["flow", "kind"],
+)
 ATTRIBUTED_REVENUE = Gauge(
     "omnistream_attributed_revenue",
     "Revenue credited to each channel by each attribution model since the totals began "
