@@ -171,7 +171,7 @@ def test_orders_without_a_location_are_sourced_where_the_independent_fold_picks(
     assert len(values) == len(decided)  # one decision per order
     assert decided == fold.sourced
     outcomes = Counter(status for status, _ in decided.values())
-    assert outcomes["sourced"] > 50
+    assert outcomes["sourced"] > 40
     assert len({loc for _, loc in decided.values()}) > 2  # not one warehouse for everything
 
 
