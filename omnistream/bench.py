@@ -407,7 +407,9 @@ class ProfileBook:
     event's time; produce → that poll is its freshness. A profile that already shows it at
     the very first poll was brought there by another event (one later in event time, the
     generator's backdated history) before this one could have travelled two flows: the
-    sample proves nothing and is skipped (``skipped``), which errs on the slow side."""
+    sample proves nothing and is skipped (``skipped``), which errs on the slow side. A
+    sample whose profile never shows it is given up after ``PROFILE_GIVE_UP_MS``
+    (``given_up``), or still awaited when the run ends (``unanswered``)."""
 
     pending: dict[str, ProfileSample] = field(default_factory=dict)
     freshness_ms: list[float] = field(default_factory=list)
@@ -448,6 +450,7 @@ class ProfileBook:
             "profiles_measured": len(self.freshness_ms),
             "profiles_skipped": self.skipped,
             "profiles_given_up": self.given_up,
+            "profiles_unanswered": len(self.pending),
         }
 
 
@@ -803,7 +806,8 @@ def profile_line(lat: dict[str, Any]) -> str:
     measured = int(lat.get("profiles_measured", 0))
     label = f"{'event → profile readable':<27}"
     extra = (
-        f"{lat.get('profiles_skipped', 0):,} skipped, {lat.get('profiles_given_up', 0):,} given up"
+        f"{lat.get('profiles_skipped', 0):,} skipped, "
+        f"{lat.get('profiles_given_up', 0) + lat.get('profiles_unanswered', 0):,} unanswered"
     )
     if measured == 0:
         return (

@@ -82,8 +82,12 @@ def test_an_event_whose_profile_never_shows_it_is_given_up() -> None:
     book.add("e1", sample(10_000.0))
     book.observe("e1", None, 10_000.0 + PROFILE_GIVE_UP_MS)
     assert book.given_up == 0
+    book.add("e2", sample(10_000.0))
+    assert book.figures()["profiles_unanswered"] == 2
     book.observe("e1", T - 1, 10_001.0 + PROFILE_GIVE_UP_MS)
-    assert book.given_up == 1 and book.awaited() == [] and book.freshness_ms == []
+    assert book.given_up == 1 and book.freshness_ms == []
+    assert [event_id for event_id, _ in book.awaited()] == ["e2"]
+    assert book.figures()["profiles_unanswered"] == 1
 
 
 def test_the_figures_are_nearest_rank_percentiles() -> None:
@@ -195,9 +199,9 @@ def test_a_poll_matches_events_to_their_customers_profiles(clock: list[float]) -
 
 
 def test_the_table_says_when_no_profile_was_measured() -> None:
-    nothing = {**ProfileBook().figures(), "profiles_given_up": 40}
+    nothing = {**ProfileBook().figures(), "profiles_given_up": 40, "profiles_unanswered": 2}
     line = profile_line(nothing)
-    assert "not measured (0 profiles" in line and "40 given up" in line and "nan" not in line
+    assert "not measured (0 profiles" in line and "42 unanswered" in line and "p99" not in line
     fast = {"profile_freshness_p50_ms": 120.0, "profile_freshness_p99_ms": 640.0,
             "profiles_measured": 3000, "profiles_skipped": 12, "profiles_given_up": 0}  # fmt: skip
     assert "p99 640 ms (3,000 profiles" in profile_line(fast) and "met" in profile_line(fast)
