@@ -144,7 +144,12 @@ def test_forget_publishes_erased_as_a_structured_cloudevent(
     assert identity_cli.forget(config(), "user", "u-1") == 0
     [producer] = producers
     assert producer.config["enable.idempotence"] == "true"
-    assert producer.produced == [("acme.identity.changes", b"cust-1", STRUCTURED)]
+    # The change, and the notice in the customer's own stream (plain JSON, like every
+    # events.resolved record).
+    assert producer.produced == [
+        ("acme.identity.changes", b"cust-1", STRUCTURED),
+        ("acme.events.resolved", b"cust-1", None),
+    ]
 
 
 def test_a_message_the_broker_never_takes_stops_the_sink() -> None:
