@@ -51,14 +51,16 @@ def resolved(customer: str, n: int, event_type: str, ts: int, **fields: Any) -> 
     }
 
 
-def stock(location: str, available: int, ts: int, cause: str) -> dict[str, Any]:
-    data = {"sku": "SKU-10009", "location_id": location, "region": "SH", "on_hand": available}
+def stock(
+    location: str, available: int, ts: int, cause: str, sku: str = "SKU-10009"
+) -> dict[str, Any]:
+    data = {"sku": sku, "location_id": location, "region": "SH", "on_hand": available}
     data |= {"reserved": 0, "available": available, "sold_1h": 0, "sold_24h": 2, "cause": cause}
     return orjson.loads(
         cloud_event(
             event_type="omnistream.stock.changed",
             source="stock_pool",
-            subject=f"SKU-10009:{location}",
+            subject=f"{sku}:{location}",
             event_id=cause,
             time_ms=ts,
             data=data,
@@ -91,6 +93,8 @@ def recording(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
         # the keys are interleaved by event time.
         stock("ST-SH-01", 50, T0 - 60 * MIN, "s1"),
         stock("ST-SH-02", 30, T0 - 50 * MIN, "s2"),
+        # The carted sku ships from the warehouse (a cart coupon needs it online).
+        stock("WH-SH-01", 500, T0 - 70 * MIN, "w1", sku="SKU-10012"),
         resolved(buyer, 2, "order_placed", T0 + 30 * MIN, lines=[{"sku": "SKU-10012"}]),
         resolved(holdout, 1, "add_to_cart", T0, sku="SKU-10012"),
         resolved(holdout, 2, "order_placed", T0 + 50 * MIN, lines=[{"sku": "SKU-10012"}]),
@@ -118,7 +122,7 @@ def test_backtest_replays_in_event_time_with_the_recorded_stock(
 ) -> None:
     rules_path, events, who = recording
     tally = backtest(events, rules_path)
-    assert tally.records == 12
+    assert tally.records == 13
     assert dict(tally.unusable) == {"no_customer": 1, "not_an_input_record": 1}
     assert dict(tally.fired) == {
         ("cart", "cart_abandonment", "a"): 1,  # the buyer; `late` ordered in time
@@ -170,6 +174,7 @@ def test_each_customers_records_are_taken_in_their_recorded_order(tmp_path: Path
         resolved(buyer, 2, "order_placed", T0 + 5 * MIN, lines=[{"sku": "SKU-10012"}]),
         resolved(buyer, 1, "add_to_cart", T0, sku="SKU-10012"),  # due at T0 + 10 min
         resolved("someone", 1, "page_view", T0 + 30 * MIN),  # the input goes on past it
+        stock("WH-SH-01", 500, T0 - 70 * MIN, "w1", sku="SKU-10012"),  # it ships online
     ]
     events.write_bytes(b"\n".join(orjson.dumps(r) for r in records))
     tally = backtest(events, rules)

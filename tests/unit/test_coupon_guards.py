@@ -4,6 +4,8 @@ sends the customer (``no_stock``: the named store, else the locations that ship 
 
 from __future__ import annotations
 
+from typing import Any
+
 from base.config import Config
 from base.flow_names import RULE_TRIGGERS
 from connectors.reference_files import load_reference
@@ -13,27 +15,29 @@ from domain.customer_rules import (
     CustomerEvent,
     CustomerState,
     Offer,
+    Outcome,
     on_event,
     on_offer,
     on_time,
 )
-from domain.rules import parse_rules
+from domain.rules import RuleSet, parse_rules
 from domain.stock import StockPosition
 from domain.stock_rules import StockChange
-from domain.stock_view import RecordedStock
+from domain.stock_view import RecordedStock, StockView
 from domain.trigger_engine import CustomerTriggers
 from domain.trigger_policy import CONTROL, draw_variant
 from state.memory_stock import MemoryStockStore
 from state.stock_view import PoolStockView
 from tests.rule_samples import CART, OVERSTOCK
 
+PARAMS: dict[str, Any] = dict(OVERSTOCK["params"])  # type: ignore[arg-type]
 MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
 T0 = 1_795_000_000_000  # 2026-11-18 ~ 07:06 UTC, outside every quiet hour used here
 
 
-def ruleset(*rules: dict, cap: int = 3):
+def ruleset(*rules: dict[str, Any], cap: int = 3) -> RuleSet:
     return parse_rules("test", {"defaults": {"frequency_cap_per_day": cap}, "rules": list(rules)})
 
 
@@ -53,12 +57,18 @@ def offer(ts: int, customer: str = "c1", sku: str = "SKU1", store: str | None = 
     return Offer("overstock", customer, sku, store, "90 days of cover", ("chg1",), ts)
 
 
-def feed(events: list[CustomerEvent], rules, state=None, stock=None):
-    out = []
+def feed(
+    events: list[CustomerEvent],
+    rules: RuleSet,
+    state: CustomerState | None = None,
+    stock: StockView | None = None,
+) -> tuple[CustomerState, list[Outcome]]:
+    out: list[Outcome] = []
     for e in events:
         out += on_time(state or CustomerState(), e.customer_id, e.ts_ms - 1, rules, stock)
         state, fired = on_event(state, e, rules, none_nearby, stock)
         out += fired
+    assert state is not None
     return state, out
 
 
@@ -167,7 +177,7 @@ def test_the_reference_says_which_locations_ship() -> None:
 
 
 def test_a_coupon_naming_a_store_needs_the_store_s_own_stock() -> None:
-    rules = ruleset({**OVERSTOCK, "params": {**OVERSTOCK["params"], "min_available": 2}})
+    rules = ruleset({**OVERSTOCK, "params": {**PARAMS, "min_available": 2}})
     pool = RecordedStock([change("ST1", "store", 1, T0), change("WH1", "warehouse", 99, T0)])
     _, out = on_offer(None, offer(T0 + MIN), rules, pool.as_recorded())
     assert out == [CouponSuppressed("overstock", "no_stock", "default")]
@@ -178,7 +188,7 @@ def test_a_coupon_naming_a_store_needs_the_store_s_own_stock() -> None:
 
 def test_min_available_zero_turns_the_guard_off_and_sku_less_coupons_are_not_asked() -> None:
     empty = RecordedStock().as_recorded()
-    rules = ruleset({**OVERSTOCK, "params": {**OVERSTOCK["params"], "min_available": 0}})
+    rules = ruleset({**OVERSTOCK, "params": {**PARAMS, "min_available": 0}})
     _, out = on_offer(None, offer(T0), rules, empty)
     assert [type(o) for o in out] == [CouponDecision]
     lapsed = {

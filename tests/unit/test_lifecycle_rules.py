@@ -4,6 +4,8 @@ customer's recent views. Timers fire alike whichever clock policy drives them.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from domain.customer_rules import (
@@ -12,12 +14,13 @@ from domain.customer_rules import (
     CouponSuppressed,
     CustomerEvent,
     CustomerState,
+    Outcome,
     VisitTask,
     next_deadline,
     on_event,
     on_time,
 )
-from domain.rules import RulesError, parse_rules
+from domain.rules import RulesError, RuleSet, parse_rules
 from domain.stock_rules import StockChange
 from domain.stock_view import RecordedStock
 from domain.trigger_engine import CustomerTriggers
@@ -50,7 +53,7 @@ VISIT = {
 }
 
 
-def ruleset(*rules: dict, cap: int = 3):
+def ruleset(*rules: dict[str, Any], cap: int = 3) -> RuleSet:
     return parse_rules("test", {"defaults": {"frequency_cap_per_day": cap}, "rules": list(rules)})
 
 
@@ -73,9 +76,11 @@ def no_stores(region: str, sku: str, minimum: int) -> list[tuple[str, int]]:
     return []
 
 
-def feed(events: list[CustomerEvent], rules, state: CustomerState | None = None):
+def feed(
+    events: list[CustomerEvent], rules: RuleSet, state: CustomerState | None = None
+) -> tuple[CustomerState, list[Outcome]]:
     """Each event after the timers due before it, as the engine runs them."""
-    out = []
+    out: list[Outcome] = []
     for e in events:
         if state is not None:
             out += on_time(state, "c1", e.ts_ms - 1, rules)
@@ -85,7 +90,7 @@ def feed(events: list[CustomerEvent], rules, state: CustomerState | None = None)
     return state, out
 
 
-def coupons(out: list) -> list[CouponDecision]:
+def coupons(out: list[Outcome]) -> list[CouponDecision]:
     return [o for o in out if isinstance(o, CouponDecision)]
 
 
