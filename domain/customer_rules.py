@@ -592,23 +592,13 @@ def on_time(
             continue
         if kind == 1:
             timer = state.lapses.pop(name)
-            rule_kind, fields = (
-                "lapsed",
-                {
-                    "sku": None,
-                    "reason": f"no purchase for {timer.days:g} days",
-                },
-            )
+            rule_kind, coupon_sku = "lapsed", None
+            reason = f"no purchase for {timer.days:g} days"
         else:
             timer = state.repurchases.pop((name, sku))
             days = (deadline - timer.purchase_ms) / DAY_MS
-            rule_kind, fields = (
-                "repurchase",
-                {
-                    "sku": sku,
-                    "reason": f"bought {days:g} days ago; rebought every {timer.days:g} days",
-                },
-            )
+            rule_kind, coupon_sku = "repurchase", sku
+            reason = f"bought {days:g} days ago; rebought every {timer.days:g} days"
         timed = rules.by_id.get(name)
         if timed is None or not timed.enabled or timed.kind != rule_kind:
             continue  # the rule was removed or disabled since the purchase armed it
@@ -620,9 +610,10 @@ def on_time(
                 customer_id,
                 deadline,
                 stock,
+                sku=coupon_sku,
                 store_id=None,
+                reason=reason,
                 evidence=(cause,),
-                **fields,
             )
         )
     out = _send_or_hold(state, rules, out)
@@ -684,8 +675,9 @@ def absorb(survivor: CustomerState, merged: CustomerState) -> CustomerState:
     the later purchase); the latest purchase and the latest consent win. A lapse armed by a
     purchase older than the other id's last purchase is gone: the customer bought since.
 
-    The result does not depend on which id is which (``absorb(a, b) == absorb(b, a)``)
-    except for the ids the held coupons name, which they keep. Neither input is changed.
+    The result does not depend on which id is which (``absorb(a, b) == absorb(b, a)``):
+    the flow may meet the two states in either order. Held coupons keep the customer id
+    (and so the code) they were decided for. Neither input is changed.
     """
     a, b = survivor, merged
     last = max((t for t in (a.last_purchase_ms, b.last_purchase_ms) if t is not None), default=None)

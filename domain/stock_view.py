@@ -145,7 +145,6 @@ class RecordedStock:
         index = bisect.bisect_right(history, as_of_ms, key=lambda p: p.ts_ms)
         return history[index - 1].change if index else None
 
-
     def _online(self, sku: str, as_of_ms: int | None) -> int:
         total = 0
         for location in self._locations_of.get(sku, ()):
