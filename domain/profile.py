@@ -14,7 +14,7 @@ What must hold, and why the state looks the way it does:
   sums of integers (revenue in cents, never a float sum whose result depends on the order of
   additions), minima and maxima, and "the N greatest by a total order" for the bounded lists.
 - **Replays change nothing.** An ``event_id`` seen again within ``dedup_hours`` (event time,
-  at most ``max_event_ids`` of them) is ignored.
+  cut at whole hours; at most ``max_event_ids`` of them) is ignored.
 - **State is bounded.** Engagement is kept per category and UTC day for the interest window
   only; purchase times only as the ``loyal_purchases`` most recent ones (all the loyalty
   test needs); event ids for the dedup window only. Bounds are taken relative to the
@@ -256,9 +256,13 @@ def observe(
         for category, weight in _engagement_of(event):
             days = profile.engagement.setdefault(category, {})
             days[day] = days.get(day, 0) + weight
-    if ts > latest - settings.dedup_ms:
+    if ts // HOUR_MS > _dedup_cutoff_hour(latest, settings):
         profile.seen[event.event_id] = ts
-    if latest != previous_latest:
+    if previous_latest is not None and (
+        _interest_cutoff_day(latest, settings) != _interest_cutoff_day(previous_latest, settings)
+        or _dedup_cutoff_hour(latest, settings) != _dedup_cutoff_hour(previous_latest, settings)
+    ):
+        # A window moved: look for what fell out (at most once an hour of event time).
         _prune_to(profile, latest, settings)
     elif len(profile.seen) > settings.max_event_ids:
         # One more than the bound: drop the oldest, keeping the most recent ones.
@@ -270,17 +274,27 @@ def _newest(times: list[int], count: int) -> list[int]:
     return sorted(times, reverse=True)[:count]
 
 
+def _dedup_cutoff_hour(latest_ms: int, settings: ProfileSettings) -> int:
+    """Event ids of this hour or earlier are forgotten as of ``latest_ms``: the window is
+    cut at whole hours, so it moves (and costs a look through the ids) once an hour."""
+    return (latest_ms - settings.dedup_ms) // HOUR_MS
+
+
 def _prune_to(profile: CustomerProfile, latest_ms: int, settings: ProfileSettings) -> None:
     """Drop what lies outside the windows as of ``latest_ms``."""
     cutoff_day = _interest_cutoff_day(latest_ms, settings)
     for category in list(profile.engagement):
         days = profile.engagement[category]
+        if min(days) > cutoff_day:
+            continue  # nothing of this category fell out
         for day in [d for d in days if d <= cutoff_day]:
             del days[day]
         if not days:
             del profile.engagement[category]
-    oldest = latest_ms - settings.dedup_ms
-    seen = {event_id: ts for event_id, ts in profile.seen.items() if ts > oldest}
+    cutoff_hour = _dedup_cutoff_hour(latest_ms, settings)
+    seen = profile.seen
+    if seen and min(seen.values()) // HOUR_MS <= cutoff_hour:
+        seen = {i: ts for i, ts in seen.items() if ts // HOUR_MS > cutoff_hour}
     if len(seen) > settings.max_event_ids:
         kept = sorted(seen.items(), key=lambda item: (item[1], item[0]), reverse=True)
         seen = dict(kept[: settings.max_event_ids])
