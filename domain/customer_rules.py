@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from domain.rules import Rule, RuleSet
 from domain.stock_view import StockView
@@ -743,7 +742,7 @@ def absorb(survivor: CustomerState, merged: CustomerState) -> CustomerState:
     )
 
 
-# --- state as JSON (handed over through Redis: no pickle) ---------------------------------------
+# --- state as JSON (handed over through Redis: no pickle) -------------------------------------
 
 _STATE_VERSION = 1
 
@@ -791,32 +790,31 @@ def state_to_json(state: CustomerState) -> bytes:
     >>> state_from_json(state_to_json(s)) == s
     True
     """
-    return orjson.dumps(
-        {
-            "v": _STATE_VERSION,
-            "views": {sku: [[t, e] for t, e in v] for sku, v in state.views.items()},
-            "carts": {sku: [d, e] for sku, (d, e) in state.carts.items()},
-            "carted_at": state.carted_at,
-            "last_purchase_ms": state.last_purchase_ms,
-            "last_fired": state.ledger.last_fired,
-            "coupons_per_day": [[day, n] for day, n in state.ledger.coupons_per_day.items()],
-            "held": [_decision_json(d) for d in state.held],
-            "open_triggers": [
-                [t.rule_id, t.variant, t.code, t.sent_ms] for t in state.open_triggers
-            ],
-            "consent_ms": state.consent_ms,
-            "marketing": state.marketing,
-            "lapses": {rule: _timer_json(t) for rule, t in state.lapses.items()},
-            "repurchases": [
-                [rule, sku, *_timer_json(t)] for (rule, sku), t in state.repurchases.items()
-            ],
-        }
-    )
+    document = {
+        "v": _STATE_VERSION,
+        "views": {sku: [[t, e] for t, e in v] for sku, v in state.views.items()},
+        "carts": {sku: [d, e] for sku, (d, e) in state.carts.items()},
+        "carted_at": state.carted_at,
+        "last_purchase_ms": state.last_purchase_ms,
+        "last_fired": state.ledger.last_fired,
+        "coupons_per_day": [[day, n] for day, n in state.ledger.coupons_per_day.items()],
+        "held": [_decision_json(d) for d in state.held],
+        "open_triggers": [[t.rule_id, t.variant, t.code, t.sent_ms] for t in state.open_triggers],
+        "consent_ms": state.consent_ms,
+        "marketing": state.marketing,
+        "lapses": {rule: _timer_json(t) for rule, t in state.lapses.items()},
+        "repurchases": [
+            [rule, sku, *_timer_json(t)] for (rule, sku), t in state.repurchases.items()
+        ],
+    }
+    # Plain JSON from the standard library (the domain imports nothing else): whoever
+    # stores it may embed it as is, e.g. as an ``orjson.Fragment``.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def state_from_json(raw: bytes) -> CustomerState:
     """The state ``state_to_json`` wrote (fields it lacks take their defaults)."""
-    doc = orjson.loads(raw)
+    doc = json.loads(raw)
     if doc.get("v", _STATE_VERSION) != _STATE_VERSION:
         raise ValueError(f"customer state version {doc.get('v')!r}, expected {_STATE_VERSION}")
     return CustomerState(
