@@ -6,6 +6,12 @@ A purchase (the conversion credited) is an ``order_placed`` or a till ``sale``; 
 ``order:<order_id>`` when it names an online order (so the store pickup of an order is the
 same conversion as the order, not a second one) and ``receipt:<store>:<receipt>`` for a
 walk-in sale.
+
+``events.resolved`` also carries identity's notices (``connectors.resolved``):
+``identity_merged`` is a merge like the ``merged`` change of ``identity.changes`` (the
+merges step keeps the first of the two it reads), ``identity_erased`` an erasure like the
+``erased`` change; ``identity_absorbed`` repeats the merge on the survivor's stream and is
+skipped. None of them is a touch or a purchase, and none is dead-lettered.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from base import topics
 from base.flow_names import ATTRIBUTION
 from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from connectors.resolved import ABSORBED, ERASED, MERGED_INTO
 from domain.attribution import ConvertedPath, Credits, Touch
-from domain.attribution_paths import Absorb, AttributionInput, CustomerTouch, Purchase
+from domain.attribution_paths import Absorb, AttributionInput, CustomerTouch, Erase, Purchase
 from domain.events import Origin, Rejection
 from domain.timeparse import format_event_time
 
@@ -30,6 +37,8 @@ def decode_resolved(raw: bytes, origin: Origin) -> Decoded:
     except Invalid as invalid:
         return Rejection(invalid.reason, f"events.resolved: {invalid.error}", origin, raw)
     customer = record.get("customer_id") if isinstance(record.get("customer_id"), str) else None
+    if event_type in (MERGED_INTO, ABSORBED, ERASED):
+        return _notice(record, event_type, customer, ts, origin, raw)
     out: list[AttributionInput] = []
     campaign = record.get("campaign") if isinstance(record.get("campaign"), dict) else None
     if customer and (campaign or event_type == "ad_click"):
@@ -51,6 +60,29 @@ def decode_resolved(raw: bytes, origin: Origin) -> Decoded:
     return out or None
 
 
+def _notice(
+    record: dict[str, object],
+    event_type: str,
+    customer: str | None,
+    ts: int,
+    origin: Origin,
+    raw: bytes,
+) -> Decoded:
+    """A merge or erasure notice; one naming no customer is a foreign record."""
+    into = record.get("into")
+    if not customer:
+        error = f"events.resolved: {event_type} names no customer_id"
+        return Rejection("missing_field", error, origin, raw)
+    if event_type == ERASED:
+        return [Erase(customer)]
+    if event_type == ABSORBED:
+        return None  # the same merge as the merged id's identity_merged
+    if not isinstance(into, str) or not into:
+        error = "events.resolved: identity_merged without `into`"
+        return Rejection("missing_field", error, origin, raw)
+    return [Absorb(customer, into, ts)]
+
+
 def decode_coupon(raw: bytes, origin: Origin) -> Decoded:
     """A coupon sent is a touch of its customer; ids must be strings (they become keys and
     channel names), the time an event time like any other."""
@@ -69,13 +101,19 @@ def decode_coupon(raw: bytes, origin: Origin) -> Decoded:
 
 
 def decode_identity(raw: bytes, origin: Origin) -> Decoded:
+    """``merged`` (at the change's ``time``; a change without one merges from the start)
+    and ``erased``; ``linked`` and ``conflict`` move no path."""
     try:
         record = load_object(raw)
         data = Fields(record).obj("data")
         assert data is not None
         customer_id = data.req_string("customer_id")
-        if data.data.get("kind") != "merged":
-            return None  # linked, conflict, erased: no path changes owner
+        kind = data.data.get("kind")
+        if kind == "erased":
+            return [Erase(customer_id)]
+        if kind != "merged":
+            return None  # linked, conflict: no path changes owner
+        ts = event_time(record, "time") if record.get("time") is not None else None
         merged = data.data.get("merged_from")
         if merged is None:
             merged = []
@@ -83,7 +121,7 @@ def decode_identity(raw: bytes, origin: Origin) -> Decoded:
             raise Invalid("bad_type", "`data.merged_from` must be a list of customer ids")
     except Invalid as invalid:
         return Rejection(invalid.reason, f"identity.changes: {invalid.error}", origin, raw)
-    return [Absorb(old, customer_id) for old in merged]
+    return [Absorb(old, customer_id, ts) for old in merged]
 
 
 DECODERS = {

@@ -1,31 +1,44 @@
 """attribution: credit each conversion to the marketing touches before it (several models).
 
-Wiring only; the steps are in ``domain.attribution_paths``, the models in
-``domain.attribution``, the decoders in ``connectors.attribution_io``.
+Wiring only; the steps are in ``domain.attribution_paths`` (whose docstring states how
+merges along chains and erasures are followed), the models in ``domain.attribution``, the
+decoders in ``connectors.attribution_io``.
 
-    events.resolved (touches: campaign visits, ad clicks; purchases: orders, till sales)
-    triggers.coupon (touches: coupons sent), identity.changes (merges)
+    events.resolved (touches: campaign visits, ad clicks; purchases: orders, till sales;
+      identity's merge and erasure notices), triggers.coupon (touches: coupons sent),
+      identity.changes (merges, erasures)
       → decode, a Kafka batch at a time; rejections → deadletter
-      → merges, one key, merges only: each resolved to the end of its chain (A into B, B
-        into C: A's path belongs to C), ids merged earlier repointed
-      → router, keyed by the customer id an item arrived with: a customer merged into
-        another hands its touches over and forwards everything later to it
-      → paths, keyed by the customer that owns the path: touches, purchases (each id once)
+      → merges, one key, merges and erasures only: each merge resolved to the end of its
+        chain (A into B, B into C: A's path belongs to C), ids merged earlier repointed; an
+        erasure erases every id of the customer
+      → router, keyed by the customer id an item arrived with. Live: items go to the owner
+        at once, and each id hands its own touches and conversions to every new owner. In a
+        replay: each id holds its items and sends them, with its own merge, to the owner at
+        the end of the input
+      → paths, keyed by the customer that owns the path: touches, purchases (each id once);
+        in a replay the whole group of ids, replayed in event-time order at the end
       → credit, one key: heuristic models per path, the Markov chain over all paths
       → attribution.credits; totals per model × channel → the store and gauges
 
+No step is fed back into itself and no side store is needed: the merges step tells every id
+of a chain its new owner, so the owner's path is fed by every id directly.
+
 Step ids are part of the recovery snapshots: keep them stable (``inputs``, ``merges``,
-``router``, ``paths``, ``credit``, ``totals`` hold state).
+``router``, ``paths``, ``credit``, ``totals`` hold state). The router became a
+``StatefulLogic`` (it sends what it held at the end of a replay) under the step ids
+``op.stateful_map`` gave it (``router.stateful_flat_map.stateful``), and its state is still
+a ``RouterState`` (older snapshots load, ``RouterState.__setstate__``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulLogic
+from bytewax.dataflow import Dataflow, operator
+from bytewax.operators import KeyedStream, StatefulLogic
 
 from base import topics
 from base.config import Config, load_config
@@ -42,6 +55,7 @@ from domain.attribution_paths import (
     Absorb,
     AttributionInput,
     CustomerPath,
+    Erase,
     PathItem,
     PathOutcome,
     PathSnapshot,
@@ -52,6 +66,7 @@ from domain.attribution_paths import (
     credit,
     latest_cells,
     route,
+    route_finish,
 )
 from domain.attribution_paths import (
     # Recovery snapshots written before the router's state moved to the domain name it
@@ -125,14 +140,14 @@ def build(
     )
     routed = op.flat_map(
         "routed",
-        op.stateful_map(
+        _stateful_map_with_eof(
             "router",
             op.key_on(
                 "key_by_arrival_customer",
                 op.merge("router_inputs", merges.falses, chained),
                 _arrival_key,
             ),
-            lambda state, item: route(state, item, params),
+            lambda resume: RouterLogic(params, not until_idle, resume),
         ),
         lambda kv: kv[1],
     )
@@ -186,8 +201,9 @@ def _inputs_of(batch: Decoded[list[AttributionInput]]) -> list[AttributionInput]
     return [item for found in batch.records for item in found]
 
 
-def _is_merge(item: AttributionInput) -> TypeGuard[Absorb]:
-    return isinstance(item, Absorb)
+def _is_merge(item: AttributionInput) -> TypeGuard[Absorb | Erase]:
+    """Merges and erasures go through the merges step: it knows every id of a customer."""
+    return isinstance(item, Absorb | Erase)
 
 
 def _arrival_key(item: RouterInput) -> str:
@@ -195,15 +211,65 @@ def _arrival_key(item: RouterInput) -> str:
     return item.customer_id or ""
 
 
+Routed = list[tuple[str, PathItem]]
+
+
+class RouterLogic(StatefulLogic[RouterInput, Routed, RouterState]):
+    """``domain.attribution_paths.route`` per arrival id; at the end of a replay what the
+    id held goes to its owner (``route_finish``). Each item gives one list of (owner, path
+    item), as the ``stateful_map`` it replaced did. An erased id keeps its bare mark."""
+
+    def __init__(self, params: AttributionParams, live: bool, resume: RouterState | None) -> None:
+        self.params = params
+        self.live = live
+        self.state = resume
+
+    def on_item(self, value: RouterInput) -> tuple[list[Routed], bool]:
+        self.state, out = route(self.state, value, self.params, self.live)
+        return [out], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Routed], bool]:
+        if self.live or self.state is None:
+            return [], StatefulLogic.RETAIN
+        return [route_finish(self.state.customer_id or "", self.state)], StatefulLogic.RETAIN
+
+    def snapshot(self) -> RouterState:
+        assert self.state is not None
+        return copy.deepcopy(self.state)
+
+
+@operator
+def _stateful_map_with_eof(
+    step_id: str,
+    up: KeyedStream[RouterInput],
+    builder: Callable[[RouterState | None], RouterLogic],
+) -> KeyedStream[Routed]:
+    """``op.stateful`` nested as ``op.stateful_map`` nests it (``stateful_map`` →
+    ``stateful_flat_map`` → ``stateful``), so the router keeps the step id its snapshots
+    were written under when it was a ``stateful_map``."""
+    return _stateful_flat_map_ids("stateful_flat_map", up, builder)
+
+
+@operator
+def _stateful_flat_map_ids(
+    step_id: str,
+    up: KeyedStream[RouterInput],
+    builder: Callable[[RouterState | None], RouterLogic],
+) -> KeyedStream[Routed]:
+    return op.stateful("stateful", up, builder)
+
+
 class PathLogic(StatefulLogic[PathItem, PathOutcome, PathSnapshot]):
     """``domain.attribution_paths.CustomerPath`` as a Bytewax stateful step: the end of
-    the input (a replay) applies what the path kept."""
+    the input (a replay) replays what the path was given; an erased customer's path is
+    discarded."""
 
     def __init__(self, params: AttributionParams, live: bool, resume: PathSnapshot | None) -> None:
         self.path = CustomerPath(params, live, resume)
 
     def on_item(self, value: PathItem) -> tuple[list[PathOutcome], bool]:
-        return self.path.take(value), StatefulLogic.RETAIN
+        out = self.path.take(value)
+        return out, StatefulLogic.DISCARD if self.path.erased else StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[PathOutcome], bool]:
         return self.path.finish(), StatefulLogic.RETAIN

@@ -5,6 +5,10 @@ and an in-memory one (in-process tests).
 Cells are written as absolute values computed in the flow, never increments, so a replay
 writes the same values again. In Redis: one hash per model, ``<channel>|revenue`` and
 ``<channel>|conversions`` fields.
+
+Nothing here names a customer: channels are campaign sources, channel names and
+``coupon:<rule_id>``, so an erasure (``forget``) has nothing to remove from this store; the
+flow forgets the customer in its own steps (``domain.attribution_paths``).
 """
 
 from __future__ import annotations

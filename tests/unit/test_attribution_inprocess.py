@@ -6,9 +6,11 @@ tests run it). No broker, no Redis.
 The generated traffic is checked against an independent reference written from the rules,
 not from the code: per customer, a purchase is credited once per conversion id with the
 touches in the lookback before it that no earlier purchase of the path used (at most
-``max_touches``); a device merged into an account hands the account the touches it saw
-after its last purchase, and the purchases credited under the device are not credited again
-on the account (the store pickup of an order placed on the device). The heuristic models are
+``max_touches``); a device merged into an account at the merge's time hands the account the
+touches it saw after its last purchase, for the account's purchases after the merge (a till
+sale of the account before the merge knows nothing of the device yet, as it would not
+live), and the purchases credited under the device are not credited again on the account
+(the store pickup of an order placed on the device). The heuristic models are
 recomputed from those paths; the store's totals are the sums of the credits. ``MemoryIO``
 reads ``identity.changes`` after the other inputs, so every merge is read after the
 purchases around it: the case a replay must get right by applying each path in event-time
@@ -21,6 +23,7 @@ import pickle
 import random
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -83,6 +86,8 @@ class Traffic:
     purchases: dict[str, list[RefPurchase]] = field(default_factory=lambda: defaultdict(list))
     #: account → the devices merged into it
     devices: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: account → the time of its merge
+    merged_at: dict[str, int] = field(default_factory=dict)
     #: (topic, reason) of every foreign record
     refused: list[tuple[str, str]] = field(default_factory=list)
     used_times: set[int] = field(default_factory=set)
@@ -136,10 +141,13 @@ class Traffic:
         conversion_id = f"order:{order_id}" if order_id else f"receipt:{store}:{receipt}"
         self.purchases[customer or ""].append(RefPurchase(conversion_id, total, ts))
 
-    def merge(self, account: str, devices: list[str]) -> None:
+    def merge(self, account: str, devices: list[str], ts: int) -> None:
+        """A merge at ``ts`` (its CloudEvent ``time``, the time of the event that caused it)."""
         data = {"kind": "merged", "customer_id": account, "merged_from": devices}
-        self.changes.append({"specversion": "1.0", "id": f"m-{account}", "data": data})
+        change = {"specversion": "1.0", "id": f"m-{account}", "time": iso(ts), "data": data}
+        self.changes.append(change)
         self.devices[account] += devices
+        self.merged_at[account] = ts
 
     def memory_io(self, config: Config) -> MemoryIO:
         io = MemoryIO(config, partition_counts=dict.fromkeys(INPUT_TOPICS, PARTITIONS))
@@ -198,7 +206,7 @@ def generate(seed: int, accounts: int) -> Traffic:
             if rng.random() < 0.4:
                 order(device, T0 + DAY, merge_ts - DAY, picked_up_by=account)
         if devices:
-            t.merge(account, devices)
+            t.merge(account, devices, merge_ts)
         else:  # not a merge: changes nothing
             t.changes.append({"data": {"kind": "linked", "customer_id": account}})
         for _ in range(rng.choice((0, 1, 1, 2, 3))):
@@ -243,27 +251,34 @@ def walk(
     purchases: list[RefPurchase],
     credited: set[str],
     out: dict[str, RefCredit],
+    handed: Sequence[RefTouch] = (),
+    merged_at: int | None = None,
 ) -> int | None:
-    """Credit one customer's purchases in time order; the time of its last purchase."""
-    unique = {t.event_id: t for t in touches}.values()
-    used_until: int | None = None
+    """Credit one customer's purchases in time order; the time of its last purchase.
+    ``handed`` (a merged device's unused touches) join the path at ``merged_at``: purchases
+    before it see the customer's own touches only, and they use up only those."""
+    own = {t.event_id: t for t in touches}
+    joined = {t.event_id: t for t in handed if t.event_id not in own}
+    used_own: int | None = None
+    used_joined: int | None = None
     for purchase in sorted(purchases, key=lambda p: p.ts):
         if purchase.conversion_id in credited:
             continue
         credited.add(purchase.conversion_id)
+        after_merge = merged_at is not None and purchase.ts >= merged_at
+        candidates = [t for t in own.values() if used_own is None or t.ts > used_own]
+        if after_merge:
+            candidates += [t for t in joined.values() if used_joined is None or t.ts > used_joined]
         window = sorted(
-            (
-                t
-                for t in unique
-                if purchase.ts - LOOKBACK <= t.ts <= purchase.ts
-                and (used_until is None or t.ts > used_until)
-            ),
+            (t for t in candidates if purchase.ts - LOOKBACK <= t.ts <= purchase.ts),
             key=lambda t: (t.ts, t.event_id),
         )
         out[purchase.conversion_id] = RefCredit(
             customer or None, purchase.revenue, purchase.ts, tuple(window[-MAX_TOUCHES:])
         )
-        used_until = purchase.ts
+        used_own = purchase.ts
+        if after_merge:
+            used_joined = purchase.ts
     return max((p.ts for p in purchases), default=None)
 
 
@@ -280,8 +295,15 @@ def reference_credits(t: Traffic) -> dict[str, RefCredit]:
             handed[account] += [x for x in t.touches[device] if last is None or x.ts > last]
             inherited[account] |= done
     for customer in {*t.touches, *t.purchases} - merged:
-        touches = t.touches[customer] + handed[customer]
-        walk(customer, touches, t.purchases[customer], inherited[customer], out)
+        walk(
+            customer,
+            t.touches[customer],
+            t.purchases[customer],
+            inherited[customer],
+            out,
+            handed[customer],
+            t.merged_at.get(customer),
+        )
     return out
 
 
@@ -478,7 +500,7 @@ def test_touches_before_a_merge_are_credited_once_within_the_lookback(config: Co
     t = Traffic()
     t.touch("phone", T0 - 2 * DAY, "wechat", "wechat-nov")
     t.touch("phone", T0 - DAY, "baidu", "baidu-nov")
-    t.merge("ann", ["phone"])
+    t.merge("ann", ["phone"], T0)
     t.order("ann", T0 + 1_800_000, "o-1", 100.0)
     t.sale("ann", T0 + DAY, "ST-SH-01", "r6", 100.0, order_id="o-1")
     t.touch("bob", T0 - 40 * DAY, "email", "email-nov")

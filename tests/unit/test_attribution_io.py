@@ -5,13 +5,15 @@ was turned into a channel name or a customer key by ``str()``)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from connectors.attribution_io import decode_coupon, decode_identity, decode_resolved
-from domain.attribution_paths import Absorb, CustomerTouch, Purchase
+from connectors.resolved import erased_notice, merge_notices
+from domain.attribution_paths import Absorb, CustomerTouch, Erase, Purchase
 from domain.events import Origin, Rejection
 
 ORIGIN = Origin("t", 1, 7, b"k")
@@ -87,3 +89,21 @@ def test_foreign_records_are_refused_with_a_reason(
     rejection = decoder(payload, ORIGIN)
     assert isinstance(rejection, Rejection)
     assert (rejection.reason, rejection.origin, rejection.raw) == (reason, ORIGIN, payload)
+
+
+def test_merges_and_erasures_decode_from_both_topics() -> None:
+    """A merge carries its change's time; identity's notices in ``events.resolved`` are
+    merges and erasures too (``identity_absorbed`` repeats the merge and is skipped), never
+    dead letters; one naming nobody is refused."""
+    timed = orjson.dumps({"time": "2026-11-01T10:00:00.000+08:00", **orjson.loads(merged())})
+    at = int(datetime.fromisoformat("2026-11-01T10:00:00+08:00").timestamp() * 1000)
+    assert decode_identity(timed, ORIGIN) == [Absorb("c2", "c1", at)]
+    assert decode_identity(merged(kind="erased", merged_from=None), ORIGIN) == [Erase("c1")]
+    away, absorbed = (record for _, record in merge_notices("c2", "c1", "e9", TS_MS))
+    assert decode_resolved(away, ORIGIN) == [Absorb("c2", "c1", TS_MS)]
+    assert decode_resolved(absorbed, ORIGIN) is None
+    assert decode_resolved(erased_notice("c1", TS_MS), ORIGIN) == [Erase("c1")]
+    nobody = decode_resolved(resolved(event_type="identity_erased", customer_id=None), ORIGIN)
+    assert isinstance(nobody, Rejection) and nobody.reason == "missing_field"
+    no_into = decode_resolved(resolved(event_type="identity_merged"), ORIGIN)
+    assert isinstance(no_into, Rejection) and no_into.reason == "missing_field"

@@ -16,6 +16,7 @@ replay every conversion id is credited exactly once and no touch leads two conve
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter, defaultdict
 from typing import Any
@@ -30,12 +31,14 @@ from domain.attribution_paths import (
     Absorb,
     CustomerPath,
     CustomerTouch,
+    Erase,
     MergeChains,
     Purchase,
     Repoint,
     RouterState,
     chain_merges,
     route,
+    route_finish,
 )
 from flows.attribution import build
 from state.attribution_store import MemoryAttributionStore
@@ -60,18 +63,20 @@ def test_a_chain_resolves_to_its_end_in_either_reading_order() -> None:
     state, out = chain_merges(None, Absorb("a", into="b"))
     assert out == [Absorb("a", "b")]
     state, out = chain_merges(state, Absorb("b", into="c"))
-    assert out == [Absorb("b", "c"), Repoint("a", "c")]  # a's router is told of c
+    # a's router is told of c (and of its own merge, into b)
+    assert out == [Absorb("b", "c"), Repoint("a", "c", None, via="b")]
 
     state, out = chain_merges(None, Absorb("b", into="c"))
     assert out == [Absorb("b", "c")]
-    state, out = chain_merges(state, Absorb("a", into="b"))
-    assert out == [Absorb("a", "c")]  # straight to the end
+    state, out = chain_merges(state, Absorb("a", into="b", ts_ms=5))
+    assert out == [Absorb("a", "c", 5, via="b")]  # straight to the end, naming its own merge
     assert state.survivor == {"a": "c", "b": "c"}
+    assert state.edges == {"a": ("b", 5), "b": ("c", None)}
 
 
 def test_self_repeated_and_looping_merges_change_nothing() -> None:
     state, _ = chain_merges(None, Absorb("a", into="b"))
-    before = MergeChains(dict(state.survivor), {k: list(v) for k, v in state.merged.items()})
+    before = copy.deepcopy(state)
     for item in (Absorb("x", "x"), Absorb("a", "z"), Absorb("b", "a")):
         state, out = chain_merges(state, item)
         assert out == []
@@ -105,6 +110,7 @@ def test_every_id_ends_at_the_survivor_of_its_chain(
     for old, into in reading:
         state, out = chain_merges(state, Absorb(old, into))
         for item in out:
+            assert not isinstance(item, Erase)
             told[item.customer_id] = item.into
     assert told == {old: survivor_of(merges, old) for old, _ in merges}
 
@@ -184,7 +190,7 @@ class Replay:
         self.merges: MergeChains | None = None
         self.routers: dict[str, RouterState | None] = defaultdict(lambda: None)
         self.paths: dict[str, CustomerPath] = {}
-        self.in_flight: list[Absorb | Repoint] = []
+        self.in_flight: list[Absorb | Repoint | Erase] = []
 
     def read(self, item: CustomerTouch | Purchase | Absorb) -> None:
         if isinstance(item, Absorb):
@@ -193,9 +199,12 @@ class Replay:
         else:
             self.deliver(item)
 
-    def deliver(self, item: CustomerTouch | Purchase | Absorb | Repoint) -> None:
+    def deliver(self, item: CustomerTouch | Purchase | Absorb | Repoint | Erase) -> None:
         arrival = item.customer_id or ""
-        self.routers[arrival], routed = route(self.routers[arrival], item, self.params)
+        self.routers[arrival], routed = route(self.routers[arrival], item, self.params, False)
+        self.take(routed)
+
+    def take(self, routed: list[tuple[str, Any]]) -> None:
         for owner, owned in routed:
             path = self.paths.setdefault(owner, CustomerPath(self.params, live=False))
             assert path.take(owned) == []
@@ -206,7 +215,11 @@ class Replay:
         del self.in_flight[:count]
 
     def finish(self) -> list[ConvertedPath]:
+        """The end of the input: the routers send what they held, then the paths replay."""
         self.flush(len(self.in_flight))
+        for customer, state in self.routers.items():
+            if state is not None:
+                self.take(route_finish(customer, state))
         return [
             out
             for path in self.paths.values()
@@ -235,7 +248,7 @@ def histories(draw: st.DrawFn) -> dict[str, Any]:
             for c, r in owner.items():
                 if r == old:
                     owner[c] = into
-            events.append(Absorb(old, into))
+            events.append(Absorb(old, into, ts))
         elif action == "pickup" and placed:
             order = draw(st.sampled_from(sorted(placed)))
             events.append(Purchase(owner[placed.pop(order)], f"order:{order}", 5.0, ts, f"p{step}"))
@@ -265,19 +278,30 @@ def histories(draw: st.DrawFn) -> dict[str, Any]:
 def test_a_replay_credits_every_conversion_once_across_merge_chains(
     history: dict[str, Any],
 ) -> None:
-    """Every conversion id exactly once. A touch leads one conversion at most where no
-    survivor is merged again; along a chain a touch may lead two (see ``route``: the path of
-    B may have used a touch of B's for a purchase routed from A, which B's router cannot
-    know when it hands B's touches to C)."""
+    """Every conversion id exactly once, and no touch leads two conversions, along chains
+    too; and the credits are those of the history read in event-time order with every
+    merge read at once (the reading order and the merges step's delays change nothing)."""
     replay = Replay()
     for item, delay in zip(history["reading"], history["delays"], strict=True):
         replay.read(item)
         replay.flush(delay)
     converted = replay.finish()
     assert Counter(c.conversion_id for c in converted) == dict.fromkeys(history["orders"], 1)
-    if not history["chained"]:
-        used = Counter(t.event_id for c in converted for t in c.path)
-        assert all(n == 1 for n in used.values()), used
+    used = Counter(t.event_id for c in converted for t in c.path)
+    assert all(n == 1 for n in used.values()), used
+    in_time = Replay()
+    for item in sorted(history["reading"], key=event_time):
+        in_time.read(item)
+        in_time.flush(len(in_time.in_flight))
+    expected = {c.conversion_id: c.path for c in in_time.finish()}
+    assert {c.conversion_id: c.path for c in converted} == expected
+
+
+def event_time(item: CustomerTouch | Purchase | Absorb) -> tuple[int, int]:
+    """A merge first in its millisecond, as identity writes it before its cause's event."""
+    if isinstance(item, Absorb):
+        return (item.ts_ms or 0, 0)
+    return (item.touch.ts_ms if isinstance(item, CustomerTouch) else item.ts_ms, 1)
 
 
 def test_the_reading_orders_above_include_every_interleaving_of_a_small_case() -> None:

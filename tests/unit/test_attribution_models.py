@@ -349,6 +349,7 @@ class Pipeline:
         self.routed += routed
         out: list[Any] = []
         for owner, owned in routed:
+            assert isinstance(owned, Touch | Handover | Purchase)  # live: no replay's items
             self.paths[owner], produced = follow_path(self.paths[owner], owned, self.params)
             out += produced
         return out
