@@ -23,6 +23,10 @@ from connectors.decode import (
     load_object,
     resolved_head,
 )
+from connectors.resolved import ABSORBED, ERASED, MERGED_INTO, NOTICE_TYPES
+from domain.customer_key import ABSORBED as NOTICE_ABSORBED
+from domain.customer_key import ERASED as NOTICE_ERASED
+from domain.customer_key import MERGED, IdentityNotice
 from domain.customer_rules import CustomerEvent
 from domain.events import MovementEvent, Origin, Rejection
 from domain.reference import ReferenceData
@@ -36,7 +40,7 @@ class Skipped:
     reason: str  # no_customer | not_perishable_receipt
 
 
-TriggerInput = CustomerEvent | StockChange | ExpiryBatch | Skipped | Rejection
+TriggerInput = CustomerEvent | IdentityNotice | StockChange | ExpiryBatch | Skipped | Rejection
 
 
 def _reject(reason: str, error: str, origin: Origin, raw: bytes) -> Rejection:
@@ -54,6 +58,8 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     except Invalid as invalid:
         return _reject(invalid.reason, f"events.resolved: {invalid.error}", origin, raw)
     customer_id = record.get("customer_id")
+    if event_type in NOTICE_TYPES:
+        return _notice(record, event_id, event_type, ts, origin, raw)
     codes = record.get("coupon_codes")
     codes = codes if isinstance(codes, list) else []
     if not isinstance(customer_id, str) or not customer_id:
@@ -73,6 +79,22 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     if region is None and store_id is not None and store_id in reference.locations:
         region = reference.locations[store_id].region  # a till sale: the store's region
     product = reference.products.get(sku) if sku else None
+    products = reference.products
+    categories = tuple(products[s].category for s in skus if s in products)
+    total = record.get("total")
+    revenue = (
+        float(total) if isinstance(total, int | float) and not isinstance(total, bool) else 0.0
+    )
+    fulfillment = record.get("fulfillment")
+    fulfillment_type = fulfillment.get("type") if isinstance(fulfillment, dict) else None
+    source_topic = record.get("source_topic")
+    channel = "store" if source_topic == "pos.sales" else _str(record, "channel")
+    marketing = record.get("marketing")
+    repurchase = tuple(
+        (s, p.repurchase_days)
+        for s in skus
+        if (p := products.get(s)) is not None and p.repurchase_days is not None
+    )
     return CustomerEvent(
         event_id=event_id,
         event_type=event_type,
@@ -87,6 +109,36 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
         else (),
         category=product.category if product else None,
         source_partition=origin.partition,
+        channel=channel,
+        store_id=store_id,
+        fulfillment=fulfillment_type if isinstance(fulfillment_type, str) else None,
+        revenue=revenue if event_type in PURCHASE_TYPES else 0.0,
+        categories=categories,
+        consent=marketing if event_type == "consent" and isinstance(marketing, bool) else None,
+        member_scan=event_type == "sale" and isinstance(record.get("member_code"), str),
+        repurchase_days=repurchase if event_type in PURCHASE_TYPES else (),
+    )
+
+
+_NOTICE_KINDS = {MERGED_INTO: MERGED, ABSORBED: NOTICE_ABSORBED, ERASED: NOTICE_ERASED}
+
+
+def _notice(
+    record: dict[str, Any], event_id: str, event_type: str, ts: int, origin: Origin, raw: bytes
+) -> TriggerInput:
+    """A merge or erasure notice (``connectors.resolved``): the customer and the other id."""
+    customer_id = record.get("customer_id")
+    other_field = {MERGED_INTO: "into", ABSORBED: "merged_from"}.get(event_type)
+    other = record.get(other_field) if other_field else None
+    if not isinstance(customer_id, str) or not customer_id:
+        return _reject(
+            "missing_field", "events.resolved: a notice needs `customer_id`", origin, raw
+        )
+    if other_field is not None and (not isinstance(other, str) or not other):
+        error = f"events.resolved: `{other_field}` must name a customer id"
+        return _reject("missing_field", error, origin, raw)
+    return IdentityNotice(
+        _NOTICE_KINDS[event_type], customer_id, other, ts, event_id, origin.partition
     )
 
 

@@ -29,7 +29,16 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Protocol
 
 from domain.clearance_rules import ClearanceSignal
-from domain.customer_rules import CouponDecision, CustomerEvent
+from domain.customer_key import (
+    CustomerErased,
+    CustomerKey,
+    HandOver,
+    IdentityNotice,
+    ProfileRetired,
+    ProfileWrite,
+)
+from domain.customer_rules import CouponDecision, CustomerEvent, Offer
+from domain.profile import ProfileSettings
 from domain.reference import ReferenceData
 from domain.rules import RuleSet
 from domain.stock_rules import ExpiryBatch, StockChange
@@ -37,7 +46,6 @@ from domain.stock_view import StockView
 from domain.trigger_engine import (
     AudienceTriggers,
     CampaignTriggers,
-    CustomerTriggers,
     LocationTriggers,
     campaign_key,
     claim_redemption,
@@ -46,7 +54,7 @@ from domain.trigger_engine import (
     view_of,
 )
 
-Record = CustomerEvent | StockChange | ExpiryBatch
+Record = CustomerEvent | IdentityNotice | StockChange | ExpiryBatch
 
 #: The input groups whose latest event time ends a replay's timers.
 RESOLVED, STOCK = "resolved", "stock"
@@ -65,6 +73,8 @@ class CouponBook(Protocol):
 
 
 def _stream_of(record: Record, index: int) -> Hashable:
+    if isinstance(record, IdentityNotice):
+        return ("customer", record.customer_id)
     if isinstance(record, CustomerEvent):
         return ("customer", record.customer_id) if record.customer_id else ("anonymous", index)
     if isinstance(record, StockChange):
@@ -109,13 +119,17 @@ class TriggerReplay:
         stock: StockView,
         coupons: CouponBook,
         grace_ms: int,
+        profile_settings: ProfileSettings | None = None,
     ) -> None:
         self.rules = rules
+        self.profile_settings = profile_settings or ProfileSettings()
         self.reference = reference
         self.stock = stock
         self.coupons = coupons
         self.grace_ms = grace_ms
-        self.customers: dict[str, CustomerTriggers] = {}
+        self.customers: dict[str, CustomerKey] = {}
+        #: merged customers' states waiting for their survivors, as the handover store
+        self.handovers: dict[tuple[str, str], bytes] = {}
         self.locations: dict[str, LocationTriggers] = {}
         self.audiences: dict[str, AudienceTriggers] = {}
         self.campaigns: dict[str, CampaignTriggers] = {}
@@ -141,8 +155,10 @@ class TriggerReplay:
             if viewed is not None:
                 region, view = viewed
                 self.audiences.setdefault(region, AudienceTriggers()).add_view(view, rules)
-            customer = self.customers.setdefault(record.customer_id, CustomerTriggers())
-            return self._from_customer(customer.on_event(record, rules, self.stock))
+            return self._take(record.customer_id, record)
+        if isinstance(record, IdentityNotice):
+            self._read(RESOLVED, record.ts_ms)
+            return self._take(record.customer_id, record)
         key = location_key(record)
         location = self.locations.get(key)
         if location is None:
@@ -154,6 +170,43 @@ class TriggerReplay:
         self._read(STOCK, record.ts_ms)
         return self._from_location(location.on_change(record, rules, self.stock))
 
+    def _take(self, customer_id: str, item: CustomerEvent | IdentityNotice | Offer) -> list[object]:
+        """The customer's key takes the item, as the flow's customers step; a key merged
+        away leaves its state for its survivor, who takes it as soon as it waits for it."""
+        key = self.customers.setdefault(customer_id, CustomerKey())
+        out = key.take(item, self.rules, self.stock, self.profile_settings, replay=True)
+        for handed in [o for o in out if isinstance(o, HandOver)]:
+            self.handovers[(handed.survivor, handed.merged)] = handed.payload
+        if key.gone:
+            del self.customers[customer_id]
+        out = [o for o in out if not isinstance(o, HandOver)]
+        return self._from_customer(out + self._collect())
+
+    def _collect(self) -> list[object]:
+        """Survivors take the states they wait for that have been handed over."""
+        out: list[object] = []
+        progress = True
+        while progress:
+            progress = False
+            for customer_id, key in list(self.customers.items()):
+                while key.waiting and (customer_id, key.waiting[0]) in self.handovers:
+                    payload = self.handovers[(customer_id, key.waiting[0])]
+                    taken = key.absorb(
+                        key.waiting[0],
+                        payload,
+                        self.rules,
+                        self.stock,
+                        self.profile_settings,
+                        replay=True,
+                    )
+                    for handed in [o for o in taken if isinstance(o, HandOver)]:
+                        self.handovers[(handed.survivor, handed.merged)] = handed.payload
+                    out += [o for o in taken if not isinstance(o, HandOver)]
+                    progress = True
+                if key.gone:
+                    del self.customers[customer_id]
+        return out
+
     def finish(self) -> list[object]:
         """The end of the input, as the flow's stateful steps reach it one after another."""
         rules, out = self.rules, []
@@ -162,11 +215,13 @@ class TriggerReplay:
             out += self._from_location(location.finish(stock_end, rules, self.stock))
         for audience in self.audiences.values():
             for offer in audience.finish(rules):
-                self.customers.setdefault(offer.customer_id, CustomerTriggers()).hold_offer(offer)
+                self._take(offer.customer_id, offer)
         resolved_end = self.read_ms.get(RESOLVED)
         customer_end = None if resolved_end is None else resolved_end - self.grace_ms
         for customer in self.customers.values():
-            out += self._from_customer(customer.finish(customer_end, rules))
+            out += self._from_customer(
+                customer.finish(customer_end, rules, self.stock, self.profile_settings)
+            )
         for campaign in self.campaigns.values():
             out += campaign.finish(rules, self.reference, self.stock)
         return out
@@ -181,6 +236,10 @@ class TriggerReplay:
         return out
 
     def _from_customer(self, outcomes: Sequence[object]) -> list[object]:
+        """The rules' outcomes (profiles and erasures are the flow's Redis writes)."""
+        outcomes = [
+            o for o in outcomes if not isinstance(o, ProfileWrite | ProfileRetired | CustomerErased)
+        ]
         sent = [o for o in outcomes if isinstance(o, CouponDecision) and not o.holdout]
         if sent:
             self.coupons.remember(remembered_codes(sent, self.rules))

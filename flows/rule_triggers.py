@@ -47,7 +47,7 @@ import functools
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -58,11 +58,14 @@ from base import topics
 from base.config import Config, load_config
 from base.flow_names import RULE_TRIGGERS
 from base.metrics import (
+    CUSTOMERS_BY_SEGMENT,
     PROCESSING_LAG,
+    RULE_STATE_HANDOVERS,
     TRIGGER_CONVERSIONS,
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
+from connectors.customer_io import visit_message, visit_writes
 from connectors.decode import Invalid, event_time, load_object
 from connectors.envelopes import OutMessage
 from connectors.event_clock import ClockMarks, EventClock, InputMarks, ReceiptWaits, WorkerClocks
@@ -82,14 +85,25 @@ from connectors.streams import BatchSink, KafkaIO
 from connectors.trigger_inputs import DECODERS, Skipped
 from connectors.triggers import coupon_message, replenishment_message
 from domain.clearance_rules import ClearanceSignal, View
+from domain.customer_key import (
+    ERASED,
+    CustomerErased,
+    CustomerKey,
+    HandOver,
+    IdentityNotice,
+    ProfileRetired,
+    ProfileWrite,
+)
 from domain.customer_rules import (
     CouponConversion,
     CouponDecision,
     CouponSuppressed,
     CustomerEvent,
     Offer,
+    VisitTask,
 )
 from domain.events import Origin
+from domain.profile import ProfileSettings
 from domain.progress import END_OF_INPUT
 from domain.reference import ReferenceData
 from domain.stock_rules import ExpiryBatch, StockChange, StockDecision, StockTriggerSuppressed
@@ -97,7 +111,6 @@ from domain.stock_view import StockView
 from domain.trigger_engine import (
     AudienceTriggers,
     CampaignTriggers,
-    CustomerTriggers,
     LocationTriggers,
     ReceiptsRead,
     campaign_key,
@@ -109,7 +122,9 @@ from domain.trigger_engine import (
 )
 from domain.trigger_replay import RESOLVED, STOCK
 from state.coupon_store import CouponStore, RedisCouponStore
-from state.interfaces import StockReader, StoreFactory
+from state.handover_store import HandoverStore, RedisHandoverStore
+from state.interfaces import StockReader, StoreFactory, TaskStore, TaskWrite
+from state.profile_store import ProfileStore, RedisProfileStore
 from state.stock_store import StockStore
 from state.stock_view import PoolStockView
 
@@ -141,6 +156,7 @@ class _Context:
         until_idle: bool,
         stock_store: StoreFactory[StockReader],
         coupon_store: StoreFactory[CouponStore],
+        handover_store: StoreFactory[HandoverStore],
     ) -> None:
         self.config = config
         self.reference = reference
@@ -158,6 +174,11 @@ class _Context:
         self._open_stock = stock_store
         #: opens the coupon codes' store (a worker's claims, the sink of each worker)
         self.open_coupons = coupon_store
+        #: opens the handover store (a worker's keys, the sink of each worker)
+        self.open_handovers = handover_store
+        self.profile_settings = ProfileSettings.from_config(config.profile)
+        #: the locations that ship online (where a coupon without a store sends a customer)
+        self.shipping = sorted(loc.location_id for loc in reference.locations.values() if loc.ships)
         self._local = threading.local()
 
     def clock(self, group: str) -> EventClock:
@@ -165,13 +186,20 @@ class _Context:
 
     def stock(self) -> StockView:
         if not hasattr(self._local, "stock"):
-            self._local.stock = PoolStockView(self._open_stock(), RULE_TRIGGERS)
+            self._local.stock = PoolStockView(
+                self._open_stock(), RULE_TRIGGERS, shipping=self.shipping
+            )
         return self._local.stock  # type: ignore[no-any-return]
 
     def coupons(self) -> CouponStore:
         if not hasattr(self._local, "coupons"):
             self._local.coupons = self.open_coupons()
         return self._local.coupons  # type: ignore[no-any-return]
+
+    def handovers(self) -> HandoverStore:
+        if not hasattr(self._local, "handovers"):
+            self._local.handovers = self.open_handovers()
+        return self._local.handovers  # type: ignore[no-any-return]
 
     def end_of_input(self, group: str) -> int | None:
         """The latest event time read of ``group``: by any worker of this process, or by
@@ -187,20 +215,30 @@ class _Context:
         self.read.note(group, marks.read)
 
 
-#: the customer's engine, its partition of ``events.resolved``, the clocks
-CustomerSnapshot = tuple[CustomerTriggers, int, ClockMarks]
+#: the customer's key, its partition of ``events.resolved``, the clocks
+CustomerSnapshot = tuple[CustomerKey, int, ClockMarks]
+
+#: How often a survivor waiting for a merged customer's state asks the handover store
+#: again (wall clock), and how long the end of a replay waits for it at most.
+HANDOVER_POLL_S = 0.05
+HANDOVER_EOF_WAIT_S = 120.0
 
 
 class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
-    """One customer (``CustomerTriggers``). Live, timers follow the clock of the
-    ``events.resolved`` partition that carries the customer's events. (Bytewax gives a
-    builder no key: the customer id comes with the first item and is kept in the engine.)"""
+    """One customer (``domain.customer_key.CustomerKey``). Live, timers follow the clock of
+    the ``events.resolved`` partition that carries the customer's events. A merged customer
+    leaves its state in the handover store and is discarded; its survivor asks the store
+    until it finds it (every ``HANDOVER_POLL_S`` while it waits, and at the end of a replay
+    until it comes). (Bytewax gives a builder no key: the customer id comes with the first
+    item and is kept in the engine.)"""
 
-    def __init__(self, ctx: _Context, resume: CustomerSnapshot | None) -> None:
+    def __init__(self, ctx: _Context, resume: Any) -> None:
         self.ctx = ctx
-        self.triggers, self.partition = CustomerTriggers(), 0
+        self.key, self.partition = CustomerKey(), 0
         if resume is not None:
-            self.triggers, self.partition, marks = resume
+            held, self.partition, marks = resume
+            # Snapshots from before merges were followed hold the rule engine alone.
+            self.key = held if isinstance(held, CustomerKey) else CustomerKey(held)
             # The partition may have nothing left to read: without its mark, the timers
             # due at the end of a replay would never fire.
             ctx.restore(RESOLVED, marks)
@@ -208,37 +246,90 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
     def _stream(self) -> tuple[str, int]:
         return (RESOLVED, self.partition)
 
+    def _done(self, out: list[Any]) -> tuple[list[Any], bool]:
+        """Hand over what the key packed; a key merged away or erased is discarded."""
+        kept = []
+        for item in out:
+            if isinstance(item, HandOver):
+                self.ctx.handovers().put(item.survivor, item.merged, item.payload)
+                RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "merged").inc()
+            else:
+                kept.append(item)
+        return kept, StatefulLogic.DISCARD if self.key.gone else StatefulLogic.RETAIN
+
+    def _collect(self) -> list[Any]:
+        """The merged customers' states the key waits for that have arrived."""
+        ctx, out = self.ctx, []
+        for merged in list(self.key.waiting):
+            payload = ctx.handovers().take(self.key.customer_id, merged)
+            if payload is None:
+                break  # taken in the order of the notices
+            RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "absorbed").inc()
+            out += self.key.absorb(
+                merged,
+                payload,
+                ctx.rules.current(),
+                ctx.stock(),
+                ctx.profile_settings,
+                replay=ctx.replay,
+            )
+        return out
+
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        rules = self.ctx.rules.current()
-        if isinstance(value, Offer):
-            if self.ctx.replay:
-                self.triggers.hold_offer(value)  # taken in event-time order at the end
-                return [], StatefulLogic.RETAIN
-            return self.triggers.on_offer(value, rules), StatefulLogic.RETAIN
-        event: CustomerEvent = value
-        self.partition = event.source_partition
-        self.ctx.clock(RESOLVED).observe(self._stream(), event.ts_ms)
-        return self.triggers.on_event(event, rules, self.ctx.stock()), StatefulLogic.RETAIN
+        ctx = self.ctx
+        if not isinstance(value, Offer):
+            self.partition = value.source_partition
+            ctx.clock(RESOLVED).observe(self._stream(), value.ts_ms)
+        out = self.key.take(
+            value, ctx.rules.current(), ctx.stock(), ctx.profile_settings, replay=ctx.replay
+        )
+        if isinstance(value, IdentityNotice) and value.kind == ERASED:
+            RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "erased").inc()
+        if self.key.waiting:
+            out += self._collect()
+        return self._done(out)
 
     def on_notify(self) -> tuple[list[Any], bool]:
-        """Live: carts and quiet hours due by the clock of the customer's partition."""
+        """Live: carts, lifecycle timers and quiet hours due by the clock of the customer's
+        partition; a survivor asks for the state it waits for."""
+        if self.key.waiting:
+            return self._done(self._collect())
+        if self.ctx.replay:
+            return [], StatefulLogic.RETAIN
         mark = self.ctx.clock(RESOLVED).watermark(self._stream())
-        return self.triggers.fire_due(mark, self.ctx.rules.current()), StatefulLogic.RETAIN
+        rules = self.ctx.rules.current()
+        fired = self.key.fire_due(mark, rules, self.ctx.stock(), self.ctx.profile_settings)
+        return self._done(fired)
 
     def on_eof(self) -> tuple[list[Any], bool]:
-        if not self.ctx.replay:
-            return self.on_notify()
-        end = self.ctx.end_of_input(RESOLVED)
-        end = None if end is None else end - self.ctx.grace_ms
-        return self.triggers.finish(end, self.ctx.rules.current()), StatefulLogic.RETAIN
+        out: list[Any] = []
+        waited_until = time.monotonic() + HANDOVER_EOF_WAIT_S
+        # The merged customers' keys have been given their notices (the input is over);
+        # they may still be writing on another worker.
+        while self.key.waiting and time.monotonic() < waited_until:
+            out += self._collect()
+            if self.key.waiting:
+                time.sleep(HANDOVER_POLL_S)
+        ctx = self.ctx
+        if not ctx.replay:
+            mark = ctx.clock(RESOLVED).watermark(self._stream())
+            out += self.key.fire_due(mark, ctx.rules.current(), ctx.stock(), ctx.profile_settings)
+            return self._done(out)
+        end = ctx.end_of_input(RESOLVED)
+        end = None if end is None else end - ctx.grace_ms
+        out += self.key.finish(end, ctx.rules.current(), ctx.stock(), ctx.profile_settings)
+        return self._done(out)
 
     def notify_at(self) -> datetime | None:
+        if self.key.waiting:
+            return datetime.now(UTC) + timedelta(seconds=HANDOVER_POLL_S)
         if self.ctx.replay:
             return None  # a replay fires timers on the customer's next event or at the end
-        return self.ctx.clock(RESOLVED).wake_at(self._stream(), self.triggers.next_deadline())
+        deadline = self.key.next_deadline(self.ctx.profile_settings)
+        return self.ctx.clock(RESOLVED).wake_at(self._stream(), deadline)
 
     def snapshot(self) -> CustomerSnapshot:
-        return copy.deepcopy(self.triggers), self.partition, self.ctx.marks(RESOLVED)
+        return copy.deepcopy(self.key), self.partition, self.ctx.marks(RESOLVED)
 
 
 #: the sku × location's engine, the clocks of the stock partitions
@@ -428,6 +519,9 @@ def build(
     io: FlowIO | None = None,
     stock_store: StoreFactory[StockReader] | None = None,
     coupon_store: StoreFactory[CouponStore] | None = None,
+    handover_store: StoreFactory[HandoverStore] | None = None,
+    profile_store: StoreFactory[ProfileStore] | None = None,
+    task_store: StoreFactory[TaskStore] | None = None,
 ) -> Dataflow:
     """The rule_triggers dataflow; refuses to build on an invalid rules file.
 
@@ -452,6 +546,21 @@ def build(
             if coupon_store is not None
             else functools.partial(RedisCouponStore.from_config, config)
         ),
+        handover_store=(
+            handover_store
+            if handover_store is not None
+            else functools.partial(RedisHandoverStore.from_config, config)
+        ),
+    )
+    open_tasks: StoreFactory[TaskStore] = (
+        task_store
+        if task_store is not None
+        else functools.partial(StockStore.from_config, config, reference)
+    )
+    open_profiles = (
+        profile_store
+        if profile_store is not None
+        else functools.partial(RedisProfileStore.from_config, config)
     )
 
     def decoder(name: str, raw: bytes, origin: Origin) -> Any:
@@ -487,7 +596,7 @@ def build(
             kept = claim_redeemers(kept)
         resolved_ms = stock_ms = None
         for item in kept:
-            if isinstance(item, CustomerEvent):
+            if isinstance(item, CustomerEvent | IdentityNotice):
                 if resolved_ms is None or item.ts_ms > resolved_ms:
                     resolved_ms = item.ts_ms
             elif isinstance(item, StockChange) and (stock_ms is None or item.ts_ms > stock_ms):
@@ -534,7 +643,9 @@ def build(
         "decode", read("inputs", flow, io, INPUTS), config, RULE_TRIGGERS, INPUTS, decoder
     )
     inputs = per_batch("usable_inputs", batches, usable)
-    split = op.branch("customer_or_stock", inputs, lambda x: isinstance(x, CustomerEvent))
+    split = op.branch(
+        "customer_or_stock", inputs, lambda x: isinstance(x, CustomerEvent | IdentityNotice)
+    )
     customer_events = split.trues
     stock_events = split.falses
 
@@ -548,7 +659,9 @@ def build(
     signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
 
     # Audience: per region.
-    views = op.filter_map("views", customer_events, view_of)
+    views = op.filter_map(
+        "views", customer_events, lambda e: view_of(e) if isinstance(e, CustomerEvent) else None
+    )
     audience_in = op.merge(
         "audience_inputs",
         op.key_on("key_views", views, lambda rv: rv[0]),
@@ -630,6 +743,67 @@ def build(
         topics.TRIGGERS_HOLDOUT,
         op.map("encode_holdouts", coupon_split.falses, coupon_out),
     )
+    # Profiles (the batch's latest per customer) and erasures, in the order the keys made
+    # them: one sink, so an erasure is never overtaken by a profile write of the same id.
+    customer_records = op.filter(
+        "customer_records",
+        customer_items,
+        lambda x: isinstance(x, ProfileWrite | ProfileRetired | CustomerErased),
+    )
+
+    def open_customer_writer() -> tuple[Any, Any]:
+        profiles, coupons, handovers = open_profiles(), ctx.open_coupons(), ctx.open_handovers()
+
+        def write(batch: list[ProfileWrite | ProfileRetired | CustomerErased]) -> None:
+            latest: dict[str, dict[str, str]] = {}
+            gone: list[str] = []
+            erased: list[CustomerErased] = []
+            for record in batch:
+                if isinstance(record, ProfileWrite):
+                    latest[record.customer_id] = record.fields
+                    continue
+                latest.pop(record.customer_id, None)
+                gone.append(record.customer_id)
+                if isinstance(record, CustomerErased):
+                    erased.append(record)
+            if latest:
+                for segment, count in profiles.write(latest).items():
+                    CUSTOMERS_BY_SEGMENT.labels(segment).set(count)
+            if gone:
+                profiles.erase(gone)
+            if erased:
+                coupons.forget([code for e in erased for code in e.codes])
+                for e in erased:
+                    handovers.erase(e.customer_id)
+
+        def close() -> None:
+            for store in (profiles, coupons, handovers):
+                store.close()
+
+        return write, close
+
+    op.output("customer_store", customer_records, BatchSink(open_customer_writer))
+
+    # Store visits: a customer_visit task on store.tasks and in the store's task hash.
+    visits = op.filter("visits", customer_items, lambda x: isinstance(x, VisitTask))
+    output(
+        "visit_tasks",
+        io,
+        topics.STORE_TASKS,
+        op.map("encode_visits", visits, lambda v: visit_message(v, int(time.time() * 1000))),
+    )
+    retention_ms = int(config.fulfilment.task_retention_hours * 3_600_000)
+
+    def open_visit_writer() -> tuple[Any, Any]:
+        store = open_tasks()
+
+        def write(batch: list[VisitTask]) -> None:
+            records = visit_writes(batch, store.tasks, retention_ms)
+            store.write([], (), [TaskWrite(*record) for record in records])
+
+        return write, store.close
+
+    op.output("visit_store", visits, BatchSink(open_visit_writer))
     replenishments = op.filter("replenishments", everything, lambda x: isinstance(x, StockDecision))
     output(
         "replenishment_triggers",

@@ -92,7 +92,8 @@ class Backtest:
         if stock_mode not in STOCK_MODES:
             raise ValueError(f"stock mode must be one of {', '.join(STOCK_MODES)}: {stock_mode}")
         ordered = replay_order(records)
-        stock = RecordedStock(r for r in ordered if isinstance(r, StockChange))
+        shipping = [loc.location_id for loc in self.reference.locations.values() if loc.ships]
+        stock = RecordedStock((r for r in ordered if isinstance(r, StockChange)), shipping=shipping)
         view = stock.at_end() if stock_mode == "end" else stock.as_recorded()
         replay = TriggerReplay(self.rules, self.reference, view, MemoryCouponStore(), self.grace_ms)
         for record in ordered:

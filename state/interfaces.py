@@ -41,6 +41,22 @@ class TaskWrite:
     record: bytes | None
 
 
+class TaskStore(Protocol):
+    """Store tasks in the stock pool's store, as rule_triggers writes its visits there: the
+    store's task records to read (for pruning), task records to set or remove."""
+
+    def write(
+        self,
+        positions: Sequence[StockPosition],
+        totals: Sequence[SkuTotals] = (),
+        tasks: Sequence[TaskWrite] = (),
+    ) -> int: ...
+
+    def tasks(self, store_id: str) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
+
+
 class StockWriter(Protocol):
     """The stock pool's write side, used by stock_pool: absolute figures, so a replayed
     batch writes the same values again."""

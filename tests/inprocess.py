@@ -141,3 +141,30 @@ def run(flow: Dataflow, workers: int = 1) -> None:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
+
+
+@dataclass
+class CustomerStores:
+    """The in-memory stores rule_triggers keeps customers in (one instance each, shared by
+    every worker like Redis): pass ``**stores.build_args()`` to ``rule_triggers.build``."""
+
+    reference: Any
+    handovers: Any = None
+    profiles: Any = None
+    tasks: Any = None
+
+    def __post_init__(self) -> None:
+        from state.handover_store import MemoryHandoverStore
+        from state.memory_stock import MemoryStockStore
+        from state.profile_store import MemoryProfileStore
+
+        self.handovers = MemoryHandoverStore()
+        self.profiles = MemoryProfileStore()
+        self.tasks = MemoryStockStore(self.reference)
+
+    def build_args(self) -> dict[str, Any]:
+        return {
+            "handover_store": lambda: self.handovers,
+            "profile_store": lambda: self.profiles,
+            "task_store": lambda: self.tasks,
+        }

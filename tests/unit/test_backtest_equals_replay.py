@@ -37,7 +37,7 @@ from omnistream.cli import main
 from state.coupon_store import MemoryCouponStore
 from state.memory_identity import MemoryIdentityStore
 from state.memory_stock import MemoryStockStore
-from tests.inprocess import MemoryIO, run
+from tests.inprocess import CustomerStores, MemoryIO, run
 
 PARTITIONS = 4
 EVENTS_PER_DAY = 12_000
@@ -165,6 +165,7 @@ def replayed(recording: Recording, workers: int) -> dict[str, dict[str, Any]]:
         io=io,
         stock_store=lambda: recording.pool,
         coupon_store=MemoryCouponStore,
+        **CustomerStores(load_reference(recording.config)).build_args(),
     )
     run(flow, workers)
     found: dict[str, dict[str, Any]] = {}

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 from base.config import Config
 from connectors.reference_files import load_reference
 from domain.customer_rules import CouponDecision, CustomerEvent, Offer
+from domain.stock import StockPosition
 from domain.stock_rules import StockChange, StockDecision
 from domain.trigger_replay import RESOLVED, STOCK
 from flows.rule_triggers import CampaignLogic, CustomerLogic, LocationLogic, _Context
 from state.coupon_store import MemoryCouponStore
+from state.handover_store import MemoryHandoverStore
 from state.memory_stock import MemoryStockStore
 
 CONFIG = Config()
@@ -53,12 +55,21 @@ def in_new_process(work: Callable[[], T]) -> T:
 def replay_context() -> _Context:
     """What ``build(..., until_idle=True)`` shares between its steps; an empty stock pool."""
     stock, coupons = MemoryStockStore(REFERENCE), MemoryCouponStore()
+    # Every sku in stock at the central warehouse, so coupons pass the no_stock guard.
+    stock.write(
+        [
+            StockPosition(sku, "WH-SH-01", 100, 0, 100, 0, 0, None, 0, "seed", "seed#0")
+            for sku in REFERENCE.products
+        ]
+    )
+    handovers = MemoryHandoverStore()
     return _Context(
         CONFIG,
         REFERENCE,
         until_idle=True,
         stock_store=lambda: stock,
         coupon_store=lambda: coupons,
+        handover_store=lambda: handovers,
     )
 
 

@@ -1,0 +1,104 @@
+"""Wire encoding of rule_triggers' store visits: a ``customer_visit`` task (CONTRACT §10,
+§11) on ``store.tasks`` and in the store's task hash, the same JSON in both places (minus
+``fired_at`` in Redis), as stock_pool writes its pickup tasks (``connectors.fulfilment_io``),
+so the store console shows a visiting customer beside the pickups.
+
+The task id comes from the customer, the store and the event of the visit, so a replay
+republishes the same id and rewrites the same record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from base.flow_names import RULE_TRIGGERS
+from base.metrics import STORE_TASKS
+from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
+from domain.customer_rules import VisitTask
+from domain.timeparse import format_event_time
+
+#: How long a visit stays on the console (event time after the check-in).
+VISIT_MINUTES = 30
+
+
+def visit_task_id(visit: VisitTask) -> str:
+    digest = hashlib.sha256(
+        "\x1f".join(("visit", visit.customer_id, visit.store_id, *visit.evidence)).encode()
+    )
+    return "visit-" + digest.hexdigest()[:16]
+
+
+def visit_data(visit: VisitTask, fired_at_ms: int | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "task_id": visit_task_id(visit),
+        "kind": "customer_visit",
+        "store_id": visit.store_id,
+        "order_id": None,
+        "customer_id": visit.customer_id,
+        "lines": None,
+        "pickup_code": None,
+        "due_at": format_event_time(visit.event_time_ms + VISIT_MINUTES * 60_000),
+        "alternative_location_id": None,
+        "recent_views": [
+            {"sku": sku, "ts": format_event_time(ts)} for sku, ts in visit.recent_views
+        ],
+        "reason": visit.reason,
+        "evidence": list(visit.evidence),
+        "event_time": format_event_time(visit.event_time_ms),
+        "status": "open",
+        "done_at": None,
+        "rule_id": visit.rule_id,
+    }
+    if fired_at_ms is not None:
+        data["fired_at"] = format_event_time(fired_at_ms)
+    return data
+
+
+def visit_message(visit: VisitTask, fired_at_ms: int) -> OutMessage:
+    value = cloud_event(
+        event_type="omnistream.store.task",
+        source=RULE_TRIGGERS,
+        subject=visit.store_id,
+        event_id=cloud_event_id("store.task", visit_task_id(visit), "open"),
+        time_ms=visit.event_time_ms,
+        data=visit_data(visit, fired_at_ms),
+    )
+    STORE_TASKS.labels("customer_visit", "open").inc()
+    return OutMessage(key=visit.store_id.encode(), value=value)
+
+
+def visit_record(visit: VisitTask) -> bytes:
+    """The task as the console reads it from Redis: a function of the input alone."""
+    data = visit_data(visit, None)
+    data["updated_at_ms"] = visit.event_time_ms
+    return orjson.dumps(data)
+
+
+#: (store id, task id, record or None to remove it): what a visit writer sets in Redis.
+TaskRecord = tuple[str, str, bytes | None]
+
+
+def visit_writes(
+    visits: Sequence[VisitTask], tasks_of: Callable[[str], dict[str, str]], retention_ms: int
+) -> list[TaskRecord]:
+    """The batch's visit records, and the removal of each store's visits older than the
+    retention before its newest one (stock_pool prunes its own tasks; visits are ours)."""
+    writes: list[TaskRecord] = [(v.store_id, visit_task_id(v), visit_record(v)) for v in visits]
+    newest: dict[str, int] = {}
+    for v in visits:
+        newest[v.store_id] = max(v.event_time_ms, newest.get(v.store_id, v.event_time_ms))
+    for store_id, latest_ms in newest.items():
+        for task_id, raw in tasks_of(store_id).items():
+            if not task_id.startswith("visit-"):
+                continue
+            try:
+                updated = orjson.loads(raw).get("updated_at_ms")
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(updated, int) and updated < latest_ms - retention_ms:
+                writes.append((store_id, task_id, None))
+    return writes
