@@ -102,3 +102,23 @@ def visit_writes(
             if isinstance(updated, int) and updated < latest_ms - retention_ms:
                 writes.append((store_id, task_id, None))
     return writes
+
+
+def visits_of_erased(
+    customer_ids: Sequence[str], store_ids: Sequence[str], tasks_of: Callable[[str], dict[str, str]]
+) -> list[TaskRecord]:
+    """The removal of every visit task naming an erased customer, in every store's task
+    hash (visits are keyed by store; erasures are rare, so each store's hash is read)."""
+    erased = set(customer_ids)
+    removals: list[TaskRecord] = []
+    for store_id in store_ids:
+        for task_id, raw in tasks_of(store_id).items():
+            if not task_id.startswith("visit-"):
+                continue
+            try:
+                customer = orjson.loads(raw).get("customer_id")
+            except orjson.JSONDecodeError:
+                continue
+            if customer in erased:
+                removals.append((store_id, task_id, None))
+    return removals

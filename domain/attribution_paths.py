@@ -49,6 +49,7 @@ the event time of the items.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -199,10 +200,10 @@ into='c', ts_ms=None, via='b')]
     if isinstance(item, Erase):
         return state, _erase_chain(state, item.customer_id)
     old = item.customer_id
-    if old in state.erased:
+    if erased_token(old) in state.erased:
         return state, []
     into = state.survivor.get(item.into, item.into)
-    if into in state.erased or item.into in state.erased:
+    if erased_token(into) in state.erased or erased_token(item.into) in state.erased:
         # One customer with an erased one: erased as well, with the ids merged into it.
         return state, _erase_chain(state, old)
     if old in state.survivor or into == old:
@@ -221,6 +222,12 @@ into='c', ts_ms=None, via='b')]
     return state, [Absorb(old, into, item.ts_ms, via), *repoints]
 
 
+def erased_token(customer_id: str) -> str:
+    """How the merges step remembers an erased id: a one-way digest, so the step can still
+    tell that a merge read later concerns an erased customer without keeping the id."""
+    return hashlib.sha256(("erased\x1f" + customer_id).encode()).hexdigest()
+
+
 def _erase_chain(state: MergeChains, customer_id: str) -> list[Absorb | Repoint | Erase]:
     """Forget the chains of ``customer_id`` (the ids merged into it, and its own merge if it
     was merged away); keep its ids as erased."""
@@ -233,8 +240,8 @@ def _erase_chain(state: MergeChains, customer_id: str) -> list[Absorb | Repoint 
     for erased in ids:
         state.survivor.pop(erased, None)
         state.edges.pop(erased, None)
-    fresh = [erased for erased in ids if erased not in state.erased]
-    state.erased.update(ids)
+    fresh = [erased for erased in ids if erased_token(erased) not in state.erased]
+    state.erased.update(erased_token(erased) for erased in ids)
     return [Erase(erased) for erased in fresh]
 
 
@@ -344,7 +351,7 @@ def route(
     if isinstance(item, Erase):
         # What a replay held: its purchases still happened, credited to nobody.
         held = [_anonymous(p) for p in state.pending if isinstance(p, Purchase)]
-        mark = RouterState(erased=True, customer_id=state.customer_id)
+        mark = RouterState(erased=True, customer_id="")  # the key names the id; no copy
         return mark, [(item.customer_id, item), *(("", p) for p in held)]
     if state.erased:
         return state, [("", _anonymous(item))] if isinstance(item, Purchase) else []

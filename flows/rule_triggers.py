@@ -65,7 +65,7 @@ from base.metrics import (
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
-from connectors.customer_io import visit_message, visit_writes
+from connectors.customer_io import visit_message, visit_writes, visits_of_erased
 from connectors.decode import Invalid, event_time, load_object
 from connectors.envelopes import OutMessage
 from connectors.event_clock import ClockMarks, EventClock, InputMarks, ReceiptWaits, WorkerClocks
@@ -753,6 +753,8 @@ def build(
 
     def open_customer_writer() -> tuple[Any, Any]:
         profiles, coupons, handovers = open_profiles(), ctx.open_coupons(), ctx.open_handovers()
+        tasks = open_tasks()
+        stores = sorted(s for s, loc in reference.locations.items() if loc.type == "store")
 
         def write(batch: list[ProfileWrite | ProfileRetired | CustomerErased]) -> None:
             latest: dict[str, dict[str, str]] = {}
@@ -775,9 +777,13 @@ def build(
                 coupons.forget([code for e in erased for code in e.codes])
                 for e in erased:
                     handovers.erase(e.customer_id)
+                ids = [e.customer_id for e in erased]
+                removals = visits_of_erased(ids, stores, tasks.tasks)
+                if removals:
+                    tasks.write([], (), [TaskWrite(*record) for record in removals])
 
         def close() -> None:
-            for store in (profiles, coupons, handovers):
+            for store in (profiles, coupons, handovers, tasks):
                 store.close()
 
         return write, close

@@ -379,8 +379,23 @@ class IdentityStore:
                 self.client.delete(self.keys.owner(ident))
                 return IdentityChange("erased", owner, (ident,))
             if self._write(part, set()):
+                self._forget_results(owner)
                 return change
         raise RuntimeError("erasure could not be applied: the customer kept changing")
+
+    def _forget_results(self, customer_id: str) -> None:
+        """Drop the kept resolutions (``idres:<event_id>``, there for replayed batches) that
+        name the erased customer. They are keyed by event, not by customer, so this is a
+        ``SCAN`` of them: fine for an erasure now and then, not for thousands an hour (then
+        keep a per-customer index of result keys instead)."""
+        needle = customer_id.encode()
+        keys = list(self.client.scan_iter(match=self.keys.result("*"), count=1000))
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            values = self.client.mget(chunk)
+            named = [k for k, v in zip(chunk, values, strict=True) if v and needle in v]
+            if named:
+                self.client.delete(*named)
 
 
 def _stored_customer(record: dict[Any, Any]) -> StoredCustomer | None:
