@@ -25,6 +25,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from base.config import Config
+from connectors.customer_io import visit_record, visit_task_id
+from domain.customer_rules import VisitTask
 from omnistream.embedded import EmbeddedStack
 from tests.integration.test_service import ThreadedService, put_task, service_config, task
 
@@ -133,6 +135,24 @@ def test_a_pickup_appears_live_and_turns_collected(
             assert appeared.get_attribute("data-overdue") == "false"
             assert "058311" in appeared.text and "3 × SKU-B" in appeared.text
             assert appeared.find_element(By.XPATH, "..").get_attribute("id") == "pickups"
+
+            # a member checks in after browsing: rule_triggers' visit record, as it writes it
+            visit = VisitTask(
+                "store-visit",
+                "cust-77",
+                "ST-1",
+                (("SKU-B", int(now.timestamp() * 1000) - 60_000), ("SKU-A", 0)),
+                "checked in at ST-1",
+                ("checkin-1", "view-2", "view-1"),
+                int(now.timestamp() * 1000),
+            )
+            client.hset(
+                f"{config.redis.key_prefix}tasks:ST-1", visit_task_id(visit), visit_record(visit)
+            )
+            visiting = wait(browser, APPEARS_WITHIN_S).until(lambda d: row(d, visit_task_id(visit)))
+            assert visiting.find_element(By.XPATH, "..").get_attribute("id") == "visits"
+            assert "cust-77" in visiting.text and "in store" in visiting.text.lower()
+            assert "Recently viewed: SKU-B, SKU-A" in visiting.text
 
             # the till sale came: the flow marks it done, the row shows it collected
             put_task(client, config, fresh | {"status": "done", "done_at": rfc3339(now)})

@@ -86,6 +86,7 @@ def test_a_product_view_decodes_with_the_category_of_its_sku(reference: Referenc
         coupon_codes=(),
         category="fresh_food",  # from products.csv
         source_partition=2,
+        channel="app",
     )
 
 
@@ -663,3 +664,51 @@ def test_a_replenishment_counts_as_fired_with_its_latency() -> None:
     assert sample("omnistream_trigger_latency_seconds_count", {"rule": rule}) - count == 1
     latency = sample("omnistream_trigger_latency_seconds_sum", {"rule": rule}) - total
     assert latency == pytest.approx(0.75)
+
+
+def test_merge_and_erasure_notices_decode_to_what_the_customer_keys_take(
+    reference: ReferenceData,
+) -> None:
+    from connectors.resolved import erased_notice, merge_notices
+    from domain.customer_key import IdentityNotice
+
+    (_, away), (_, absorbed) = merge_notices("A", "B", "e9", T0)
+    assert decode_resolved(away, ORIGIN, reference) == IdentityNotice(
+        "merged", "A", "B", T0, "e9:A:B:merged", 2
+    )
+    assert decode_resolved(absorbed, ORIGIN, reference) == IdentityNotice(
+        "absorbed", "B", "A", T0, "e9:A:B:absorbed", 2
+    )
+    erased = decode_resolved(erased_notice("B", T0), ORIGIN, reference)
+    assert isinstance(erased, IdentityNotice) and (erased.kind, erased.other) == ("erased", None)
+    broken = orjson.loads(away)
+    del broken["into"]
+    refused = decode_resolved(raw(broken), ORIGIN, reference)
+    assert isinstance(refused, Rejection) and refused.reason == "missing_field"
+    assert "`into`" in refused.error
+
+
+def test_a_till_sale_carries_what_profiles_and_lifecycle_rules_read(
+    reference: ReferenceData,
+) -> None:
+    """Channel, store, revenue, categories and repurchase days from the products file."""
+    lines = [{"sku": "SKU-10001", "qty": 1, "unit_price": 10.9}]
+    sale = resolved(
+        event_type="sale",
+        source_topic="pos.sales",
+        store_id="ST-SH-01",
+        lines=lines,
+        total=10.9,
+        member_code="m-1",
+    )
+    del sale["sku"], sale["channel"], sale["region"]
+    event = decode_resolved(raw(sale), ORIGIN, reference)
+    assert isinstance(event, CustomerEvent)
+    product = reference.products["SKU-10001"]
+    assert (event.channel, event.store_id, event.revenue) == ("store", "ST-SH-01", 10.9)
+    assert event.categories == (product.category,) and event.member_scan
+    assert event.repurchase_days == (("SKU-10001", product.repurchase_days),)
+    consent = decode_resolved(
+        raw(resolved(event_type="consent", marketing=False)), ORIGIN, reference
+    )
+    assert isinstance(consent, CustomerEvent) and consent.consent is False
