@@ -26,7 +26,7 @@ rules:
   - id: cart
     kind: cart_abandonment
     cooldown: 1s
-    params: {within: 3s}
+    params: {within: 3s, min_available: 0}  # no stock in this pool: no stock guard
     coupon: {type: amount_off, value: 5, expires_in: 1h}
 """
 BROKEN = RULES_V1.replace("cooldown: 1h", "cooldown: soon")
