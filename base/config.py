@@ -160,6 +160,10 @@ class FlowConfig:
     #: the slowest partition still being read (in the same process) waits for it. It bounds
     #: what the flows hold back to apply in event-time order; it does not change results.
     alignment_seconds: float = 600.0
+    #: How long a flow or command keeps asking for the broker and Redis when it starts
+    #: before it reports one unreachable: a compose stack comes up in any order, so a
+    #: dependency a few seconds late is waited for rather than reported.
+    startup_wait_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,7 @@ def _check_ranges(config: Config) -> None:
         "identity.ttl_days": config.identity.ttl_days,
         "flow.epoch_seconds": config.flow.epoch_seconds,
         "flow.alignment_seconds": config.flow.alignment_seconds,
+        "flow.startup_wait_seconds": config.flow.startup_wait_seconds,
         "fulfilment.pickup_prep_minutes": config.fulfilment.pickup_prep_minutes,
         "fulfilment.task_retention_hours": config.fulfilment.task_retention_hours,
         "service.console_poll_seconds": config.service.console_poll_seconds,

@@ -4,11 +4,12 @@ Without these checks a flow started against an unreachable broker waited forever
 Kafka source lists partitions without a timeout) while librdkafka printed a line every 50 ms,
 and one started without Redis waited inside its first write. Instead every flow and every
 command that needs them asks the broker for metadata and Redis for ``PING`` first, both at
-once, and gives up after ``TIMEOUT_S`` with one line naming what could not be reached, why,
-and the setting to check (``Unreachable``; the command line prints it and exits 1).
+once, and gives up after ``flow.startup_wait_seconds`` (10 s) with one line naming what could
+not be reached, why, and the setting to check (``Unreachable``; the command line prints it
+and exits 1).
 
 A dependency that is merely slow to come up (a compose stack starting in any order) gets the
-whole ``TIMEOUT_S``: the checks keep asking until then. Wrong Redis credentials or a refused
+whole wait: the checks keep asking until then. Wrong Redis credentials or a refused
 TLS handshake do not heal by waiting and fail at once.
 """
 
@@ -25,8 +26,6 @@ from base.config import Config
 # The clients (confluent-kafka, redis-py) are imported by the checks themselves: the command
 # line imports this module for ``Unreachable`` on every command, most of which need neither.
 
-#: How long each check keeps trying before it reports the dependency unreachable.
-TIMEOUT_S = 10.0
 #: Where an operator sets the broker and Redis addresses (named in every message about them).
 KAFKA_SETTING = "kafka.bootstrap / OMNI_KAFKA_BOOTSTRAP"
 REDIS_SETTING = "redis.url / OMNI_REDIS_URL"
@@ -44,7 +43,7 @@ def check(
     config: Config, *, kafka: bool = False, redis: bool = False, timeout_s: float | None = None
 ) -> None:
     """Raise ``Unreachable`` unless the wanted dependencies answer within ``timeout_s``
-    (default ``TIMEOUT_S``)."""
+    (default ``flow.startup_wait_seconds``)."""
     start(config, kafka=kafka, redis=redis, timeout_s=timeout_s).result()
 
 
@@ -84,14 +83,15 @@ def start(
     config: Config, *, kafka: bool = False, redis: bool = False, timeout_s: float | None = None
 ) -> Pending:
     """Start the wanted checks in the background (each for ``timeout_s``, default
-    ``TIMEOUT_S``): a flow builds its dataflow meanwhile, so a configuration error is still
-    reported first, and at once."""
+    ``flow.startup_wait_seconds``): a flow builds its dataflow meanwhile, so a configuration
+    error is still reported first, and at once."""
     probes: list[Callable[[Config, float], str | None]] = []
     if kafka:
         probes.append(kafka_problem)
     if redis:
         probes.append(redis_problem)
-    return Pending(config, probes, TIMEOUT_S if timeout_s is None else timeout_s)
+    wait_s = config.flow.startup_wait_seconds if timeout_s is None else timeout_s
+    return Pending(config, probes, wait_s)
 
 
 class _LastProblem:

@@ -85,3 +85,36 @@ def test_nothing_wanted_nothing_checked() -> None:
 )
 def test_librdkafka_reason(text: str, reason: str) -> None:
     assert preflight._reason(text) == reason
+
+
+def test_a_redis_that_comes_up_within_the_startup_wait_is_waited_for() -> None:
+    """`flow.startup_wait_seconds` is how long the checks keep asking: a Redis started a
+    second after the command is found, not reported (a compose stack in any order)."""
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/setup.sh"
+    port = free_port()
+    config = Config().with_overrides(
+        redis={"url": f"redis://127.0.0.1:{port}/0"}, flow={"startup_wait_seconds": 20.0}
+    )
+    pending = preflight.start(config, redis=True)
+    time.sleep(1.0)
+    redis = subprocess.Popen(
+        [server, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        pending.result()  # no Unreachable: it kept asking until Redis answered
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
+def test_the_startup_wait_is_read_from_the_configuration() -> None:
+    config = dead().with_overrides(flow={"startup_wait_seconds": 0.3})
+    started = time.monotonic()
+    with pytest.raises(preflight.Unreachable, match="cannot reach Redis"):
+        preflight.check(config, redis=True)
+    assert time.monotonic() - started < 5  # not the default 10 s
