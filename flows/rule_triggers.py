@@ -688,7 +688,16 @@ def build(
         op.key_on("key_offers", offers, lambda o: o.customer_id),
     )
     customer_out = op.stateful("customers", customer_in, lambda resume: CustomerLogic(ctx, resume))
-    customer_items = op.map("customer_items", customer_out, lambda kv: kv[1])
+    # Profiles (the batch's latest per customer is written) and erasures go to their own
+    # sink at once: a profile write follows nearly every event, and sent down the outcome
+    # steps each one would pass half a dozen filters that all let it by.
+    customer_split = op.branch(
+        "customer_records_or_outcomes",
+        op.map("customer_items", customer_out, lambda kv: kv[1]),
+        lambda x: isinstance(x, ProfileWrite | ProfileRetired | CustomerErased),
+    )
+    customer_records = customer_split.trues
+    customer_items = customer_split.falses
 
     # Campaign preparation: coupons naming a store, per store × sku.
     store_coupons = op.filter(
@@ -745,11 +754,6 @@ def build(
     )
     # Profiles (the batch's latest per customer) and erasures, in the order the keys made
     # them: one sink, so an erasure is never overtaken by a profile write of the same id.
-    customer_records = op.filter(
-        "customer_records",
-        customer_items,
-        lambda x: isinstance(x, ProfileWrite | ProfileRetired | CustomerErased),
-    )
 
     def open_customer_writer() -> tuple[Any, Any]:
         profiles, coupons, handovers = open_profiles(), ctx.open_coupons(), ctx.open_handovers()

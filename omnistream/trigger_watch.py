@@ -28,8 +28,10 @@ from connectors.generator import GeneratedEvent
 from connectors.kafka_clients import make_consumer
 
 TRIGGER_TOPICS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
-#: Rule kinds whose triggers come from a timer rather than from an input event.
-TIMER_KINDS = frozenset({"cart_abandonment"})
+#: Rule kinds whose triggers come from a timer rather than from an input event: their
+#: evidence is the event that armed the timer (an add to cart, the purchase a lapse or a
+#: repurchase counts from), produced long before the timer was due.
+TIMER_KINDS = frozenset({"cart_abandonment", "lapsed", "repurchase"})
 
 
 @dataclass

@@ -96,6 +96,11 @@ class StockReader(Protocol):
         """Units available of ``sku`` at ``location_id`` (0 when nothing is recorded)."""
         ...
 
+    def available_at(self, sku: str, location_ids: Sequence[str], flow: str) -> int:
+        """Units available of ``sku`` summed over ``location_ids``, in one round trip (a
+        coupon's stock guard asks every shipping location at once)."""
+        ...
+
     def read_sku(self, sku: str) -> tuple[list[StockRow], StockRow, dict[str, StockRow]]:
         """The sku's hash at every location that has one (by location id, each with its
         ``location_id``), its network total and its region totals (empty when none)."""

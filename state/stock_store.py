@@ -244,6 +244,13 @@ class StockHashes(ABC):
         (value,) = self._fields([self.keys.position(sku, location_id)], "available_to_sell", flow)
         return int(value) if value is not None else 0
 
+    def available_at(self, sku: str, location_ids: Sequence[str], flow: str) -> int:
+        if not location_ids:
+            return 0
+        keys = [self.keys.position(sku, location_id) for location_id in location_ids]
+        values = self._fields(keys, "available_to_sell", flow)
+        return sum(int(value) for value in values if value is not None)
+
     def read_sku(self, sku: str) -> tuple[list[StockRow], StockRow, dict[str, StockRow]]:
         """Per-location hashes (sorted by location), the network total and region totals."""
         regions = sorted({loc.region for loc in self.reference.locations.values()})

@@ -19,7 +19,8 @@ class PoolStockView:
     """``StockView`` on a ``StockReader``; ``flow`` names the reader in the Redis metrics.
 
     ``shipping``: the ids of the locations that ship online orders (from the reference,
-    ``Location.ships``), asked one position each for ``available_online``. Without it the
+    ``Location.ships``), asked in one round trip for ``available_online`` (a coupon's
+    ``no_stock`` guard asks it for every repurchase reminder). Without it the
     sku's positions are read whole and every location that is not a store counts (the
     reference's default), which misses a store the locations file lets ship.
     """
@@ -44,7 +45,7 @@ class PoolStockView:
 
     def available_online(self, sku: str, as_of_ms: int) -> int:
         if self.shipping is not None:
-            return sum(self.reader.available(sku, loc, self.flow) for loc in self.shipping)
+            return self.reader.available_at(sku, self.shipping, self.flow)
         rows, _, _ = self.reader.read_sku(sku)
         return sum(
             int(row.get("available_to_sell", 0))
