@@ -5,7 +5,8 @@ Used by the demo (and the benchmark): a background consumer follows ``triggers.c
 records when each input event was handed to the broker. The latency of a trigger is the time
 from producing its causing event (the newest input event named in its evidence) to the
 trigger's timestamp on its topic. Triggers that fire on a timer — a cart left for T minutes,
-a coupon held through quiet hours — are caused by the passing of time, not by an event, and
+a lapse or a repurchase reminder, a coupon held through quiet hours, a stock rule due at an
+event time later than its causes' — are caused by the passing of time, not by an event, and
 are left out of that figure.
 """
 
@@ -26,6 +27,7 @@ from base import topics
 from base.config import Config
 from connectors.generator import GeneratedEvent
 from connectors.kafka_clients import make_consumer
+from domain.timeparse import parse_event_time
 
 TRIGGER_TOPICS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
 #: Rule kinds whose triggers come from a timer rather than from an input event: their
@@ -96,15 +98,20 @@ class TopicFollower(ABC):
 @dataclass
 class TriggerWatch(TopicFollower):
     produced_at: dict[str, float] = field(default_factory=dict)
+    #: event id → its event time (epoch ms; None when it has none)
+    event_ms: dict[str, int | None] = field(default_factory=dict)
     seen: list[SeenTrigger] = field(default_factory=list)
     follows: tuple[str, ...] = TRIGGER_TOPICS
     name = "trigger-watch"
 
     def stamp(self, events: Iterable[GeneratedEvent]) -> Iterator[GeneratedEvent]:
-        """Pass events through, remembering when each was handed to the producer."""
+        """Pass events through, remembering when each was handed to the producer and its
+        event time."""
         for event in events:
             if event.event_id is not None:
                 self.produced_at.setdefault(event.event_id, time.time() * 1000)
+                if event.event_id not in self.event_ms:
+                    self.event_ms[event.event_id] = _event_time_ms(event.value)
             yield event
 
     def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
@@ -120,9 +127,31 @@ class TriggerWatch(TopicFollower):
                 continue
             causes = [e.split("#", 1)[0] for e in data.get("evidence", ())]
             produced = [self.produced_at[e] for e in causes if e in self.produced_at]
-            if produced:
-                out.append(trigger.arrived_ms - max(produced))
+            if not produced or self._fired_later(data, causes):
+                continue
+            out.append(trigger.arrived_ms - max(produced))
         return out
+
+    def _fired_later(self, data: dict[str, Any], causes: list[str]) -> bool:
+        """Whether the trigger is due at an event time later than its latest cause's: a
+        stock rule's idle days or a batch's expiry counted from the position's last
+        change, fired when event time reached it (the stream's own clock), not by an
+        event of its own."""
+        times = [t for e in causes if (t := self.event_ms.get(e)) is not None]
+        try:
+            due = parse_event_time(data.get("event_time"))
+        except ValueError:
+            return False
+        return bool(times) and due > max(times)
+
+
+def _event_time_ms(value: bytes) -> int | None:
+    """The ``ts`` of a generated message, None when it has none that parses (the
+    deliberately malformed ones)."""
+    try:
+        return parse_event_time(orjson.loads(value).get("ts"))
+    except (orjson.JSONDecodeError, ValueError, AttributeError):
+        return None
 
 
 def percentile(values: list[float], share: float) -> float:
