@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole system on an embedded broker and Redis with generated traffic",
         description="Start an embedded Kafka-compatible broker (Tansu) and redis-server on free "
-        "loopback ports, run the stock_pool and identity_stitch flows as their own processes, "
-        "feed them generated traffic, then print a summary. Ctrl-C stops everything cleanly.",
+        "loopback ports, run the four flows (stock_pool, identity_stitch, rule_triggers, "
+        "attribution) as their own processes, feed them generated traffic, then print a summary "
+        "(stock, sourcing, store tasks, customers, triggers, attribution). Ctrl-C stops "
+        "everything cleanly.",
     )
     _add_config_argument(demo)
     add_demo_arguments(demo)

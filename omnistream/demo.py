@@ -277,11 +277,41 @@ def _print_customers(triggers: Samples | None) -> None:
         if labels.get("kind") == "customer_visit" and labels.get("status") == "open"
     )
     print(
-        f"customers: lapsed coupons={fired.get('lapsed', 0):,}  "
+        f"customer rules: lapsed coupons={fired.get('lapsed', 0):,}  "
         f"repurchase coupons={fired.get('repurchase', 0):,}  "
         f"customer_visit tasks={visits:,}  "
         f"held back no_consent={held.get('no_consent', 0):,} no_stock={held.get('no_stock', 0):,}"
     )
+
+
+def _print_sample_profile(config: Config) -> None:
+    """One generated customer's profile as ``omni:profile:<customer_id>`` holds it (the
+    first of the most loyal profiles Redis lists): what CRM reads. PII never reaches it:
+    the customer id is a OneID, identifiers are hashed before identity_stitch stores them."""
+    client = connect(config)
+    try:
+        keys = [
+            k.decode() for k in client.scan_iter(f"{config.redis.key_prefix}profile:*", count=500)
+        ]
+        best: tuple[int, str, dict[str, str]] | None = None
+        for key in sorted(keys)[:2000]:
+            raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            purchases = int(fields.get("purchases", "0") or 0)
+            if best is None or purchases > best[0]:
+                best = (purchases, key, fields)
+    except redis.RedisError as exc:
+        print(f"sample profile: cannot read the profiles from Redis: {exc}")
+        return
+    finally:
+        client.close()
+    if best is None:
+        print("sample profile: no profile in Redis")
+        return
+    _, key, fields = best
+    print(f"sample profile {key}:")
+    for name, value in fields.items():
+        print(f"  {name:<18} {value}")
 
 
 def _print_triggers(samples: Samples | None, watch: TriggerWatch) -> None:
@@ -361,7 +391,13 @@ def _print_summary(
     _print_fulfilment(stock)
     created = int(total(identity, "omnistream_identity_customers_created_total"))
     merges = int(total(identity, "omnistream_identity_merges_total"))
-    print(f"customers: {created - merges:,} (created {created:,}, merged {merges:,})")
+    base = int(total(identity, "omnistream_identity_customers"))
+    print(f"customers: {base:,} (created {created:,}, merged {merges:,})")
+    segments = {
+        labels["segment"]: int(value)
+        for labels, value in (samples.get("rule_triggers") or {}).get("omnistream_customers", [])
+    }
+    print("profiles by segment: " + "  ".join(f"{s}={n:,}" for s, n in segments.items()))
     conflicts = {
         labels["reason"]: int(value)
         for labels, value in (identity or {}).get("omnistream_identity_conflicts_total", [])
@@ -373,6 +409,7 @@ def _print_summary(
     print(f"identifiers linked: {int(total(identity, 'omnistream_identity_links_total')):,}")
     _print_triggers(samples.get("rule_triggers"), watch)
     _print_customers(samples.get("rule_triggers"))
+    _print_sample_profile(config)
     for f in flows:
         print(
             f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "

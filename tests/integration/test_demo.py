@@ -85,6 +85,11 @@ def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     assert "dead letters:" in output and "metrics of stock_pool: http://127.0.0.1:" in output
     assert "events consumed by rule_triggers:" in output and "triggers fired:" in output
     assert "held back:" in output and "docker compose up" in output
+    # The customers of CONTRACT §11: the base, the segments, the rules, one profile.
+    assert "profiles by segment: new=" in output and "customer rules: lapsed coupons=" in output
+    profile = output.split("sample profile omni:profile:", 1)[1].split("metrics of", 1)[0]
+    for name in ("first_seen", "purchases", "segment", "top_categories", "consent_marketing"):
+        assert f"  {name} " in profile, profile
     assert "== Attribution" in output and "markov" in output and "direct" in output
     assert len(children) >= 4
     assert_gone(children)
