@@ -293,9 +293,12 @@ def _print_sample_profile(config: Config) -> None:
         keys = [
             k.decode() for k in client.scan_iter(f"{config.redis.key_prefix}profile:*", count=500)
         ]
+        keys = sorted(keys)[:2000]
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
         best: tuple[int, str, dict[str, str]] | None = None
-        for key in sorted(keys)[:2000]:
-            raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+        for key, raw in zip(keys, pipe.execute(), strict=True):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             purchases = int(fields.get("purchases", "0") or 0)
             if best is None or purchases > best[0]:
