@@ -83,15 +83,22 @@ TaskRecord = tuple[str, str, bytes | None]
 
 
 def visit_writes(
-    visits: Sequence[VisitTask], tasks_of: Callable[[str], dict[str, str]], retention_ms: int
+    visits: Sequence[VisitTask],
+    tasks_of: Callable[[str], dict[str, str]],
+    retention_ms: int,
+    prune: Callable[[str], bool] = lambda _store: True,
 ) -> list[TaskRecord]:
     """The batch's visit records, and the removal of each store's visits older than the
-    retention before its newest one (stock_pool prunes its own tasks; visits are ours)."""
+    retention before its newest one (stock_pool prunes its own tasks; visits are ours).
+    Pruning reads the store's whole task hash, so the writer asks only for the stores that
+    ``prune`` names (each at most once a minute: the retention is hours)."""
     writes: list[TaskRecord] = [(v.store_id, visit_task_id(v), visit_record(v)) for v in visits]
     newest: dict[str, int] = {}
     for v in visits:
         newest[v.store_id] = max(v.event_time_ms, newest.get(v.store_id, v.event_time_ms))
     for store_id, latest_ms in newest.items():
+        if not prune(store_id):
+            continue
         for task_id, raw in tasks_of(store_id).items():
             if not task_id.startswith("visit-"):
                 continue

@@ -221,6 +221,8 @@ CustomerSnapshot = tuple[CustomerKey, int, ClockMarks]
 #: How often a survivor waiting for a merged customer's state asks the handover store
 #: again (wall clock), and how long the end of a replay waits for it at most.
 HANDOVER_POLL_S = 0.05
+#: How often (wall clock) the visit writer looks through a store's tasks for expired visits.
+VISIT_PRUNE_S = 60.0
 HANDOVER_EOF_WAIT_S = 120.0
 
 
@@ -806,9 +808,18 @@ def build(
 
     def open_visit_writer() -> tuple[Any, Any]:
         store = open_tasks()
+        pruned_at: dict[str, float] = {}
+
+        def due(store_id: str) -> bool:
+            """A store's old visits are looked for at most every ``VISIT_PRUNE_S``."""
+            now = time.monotonic()
+            if now - pruned_at.get(store_id, -VISIT_PRUNE_S) < VISIT_PRUNE_S:
+                return False
+            pruned_at[store_id] = now
+            return True
 
         def write(batch: list[VisitTask]) -> None:
-            records = visit_writes(batch, store.tasks, retention_ms)
+            records = visit_writes(batch, store.tasks, retention_ms, due)
             store.write([], (), [TaskWrite(*record) for record in records])
 
         return write, store.close
