@@ -194,10 +194,14 @@ class HttpPool:
     async def get(self, path: str) -> tuple[int, bytes]:
         """(status, body). A connection that carried requests before and fails before the
         first byte of the reply was closed by the server while idle (a keep-alive timeout):
-        the request goes again, once, on another connection, as HTTP clients do for
+        the request goes again, once, on a new connection, as HTTP clients do for
         idempotent requests."""
         for attempt in range(2):
             connection = await self._acquire()
+            if attempt > 0 and connection.used:
+                # Any kept-alive connection may be as stale as the one that just failed
+                # (a server dropping idle ones drops them all): the retry gets a new one.
+                connection = await self._reopen(connection)
             reused = connection.used
             reusable = False
             try:
@@ -232,6 +236,16 @@ class HttpPool:
             if handed is not None:
                 return handed
         self._open += 1
+        return await self._connect()
+
+    async def _reopen(self, connection: _Connection) -> _Connection:
+        """A new connection in the place (and pool slot) of ``connection``."""
+        connection.close()
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        """Open a connection for a slot already counted in ``_open``; on failure the slot
+        is given up (to the next waiter)."""
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         except BaseException:
