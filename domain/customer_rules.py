@@ -27,10 +27,14 @@ and travel (``state_to_json`` / ``state_from_json``: handed to the survivor thro
 
 A coupon whose rule has quiet hours and that falls inside them is *held* and released (with
 ``held_until``) by ``on_time`` once they end; holdouts are held alike, so both arms see the
-same timing. Every coupon or holdout released opens a conversion window: the customer's next
-purchase (an order, a till sale, or a redemption of the coupon's code) within the window
-counts once as a ``CouponConversion`` of that rule × variant, control included, which is what
-uplift is measured from.
+same timing. Every coupon or holdout released opens a conversion window. **A purchase
+converts at most one trigger** (CONTRACT §12): the one whose code it redeems, else the latest
+coupon or holdout sent to the customer within the window, across rules and, after a merge,
+across both ids (their windows are absorbed together). That trigger converts once
+(``CouponConversion`` of its rule × variant, control included, which is what uplift is
+measured from); a later purchase whose latest trigger already converted converts nothing,
+and an older trigger a newer one superseded does not convert at all. Without this one
+purchase counted for every rule that had written to the customer that week.
 """
 
 from __future__ import annotations
@@ -183,6 +187,8 @@ class OpenTrigger:
     variant: str
     code: str
     sent_ms: int
+    #: a purchase has converted it (kept until its window ends: it is still the latest)
+    converted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,29 +429,32 @@ def _open(state: CustomerState, decision: CouponDecision) -> None:
 def _conversions(
     state: CustomerState, event: CustomerEvent, rules: RuleSet
 ) -> list[CouponConversion]:
-    """Each open trigger converts at most once: by a redemption of its code, or by any
-    purchase inside the window (an order or a till sale)."""
+    """The one trigger the purchase converts (module doc): the redeemed one, else the
+    latest sent within the window; none when that one has converted already."""
     window_ms = int(rules.conversion_window_s * 1000)
-    out: list[CouponConversion] = []
-    still_open: list[OpenTrigger] = []
-    for trigger in state.open_triggers:
-        if trigger.sent_ms <= event.ts_ms <= trigger.sent_ms + window_ms:
-            via = "redeemed" if trigger.code in event.coupon_codes else "purchase"
-            out.append(
-                CouponConversion(
-                    trigger.rule_id,
-                    trigger.variant,
-                    event.customer_id,
-                    trigger.code,
-                    via,
-                    event.event_id,
-                    event.ts_ms,
-                )
-            )
-        elif event.ts_ms < trigger.sent_ms:
-            still_open.append(trigger)  # a purchase from before the coupon does not count
-    state.open_triggers = still_open
-    return out
+    live = [
+        t for t in state.open_triggers if t.sent_ms <= event.ts_ms <= t.sent_ms + window_ms
+    ]
+    redeemed = [t for t in live if t.code in event.coupon_codes]
+    candidates = redeemed or live
+    if not candidates:
+        return []
+    trigger = max(candidates, key=lambda t: (t.sent_ms, t.code))
+    if trigger.converted:
+        return []
+    trigger.converted = True
+    via = "redeemed" if redeemed else "purchase"
+    return [
+        CouponConversion(
+            trigger.rule_id,
+            trigger.variant,
+            event.customer_id,
+            trigger.code,
+            via,
+            event.event_id,
+            event.ts_ms,
+        )
+    ]
 
 
 def _forget_old(state: CustomerState, ts: int, rules: RuleSet) -> None:
@@ -712,7 +721,7 @@ def absorb(survivor: CustomerState, merged: CustomerState) -> CustomerState:
     open_triggers = _by_code(
         [dataclasses.replace(t) for t in [*a.open_triggers, *b.open_triggers]],
         lambda t: t.code,
-        lambda t: (t.sent_ms, t.code, t.rule_id, t.variant),
+        lambda t: (t.sent_ms, t.code, t.rule_id, t.variant, not t.converted),
     )
     consent = max(
         (
@@ -799,7 +808,9 @@ def state_to_json(state: CustomerState) -> bytes:
         "last_fired": state.ledger.last_fired,
         "coupons_per_day": [[day, n] for day, n in state.ledger.coupons_per_day.items()],
         "held": [_decision_json(d) for d in state.held],
-        "open_triggers": [[t.rule_id, t.variant, t.code, t.sent_ms] for t in state.open_triggers],
+        "open_triggers": [
+            [t.rule_id, t.variant, t.code, t.sent_ms, t.converted] for t in state.open_triggers
+        ],
         "consent_ms": state.consent_ms,
         "marketing": state.marketing,
         "lapses": {rule: _timer_json(t) for rule, t in state.lapses.items()},
@@ -827,7 +838,10 @@ def state_from_json(raw: bytes) -> CustomerState:
             {int(day): int(n) for day, n in doc.get("coupons_per_day", [])},
         ),
         [_decision_of(d) for d in doc.get("held", [])],
-        [OpenTrigger(r, v, c, int(t)) for r, v, c, t in doc.get("open_triggers", [])],
+        [
+            OpenTrigger(row[0], row[1], row[2], int(row[3]), len(row) > 4 and bool(row[4]))
+            for row in doc.get("open_triggers", [])
+        ],
         doc.get("consent_ms"),
         bool(doc.get("marketing", True)),
         {rule: _timer_of(row) for rule, row in doc.get("lapses", {}).items()},

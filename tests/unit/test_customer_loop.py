@@ -15,10 +15,13 @@ from domain.customer_rules import (
     CustomerState,
     Offer,
     Outcome,
+    absorb,
     next_deadline,
     on_event,
     on_offer,
     on_time,
+    state_from_json,
+    state_to_json,
 )
 from domain.rules import Rule, RuleSet, parse_rules
 from domain.trigger_policy import CONTROL, draw_variant
@@ -321,16 +324,50 @@ def test_a_holdout_converts_as_control() -> None:
     ]
 
 
-def test_one_purchase_converts_every_open_trigger_once() -> None:
+def test_a_purchase_converts_only_the_latest_trigger_across_rules() -> None:
+    """CONTRACT §12: the cart coupon (12:30) and the clearance coupon (13:00) were both
+    open; the order at 14:00 converts the clearance one alone, and a second order converts
+    nothing: its latest trigger has converted, and the cart coupon was superseded."""
     rules = ruleset(CART, OVERSTOCK)
     state, cart = sent_coupon(rules)
     state, (clearance,) = on_offer(state, offer(T0 + HOUR), rules)
-    assert isinstance(clearance, CouponDecision)
+    assert isinstance(clearance, CouponDecision) and clearance.sent_at_ms > cart.sent_at_ms
     state, out = feed([order(2, T0 + 2 * HOUR)], rules, state)
-    assert sorted((c.rule_id, c.code) for c in conversions(out)) == sorted(
-        [("cart", cart.code), ("overstock", clearance.code)]
-    )
+    assert [(c.rule_id, c.code) for c in conversions(out)] == [("overstock", clearance.code)]
     _, out = feed([order(3, T0 + 3 * HOUR)], rules, state)
+    assert out == []
+
+
+def test_a_redeemed_code_beats_a_later_trigger() -> None:
+    """The till scanned the cart coupon's code: that coupon is the one the purchase
+    converts, though the clearance coupon came later."""
+    rules = ruleset(CART, OVERSTOCK)
+    state, cart = sent_coupon(rules)
+    state, _ = on_offer(state, offer(T0 + HOUR), rules)
+    sale = ev(2, "sale", T0 + 2 * HOUR, "SKU1", purchase=True, codes=(cart.code,))
+    _, out = feed([sale], rules, state)
+    assert [(c.rule_id, c.via) for c in conversions(out)] == [("cart", "redeemed")]
+
+
+def test_after_a_merge_only_the_latest_trigger_of_both_ids_converts() -> None:
+    """One person, two ids, each sent a coupon: after ``absorb`` (either way round) one
+    purchase converts the later coupon only, and a conversion one id already had still
+    counts after the merge (the survivor's next purchase converts nothing)."""
+    rules = ruleset(CART, OVERSTOCK)
+    device, _cart = sent_coupon(rules)  # 12:30, under the device's id
+    member, (clearance,) = on_offer(None, offer(T0 + HOUR), rules)  # 13:00, the member's
+    assert isinstance(clearance, CouponDecision)
+    for merged in (absorb(member, device), absorb(device, member)):
+        merged = state_from_json(state_to_json(merged))  # as handed over through Redis
+        after, out = feed([order(2, T0 + 2 * HOUR)], rules, merged)
+        assert [c.code for c in conversions(out)] == [clearance.code]
+        _, again = feed([order(3, T0 + 3 * HOUR)], rules, after)
+        assert again == []
+    # The member converted before the merge: the merged state knows it.
+    member, out = feed([order(4, T0 + 90 * MIN)], rules, member)
+    assert [c.code for c in conversions(out)] == [clearance.code]
+    merged = state_from_json(state_to_json(absorb(device, member)))
+    _, out = feed([order(5, T0 + 2 * HOUR)], rules, merged)
     assert out == []
 
 
