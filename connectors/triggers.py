@@ -39,11 +39,10 @@ def replenishment_id(decision: StockDecision) -> str:
 def coupon_data(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -> dict[str, Any]:
     rule = rules.by_id.get(decision.rule_id)
     coupon: dict[str, Any] = {"code": decision.code}
-    if rule is not None and rule.coupon is not None:
-        expires = decision.sent_at_ms + int(rule.coupon.expires_in_s * 1000)
-        coupon.update(
-            kind=rule.coupon.type, value=rule.coupon.value, expires_at=format_event_time(expires)
-        )
+    offer = rule.coupon_of(decision.variant) if rule is not None else None
+    if offer is not None:
+        expires = decision.sent_at_ms + int(offer.expires_in_s * 1000)
+        coupon.update(kind=offer.type, value=offer.value, expires_at=format_event_time(expires))
     if decision.sku is not None:
         coupon["sku"] = decision.sku
     if decision.store_id is not None:

@@ -111,10 +111,20 @@ class Coupon:
 
 @dataclass(frozen=True)
 class Experiment:
+    """An A/B test of one rule. Each variant may carry its own offer — a coupon on a coupon
+    rule, parameters on a stock rule (two transfer policies) — and falls back to the rule's
+    where it names none; ``control`` is drawn but sent nothing, which is what uplift is
+    measured against. ``rules check`` refuses variants that offer the same thing: such an
+    experiment can only ever measure noise."""
+
     salt: str
     control_share: float
     #: variant name → weight (> 0)
     variants: dict[str, float]
+    #: variant name → the coupon it sends, for the variants with their own
+    coupons: dict[str, Coupon] = field(default_factory=dict)
+    #: variant name → the parameters it changes (the rest are the rule's)
+    params: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,20 @@ class Rule:
     experiment: Experiment | None = None
     quiet_hours: QuietHours | None = None
     enabled: bool = True
+
+    def coupon_of(self, variant: str) -> Coupon | None:
+        """The coupon a customer drawn into ``variant`` is sent (the rule's when the
+        variant has none of its own; the rule's too on a holdout record, which says what
+        the rule offers although nothing is sent)."""
+        if self.experiment is not None and variant in self.experiment.coupons:
+            return self.experiment.coupons[variant]
+        return self.coupon
+
+    def params_of(self, variant: str) -> dict[str, float]:
+        """The parameters ``variant`` runs with: the rule's, changed by the variant's."""
+        if self.experiment is not None and variant in self.experiment.params:
+            return {**self.params, **self.experiment.params[variant]}
+        return self.params
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,18 @@ def parse_duration(value: object) -> float | None:
         if match:
             return float(match.group(1)) * _UNITS[match.group(2)]
     return None
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as the rules file writes it (``86400`` → ``1d``, ``5400`` → ``90m``).
+
+    >>> duration_text(86400), duration_text(5400), duration_text(45.5)
+    ('1d', '90m', '45.5s')
+    """
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 class _Checker:
@@ -244,25 +280,12 @@ def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
         check.fail(where, "kind", f"one of {', '.join(RULE_KINDS)}", kind)
         return None
     cooldown = check.duration(where, "cooldown", raw.get("cooldown"))
-    params: dict[str, float] = {}
-    given = raw.get("params") or {}
-    given = check.mapping(where, "params", given) or {}
-    check.known_keys(where, "params.", given, set(PARAMS[kind]))
-    for name, spec in PARAMS[kind].items():
-        value = given.get(name, spec.default)
-        key = f"params.{name}"
-        if value is None:
-            check.fail(where, key, "a value (required)", None)
-            continue
-        parsed = (
-            check.duration(where, key, value, spec.minimum)
-            if spec.kind == "duration"
-            else check.number(where, key, value, spec.minimum, spec.kind == "int")
-        )
-        if parsed is not None:
-            params[name] = parsed
+    given = check.mapping(where, "params", raw.get("params") or {}) or {}
+    params = _parse_params(check, where, "params.", kind, given, defaults=True)
     coupon = _parse_coupon(check, where, kind, raw.get("coupon"))
-    experiment = _parse_experiment(check, where, raw.get("experiment"))
+    experiment = _parse_experiment(check, where, kind, raw.get("experiment"))
+    if experiment is not None:
+        _refuse_identical_variants(check, where, experiment, coupon, params)
     quiet = _parse_quiet_hours(check, where, raw.get("quiet_hours"))
     if quiet is not None and kind not in COUPON_KINDS:
         check.fail(where, "quiet_hours", "quiet hours only on coupon rules", kind)
@@ -274,28 +297,128 @@ def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
     return Rule(rule_id, kind, cooldown, params, coupon, experiment, quiet, enabled is not False)
 
 
-def _parse_coupon(check: _Checker, where: str, kind: str, raw: object) -> Coupon | None:
+def _parse_params(
+    check: _Checker,
+    where: str,
+    prefix: str,
+    kind: str,
+    given: Mapping[str, Any],
+    *,
+    defaults: bool,
+) -> dict[str, float]:
+    """A rule's parameters (every one, defaults filled in), or with ``defaults=False`` only
+    those a variant changes."""
+    check.known_keys(where, prefix, given, set(PARAMS[kind]))
+    params: dict[str, float] = {}
+    for name, spec in PARAMS[kind].items():
+        if not defaults and name not in given:
+            continue
+        value = given.get(name, spec.default)
+        key = f"{prefix}{name}"
+        if value is None:
+            check.fail(where, key, "a value (required)", None)
+            continue
+        parsed = (
+            check.duration(where, key, value, spec.minimum)
+            if spec.kind == "duration"
+            else check.number(where, key, value, spec.minimum, spec.kind == "int")
+        )
+        if parsed is not None:
+            params[name] = parsed
+    return params
+
+
+def _parse_coupon(
+    check: _Checker, where: str, kind: str, raw: object, key: str = "coupon"
+) -> Coupon | None:
     if kind not in COUPON_KINDS:
         if raw is not None:
-            check.fail(where, "coupon", "no coupon on a stock rule or a store visit", raw)
+            check.fail(where, key, "no coupon on a stock rule or a store visit", raw)
         return None
-    section = check.mapping(where, "coupon", raw)
+    section = check.mapping(where, key, raw)
     if section is None:
         return None
-    check.known_keys(where, "coupon.", section, {"type", "value", "expires_in"})
+    check.known_keys(where, f"{key}.", section, {"type", "value", "expires_in"})
     coupon_type = section.get("type")
     if coupon_type not in COUPON_TYPES:
-        check.fail(where, "coupon.type", f"one of {', '.join(COUPON_TYPES)}", coupon_type)
-    value = check.number(where, "coupon.value", section.get("value", 0), 0)
+        check.fail(where, f"{key}.type", f"one of {', '.join(COUPON_TYPES)}", coupon_type)
+    value = check.number(where, f"{key}.value", section.get("value", 0), 0)
     if coupon_type == "percent_off" and value is not None and not 0 < value <= 100:
-        check.fail(where, "coupon.value", "a percentage in (0, 100]", section.get("value"))
-    expires = check.duration(where, "coupon.expires_in", section.get("expires_in", "72h"), 60)
+        check.fail(where, f"{key}.value", "a percentage in (0, 100]", section.get("value"))
+    expires = check.duration(where, f"{key}.expires_in", section.get("expires_in", "72h"), 60)
     if coupon_type not in COUPON_TYPES or value is None or expires is None:
         return None
     return Coupon(str(coupon_type), value, expires)
 
 
-def _parse_experiment(check: _Checker, where: str, raw: object) -> Experiment | None:
+def _refuse_identical_variants(
+    check: _Checker,
+    where: str,
+    experiment: Experiment,
+    coupon: Coupon | None,
+    params: dict[str, float],
+) -> None:
+    """Two variants that send the same coupon with the same parameters cannot differ in
+    anything but noise: refuse them, naming both."""
+    seen: dict[tuple[Coupon | None, tuple[tuple[str, float], ...]], str] = {}
+    for name in sorted(experiment.variants):
+        offer = experiment.coupons.get(name, coupon)
+        merged = {**params, **experiment.params.get(name, {})}
+        key = (offer, tuple(sorted(merged.items())))
+        if key in seen:
+            sends = (
+                "no coupon"
+                if offer is None
+                else f"{offer.type} {offer.value:g} expiring in {duration_text(offer.expires_in_s)}"
+            )
+            check.fail(
+                where,
+                f"experiment.variants.{name}",
+                f"an offer that differs from variant `{seen[key]}`'s (both send {sends} "
+                "with the same params): give each variant its own `coupon` or `params`",
+                name,
+            )
+        else:
+            seen[key] = name
+
+
+def _parse_variant(
+    check: _Checker, where: str, kind: str, name: str, raw: object
+) -> tuple[float | None, Coupon | None, dict[str, float]]:
+    """One variant: a weight alone (``amount_15: 1``: the rule's offer), or a mapping with
+    ``weight`` (1) and its own ``coupon`` (coupon rules) or the ``params`` it changes
+    (stock rules)."""
+    key = f"experiment.variants.{name}"
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        if raw <= 0:
+            check.fail(where, key, "a weight > 0", raw)
+            return None, None, {}
+        return float(raw), None, {}
+    section = check.mapping(where, key, raw)
+    if section is None:
+        return None, None, {}
+    check.known_keys(where, f"{key}.", section, {"weight", "coupon", "params"})
+    weight = section.get("weight", 1)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
+        check.fail(where, f"{key}.weight", "a weight > 0", weight)
+        weight = None
+    coupon = None
+    if "coupon" in section:
+        coupon = _parse_coupon(check, where, kind, section["coupon"], f"{key}.coupon")
+    params: dict[str, float] = {}
+    if "params" in section and kind in COUPON_KINDS:
+        # A coupon rule's params decide whether it fires at all, before any arm is drawn:
+        # its variants differ in what they send.
+        check.fail(
+            where, f"{key}.params", "no params on a coupon rule's variant", section["params"]
+        )
+    elif "params" in section:
+        given = check.mapping(where, f"{key}.params", section["params"]) or {}
+        params = _parse_params(check, where, f"{key}.params.", kind, given, defaults=False)
+    return (None if weight is None else float(weight)), coupon, params
+
+
+def _parse_experiment(check: _Checker, where: str, kind: str, raw: object) -> Experiment | None:
     if raw is None:
         return None
     section = check.mapping(where, "experiment", raw)
@@ -312,23 +435,34 @@ def _parse_experiment(check: _Checker, where: str, raw: object) -> Experiment | 
     variants = section.get("variants", {"default": 1})
     good_variants = (
         isinstance(variants, dict)
-        and variants
-        and all(isinstance(k, str) and k != "control" for k in variants)
-        and all(
-            isinstance(w, int | float) and not isinstance(w, bool) and w > 0
-            for w in variants.values()
-        )
+        and bool(variants)
+        and all(isinstance(k, str) and _ID.match(k) and k != "control" for k in variants)
     )
     if not good_variants:
         check.fail(
             where,
             "experiment.variants",
-            "a mapping of variant name (not `control`) to a weight > 0",
+            "a mapping of variant name (a lower-case id, not `control`) to a weight > 0 or "
+            "to {weight, coupon, params}",
             variants,
         )
+        return None
+    weights: dict[str, float] = {}
+    coupons: dict[str, Coupon] = {}
+    changed: dict[str, dict[str, float]] = {}
+    for name, raw_variant in variants.items():
+        weight, coupon, params = _parse_variant(check, where, kind, name, raw_variant)
+        if weight is None:
+            good_variants = False
+            continue
+        weights[name] = weight
+        if coupon is not None:
+            coupons[name] = coupon
+        if params:
+            changed[name] = params
     if not isinstance(salt, str) or not salt or share is None or not good_variants:
         return None
-    return Experiment(salt, float(share), {k: float(w) for k, w in variants.items()})
+    return Experiment(salt, float(share), weights, coupons, changed)
 
 
 def _parse_quiet_hours(check: _Checker, where: str, raw: object) -> QuietHours | None:

@@ -463,6 +463,7 @@ def remembered_codes(decisions: list[CouponDecision], rules: RuleSet) -> list[tu
     rows = []
     for decision in decisions:
         rule = rules.by_id.get(decision.rule_id)
-        expires_s = int(rule.coupon.expires_in_s) if rule and rule.coupon else 0
+        offer = rule.coupon_of(decision.variant) if rule else None
+        expires_s = int(offer.expires_in_s) if offer else 0
         rows.append((decision.code, decision.customer_id, expires_s + keep_s))
     return rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from connectors.rules_file import load_rules
-from domain.rules import RulesError
+from domain.rules import Rule, RulesError, duration_text
 
 
 def check_rules(path: str) -> int:
@@ -25,21 +25,27 @@ def check_rules(path: str) -> int:
         if rule.experiment:
             extras.append(
                 f"experiment control {rule.experiment.control_share:.0%}, "
-                f"variants {', '.join(rule.experiment.variants)}"
+                f"variants {', '.join(variant_text(rule, v) for v in rule.experiment.variants)}"
             )
         if rule.quiet_hours:
             extras.append("quiet hours")
         if not rule.enabled:
             extras.append("disabled")
         print(
-            f"  {rule.rule_id:<20} {rule.kind:<20} cooldown {format_duration(rule.cooldown_s)}"
+            f"  {rule.rule_id:<20} {rule.kind:<20} cooldown {duration_text(rule.cooldown_s)}"
             + (f"  [{'; '.join(extras)}]" if extras else "")
         )
     return 0
 
 
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+def variant_text(rule: Rule, variant: str) -> str:
+    """A variant and what it offers, so a reviewer sees the arms differ
+    (``free_shipping (free_shipping 0, 1d)``; ``params`` it changes after the coupon)."""
+    parts = []
+    offer = rule.coupon_of(variant)
+    if offer is not None:
+        parts.append(f"{offer.type} {offer.value:g}, {duration_text(offer.expires_in_s)}")
+    assert rule.experiment is not None
+    for name, value in sorted(rule.experiment.params.get(variant, {}).items()):
+        parts.append(f"{name}={value:g}")
+    return f"{variant} ({'; '.join(parts)})" if parts else variant

@@ -393,7 +393,8 @@ def test_an_offer_becomes_a_coupon_with_its_fields() -> None:
 
 
 def test_an_offer_takes_the_experiment_draw() -> None:
-    rules = ruleset({**OVERSTOCK, "experiment": {"salt": "x", "variants": {"a": 1, "b": 1}}})
+    b = {"coupon": {"type": "amount_off", "value": 5}}
+    rules = ruleset({**OVERSTOCK, "experiment": {"salt": "x", "variants": {"a": 1, "b": b}}})
     rule = rule_of(rules, "overstock")
     seen = set()
     for n in range(40):
@@ -485,7 +486,8 @@ def _scenario(rules: RuleSet) -> list[Outcome]:
 
 
 def test_the_same_input_gives_the_same_output() -> None:
-    experiment = {"salt": "s", "control_share": 0.3, "variants": {"a": 1, "b": 2}}
+    b = {"weight": 2, "coupon": {"type": "free_shipping"}}
+    experiment = {"salt": "s", "control_share": 0.3, "variants": {"a": 1, "b": b}}
     rules = ruleset(
         {**CART, "quiet_hours": QUIET, "experiment": experiment},
         {**BROWSE, "experiment": experiment},

@@ -11,7 +11,7 @@ import yaml
 
 from base.config import load_config
 from connectors.rules_file import load_rules
-from domain.rules import RULE_KINDS, RulesError, parse_duration, parse_rules
+from domain.rules import RULE_KINDS, Coupon, RulesError, parse_duration, parse_rules
 
 
 def test_shipped_default_rules_are_valid_and_cover_every_kind() -> None:
@@ -75,7 +75,8 @@ def rule(**over: object) -> dict:
         ),
         (
             [rule(experiment={"salt": "s", "variants": {"control": 1}})],
-            "key `experiment.variants`: expected a mapping of variant name (not `control`)",
+            "key `experiment.variants`: expected a mapping of variant name (a lower-case id, "
+            "not `control`)",
         ),
         (
             [rule(quiet_hours={"start": "25:00", "end": "08:00"})],
@@ -90,6 +91,75 @@ def rule(**over: object) -> dict:
             "rule `cart` (#2): key `id`: expected a unique id (also used by rule #1)",
         ),
         ([rule(id="Not OK")], "rule #1: key `id`: expected a lower-case id"),
+        (
+            [rule(experiment={"salt": "s", "variants": {"a": 1, "b": 2}})],
+            "key `experiment.variants.b`: expected an offer that differs from variant `a`'s "
+            "(both send amount_off 5 expiring in 3d with the same params)",
+        ),
+        (
+            [
+                rule(
+                    experiment={
+                        "salt": "s",
+                        "variants": {"a": {"coupon": {"type": "amount_off", "value": 5}}, "b": 1},
+                    }
+                )
+            ],
+            "key `experiment.variants.b`: expected an offer that differs from variant `a`'s",
+        ),
+        (
+            [rule(experiment={"salt": "s", "variants": {"a": 1, "b": {"weight": 0}}})],
+            "key `experiment.variants.b.weight`: expected a weight > 0, got 0",
+        ),
+        (
+            [rule(experiment={"salt": "s", "variants": {"a": 1, "b": -1}})],
+            "key `experiment.variants.b`: expected a weight > 0, got -1",
+        ),
+        (
+            [
+                rule(
+                    experiment={
+                        "salt": "s",
+                        "variants": {"a": 1, "b": {"coupon": {"type": "percent_off", "value": 0}}},
+                    }
+                )
+            ],
+            "key `experiment.variants.b.coupon.value`: expected a percentage in (0, 100]",
+        ),
+        (
+            [
+                rule(
+                    experiment={
+                        "salt": "s",
+                        "variants": {"a": 1, "b": {"params": {"within": "2h"}}},
+                    }
+                )
+            ],
+            "key `experiment.variants.b.params`: expected no params on a coupon rule's variant",
+        ),
+        (
+            [
+                rule(
+                    kind="low_stock",
+                    coupon=None,
+                    params={},
+                    experiment={"salt": "s", "variants": {"a": 1, "b": {"weight": 2}}},
+                )
+            ],
+            "key `experiment.variants.b`: expected an offer that differs from variant `a`'s "
+            "(both send no coupon with the same params)",
+        ),
+        (
+            [
+                rule(
+                    kind="low_stock",
+                    coupon=None,
+                    params={},
+                    experiment={"salt": "s", "variants": {"a": {"params": {"teleport": 1}}}},
+                )
+            ],
+            "key `experiment.variants.a.params.teleport`: unknown key",
+        ),
         ([], "top level: key `rules`: expected a non-empty list of rules"),
     ],
 )
@@ -98,6 +168,63 @@ def test_problems_name_the_rule_the_key_and_the_expectation(rules: list, message
         parse_rules("rules.yaml", {"rules": rules})
     assert any(message in problem for problem in error.value.problems), error.value.problems
     assert all(problem.startswith("rules.yaml: ") for problem in error.value.problems)
+
+
+def test_each_variant_sends_its_own_coupon_and_the_control_nothing_of_its_own() -> None:
+    rules = parse_rules(
+        "r.yaml",
+        {
+            "rules": [
+                rule(
+                    experiment={
+                        "salt": "s",
+                        "control_share": 0.2,
+                        "variants": {
+                            "amount_5": 1,
+                            "free_ship": {
+                                "weight": 3,
+                                "coupon": {"type": "free_shipping", "expires_in": "1d"},
+                            },
+                        },
+                    }
+                )
+            ]
+        },
+    )
+    (cart,) = rules.rules
+    assert cart.experiment is not None
+    assert cart.experiment.variants == {"amount_5": 1.0, "free_ship": 3.0}
+    assert cart.coupon_of("amount_5") == Coupon("amount_off", 5.0, 3 * 86400)
+    assert cart.coupon_of("free_ship") == Coupon("free_shipping", 0.0, 86400)
+    # A holdout record says what the rule offers; nothing is sent to the control.
+    assert cart.coupon_of("control") == cart.coupon
+
+
+def test_a_stock_rule_variant_changes_the_params_it_names() -> None:
+    rules = parse_rules(
+        "r.yaml",
+        {
+            "rules": [
+                rule(
+                    id="low",
+                    kind="low_stock",
+                    coupon=None,
+                    params={"target_cover_days": 7},
+                    experiment={
+                        "salt": "s",
+                        "variants": {
+                            "cover_7": 1,
+                            "cover_14": {"params": {"target_cover_days": 14}},
+                        },
+                    },
+                )
+            ]
+        },
+    )
+    (low,) = rules.rules
+    assert low.params_of("cover_7") == low.params
+    assert low.params_of("cover_14") == {**low.params, "target_cover_days": 14.0}
+    assert low.params["target_cover_days"] == 7.0
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -109,23 +236,39 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(error.value.problems) == 3
 
 
+def rules_check(path: Path) -> subprocess.CompletedProcess[str]:
+    """``omnistream rules check PATH`` as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", "rules", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_rules_check_command(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"rules": [rule()]}))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"rules": [rule(cooldown="soon")]}))
-    ok = subprocess.run(
-        [sys.executable, "-m", "omnistream.cli", "rules", "check", str(good)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = rules_check(good)
     assert ok.returncode == 0 and "1 rules OK" in ok.stdout
-    failed = subprocess.run(
-        [sys.executable, "-m", "omnistream.cli", "rules", "check", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    failed = rules_check(bad)
     assert failed.returncode == 1
     assert "rule `cart` (#1): key `cooldown`" in failed.stderr
+
+
+def test_rules_check_refuses_identical_variants_and_shows_each_arms_offer(tmp_path: Path) -> None:
+    same = tmp_path / "same.yaml"
+    same.write_text(
+        yaml.safe_dump({"rules": [rule(experiment={"salt": "s", "variants": {"a": 1, "b": 1}})]})
+    )
+    refused = rules_check(same)
+    assert refused.returncode == 1
+    assert (
+        "experiment.variants.b" in refused.stderr and "differs from variant `a`" in refused.stderr
+    )
+    assert "nothing would be loaded" in refused.stderr
+    shipped = rules_check(Path("omnistream/sample_data/rules.yaml"))
+    assert shipped.returncode == 0, shipped.stderr
+    assert "amount_15 (amount_off 15, 1d), free_shipping (free_shipping 0, 1d)" in shipped.stdout

@@ -392,7 +392,12 @@ RULES: RuleSet = parse_rules(
                 "experiment": {
                     "salt": "s",
                     "control_share": 0.1,
-                    "variants": {"amount_15": 1},
+                    "variants": {
+                        "amount_15": 1,
+                        "free_ship": {
+                            "coupon": {"type": "free_shipping", "expires_in": "2d"},
+                        },
+                    },
                 },
             },
             {
@@ -495,6 +500,29 @@ def test_a_coupon_is_a_cloud_event_with_the_contract_fields() -> None:
         "fired_at": "2026-11-22T10:00:01.500Z",
     }
     assert "held_until" not in event["data"]
+
+
+def test_each_variant_sends_its_own_coupon() -> None:
+    """The two arms of the cart experiment differ in what the customer receives; a holdout
+    record names the rule's offer (nothing is sent to the control)."""
+    free = document(coupon_message(coupon_decision(variant="free_ship"), RULES, T0).value)
+    assert free["data"]["variant"] == "free_ship"
+    assert free["data"]["coupon"] == {
+        "code": coupon_decision().code,
+        "kind": "free_shipping",
+        "value": 0,
+        "sku": "SKU-10001",
+        "store_id": "ST-SH-01",
+        "expires_at": "2026-11-24T10:00:00.000Z",  # sent + 2d, its own expiry
+    }
+    amount = document(coupon_message(coupon_decision(), RULES, T0).value)["data"]["coupon"]
+    assert (amount["kind"], amount["value"]) == ("amount_off", 15)
+    control = document(coupon_message(coupon_decision(variant="control"), RULES, T0).value)
+    assert control["type"] == "omnistream.trigger.holdout"
+    assert (control["data"]["coupon"]["kind"], control["data"]["variant"]) == (
+        "amount_off",
+        "control",
+    )
 
 
 def test_a_coupon_without_sku_or_store_leaves_them_out() -> None:
