@@ -88,7 +88,9 @@ def coupon_message(decision: CouponDecision, rules: RuleSet, fired_at_ms: int) -
 
 
 def replenishment_data(decision: StockDecision, fired_at_ms: int) -> dict[str, Any]:
-    return {
+    """The replenishment record; ``variant`` (optional, CONTRACT §12) only when the rule
+    runs an experiment, so records of other rules are as they were."""
+    data = {
         "rule_id": decision.rule_id,
         "kind": decision.kind,
         "sku": decision.sku,
@@ -103,6 +105,9 @@ def replenishment_data(decision: StockDecision, fired_at_ms: int) -> dict[str, A
         "event_time": format_event_time(decision.event_time_ms),
         "fired_at": format_event_time(fired_at_ms),
     }
+    if decision.variant != "default":
+        data["variant"] = decision.variant
+    return data
 
 
 def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessage:

@@ -17,6 +17,11 @@ the other locations' changes arrived.
 - ``campaign_prep`` fires a ``prepare`` trigger to a store when more than M coupon triggers
   name it for one sku within a window (marketing drives stock).
 - All respect their rule's cooldown per sku × location, in event time.
+- An experiment on ``low_stock`` or ``stockout`` draws its arm per sku × location
+  (``draw_stock_variant``) and runs that arm's params (``Rule.params_of``: two target
+  covers, say). Unlike a coupon's control, a stock rule's control is not held back — a
+  shelf is not left empty to measure anything — it runs the rule's own params, the policy
+  in force; every decision names its arm.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from base.units import DAY_MS
 from domain.rules import Rule
-from domain.trigger_policy import Ledger, may_fire
+from domain.trigger_policy import Ledger, draw_stock_variant, may_fire
 
 if TYPE_CHECKING:
     from domain.stock_view import StockView
@@ -72,6 +77,8 @@ class StockDecision:
     reason: str
     evidence: tuple[str, ...]
     event_time_ms: int
+    #: the arm of the rule's experiment this sku × location runs (``default`` without one)
+    variant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +252,9 @@ def evaluate_stock_rules(
 def _decision(
     rule: Rule, change: StockChange, reorder_point: int, stock: StockView
 ) -> StockDecision:
-    target = target_level(reorder_point, change.sold_24h, rule.params.get("target_cover_days", 7.0))
+    variant = draw_stock_variant(rule.experiment, change.sku, change.location_id, rule.rule_id)
+    params = rule.params_of(variant)
+    target = target_level(reorder_point, change.sold_24h, params.get("target_cover_days", 7.0))
     needed = max(1, target - change.available - change.in_transit)
     if rule.kind == "stockout":
         return StockDecision(
@@ -261,6 +270,7 @@ def _decision(
             "available reached 0",
             (change.cause,),
             change.ts_ms,
+            variant,
         )
     others = region_positions(stock, change.sku, change.region, change.ts_ms)
     source = _largest_surplus(others, change, reorder_point)
@@ -280,6 +290,7 @@ def _decision(
             f"{location} holds {surplus} above its own",
             (change.cause, source.cause),
             change.ts_ms,
+            variant,
         )
     return StockDecision(
         rule.rule_id,
@@ -295,6 +306,7 @@ def _decision(
         "no surplus in the region",
         (change.cause,),
         change.ts_ms,
+        variant,
     )
 
 

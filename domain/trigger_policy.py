@@ -37,7 +37,28 @@ def draw_variant(experiment: Experiment | None, customer_id: str, rule_id: str) 
     """
     if experiment is None:
         return "default"
-    point = _unit_interval(customer_id, rule_id, experiment.salt)
+    return _arm(experiment, _unit_interval(customer_id, rule_id, experiment.salt))
+
+
+def draw_stock_variant(
+    experiment: Experiment | None, sku: str, location_id: str, rule_id: str
+) -> str:
+    """The arm of a stock rule's experiment for one sku × location (a hash of sku,
+    location, rule and salt): a shelf keeps its policy for the whole experiment, so its
+    stockouts and sales can be set against the other arm's shelves.
+
+    >>> from domain.rules import Experiment
+    >>> e = Experiment("salt", 0.0, {"a": 1.0})
+    >>> draw_stock_variant(e, "SKU-1", "ST-1", "low-stock")
+    'a'
+    """
+    if experiment is None:
+        return "default"
+    return _arm(experiment, _unit_interval(sku, location_id, rule_id, experiment.salt))
+
+
+def _arm(experiment: Experiment, point: float) -> str:
+    """``control`` for the first ``control_share`` of [0, 1), else a variant by weight."""
     if point < experiment.control_share:
         return CONTROL
     # Rescale what is left to [0, 1) and pick by cumulative weight.

@@ -59,7 +59,12 @@ rules:
     cooldown: 1d
     params: {within: 30m}
     coupon: {type: amount_off, value: 15, expires_in: 24h}
-    experiment: {salt: cart-test, control_share: 0.2, variants: {amount_15: 1, free_shipping: {coupon: {type: free_shipping, expires_in: 2d}}}}
+    experiment:
+      salt: cart-test
+      control_share: 0.2
+      variants:
+        amount_15: 1
+        free_shipping: {coupon: {type: free_shipping, expires_in: 2d}}
     quiet_hours: {start: "10:00", end: "10:30", utc_offset: "+08:00"}
   - id: win-back
     kind: win_back

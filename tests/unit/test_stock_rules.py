@@ -6,7 +6,7 @@ the stock pool (here the recorded changes, as stock_pool wrote them before each 
 
 from __future__ import annotations
 
-from domain.rules import Rule
+from domain.rules import Experiment, Rule
 from domain.stock_rules import (
     SkuRuleState,
     StockChange,
@@ -16,6 +16,7 @@ from domain.stock_rules import (
     target_level,
 )
 from domain.stock_view import RecordedStock
+from domain.trigger_policy import draw_stock_variant
 
 LOW = Rule("low-stock", "low_stock", 3600.0, {"target_cover_days": 2.0})
 OUT = Rule("stockout", "stockout", 3600.0, {})
@@ -173,3 +174,36 @@ def test_low_stock_counts_what_is_in_transit_as_coming() -> None:
     assert isinstance(decision, StockDecision) and decision.kind == "replenish"
     target = target_level(REORDER, 6, 2.0)
     assert decision.suggested_qty == target - 4 - 3
+
+
+def test_a_stock_experiment_runs_each_shelfs_arm_with_its_params() -> None:
+    """Two replenishment policies (2 and 5 days of cover) drawn per sku × location: each
+    location keeps its arm on every firing, the quantity follows the arm's params, and a
+    location drawn into control still gets its replenishment (the rule's own params)."""
+    experiment = Experiment(
+        "cover-test",
+        0.3,
+        {"cover_2": 1.0, "cover_5": 1.0},
+        params={"cover_5": {"target_cover_days": 5.0}},
+    )
+    rule = Rule("low-stock", "low_stock", 3600.0, {"target_cover_days": 2.0}, None, experiment)
+    locations = [f"S{n}" for n in range(60)]
+    arms: dict[str, str] = {}
+    for location in locations:
+        _, out = run([change(location, 4, sold=6)], [rule])
+        (decision,) = out[0]
+        assert isinstance(decision, StockDecision) and decision.kind == "replenish"
+        arm = draw_stock_variant(experiment, "SKU1", location, "low-stock")
+        assert decision.variant == arm
+        cover = 5.0 if arm == "cover_5" else 2.0  # control runs the rule's params
+        assert decision.suggested_qty == target_level(REORDER, 6, cover) - 4
+        arms[location] = arm
+    assert set(arms.values()) == {"control", "cover_2", "cover_5"}
+    # The arm is the shelf's, not the event's: a second crossing draws the same.
+    _, again = run([change("S7", 12), change("S7", 3, T0 + 2 * 3_600_000)], [rule])
+    (decision,) = again[1]
+    assert isinstance(decision, StockDecision) and decision.variant == arms["S7"]
+    # And without an experiment nothing changes.
+    _, plain = run([change("S1", 4)], [LOW])
+    (decision,) = plain[0]
+    assert isinstance(decision, StockDecision) and decision.variant == "default"

@@ -657,6 +657,13 @@ def test_a_replenishment_is_a_cloud_event_with_the_contract_fields() -> None:
     }
 
 
+def test_a_replenishment_of_a_stock_experiment_names_its_arm() -> None:
+    data = document(replenishment_message(stock_decision(variant="cover_5"), T0).value)["data"]
+    assert data["variant"] == "cover_5"
+    plain = document(replenishment_message(stock_decision(), T0).value)["data"]
+    assert "variant" not in plain  # a rule without an experiment: the record as before
+
+
 def test_a_stockout_has_no_source_location() -> None:
     decision = stock_decision(
         kind="stockout", available=0, suggested_qty=0, source_location_id=None
