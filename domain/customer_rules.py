@@ -179,6 +179,8 @@ class CouponConversion:
     via: str  # redeemed (the coupon's code at a till) | purchase
     event_id: str
     ts_ms: int
+    #: the purchase's total (what the experiment report's revenue per customer sums)
+    revenue: float = 0.0
 
 
 @dataclass(slots=True)
@@ -453,6 +455,7 @@ def _conversions(
             via,
             event.event_id,
             event.ts_ms,
+            event.revenue,
         )
     ]
 

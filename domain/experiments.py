@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from statsmodels.stats.proportion import (  # type: ignore[import-untyped]
     confint_proportions_2indep,
     test_proportions_2indep,
@@ -93,23 +94,12 @@ def compare(
     variance = p_arm * (1 - p_arm) / arm.assigned + p_control * (1 - p_control) / control.assigned
     if variance == 0:
         return uplift, uplift, uplift, 1.0 if uplift == 0 else 0.0
-    low, high = confint_proportions_2indep(
-        arm.converted,
-        arm.assigned,
-        control.converted,
-        control.assigned,
-        method="wald",
-        compare="diff",
-        alpha=alpha,
-    )
-    result = test_proportions_2indep(
-        arm.converted,
-        arm.assigned,
-        control.converted,
-        control.assigned,
-        method="wald",
-        compare="diff",
-    )
+    counts = (arm.converted, arm.assigned, control.converted, control.assigned)
+    low, high = confint_proportions_2indep(*counts, method="wald", compare="diff", alpha=alpha)
+    # statsmodels also works out the ratio and odds ratio alongside, which divide by zero
+    # when the control converted no one; only the difference is used here.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = test_proportions_2indep(*counts, method="wald", compare="diff")
     return uplift, float(low), float(high), float(result.pvalue)
 
 

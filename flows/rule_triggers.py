@@ -122,6 +122,7 @@ from domain.trigger_engine import (
 )
 from domain.trigger_replay import RESOLVED, STOCK
 from state.coupon_store import CouponStore, RedisCouponStore
+from state.experiment_store import ExperimentStore, RedisExperimentStore
 from state.handover_store import HandoverStore, RedisHandoverStore
 from state.interfaces import StockReader, StoreFactory, TaskStore, TaskWrite
 from state.profile_store import ProfileStore, RedisProfileStore
@@ -524,6 +525,7 @@ def build(
     handover_store: StoreFactory[HandoverStore] | None = None,
     profile_store: StoreFactory[ProfileStore] | None = None,
     task_store: StoreFactory[TaskStore] | None = None,
+    experiment_store: StoreFactory[ExperimentStore] | None = None,
 ) -> Dataflow:
     """The rule_triggers dataflow; refuses to build on an invalid rules file.
 
@@ -563,6 +565,11 @@ def build(
         profile_store
         if profile_store is not None
         else functools.partial(RedisProfileStore.from_config, config)
+    )
+    open_experiments = (
+        experiment_store
+        if experiment_store is not None
+        else functools.partial(RedisExperimentStore.from_config, config)
     )
 
     def decoder(name: str, raw: bytes, origin: Origin) -> Any:
@@ -748,6 +755,33 @@ def build(
         return write, store.close
 
     op.output("coupon_codes", coupon_split.trues, BatchSink(open_code_writer))
+
+    # Experiments: each arm's triggers and conversions, for `experiments report`.
+    arm_items = op.filter(
+        "experiment_items",
+        everything,
+        lambda x: isinstance(x, CouponDecision | CouponConversion) and x.variant != "default",
+    )
+
+    def open_experiment_writer() -> tuple[Any, Any]:
+        store = open_experiments()
+
+        def write(batch: list[CouponDecision | CouponConversion]) -> None:
+            sent = [
+                (d.rule_id, d.variant, d.code, d.customer_id)
+                for d in batch
+                if isinstance(d, CouponDecision)
+            ]
+            converted = [
+                (c.rule_id, c.variant, c.code, round(c.revenue * 100))
+                for c in batch
+                if isinstance(c, CouponConversion)
+            ]
+            store.record(sent, converted)
+
+        return write, store.close
+
+    op.output("experiment_arms", arm_items, BatchSink(open_experiment_writer))
     output(
         "holdout_triggers",
         io,
@@ -759,7 +793,7 @@ def build(
 
     def open_customer_writer() -> tuple[Any, Any]:
         profiles, coupons, handovers = open_profiles(), ctx.open_coupons(), ctx.open_handovers()
-        tasks = open_tasks()
+        tasks, experiments = open_tasks(), open_experiments()
         stores = sorted(s for s, loc in reference.locations.items() if loc.type == "store")
 
         def write(batch: list[ProfileWrite | ProfileRetired | CustomerErased]) -> None:
@@ -784,12 +818,13 @@ def build(
                 for e in erased:
                     handovers.erase(e.customer_id)
                 ids = [e.customer_id for e in erased]
+                experiments.forget(ids)
                 removals = visits_of_erased(ids, stores, tasks.tasks)
                 if removals:
                     tasks.write([], (), [TaskWrite(*record) for record in removals])
 
         def close() -> None:
-            for store in (profiles, coupons, handovers, tasks):
+            for store in (profiles, coupons, handovers, tasks, experiments):
                 store.close()
 
         return write, close

@@ -103,6 +103,13 @@ def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
     return report(config)
 
 
+def _cmd_experiments_report(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.experiments_report import run_report
+
+    _needs(config, redis=True)
+    return run_report(config, args.json)
+
+
 def _cmd_bench(config: Config, args: argparse.Namespace) -> int:
     from omnistream.bench import run_bench
 
@@ -317,23 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_argument(bench)
     bench.set_defaults(handler=_cmd_bench)
 
-    attribution = sub.add_parser(
+    attribution_report = _report_command(
+        sub,
         "attribution",
-        help="attribution totals",
-        description="Work with the totals of the attribution flow.",
-    )
-    attribution_sub = attribution.add_subparsers(
-        dest="attribution_command", required=True, metavar="ACTION"
-    )
-    attribution_report = attribution_sub.add_parser(
-        "report",
-        help="print attributed revenue and conversions per model and channel",
-        description="Print, per model (first_touch, last_touch, linear, time_decay, "
+        "attribution totals",
+        "Work with the totals of the attribution flow.",
+        "print attributed revenue and conversions per model and channel",
+        "Print, per model (first_touch, last_touch, linear, time_decay, "
         "position_based, markov), the revenue and conversions credited to each channel, from "
         "the running totals the attribution flow keeps in Redis.",
     )
-    _add_config_argument(attribution_report)
     attribution_report.set_defaults(handler=_cmd_attribution_report)
+
+    experiments_report = _report_command(
+        sub,
+        "experiments",
+        "read the rules' A/B experiments",
+        "Read the experiments of the rules file (CONTRACT §12).",
+        "per rule × variant: conversions and uplift against control with a 95%% CI",
+        "Print, per rule × variant, the customers assigned, triggers sent or held "
+        "out, customers converted, conversion rate, revenue per customer, and the uplift "
+        "against the rule's control with a 95 % Wald interval and p-value (or 'too small'), "
+        "from what rule_triggers keeps in Redis.",
+    )
+    experiments_report.add_argument(
+        "--json", action="store_true", help="print the figures as JSON (CONTRACT §12)"
+    )
+    experiments_report.set_defaults(handler=_cmd_experiments_report)
 
     grafana = sub.add_parser(
         "grafana",
@@ -358,6 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _report_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    group: str,
+    group_help: str,
+    group_description: str,
+    report_help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """``omnistream GROUP report``: a command group whose one action prints a report read
+    from Redis (it takes ``--config``)."""
+    parser = sub.add_parser(group, help=group_help, description=group_description)
+    actions = parser.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION")
+    report: argparse.ArgumentParser = actions.add_parser(
+        "report", help=report_help, description=description
+    )
+    _add_config_argument(report)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

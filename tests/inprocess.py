@@ -152,8 +152,10 @@ class CustomerStores:
     handovers: Any = None
     profiles: Any = None
     tasks: Any = None
+    experiments: Any = None
 
     def __post_init__(self) -> None:
+        from state.experiment_store import MemoryExperimentStore
         from state.handover_store import MemoryHandoverStore
         from state.memory_stock import MemoryStockStore
         from state.profile_store import MemoryProfileStore
@@ -161,10 +163,12 @@ class CustomerStores:
         self.handovers = MemoryHandoverStore()
         self.profiles = MemoryProfileStore()
         self.tasks = MemoryStockStore(self.reference)
+        self.experiments = MemoryExperimentStore()
 
     def build_args(self) -> dict[str, Any]:
         return {
             "handover_store": lambda: self.handovers,
             "profile_store": lambda: self.profiles,
             "task_store": lambda: self.tasks,
+            "experiment_store": lambda: self.experiments,
         }

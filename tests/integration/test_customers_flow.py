@@ -61,6 +61,7 @@ rules:
     cooldown: 1d
     params: {within: 10m}
     coupon: {type: amount_off, value: 15, expires_in: 24h}
+    experiment: {salt: cf, control_share: 0, variants: {amount_15: 1}}
   - id: lapse
     kind: lapsed
     cooldown: 30d
@@ -370,7 +371,13 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
         assert not redis_client.exists(f"{prefix}profile:{ids['x']}")
         assert redis_client.hget(f"{prefix}profile:{ids['c']}", "purchases") == b"1"
 
-        # Erasure of C (reached by B's account).
+        # Erasure of C (reached by B's account). C's cart coupon is in the experiment's
+        # arm (what `experiments report` counts): the erasure must reach it too.
+        wait_until(
+            lambda: any(":cart:amount_15" in k for k in redis_mentions(redis_client, ids["c"])),
+            what="C's coupon in the cart experiment's arm",
+            show=lambda: redis_mentions(redis_client, ids["c"]),
+        )
         before = topic_ends(config)
         forget = subprocess.run(
             [sys.executable, "-m", "omnistream.cli", "forget", "user", "u-b"],

@@ -9,6 +9,7 @@ that must not fire.
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from domain.identity import by_priority, new_customer_id
 from domain.rules import Experiment
 from domain.trigger_policy import draw_variant
 from omnistream.embedded import free_port
+from omnistream.experiments_report import run_report
 from omnistream.processes import scrape, start_flow, stop_process
 from tests.kafka_helpers import TopicWatcher, read_topic
 
@@ -375,3 +377,19 @@ def test_scripted_day_fires_exactly_the_expected_triggers(
         ("cart", "a", "redeemed"): 1.0,
         ("browse", "default", "purchase"): 1.0,
     }
+    # The experiment report reads, from Redis, the cart experiment's arms as the topics
+    # show them: customers and triggers per arm, and the one redemption under `a`.
+    out = io.StringIO()
+    assert run_report(config, True, out) == 0
+    rows = {(r["rule_id"], r["variant"]): r for r in orjson.loads(out.getvalue())["experiments"]}
+    assert set(rows) == {("cart", "a"), ("cart", "control")}
+    for variant, records in (("a", coupons), ("control", holdouts)):
+        cart = [m["data"] for m in records if m["data"]["rule_id"] == "cart"]
+        row = rows["cart", variant]
+        assert (row["sent"], row["assigned"]) == (
+            len(cart),
+            len({d["customer_id"] for d in cart}),
+        )
+        assert row["conversions"] == (1 if variant == "a" else 0)
+    assert rows["cart", "control"]["uplift"] is None
+    assert rows["cart", "a"]["verdict"] == "too small"  # a handful of customers

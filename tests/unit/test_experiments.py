@@ -123,3 +123,18 @@ def test_the_json_document_has_the_contract_fields_and_no_nan() -> None:
     assert control["conversion_rate"] is None and variant["uplift"] is None
     assert variant["verdict"] == "no control"
     assert variant["conversion_rate"] == 0.15 and variant["revenue_per_customer"] == 3.0
+
+
+def test_the_printed_table_shows_each_arm_and_its_verdict() -> None:
+    from omnistream.experiments_report import format_report
+
+    text = format_report(report([arm("control", 1000, 100), arm("free_ship", 1000, 150)]))
+    lines = text.splitlines()
+    assert lines[0] == "cart"
+    control = next(line for line in lines if line.strip().startswith("control"))
+    variant = next(line for line in lines if line.strip().startswith("free_ship"))
+    assert "10.00%" in control and control.rstrip().endswith("control")
+    assert "+5.00%" in variant and variant.rstrip().endswith("significant")
+    _, low, high, _ = textbook_wald(arm("free_ship", 1000, 150), arm("control", 1000, 100))
+    assert f"[{low:+.2%}, {high:+.2%}]" in variant
+    assert format_report([]) == "no experiment has sent or held out a trigger yet"
