@@ -33,6 +33,7 @@ from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
 from omnistream.attribution_report import report
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
+from omnistream.experiments_report import run_report
 from omnistream.processes import (
     Samples,
     scrape,
@@ -495,6 +496,8 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
             watch.stop()
             _print_summary(flows, produced, time.monotonic() - started, watch, service, demo_config)
+            print("\n== Experiments (omnistream experiments report) ==")
+            run_report(demo_config, as_json_output=False)
             print("\n== Attribution (omnistream attribution report) ==")
             report(demo_config)
             if args.keep:

@@ -90,6 +90,10 @@ def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     profile = output.split("sample profile omni:profile:", 1)[1].split("metrics of", 1)[0]
     for name in ("first_seen", "purchases", "segment", "top_categories", "consent_marketing"):
         assert f"  {name} " in profile, profile
+    assert "== Experiments (omnistream experiments report) ==" in output
+    experiments = output.split("== Experiments (omnistream experiments report) ==")[1]
+    assert "assigned" in experiments.split("== Attribution")[0]
+    assert "Wald test of two proportions" in experiments
     assert "== Attribution" in output and "markov" in output and "direct" in output
     assert len(children) >= 4
     assert_gone(children)
