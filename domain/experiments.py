@@ -24,12 +24,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-from statsmodels.stats.proportion import (  # type: ignore[import-untyped]
-    confint_proportions_2indep,
-    test_proportions_2indep,
-)
-
 from domain.trigger_policy import CONTROL
 
 #: 95 % intervals, and "significant" at p < 0.05.
@@ -88,6 +82,14 @@ def compare(
 
     When both arms converted everyone or no one the variance is zero: the difference is
     exact (an interval of one point) and the p-value is 1 when they agree."""
+    # Imported here, not at the top: statsmodels takes 1.5 s to import, and every command
+    # line invocation (whose parser knows the demo, which prints a report) would pay it.
+    import numpy as np
+    from statsmodels.stats.proportion import (  # type: ignore[import-untyped]
+        confint_proportions_2indep,
+        test_proportions_2indep,
+    )
+
     p_arm = arm.converted / arm.assigned
     p_control = control.converted / control.assigned
     uplift = p_arm - p_control

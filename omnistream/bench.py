@@ -61,74 +61,10 @@ from connectors.reference_files import load_reference
 from domain.timeparse import TimestampError, parse_event_time
 from flows import attribution, identity_stitch, rule_triggers, stock_pool
 from omnistream.bench_service import SERVICE_RATES, print_service, service_run
+from omnistream.cli_args import FLOW_ORDER
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.processes import scrape, start_flow, stop_process, total, wait_for_metrics
 from omnistream.trigger_watch import TopicFollower, TriggerWatch, percentile
-
-FLOW_ORDER = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=200_000, help="stream size (200000)")
-    parser.add_argument("--customers", type=int, default=20_000, help="customers (20000)")
-    parser.add_argument("--seed", type=int, default=11, help="traffic seed (11)")
-    parser.add_argument(
-        "--rate", type=float, default=1_000.0, help="offered events/s in the latency run (1000)"
-    )
-    parser.add_argument(
-        "--latency-seconds", type=float, default=60.0, help="length of the latency run (60)"
-    )
-    parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (4)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
-    parser.add_argument(
-        "--flows",
-        type=_flow_names,
-        default=FLOW_ORDER,
-        metavar="NAMES",
-        help="comma-separated flows to measure on their own (all four); for profiling one flow",
-    )
-    parser.add_argument(
-        "--replay",
-        action="store_true",
-        help="measure each flow as a replay (--until-idle) instead of tailing like production",
-    )
-    parser.add_argument(
-        "--no-latency",
-        action="store_true",
-        help="skip the live latency run (its JSON figures are then absent); for profiling",
-    )
-    parser.add_argument(
-        "--service-seconds",
-        type=_positive_seconds,
-        default=5.0,
-        metavar="S",
-        help="how long each rate is offered to the availability service (5)",
-    )
-    parser.add_argument(
-        "--no-service",
-        action="store_true",
-        help="skip the availability service (omnistream serve under load; JSON `service`)",
-    )
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds, 0 < S ≤ 3600; got {text!r}")
-    return seconds
-
-
-def _flow_names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in FLOW_ORDER]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(FLOW_ORDER)}; got {text!r}"
-        )
-    return names
 
 
 def peak_rss_mb(pid: int) -> float:

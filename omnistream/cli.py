@@ -149,9 +149,8 @@ def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from omnistream.demo import add_demo_arguments
+    from omnistream.cli_args import FLOW_ORDER, add_demo_arguments
     from omnistream.generate_cli import add_generate_arguments
-    from omnistream.runner import FLOWS
 
     parser = argparse.ArgumentParser(
         prog="omnistream",
@@ -182,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every partition of its input topics is drained. Metrics are served on "
         "http://HOST:<metrics.port>/metrics.",
     )
-    run.add_argument("flow", choices=sorted(FLOWS), help="the flow to run")
+    run.add_argument("flow", choices=sorted(FLOW_ORDER), help="the flow to run")
     run.add_argument(
         "--until-idle",
         action="store_true",
@@ -318,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, then trigger latency and stock freshness with all flows "
         "live at a steady offered rate. Prints a table; --json writes the figures.",
     )
-    from omnistream.bench import add_bench_arguments
+    from omnistream.cli_args import add_bench_arguments
 
     add_bench_arguments(bench)
     _add_config_argument(bench)

@@ -54,38 +54,6 @@ DEMO_FLOWS: dict[str, tuple[str, ...]] = {
 }
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--events", type=int, default=20_000, help="number of generated events (default 20000)"
-    )
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=2_000.0,
-        help="events/s offered to the broker; 0 = as fast as possible (default 2000)",
-    )
-    parser.add_argument("--seed", type=int, default=7, help="traffic seed (default 7)")
-    parser.add_argument(
-        "--bad-ratio",
-        type=float,
-        default=0.01,
-        help="share of deliberately malformed events (default 0.01)",
-    )
-    parser.add_argument(
-        "--partitions",
-        type=int,
-        default=4,
-        help="partitions per topic on the embedded broker (default 4)",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="also run the HTTP service (omnistream serve) and, after the summary, keep "
-        "everything running until Ctrl-C (to open a store console, look at /metrics or query "
-        "Redis)",
-    )
-
-
 @dataclass
 class FlowProcess:
     name: str

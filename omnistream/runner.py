@@ -36,6 +36,7 @@ from base.stopping import StopRequested, request_stop, stop_requested
 from domain.reference import ReferenceDataError
 from domain.rules import RulesError
 from omnistream import preflight
+from omnistream.cli_args import FLOW_ORDER
 from omnistream.preflight import REDIS_SETTING, Unreachable
 from state.redis_io import RedisGaveUp, describe
 
@@ -43,13 +44,8 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BaseException)
 T = TypeVar("T")
 
-#: Flows that exist today, by the name used on the command line.
-FLOWS: dict[str, str] = {
-    "stock_pool": "flows.stock_pool",
-    "identity_stitch": "flows.identity_stitch",
-    "rule_triggers": "flows.rule_triggers",
-    "attribution": "flows.attribution",
-}
+#: Flows that exist today, by the name used on the command line, and their modules.
+FLOWS: dict[str, str] = {name: f"flows.{name}" for name in FLOW_ORDER}
 
 
 #: Addresses meaning "every interface": only when configured so (compose, inside a container).

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 INPUTS = ("events.resolved", "stock.changes", "wms.movements")
 OUTPUTS = ("triggers.coupon", "triggers.holdout", "triggers.replenishment")
 #: Records without a customer at the end of one partition of events.resolved (see above).
-TAIL = 40_000
+TAIL = 25_000
 TAIL_PARTITION = 0
 
 
@@ -76,7 +76,7 @@ def test_replays_are_identical_and_a_crash_adds_no_new_id_and_loses_none(
     omni_config: Config, tmp_path: Path
 ) -> None:
     config = omni_config.with_overrides(pii={"key": "replay-secret"})
-    events = TrafficModel(load_reference(config), seed=23, customers=3000).events(30_000)
+    events = TrafficModel(load_reference(config), seed=23, customers=1500).events(15_000)
     produce(config, events, progress=False)
     dump_config(config, tmp_path / "pipeline.yaml")
     processes = [
