@@ -183,6 +183,9 @@ class ServiceConfig:
     port: int = 8080
     #: How often (wall clock) an open store console checks Redis for changed tasks.
     console_poll_seconds: float = 0.25
+    #: How long ``/metrics`` reuses the experiment report it computed (wall clock): its
+    #: tallies read every arm's whole Redis hash, so not at every scrape.
+    experiments_cache_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ def _check_ranges(config: Config) -> None:
         "fulfilment.pickup_prep_minutes": config.fulfilment.pickup_prep_minutes,
         "fulfilment.task_retention_hours": config.fulfilment.task_retention_hours,
         "service.console_poll_seconds": config.service.console_poll_seconds,
+        "service.experiments_cache_seconds": config.service.experiments_cache_seconds,
         "recovery.snapshot_seconds": config.recovery.snapshot_seconds,
         "recovery.backup_seconds": config.recovery.backup_seconds,
         "rules.reload_seconds": config.rules.reload_seconds,

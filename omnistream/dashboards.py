@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from domain.experiments import ALPHA, MIN_OUTCOMES
+
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 #: ``kind`` values of stock triggers in ``omnistream_triggers_fired_total`` (a regex).
 STOCK_TRIGGER_KINDS = "replenish|transfer|stockout|prepare"
@@ -37,6 +39,16 @@ class Panel:
     unit: str = "short"
     kind: str = "timeseries"
     description: str = ""
+    #: Instant queries: each series' latest value, not its history over the board's time
+    #: range (bar gauges and tables of figures that are already totals). A ``table`` always
+    #: queries instantly.
+    instant: bool = False
+    #: A ``table``'s value columns, one per query in ``exprs`` order ("" drops it: a query
+    #: that brings a label, such as a verdict, rather than a number). The queries' rows are
+    #: merged on their shared labels, one row per label set.
+    columns: tuple[str, ...] = ()
+    #: Grafana field overrides (a column's unit, a line's style), as the JSON has them.
+    overrides: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -373,6 +385,16 @@ _TRIGGERS_BY_ARM = (
     'or sum by (rule, variant) (omnistream_triggers_suppressed_total{reason="control"})'
 )
 
+#: The experiment report's interval: "95 %".
+_CI = f"{round((1 - ALPHA) * 100)} %"
+
+
+def _arm(metric: str) -> str:
+    """A per-arm figure of ``omnistream serve``'s experiment report: every replica of the
+    service reads the same Redis and reports the same figure, hence max."""
+    return f"max by (rule, variant) ({metric})"
+
+
 MARKETING = Board(
     "omnistream-marketing",
     "Omnistream · Marketing",
@@ -455,15 +477,122 @@ MARKETING = Board(
             ),
             description="Conversions credited to each channel by the Markov model (fractional).",
         ),
+        Panel(
+            "Experiments: conversion rate by rule and variant",
+            ((_arm("omnistream_experiment_conversion_rate"), "{{rule}} {{variant}}"),),
+            "percentunit",
+            "bargauge",
+            "Customers who converted ÷ customers drawn into each arm (sent its coupon, or "
+            "held out for `control`), each customer counted once, since the experiment "
+            "began: the figures of `omnistream experiments report`, recomputed by "
+            "`omnistream serve` at most every `service.experiments_cache_seconds` (30 s).",
+            instant=True,
+        ),
+        Panel(
+            f"Experiments: uplift against control ({_CI} interval, p-value, verdict)",
+            (
+                (_arm("omnistream_experiment_uplift"), ""),
+                (_arm("omnistream_experiment_uplift_ci_low"), ""),
+                (_arm("omnistream_experiment_uplift_ci_high"), ""),
+                (_arm("omnistream_experiment_p_value"), ""),
+                (
+                    "max by (rule, variant, verdict) "
+                    '(omnistream_experiment_verdict{variant!="control"})',
+                    "",
+                ),
+            ),
+            "percentunit",
+            "table",
+            "Each variant's conversion rate minus its rule's control's (absolute), with "
+            f"the {_CI} Wald interval and the two-sided p-value (`omnistream experiments "
+            f"report`). `too small`: fewer than {MIN_OUTCOMES} converted or {MIN_OUTCOMES} "
+            "not-converted customers in an arm, too few for the interval's normal "
+            f"approximation; `significant`: p < {ALPHA}.",
+            columns=("uplift", f"{_CI} low", f"{_CI} high", "p", ""),
+            overrides=(
+                {
+                    "matcher": {"id": "byName", "options": "p"},
+                    "properties": [
+                        {"id": "unit", "value": "none"},
+                        {"id": "decimals", "value": 4},
+                    ],
+                },
+            ),
+        ),
+        Panel(
+            f"Experiments: uplift against control over time ({_CI} interval)",
+            (
+                (_arm("omnistream_experiment_uplift"), "{{rule}} {{variant}} uplift"),
+                (
+                    _arm("omnistream_experiment_uplift_ci_low"),
+                    "{{rule}} {{variant}} " + f"{_CI} low",
+                ),
+                (
+                    _arm("omnistream_experiment_uplift_ci_high"),
+                    "{{rule}} {{variant}} " + f"{_CI} high",
+                ),
+            ),
+            "percentunit",
+            description="How each variant's uplift and its interval moved as customers came "
+            "in: an interval that no longer spans 0 is a difference the data supports.",
+            overrides=(
+                {
+                    "matcher": {"id": "byRegexp", "options": f".* {_CI} (low|high)"},
+                    "properties": [
+                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+                    ],
+                },
+            ),
+        ),
     ),
 )
 
 BOARDS: tuple[Board, ...] = (OPERATIONS, INVENTORY, MARKETING, IDENTITY)
 
 
+def _ref_id(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def _table_transformations(panel: Panel) -> list[dict[str, Any]]:
+    """Merge the queries' frames into one row per label set, drop the evaluation time, and
+    name each query's value column (Grafana calls them ``Value #<refId>``)."""
+    assert len(panel.columns) == len(panel.exprs) > 1, panel.title
+    named = dict(
+        zip((f"Value #{_ref_id(i)}" for i in range(len(panel.exprs))), panel.columns, strict=True)
+    )
+    return [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True}
+                | {v: True for v, name in named.items() if not name},
+                "renameByName": {v: name for v, name in named.items() if name},
+                "indexByName": {},
+            },
+        },
+    ]
+
+
+def _target(panel: Panel, index: int, expr: str, legend: str) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "datasource": DATASOURCE,
+        "expr": expr,
+        "legendFormat": legend,
+        "refId": _ref_id(index),
+    }
+    if panel.kind == "table":
+        target |= {"format": "table", "instant": True, "range": False}
+    elif panel.instant:
+        target |= {"instant": True, "range": False}
+    return target
+
+
 def panel_json(panel: Panel, panel_id: int) -> dict[str, Any]:
     width, height = 12, 8
-    return {
+    defaults: dict[str, Any] = {"unit": panel.unit}
+    doc: dict[str, Any] = {
         "id": panel_id,
         "type": panel.kind,
         "title": panel.title,
@@ -475,17 +604,22 @@ def panel_json(panel: Panel, panel_id: int) -> dict[str, Any]:
             "w": width,
             "h": height,
         },
-        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": list(panel.overrides)},
         "targets": [
-            {
-                "datasource": DATASOURCE,
-                "expr": expr,
-                "legendFormat": legend,
-                "refId": chr(ord("A") + index),
-            }
-            for index, (expr, legend) in enumerate(panel.exprs)
+            _target(panel, index, expr, legend) for index, (expr, legend) in enumerate(panel.exprs)
         ],
     }
+    if panel.kind == "bargauge":
+        defaults["min"] = 0
+        doc["options"] = {
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "showUnfilled": True,
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        }
+    if panel.kind == "table":
+        doc["transformations"] = _table_transformations(panel)
+    return doc
 
 
 def board_json(board: Board) -> dict[str, Any]:

@@ -5,7 +5,9 @@ up a sku's positions (``/v1/stock/{sku}``) and a customer (``/v1/customers/{type
 and store associates keep ``/stores/{store_id}`` open: a page listing the store's pickups,
 exceptions and visiting customers, updated live by server-sent events. Everything is read
 from Redis (``state.service_reads``, one pipelined round trip per request); the service
-writes nothing but logs and metrics.
+writes nothing but logs and metrics. ``/metrics`` carries the requests by route template and
+the experiment report of CONTRACT §12 per rule × variant (``omnistream.experiment_metrics``,
+registered by ``run``).
 
 Errors are JSON, one line, never a traceback: a bad parameter 400 ``{"error", "parameter"}``
 (FastAPI's 422 is answered so too), an unknown sku, customer or store 404 (naming the
@@ -46,7 +48,9 @@ from base.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 from domain.fulfilment import availability_options
 from domain.identity import PRIORITY, identifier, pii_identifier_value
 from domain.reference import Location, ReferenceData
-from state.redis_io import connect_async, describe
+from omnistream.experiment_metrics import ExperimentMetrics
+from state.experiment_store import RedisExperimentStore
+from state.redis_io import connect, connect_async, describe
 from state.service_reads import UNAVAILABLE, Position, ServiceReads
 
 log = logging.getLogger(__name__)
@@ -442,8 +446,12 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus text format: the default registry (requests by route template)."""
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text format: the default registry (requests by route template, and
+        under ``run`` the experiment report, ``omnistream.experiment_metrics``). Rendered in
+        a worker thread: the experiment collector may read Redis, which would block the
+        event loop and every request with it."""
+        body = await asyncio.to_thread(generate_latest, REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # -- the store console ------------------------------------------------------------------
 
@@ -734,6 +742,23 @@ def run(config: Config, reference: ReferenceData, host: str, port: int) -> None:
         )
     )
 
+    # The experiment report on /metrics reads the arms with the store the report command
+    # uses (synchronous: /metrics renders in a worker thread), with the service's timeouts.
+    arms = RedisExperimentStore(
+        connect(
+            config,
+            socket_timeout_s=REDIS_SOCKET_TIMEOUT_S,
+            connect_timeout_s=REDIS_CONNECT_TIMEOUT_S,
+        ),
+        config.redis.key_prefix,
+    )
+    experiments = ExperimentMetrics(
+        arms.tallies,
+        config.service.experiments_cache_seconds,
+        where=f"Redis at {describe(config.redis.url)}",
+    )
+    REGISTRY.register(experiments)
+
     async def serve() -> None:
         try:
             log.info(
@@ -753,4 +778,6 @@ def run(config: Config, reference: ReferenceData, host: str, port: int) -> None:
         pass  # the signal that stopped uvicorn, raised again once it has shut down
     finally:
         sock.close()
+        REGISTRY.unregister(experiments)
+        arms.close()
     log.info("omnistream serve stopped")

@@ -230,7 +230,10 @@ def test_every_panel_returns_data_and_every_alert_parses(
         for process, port in zip(flows, ports.values(), strict=True):
             wait_for_metrics(port, process)
         with (
-            served(config, tmp_path) as service,
+            # the experiment report recomputed every second, as Prometheus scrapes here
+            served(
+                config.with_overrides(service={"experiments_cache_seconds": 1}), tmp_path
+            ) as service,
             httpx.Client(base_url=service.url, timeout=10) as http,
         ):
             service_port = int(urllib.parse.urlsplit(service.url).port or 0)

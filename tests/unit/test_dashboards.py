@@ -8,6 +8,7 @@ import re
 from prometheus_client.metrics import MetricWrapperBase
 
 import base.metrics
+from omnistream import experiment_metrics
 from omnistream.dashboards import BOARDS, OUT_DIR, rendered
 
 #: Labels Prometheus attaches to every scraped series (monitoring/prometheus.yml).
@@ -36,8 +37,9 @@ def test_boards_are_well_formed() -> None:
 
 
 def exposed_series() -> dict[str, frozenset[str]]:
-    """Series name → its labels, for every metric base/metrics.py defines."""
-    series: dict[str, frozenset[str]] = {}
+    """Series name → its labels, for every metric base/metrics.py defines and every one of
+    the experiment collector ``omnistream serve`` registers."""
+    series: dict[str, frozenset[str]] = dict(experiment_metrics.SERIES)
     for metric in vars(base.metrics).values():
         if isinstance(metric, MetricWrapperBase):
             # prometheus_client keeps name, type and label names in these attributes only.
@@ -96,6 +98,7 @@ def test_the_label_check_catches_a_misspelt_label() -> None:
     assert series["omnistream_orders_sourced_total"] == {"outcome"}
     assert "omnistream_pickup_tasks_overdue" in series
     assert "omnistream_orders_sourced" not in series  # a counter is exposed as …_total
+    assert series["omnistream_experiment_uplift"] == {"rule", "variant"}
 
 
 def test_push_uploads_every_board_with_the_token() -> None:
