@@ -103,6 +103,18 @@ TRIGGER_CONVERSIONS = Counter(
     "variant (control included) and how: redeemed (the coupon code at a till) or purchase.",
     ["rule", "variant", "via"],
 )
+COUPON_REDEMPTIONS = Counter(
+    "omnistream_coupon_redemptions_total",
+    "Coupons whose code a till scanned while their conversion window was open, by rule and "
+    "variant (what redemption_review rules judge).",
+    ["rule", "variant"],
+)
+TRIGGER_INSIGHTS = Counter(
+    "omnistream_trigger_insights_total",
+    "Insights published on triggers.insights, by the reviewed rule, variant and kind "
+    "(low_redemption: a day's coupons redeemed under a redemption_review threshold).",
+    ["rule", "variant", "kind"],
+)
 TRIGGER_LATENCY = Histogram(
     "omnistream_trigger_latency_seconds",
     "fired_at − event_time of every trigger sent (for a coupon held through quiet hours, "

@@ -12,6 +12,7 @@ IDENTITY_CHANGES = "identity.changes"
 TRIGGERS_COUPON = "triggers.coupon"
 TRIGGERS_HOLDOUT = "triggers.holdout"
 TRIGGERS_REPLENISHMENT = "triggers.replenishment"
+TRIGGERS_INSIGHTS = "triggers.insights"
 ATTRIBUTION_CREDITS = "attribution.credits"
 STOCK_CHANGES = "stock.changes"
 ORDERS_SOURCED = "orders.sourced"
@@ -27,6 +28,7 @@ CLOUDEVENT_TOPICS: frozenset[str] = frozenset(
         TRIGGERS_COUPON,
         TRIGGERS_HOLDOUT,
         TRIGGERS_REPLENISHMENT,
+        TRIGGERS_INSIGHTS,
         ATTRIBUTION_CREDITS,
         STOCK_CHANGES,
         ORDERS_SOURCED,
@@ -41,6 +43,7 @@ ALL_TOPICS: tuple[str, ...] = (
     TRIGGERS_COUPON,
     TRIGGERS_HOLDOUT,
     TRIGGERS_REPLENISHMENT,
+    TRIGGERS_INSIGHTS,
     ATTRIBUTION_CREDITS,
     STOCK_CHANGES,
     ORDERS_SOURCED,

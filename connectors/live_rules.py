@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from base.metrics import RULES_ACTIVE, RULES_RELOADS
+from base.metrics import RULES_ACTIVE, RULES_RELOADS, TRIGGER_INSIGHTS
 from connectors.rules_file import load_rules
-from domain.rules import RulesError, RuleSet
+from domain.rules import COUPON_KINDS, RulesError, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LiveRules:
         self._stamp = self._file_stamp()
         self._digest = self._content_digest()
         self._next_look = clock() + reload_seconds
-        RULES_ACTIVE.set(sum(r.enabled for r in self._rules.rules))
+        _expose(self._rules)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -96,10 +96,23 @@ class LiveRules:
             return
         self._rules = rules
         RULES_RELOADS.labels("ok").inc()
-        RULES_ACTIVE.set(sum(r.enabled for r in rules.rules))
+        _expose(rules)
         log.info(
             "rules file %s reloaded: %d rules (%s)",
             self.path,
             len(rules.rules),
             ", ".join(r.rule_id for r in rules.rules),
         )
+
+
+def _expose(rules: RuleSet) -> None:
+    """The rules' gauges, and a zero for every insight a review in force may publish: an
+    alert on ``increase()`` sees nothing of a counter series whose first sample is 1."""
+    RULES_ACTIVE.set(sum(r.enabled for r in rules.rules))
+    if not rules.of_kind("redemption_review"):
+        return
+    for rule in rules.rules:
+        if rule.enabled and rule.kind in COUPON_KINDS:
+            experiment = rule.experiment
+            for variant in experiment.variants if experiment is not None else ("default",):
+                TRIGGER_INSIGHTS.labels(rule.rule_id, variant, "low_redemption")

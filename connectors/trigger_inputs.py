@@ -163,8 +163,11 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         if to_sell is not None:
             available = to_sell
         in_transit = data.integer("in_transit", required=False) or 0
+        sold = data.integer("sold", required=False) or 0
         if sold_24h < 0:
             raise Invalid("bad_value", "`data.sold_24h` must be ≥ 0")
+        if sold < 0:
+            raise Invalid("bad_value", "`data.sold` must be ≥ 0")
         cause = data.req_string("cause")
         location = reference.locations.get(location_id)
         if location is None:
@@ -185,6 +188,7 @@ def decode_stock_change(raw: bytes, origin: Origin, reference: ReferenceData) ->
         location_type=location.type,
         source_partition=origin.partition,
         in_transit=in_transit,
+        sold=sold,
     )
 
 

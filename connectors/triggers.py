@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from base.flow_names import RULE_TRIGGERS
-from base.metrics import TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
+from base.metrics import TRIGGER_INSIGHTS, TRIGGER_LATENCY, TRIGGERS_FIRED, TRIGGERS_SUPPRESSED
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from domain.customer_rules import CouponDecision
-from domain.rules import RuleSet
+from domain.redemption_review import RedemptionInsight
+from domain.rules import RuleSet, duration_text
 from domain.stock_rules import StockDecision
 from domain.timeparse import format_event_time
 
@@ -125,3 +126,50 @@ def replenishment_message(decision: StockDecision, fired_at_ms: int) -> OutMessa
         max(0.0, (fired_at_ms - decision.event_time_ms) / 1000)
     )
     return OutMessage(key=key.encode(), value=value)
+
+
+#: ``kind`` of the insight a redemption_review publishes (CONTRACT §12)
+LOW_REDEMPTION = "low_redemption"
+
+
+def insight_id(insight: RedemptionInsight) -> str:
+    """One id per review × rule × variant × day: a replay publishes the same."""
+    return cloud_event_id(
+        "insight",
+        insight.review_id,
+        insight.rule_id,
+        insight.variant,
+        str(insight.cohort_day_ms),
+    )
+
+
+def insight_data(insight: RedemptionInsight, fired_at_ms: int) -> dict[str, Any]:
+    """The record of CONTRACT §12; ``review_rule_id`` (the redemption_review rule) and
+    ``sent_on`` (the UTC day of the coupons judged) are optional additions."""
+    return {
+        "rule_id": insight.rule_id,
+        "variant": insight.variant,
+        "kind": LOW_REDEMPTION,
+        "sent": insight.sent,
+        "redeemed": insight.redeemed,
+        "rate": round(insight.rate, 4),
+        "threshold": insight.threshold,
+        "window": duration_text(insight.window_s),
+        "event_time": format_event_time(insight.event_time_ms),
+        "fired_at": format_event_time(fired_at_ms),
+        "review_rule_id": insight.review_id,
+        "sent_on": format_event_time(insight.cohort_day_ms)[:10],
+    }
+
+
+def insight_message(insight: RedemptionInsight, fired_at_ms: int) -> OutMessage:
+    value = cloud_event(
+        event_type="omnistream.trigger.insight",
+        source=RULE_TRIGGERS,
+        subject=insight.rule_id,
+        event_id=insight_id(insight),
+        time_ms=insight.event_time_ms,
+        data=insight_data(insight, fired_at_ms),
+    )
+    TRIGGER_INSIGHTS.labels(insight.rule_id, insight.variant, LOW_REDEMPTION).inc()
+    return OutMessage(key=insight.rule_id.encode(), value=value)

@@ -183,6 +183,20 @@ class CouponConversion:
     revenue: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class CouponRedeemed:
+    """A till scanned the code of a coupon the customer had been sent (while its
+    conversion window was open), whether or not the purchase converted it: what
+    ``redemption_review`` measures."""
+
+    rule_id: str
+    variant: str
+    code: str
+    sent_ms: int
+    ts_ms: int
+
+
+
 @dataclass(slots=True)
 class OpenTrigger:
     rule_id: str
@@ -244,7 +258,7 @@ class CustomerState:
         )
 
 
-Outcome = CouponDecision | CouponSuppressed | CouponConversion | VisitTask
+Outcome = CouponDecision | CouponSuppressed | CouponConversion | CouponRedeemed | VisitTask
 
 
 def _admit(
@@ -319,6 +333,7 @@ def on_event(
                 )
             )
     if event.is_purchase:
+        out += _redemptions(state, event, rules)
         out += _conversions(state, event, rules)
         _arm_lifecycle(state, event, rules)
         state.last_purchase_ms = max(ts, state.last_purchase_ms or ts)
@@ -426,6 +441,23 @@ def _open(state: CustomerState, decision: CouponDecision) -> None:
     state.open_triggers.append(
         OpenTrigger(decision.rule_id, decision.variant, decision.code, decision.sent_at_ms)
     )
+
+
+def _redemptions(
+    state: CustomerState, event: CustomerEvent, rules: RuleSet
+) -> list[CouponRedeemed]:
+    """Each coupon the till scanned whose conversion window is open (a holdout has no code
+    to scan: nothing was sent)."""
+    if not event.coupon_codes:
+        return []
+    window_ms = int(rules.conversion_window_s * 1000)
+    return [
+        CouponRedeemed(t.rule_id, t.variant, t.code, t.sent_ms, event.ts_ms)
+        for t in state.open_triggers
+        if t.code in event.coupon_codes
+        and t.variant != CONTROL
+        and t.sent_ms <= event.ts_ms <= t.sent_ms + window_ms
+    ]
 
 
 def _conversions(

@@ -27,6 +27,7 @@ RULE_KINDS = (
     "lapsed",
     "repurchase",
     "store_visit",
+    "redemption_review",
 )
 #: Kinds whose triggers are coupons for a customer (the others suggest stock moves).
 COUPON_KINDS = frozenset(
@@ -93,7 +94,18 @@ PARAMS: dict[str, dict[str, Param]] = {
         "max_views": Param("int", 5, 1),
         "views_within": Param("duration", 7 * 86400, 1),
     },
+    # An insight, not a trigger: each day's coupons of every coupon rule × variant, once
+    # their `window` has passed, are judged on the share redeemed at a till within it
+    # (domain.redemption_review). `threshold` is a share in [0, 1]; `window` at most the
+    # conversion window (a coupon's redemption is only seen while its trigger is open).
+    "redemption_review": {
+        "threshold": Param("number", 0.3, 0),
+        "window": Param("duration", 7 * 86400, 3600),
+        "min_sent": Param("int", 20, 1),
+    },
 }
+#: Kinds that neither send a coupon nor suggest a stock move: they may not run experiments.
+INSIGHT_KINDS = frozenset({"redemption_review"})
 
 
 class RulesError(ValueError):
@@ -284,7 +296,9 @@ def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
     params = _parse_params(check, where, "params.", kind, given, defaults=True)
     coupon = _parse_coupon(check, where, kind, raw.get("coupon"))
     experiment = _parse_experiment(check, where, kind, raw.get("experiment"))
-    if experiment is not None:
+    if experiment is not None and kind in INSIGHT_KINDS:
+        check.fail(where, "experiment", f"no experiment on a {kind} rule (it sends nothing)", kind)
+    elif experiment is not None:
         _refuse_identical_variants(check, where, experiment, coupon, params)
     quiet = _parse_quiet_hours(check, where, raw.get("quiet_hours"))
     if quiet is not None and kind not in COUPON_KINDS:
@@ -292,6 +306,8 @@ def _parse_rule(check: _Checker, index: int, raw: object) -> Rule | None:
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         check.fail(where, "enabled", "true or false", enabled)
+    if kind == "redemption_review" and params.get("threshold", 0) > 1:
+        check.fail(where, "params.threshold", "a share in [0, 1]", params["threshold"])
     if cooldown is None:
         return None
     return Rule(rule_id, kind, cooldown, params, coupon, experiment, quiet, enabled is not False)
@@ -536,6 +552,16 @@ def parse_rules(source: str, doc: object) -> RuleSet:
         rule = _parse_rule(check, index, raw)
         if rule is not None:
             rules.append(rule)
+    for rule in rules:
+        review_s = rule.params.get("window", 0) if rule.kind == "redemption_review" else 0
+        if window is not None and review_s > window:
+            check.fail(
+                f"rule `{rule.rule_id}`",
+                "params.window",
+                f"at most defaults.conversion_window ({duration_text(window)}): a redemption "
+                "is seen only while the coupon's conversion window is open",
+                duration_text(review_s),
+            )
     if check.problems:
         raise RulesError(check.problems)
     assert cap is not None and window is not None

@@ -115,6 +115,8 @@ class StockPosition:
     movement_id: str
     safety_stock: int = 0
     in_transit: int = 0
+    #: Units this movement sold (a till sale, an order shipped): what ``sold_24h`` gained.
+    sold: int = 0
 
     @property
     def available_to_sell(self) -> int:
@@ -404,6 +406,7 @@ def position_of(state: StockState, movement: StockMovement, safety_stock: int = 
         movement.movement_id,
         safety_stock,
         state.in_transit,
+        movement.qty if _is_sold(movement) else 0,
     )
 
 

@@ -61,6 +61,8 @@ class StockChange:
     source_partition: int = 0  # of stock.changes
     #: Units on their way here by transfer (CONTRACT §9): low stock counts them as coming.
     in_transit: int = 0
+    #: Units the change's own movement sold (optional ``sold``; 0 in older records).
+    sold: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,8 @@ from domain.customer_rules import (
 )
 from domain.reference import ReferenceData
 from domain.rules import RuleSet
+from domain.stock_arms import ShelfFigures, ShelfTally, arms_of, note_shelf
+from domain.stock_arms import figures as shelf_figures
 from domain.stock_rules import (
     CampaignState,
     ExpiryBatch,
@@ -93,6 +95,9 @@ def _offer_order(offer: Offer) -> tuple[int, str, str, str, str, tuple[str, ...]
     store = offer.store_id or ""
     return (offer.ts_ms, offer.rule_id, offer.sku, store, offer.reason, offer.evidence)
 
+
+#: what a location's rules give: triggers and clearance signals, and shelf figures
+LocationOutcome = ClearanceOutcome | ShelfFigures
 
 @dataclass(slots=True)
 class CustomerTriggers:
@@ -194,6 +199,8 @@ class LocationTriggers:
     held: list[StockChange] = field(default_factory=list)
     #: event time up to which the location's receipts are known to have been read
     receipts_read_ms: int | None = None
+    #: what stock experiments measure of this shelf (``domain.stock_arms``)
+    shelf: ShelfTally = field(default_factory=ShelfTally)
 
     def __deepcopy__(self, memo: dict[int, object]) -> LocationTriggers:
         return LocationTriggers(
@@ -205,6 +212,7 @@ class LocationTriggers:
             self.state.__deepcopy__(memo),
             list(self.held),  # changes are frozen: shared
             self.receipts_read_ms,
+            dataclasses.replace(self.shelf),
         )
 
     @classmethod
@@ -221,7 +229,7 @@ class LocationTriggers:
 
     def on_change(
         self, change: StockChange, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         """Timers due before the change (the location's changes come in order), then the
         stock rules and the clearance checks at the change."""
         out = self.fire_due(change.ts_ms - 1, rules, stock)
@@ -232,16 +240,20 @@ class LocationTriggers:
         note_change(self.state, change)
         out += fired
         out += evaluate_clearance(self.state, rules, self.category, change.ts_ms, stock)
+        arms = arms_of(rules, change.sku, change.location_id)
+        if arms:
+            note_shelf(self.shelf, change)
+            out.append(shelf_figures(self.shelf, change, arms))
         return out
 
     def on_batch(
         self, batch: ExpiryBatch, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         """A perishable receipt: judged as if it had come with the stock change that put it
         on hand, whichever of the two topics is read first (``receive_batch``)."""
-        return receive_batch(self.state, batch, rules, self.category, stock)
+        return list(receive_batch(self.state, batch, rules, self.category, stock))
 
-    def hold(self, change: StockChange, rules: RuleSet, stock: StockView) -> list[ClearanceOutcome]:
+    def hold(self, change: StockChange, rules: RuleSet, stock: StockView) -> list[LocationOutcome]:
         """A replay's stock change: taken now if the location's receipts have been read up
         to it, else kept, in order, until they have (``receipts_read``, ``finish``).
 
@@ -261,7 +273,7 @@ class LocationTriggers:
 
     def receipts_read(
         self, read_ms: int, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         """The location's receipts have been read up to ``read_ms``: the changes held up to
         then are taken, in order."""
         if self.receipts_read_ms is None or read_ms > self.receipts_read_ms:
@@ -274,7 +286,7 @@ class LocationTriggers:
 
     def _release(
         self, up_to_ms: int | None, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         count = 0
         for change in self.held:
             if up_to_ms is not None and change.ts_ms > up_to_ms:
@@ -283,16 +295,16 @@ class LocationTriggers:
         if not count:
             return []
         released, self.held = self.held[:count], self.held[count:]
-        out: list[ClearanceOutcome] = []
+        out: list[LocationOutcome] = []
         for change in released:
             out += self.on_change(change, rules, stock)
         return out
 
     def fire_due(
         self, mark_ms: int | None, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         """Idleness and expiry checks due by ``mark_ms``, each at its own deadline."""
-        out: list[ClearanceOutcome] = []
+        out: list[LocationOutcome] = []
         if mark_ms is None:
             return out
         for deadline in clearance_deadlines(self.state, rules):
@@ -303,7 +315,7 @@ class LocationTriggers:
 
     def finish(
         self, end_ms: int | None, rules: RuleSet, stock: StockView
-    ) -> list[ClearanceOutcome]:
+    ) -> list[LocationOutcome]:
         """The end of a replay: every receipt has been read, so the changes still held are
         taken; then the timers due by the end of the input."""
         out = self._release(None, rules, stock)

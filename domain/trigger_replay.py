@@ -39,6 +39,7 @@ from domain.customer_key import (
 )
 from domain.customer_rules import CouponDecision, CustomerEvent, Offer
 from domain.profile import ProfileSettings
+from domain.redemption_review import RedemptionReviews, review_key, reviewed
 from domain.reference import ReferenceData
 from domain.rules import RuleSet
 from domain.stock_rules import ExpiryBatch, StockChange
@@ -133,6 +134,7 @@ class TriggerReplay:
         self.locations: dict[str, LocationTriggers] = {}
         self.audiences: dict[str, AudienceTriggers] = {}
         self.campaigns: dict[str, CampaignTriggers] = {}
+        self.reviews: dict[str, RedemptionReviews] = {}
         #: the latest event time read per input group (the end of the input, at the end)
         self.read_ms: dict[str, int] = {}
 
@@ -224,6 +226,8 @@ class TriggerReplay:
             )
         for campaign in self.campaigns.values():
             out += campaign.finish(rules, self.reference, self.stock)
+        for review in self.reviews.values():
+            out += review.finish(rules)
         return out
 
     def _from_location(self, outcomes: Sequence[object]) -> list[object]:
@@ -247,4 +251,8 @@ class TriggerReplay:
             key = campaign_key(decision, self.reference)
             if key is not None:
                 self.campaigns.setdefault(key, CampaignTriggers()).hold(decision)
+        if self.rules.of_kind("redemption_review"):
+            for item in outcomes:
+                if reviewed(item):
+                    self.reviews.setdefault(review_key(item), RedemptionReviews()).hold(item)  # type: ignore[arg-type]
         return list(outcomes)

@@ -58,6 +58,7 @@ from base import topics
 from base.config import Config, load_config
 from base.flow_names import RULE_TRIGGERS
 from base.metrics import (
+    COUPON_REDEMPTIONS,
     CUSTOMERS_BY_SEGMENT,
     PROCESSING_LAG,
     RULE_STATE_HANDOVERS,
@@ -83,7 +84,12 @@ from connectors.operators import (
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
 from connectors.trigger_inputs import DECODERS, Skipped
-from connectors.triggers import coupon_message, replenishment_message
+from connectors.triggers import (
+    coupon_message,
+    insight_message,
+    replenishment_id,
+    replenishment_message,
+)
 from domain.clearance_rules import ClearanceSignal, View
 from domain.customer_key import (
     ERASED,
@@ -97,6 +103,7 @@ from domain.customer_key import (
 from domain.customer_rules import (
     CouponConversion,
     CouponDecision,
+    CouponRedeemed,
     CouponSuppressed,
     CustomerEvent,
     Offer,
@@ -105,7 +112,15 @@ from domain.customer_rules import (
 from domain.events import Origin
 from domain.profile import ProfileSettings
 from domain.progress import END_OF_INPUT
+from domain.redemption_review import (
+    RedemptionInsight,
+    RedemptionReviews,
+    ReviewItem,
+    review_key,
+    reviewed,
+)
 from domain.reference import ReferenceData
+from domain.stock_arms import ShelfFigures
 from domain.stock_rules import ExpiryBatch, StockChange, StockDecision, StockTriggerSuppressed
 from domain.stock_view import StockView
 from domain.trigger_engine import (
@@ -447,6 +462,28 @@ class CampaignLogic(StatefulLogic[CouponDecision, Any, CampaignTriggers]):
         return copy.deepcopy(self.triggers)
 
 
+class ReviewLogic(StatefulLogic[ReviewItem, RedemptionInsight, RedemptionReviews]):
+    """One coupon rule × variant's redemption reviews (``domain.redemption_review``). Live,
+    each coupon and redemption is folded in as it comes; a replay holds them for the end,
+    as campaigns do, since the coupons of different customers come in no fixed order."""
+
+    def __init__(self, ctx: _Context, resume: RedemptionReviews | None) -> None:
+        self.ctx = ctx
+        self.reviews = resume if resume is not None else RedemptionReviews()
+
+    def on_item(self, value: ReviewItem) -> tuple[list[RedemptionInsight], bool]:
+        if self.ctx.replay:
+            self.reviews.hold(value)
+            return [], StatefulLogic.RETAIN
+        return self.reviews.add(value, self.ctx.rules.current()), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[RedemptionInsight], bool]:
+        return self.reviews.finish(self.ctx.rules.current()), StatefulLogic.RETAIN
+
+    def snapshot(self) -> RedemptionReviews:
+        return copy.deepcopy(self.reviews)
+
+
 #: the region's engine, the clocks of the view partitions
 AudienceSnapshot = tuple[AudienceTriggers, ClockMarks]
 
@@ -512,6 +549,8 @@ def _count_outcome(item: Any) -> None:
         TRIGGERS_SUPPRESSED.labels(item.rule_id, "default", item.reason).inc()
     elif isinstance(item, CouponConversion):
         TRIGGER_CONVERSIONS.labels(item.rule_id, item.variant, item.via).inc()
+    elif isinstance(item, CouponRedeemed):
+        COUPON_REDEMPTIONS.labels(item.rule_id, item.variant).inc()
 
 
 def build(
@@ -756,17 +795,48 @@ def build(
 
     op.output("coupon_codes", coupon_split.trues, BatchSink(open_code_writer))
 
+    # Redemption reviews: per coupon rule × variant, the share of each day's coupons that
+    # tills redeemed; only while a redemption_review rule is in force.
+    review_items = op.filter(
+        "review_items",
+        everything,
+        lambda x: reviewed(x) and bool(ctx.rules.current().of_kind("redemption_review")),
+    )
+    insights = op.map(
+        "insight_items",
+        op.stateful(
+            "redemption_reviews",
+            op.key_on("key_by_rule_variant", review_items, review_key),
+            lambda resume: ReviewLogic(ctx, resume),
+        ),
+        lambda kv: kv[1],
+    )
+    output(
+        "insight_triggers",
+        io,
+        topics.TRIGGERS_INSIGHTS,
+        op.map("encode_insights", insights, lambda i: insight_message(i, int(time.time() * 1000))),
+    )
+
     # Experiments: each arm's triggers and conversions, for `experiments report`.
     arm_items = op.filter(
         "experiment_items",
         everything,
-        lambda x: isinstance(x, CouponDecision | CouponConversion) and x.variant != "default",
+        lambda x: (
+            isinstance(x, ShelfFigures)
+            or (
+                isinstance(x, CouponDecision | CouponConversion | StockDecision)
+                and x.variant != "default"
+            )
+        ),
     )
 
     def open_experiment_writer() -> tuple[Any, Any]:
         store = open_experiments()
 
-        def write(batch: list[CouponDecision | CouponConversion]) -> None:
+        def write(
+            batch: list[CouponDecision | CouponConversion | ShelfFigures | StockDecision],
+        ) -> None:
             sent = [
                 (d.rule_id, d.variant, d.code, d.customer_id)
                 for d in batch
@@ -778,6 +848,14 @@ def build(
                 if isinstance(c, CouponConversion)
             ]
             store.record(sent, converted)
+            shelves = [x for x in batch if isinstance(x, ShelfFigures)]
+            moves = [
+                (d.rule_id, d.variant, replenishment_id(d), d.kind, d.suggested_qty)
+                for d in batch
+                if isinstance(d, StockDecision)
+            ]
+            if shelves or moves:
+                store.record_stock(shelves, moves)
 
         return write, store.close
 

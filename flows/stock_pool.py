@@ -171,6 +171,7 @@ def stock_changed_message(position: StockPosition, reference: ReferenceData) -> 
         "sold_24h": position.sold_24h,
         "days_of_cover": position.days_of_cover,
         "cause": position.cause,
+        "sold": position.sold,
     }
     value = cloud_event(
         event_type="omnistream.stock.changed",

@@ -41,9 +41,17 @@ from connectors.kafka_clients import read_topic
 from connectors.reference_files import load_reference
 from connectors.rules_file import load_rules
 from connectors.trigger_inputs import DECODERS, Skipped
-from connectors.triggers import coupon_data, coupon_id, replenishment_data, replenishment_id
+from connectors.triggers import (
+    coupon_data,
+    coupon_id,
+    insight_data,
+    insight_id,
+    replenishment_data,
+    replenishment_id,
+)
 from domain.customer_rules import CouponConversion, CouponDecision, CouponSuppressed
 from domain.events import MOVEMENT_EVENT_TYPES, Origin, Rejection
+from domain.redemption_review import RedemptionInsight
 from domain.reference import ReferenceData
 from domain.rules import RulesError, RuleSet
 from domain.stock_rules import StockChange, StockDecision, StockTriggerSuppressed
@@ -123,6 +131,11 @@ class Backtest:
                 tally.suppressed[(item.rule_id, "default", item.reason)] += 1
             elif isinstance(item, CouponConversion):
                 tally.conversions[(item.rule_id, item.variant)] += 1
+            elif isinstance(item, RedemptionInsight):
+                data = insight_data(item, item.event_time_ms)
+                tally.triggers.append(
+                    {"topic": topics.TRIGGERS_INSIGHTS, "id": insight_id(item), **data}
+                )
 
     def _coupon(self, decision: CouponDecision) -> None:
         rule = self.rules.by_id.get(decision.rule_id)

@@ -13,6 +13,7 @@ import orjson
 
 from base.config import Config
 from domain.experiments import ALPHA, MIN_OUTCOMES, ArmReport, as_json, report
+from domain.stock_arms import StockArmReport, stock_as_json, stock_report
 from state.experiment_store import RedisExperimentStore
 
 
@@ -60,15 +61,46 @@ def format_report(reports: list[ArmReport]) -> str:
     return "\n".join(lines)
 
 
+def format_stock_report(reports: list[StockArmReport]) -> str:
+    """The stock experiments' table: per rule × variant, what its shelves went through."""
+    lines: list[str] = []
+    rule: str | None = None
+    header = (
+        f"  {'variant':<16} {'shelves':>8} {'stockout h':>11} {'h/shelf':>8} {'sold':>8} "
+        f"{'sold/shelf':>10} {'transfers':>9} {'units':>7} {'replenish':>9}"
+    )
+    for r in reports:
+        if r.rule_id != rule:
+            rule = r.rule_id
+            lines += ([""] if lines else []) + [f"{rule} (stock)", header]
+        lines.append(
+            f"  {r.variant:<16} {r.shelves:>8,} {r.stockout_hours:>11,.1f} "
+            f"{r.stockout_hours_per_shelf:>8.2f} {r.units_sold:>8,} "
+            f"{r.units_sold_per_shelf:>10.2f} {r.transfers:>9,} {r.transfer_units:>7,} "
+            f"{r.replenishments:>9,}"
+        )
+    lines += [
+        "",
+        "Stock arms are drawn per sku × location. Stockout hours: event time with nothing "
+        "available to sell (one still open counts up to the rule's latest change); sold: "
+        "units the shelves' sales and shipments took.",
+    ]
+    return "\n".join(lines)
+
+
 def run_report(config: Config, as_json_output: bool, out: TextIO | None = None) -> int:
     store = RedisExperimentStore.from_config(config)
     try:
         reports = report(store.tallies())
+        stock = stock_report(store.stock_tallies())
     finally:
         store.close()
     stream = out if out is not None else sys.stdout
     if as_json_output:
-        stream.write(orjson.dumps(as_json(reports), option=orjson.OPT_INDENT_2).decode() + "\n")
+        document = {**as_json(reports), "stock_experiments": stock_as_json(stock)}
+        stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(format_report(reports), file=stream)
+        if stock:
+            print("\n" + format_stock_report(stock), file=stream)
     return 0

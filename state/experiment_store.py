@@ -22,6 +22,14 @@ backends keep the same semantics:
   nowhere, and the id is nowhere in Redis. It reads whole hashes, which is fine for the
   rare erasure; a hash holds one field pair per trigger of its arm.
 
+  Stock experiments (``domain.stock_arms``) have their own set,
+  ``<prefix>experiments:{experiments}:stock``, of hashes
+  ``<prefix>experiments:{experiments}:stock:<rule_id>:<variant>`` with fields
+  ``f:<sku>:<location>`` → ``stockout_ms|open_since_ms|sold|as_of_ms`` (a shelf's latest
+  absolute figures; ``open_since_ms`` empty when in stock) and ``m:<trigger id>`` →
+  ``kind|qty`` (a replenishment trigger of the arm). No customer is named there, so erasure
+  has nothing to do in them.
+
 - ``MemoryExperimentStore``: dicts, for the in-process tests.
 
 The tallies count customers, not triggers (``domain.experiments``): a customer sent two
@@ -42,6 +50,7 @@ from base.config import Config
 from base.flow_names import RULE_TRIGGERS
 from base.units import DAY_MS
 from domain.experiments import ArmTally
+from domain.stock_arms import ShelfFigures, StockArmTally
 from state.redis_io import connect, with_retries
 
 #: How long an arm's record outlives its latest trigger or conversion.
@@ -68,6 +77,39 @@ return removed
 Sent = tuple[str, str, str, str]
 #: (rule id, variant, code, revenue in cents) of a converted trigger
 Converted = tuple[str, str, str, int]
+#: (rule id, variant, trigger id, kind, suggested quantity) of a replenishment trigger
+Move = tuple[str, str, str, str, int]
+
+
+def shelf_fields(shelves: Iterable[ShelfFigures]) -> dict[tuple[str, str], dict[str, str]]:
+    """(rule, variant) → the fields a batch's shelf figures set (the latest per shelf)."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for shelf in shelves:
+        since = "" if shelf.out_since_ms is None else str(shelf.out_since_ms)
+        value = f"{shelf.stockout_ms}|{since}|{shelf.sold}|{shelf.as_of_ms}"
+        for arm in shelf.arms:
+            out.setdefault(arm, {})[f"f:{shelf.sku}:{shelf.location_id}"] = value
+    return out
+
+
+def move_fields(moves: Iterable[Move]) -> dict[tuple[str, str], dict[str, str]]:
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for rule_id, variant, trigger_id, kind, qty in moves:
+        out.setdefault((rule_id, variant), {})[f"m:{trigger_id}"] = f"{kind}|{qty}"
+    return out
+
+
+def stock_tally(rule_id: str, variant: str, fields: dict[str, str]) -> StockArmTally:
+    shelves = []
+    moves = []
+    for name, value in fields.items():
+        if name.startswith("f:"):
+            closed, since, sold, as_of = value.split("|")
+            shelves.append((int(closed), int(since) if since else None, int(sold), int(as_of)))
+        elif name.startswith("m:"):
+            kind, qty = value.split("|")
+            moves.append((kind, int(qty)))
+    return StockArmTally(rule_id, variant, tuple(shelves), tuple(moves))
 
 
 class ExperimentStore(Protocol):
@@ -81,6 +123,14 @@ class ExperimentStore(Protocol):
 
     def tallies(self) -> list[ArmTally]:
         """Every arm's tally, for the report."""
+        ...
+
+    def record_stock(self, shelves: list[ShelfFigures], moves: list[Move]) -> None:
+        """Remember a batch's shelf figures and replenishment triggers (idempotent)."""
+        ...
+
+    def stock_tallies(self) -> list[StockArmTally]:
+        """Every stock experiment arm's tally, for the report."""
         ...
 
     def close(self) -> None: ...
@@ -105,6 +155,7 @@ class RedisExperimentStore:
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client = client
         self.index = f"{key_prefix}experiments:{{experiments}}"
+        self.stock_index = f"{self.index}:stock"
         self._forget = client.register_script(_FORGET)
 
     @classmethod
@@ -134,6 +185,48 @@ class RedisExperimentStore:
 
         with_retries(RULE_TRIGGERS, write)
 
+    def record_stock(self, shelves: list[ShelfFigures], moves: list[Move]) -> None:
+        fields = shelf_fields(shelves)
+        for arm, mapping in move_fields(moves).items():
+            fields.setdefault(arm, {}).update(mapping)
+        if not fields:
+            return
+        keys = {arm: f"{self.stock_index}:{arm[0]}:{arm[1]}" for arm in fields}
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(self.stock_index, *keys.values())
+            pipe.pexpire(self.stock_index, RETENTION_DAYS * DAY_MS)
+            for arm, mapping in fields.items():
+                pipe.hset(keys[arm], mapping=mapping)  # type: ignore[arg-type]
+                pipe.pexpire(keys[arm], RETENTION_DAYS * DAY_MS)
+            pipe.execute()
+
+        with_retries(RULE_TRIGGERS, write)
+
+    def stock_tallies(self) -> list[StockArmTally]:
+        out = []
+        for key, fields in self._hashes(self.stock_index):
+            rule_id, _, variant = key[len(self.stock_index) + 1 :].rpartition(":")
+            out.append(stock_tally(rule_id, variant, fields))
+        return out
+
+    def _hashes(self, index: str) -> list[tuple[str, dict[str, str]]]:
+        """(key, fields) of every non-empty hash of an index set, in key order."""
+        out = []
+        for raw_key in sorted(self.client.smembers(index)):  # type: ignore[union-attr]
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            raw = self.client.hgetall(key)
+            fields = {
+                (k.decode() if isinstance(k, bytes) else k): (
+                    v.decode() if isinstance(v, bytes) else v
+                )
+                for k, v in raw.items()  # type: ignore[union-attr]
+            }
+            if fields:
+                out.append((key, fields))
+        return out
+
     def forget(self, customer_ids: Iterable[str]) -> None:
         for customer_id in customer_ids:
             with_retries(
@@ -143,18 +236,9 @@ class RedisExperimentStore:
 
     def tallies(self) -> list[ArmTally]:
         out = []
-        for raw_key in sorted(self.client.smembers(self.index)):  # type: ignore[union-attr]
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        for key, fields in self._hashes(self.index):
             rule_id, _, variant = key[len(self.index) + 1 :].rpartition(":")
-            raw = self.client.hgetall(key)
-            fields = {
-                (k.decode() if isinstance(k, bytes) else k): (
-                    v.decode() if isinstance(v, bytes) else v
-                )
-                for k, v in raw.items()  # type: ignore[union-attr]
-            }
-            if fields:
-                out.append(_tally(rule_id, variant, fields))
+            out.append(_tally(rule_id, variant, fields))
         return out
 
     def close(self) -> None:
@@ -166,6 +250,7 @@ class MemoryExperimentStore:
 
     def __init__(self) -> None:
         self.arms: dict[tuple[str, str], dict[str, str]] = {}
+        self.stock_arms: dict[tuple[str, str], dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def record(self, sent: list[Sent], converted: list[Converted]) -> None:
@@ -186,6 +271,16 @@ class MemoryExperimentStore:
     def tallies(self) -> list[ArmTally]:
         with self._lock:
             return [_tally(r, v, dict(f)) for (r, v), f in sorted(self.arms.items()) if f]
+
+    def record_stock(self, shelves: list[ShelfFigures], moves: list[Move]) -> None:
+        with self._lock:
+            for fields in (shelf_fields(shelves), move_fields(moves)):
+                for arm, mapping in fields.items():
+                    self.stock_arms.setdefault(arm, {}).update(mapping)
+
+    def stock_tallies(self) -> list[StockArmTally]:
+        with self._lock:
+            return [stock_tally(r, v, dict(f)) for (r, v), f in sorted(self.stock_arms.items())]
 
     def close(self) -> None:
         pass

@@ -41,7 +41,12 @@ from tests.inprocess import CustomerStores, MemoryIO, run
 
 PARTITIONS = 4
 EVENTS_PER_DAY = 12_000
-OUTPUTS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
+OUTPUTS = (
+    topics.TRIGGERS_COUPON,
+    topics.TRIGGERS_HOLDOUT,
+    topics.TRIGGERS_REPLENISHMENT,
+    topics.TRIGGERS_INSIGHTS,
+)
 RULES = """
 version: 1
 defaults: {frequency_cap_per_day: 3, conversion_window: 7d, max_audience: 40}
@@ -85,6 +90,10 @@ rules:
     kind: campaign_prep
     cooldown: 12h
     params: {triggers: 5, window: 1h}
+  - id: redemption-review       # generated shoppers redeem no rule's code: every full day
+    kind: redemption_review     # of a rule × variant is under the threshold
+    cooldown: 0s
+    params: {threshold: 0.3, window: 1d, min_sent: 3}
 """
 
 
@@ -220,7 +229,10 @@ def test_the_backtest_publishes_what_the_replay_publishes(
     assert (topics.TRIGGERS_COUPON, "expiring-fresh") in kinds  # the clearance offers
     for rule in ("browse-nearby", "cart-abandonment"):
         assert (topics.TRIGGERS_HOLDOUT, rule) in kinds, rule
-    replenishments = {(rule, kind) for topic, rule, kind in fired if kind is not None}
+    assert (topics.TRIGGERS_INSIGHTS, "cart-abandonment") in kinds  # the redemption review
+    replenishments = {
+        (rule, kind) for topic, rule, kind in fired if topic == topics.TRIGGERS_REPLENISHMENT
+    }
     for rule_kind in (
         ("low-stock", "transfer"),
         ("low-stock", "replenish"),

@@ -10,6 +10,7 @@ import pytest
 from domain.customer_rules import (
     CouponConversion,
     CouponDecision,
+    CouponRedeemed,
     CouponSuppressed,
     CustomerEvent,
     CustomerState,
@@ -292,7 +293,8 @@ def test_a_till_sale_with_the_coupon_code_is_a_redemption() -> None:
     sale = ev(2, "sale", T0 + HOUR, "SKU1", purchase=True, codes=("OTHER", decision.code))
     state, out = feed([sale], rules, state)
     assert out == [
-        CouponConversion("overstock", "default", "c1", decision.code, "redeemed", "e2", T0 + HOUR)
+        CouponRedeemed("overstock", "default", decision.code, T0, T0 + HOUR),
+        CouponConversion("overstock", "default", "c1", decision.code, "redeemed", "e2", T0 + HOUR),
     ]
 
 

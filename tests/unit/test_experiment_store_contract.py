@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from domain.experiments import ArmTally
+from domain.stock_arms import ShelfFigures
 from state.experiment_store import ExperimentStore, MemoryExperimentStore, RedisExperimentStore
 from tests.store_backends import BACKENDS, handles
 
@@ -101,3 +102,33 @@ def test_on_redis_the_erased_id_is_in_no_key(omni_config) -> None:  # type: igno
             assert b"c:OS9" not in client.hkeys(key)
         assert client.pttl(key) > 0  # every key expires by itself
     store.close()
+
+
+def shelf(
+    sku: str, location: str, arms: tuple[tuple[str, str], ...], *figures: int | None
+) -> ShelfFigures:
+    """A shelf's figures: stockout ms closed, open stockout's start, sold, as of."""
+    closed, since, sold, as_of = figures
+    assert closed is not None and sold is not None and as_of is not None
+    return ShelfFigures(sku, location, arms, closed, since, sold, as_of)
+
+
+def test_stock_arms_keep_each_shelfs_latest_figures_and_each_move_once(stores: Reopen) -> None:
+    writer, reader = stores(), stores()
+    both = (("low", "cover_14"), ("out", "control"))
+    first = [
+        shelf("SKU-1", "ST-1", both, 0, 1_000, 3, 1_000),
+        shelf("SKU-1", "ST-1", both, 500, None, 5, 1_500),  # later figures of the same shelf
+        shelf("SKU-2", "ST-1", (("low", "control"),), 0, None, 1, 900),
+    ]
+    moves = [("low", "cover_14", "t1", "transfer", 12), ("low", "control", "t2", "replenish", 4)]
+    writer.record_stock(first, moves)
+    writer.record_stock(first[1:], moves)  # a batch replayed after a crash
+    arms = {(t.rule_id, t.variant): t for t in reader.stock_tallies()}
+    assert set(arms) == {("low", "cover_14"), ("low", "control"), ("out", "control")}
+    assert arms[("low", "cover_14")].shelves == ((500, None, 5, 1_500),)
+    assert arms[("low", "cover_14")].moves == (("transfer", 12),)
+    assert arms[("out", "control")].shelves == ((500, None, 5, 1_500),)
+    assert arms[("low", "control")].shelves == ((0, None, 1, 900),)
+    assert arms[("low", "control")].moves == (("replenish", 4),)
+    assert by_arm(reader) == {}  # customer arms are apart

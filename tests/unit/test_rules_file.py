@@ -161,6 +161,28 @@ def rule(**over: object) -> dict:
             "key `experiment.variants.a.params.teleport`: unknown key",
         ),
         ([], "top level: key `rules`: expected a non-empty list of rules"),
+        (
+            [rule(id="review", kind="redemption_review", coupon=None, params={"threshold": 1.5})],
+            "rule `review` (#1): key `params.threshold`: expected a share in [0, 1], got 1.5",
+        ),
+        (
+            [rule(id="review", kind="redemption_review", coupon=None, params={"window": "8d"})],
+            "rule `review`: key `params.window`: expected at most defaults.conversion_window "
+            "(7d): a redemption is seen only while the coupon's conversion window is open, "
+            "got '8d'",
+        ),
+        (
+            [
+                rule(
+                    id="review",
+                    kind="redemption_review",
+                    coupon=None,
+                    params={},
+                    experiment={"salt": "s", "variants": {"a": 1}},
+                )
+            ],
+            "key `experiment`: expected no experiment on a redemption_review rule",
+        ),
     ],
 )
 def test_problems_name_the_rule_the_key_and_the_expectation(rules: list, message: str) -> None:
