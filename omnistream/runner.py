@@ -171,7 +171,10 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
     # reported at once (exit 2), and a build that failed for want of the broker (stock_pool
     # lists its partitions) is reported as the one line of the check that explains it.
     reachable = preflight.start(config, kafka=True, redis=True)
-    module = importlib.import_module(FLOWS[name])
+    # Imported off the main thread too: a stop signal's KeyboardInterrupt raised while the
+    # main thread imports can land in importlib's module-lock callback, which ignores it.
+    module = _off_the_main_thread(lambda: importlib.import_module(FLOWS[name]))
+    _stop_if_requested()
     try:
         flow = _off_the_main_thread(lambda: module.build(config, until_idle=until_idle))
     except (ConfigError, ReferenceDataError, RulesError):
@@ -180,6 +183,7 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
         reachable.result()
         raise
     reachable.result()
+    _stop_if_requested()
     quiet_worker_panics()  # before serve_metrics enables the dataflow API
     cache_dir = serve_metrics(config)
     recovery = prepare_recovery(
@@ -197,6 +201,7 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
         config.metrics.port,
     )
     tune_garbage_collector()
+    _stop_if_requested()
     try:
         run_dataflow(
             flow,
@@ -206,6 +211,17 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
         )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _stop_if_requested() -> None:
+    """Raise ``StopRequested`` if the stop signal's handler ran and its KeyboardInterrupt
+    was lost (raised inside a callback that ignores exceptions, such as importlib's
+    module-lock one: seen once, a SIGINT left the flow starting until the watchdog ended it
+    with exit 1). The handler's own flag, not ``stop_requested()``: the watcher thread sets
+    that one as soon as the signal arrives, before the handler has run, and raising then
+    would leave the handler to raise KeyboardInterrupt again outside the runner."""
+    if StopSignals.handled:
+        raise StopRequested
 
 
 def _off_the_main_thread(build: Callable[[], T]) -> T:
@@ -361,9 +377,13 @@ class StopSignals:
             self._watcher.join(timeout=5)
         os.close(self._read_fd)
 
+    #: the Python-level handler has run (``_stop_if_requested``)
+    handled = False
+
     @staticmethod
     def _on_signal(signum: int, frame: object) -> None:
         request_stop()
+        StopSignals.handled = True
         raise KeyboardInterrupt
 
     def _watch(self) -> None:
