@@ -135,6 +135,8 @@ class TriggerReplay:
         self.audiences: dict[str, AudienceTriggers] = {}
         self.campaigns: dict[str, CampaignTriggers] = {}
         self.reviews: dict[str, RedemptionReviews] = {}
+        #: customers waiting for a merged id's state (``_collect`` looks at these only)
+        self.waiting: set[str] = set()
         #: the latest event time read per input group (the end of the input, at the end)
         self.read_ms: dict[str, int] = {}
 
@@ -177,12 +179,19 @@ class TriggerReplay:
         away leaves its state for its survivor, who takes it as soon as it waits for it."""
         key = self.customers.setdefault(customer_id, CustomerKey())
         out = key.take(item, self.rules, self.stock, self.profile_settings, replay=True)
+        handed_over = False
         for handed in [o for o in out if isinstance(o, HandOver)]:
             self.handovers[(handed.survivor, handed.merged)] = handed.payload
+            handed_over = True
+        if key.waiting:
+            self.waiting.add(customer_id)
         if key.gone:
             del self.customers[customer_id]
         out = [o for o in out if not isinstance(o, HandOver)]
-        return self._from_customer(out + self._collect())
+        # Only a handover lets a waiting survivor go on; without one there is nothing to
+        # collect (looking at every customer on every record made a replay quadratic).
+        collected = self._collect() if handed_over or customer_id in self.waiting else []
+        return self._from_customer(out + collected)
 
     def _collect(self) -> list[object]:
         """Survivors take the states they wait for that have been handed over."""
@@ -190,7 +199,11 @@ class TriggerReplay:
         progress = True
         while progress:
             progress = False
-            for customer_id, key in list(self.customers.items()):
+            for customer_id in sorted(self.waiting):
+                key = self.customers.get(customer_id)
+                if key is None or not key.waiting:
+                    self.waiting.discard(customer_id)
+                    continue
                 while key.waiting and (customer_id, key.waiting[0]) in self.handovers:
                     payload = self.handovers[(customer_id, key.waiting[0])]
                     taken = key.absorb(
