@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from connectors.generator.response import (
+    DEFAULT_BASE_RATE,
+    DEMO_UPLIFT,
+    ResponseModel,
+    parse_uplift,
+)
+
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -40,6 +47,26 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "everything running until Ctrl-C (to open a store console, look at /metrics or query "
         "Redis)",
     )
+    parser.add_argument(
+        "--uplift",
+        type=_uplift,
+        default=dict(DEMO_UPLIFT),
+        metavar="VARIANT=UPLIFT,…",
+        help="true uplift of each experiment variant over its control: the generated shoppers "
+        f"sent a coupon buy with {DEFAULT_BASE_RATE:g} + this probability, held-out ones with "
+        f"{DEFAULT_BASE_RATE:g} (default "
+        + ",".join(f"{k}={v:g}" for k, v in DEMO_UPLIFT.items())
+        + ")",
+    )
+
+
+def _uplift(text: str) -> dict[str, float]:
+    try:
+        uplift = parse_uplift(text)
+        ResponseModel(base_rate=DEFAULT_BASE_RATE, uplift=uplift)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return uplift
 
 
 FLOW_ORDER = ("stock_pool", "identity_stitch", "rule_triggers", "attribution")

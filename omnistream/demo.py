@@ -18,9 +18,11 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -30,8 +32,10 @@ import redis
 from base import topics
 from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
+from connectors.generator.response import ResponseModel
 from connectors.reference_files import load_reference
 from omnistream.attribution_report import report
+from omnistream.demo_shoppers import Shoppers
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.experiments_report import run_report
 from omnistream.processes import (
@@ -421,6 +425,46 @@ def _start_flows(
     return flows
 
 
+#: Rounds of answering the triggers of the stream's end (an answer may lead to a trigger).
+RESPONSE_ROUNDS = 4
+
+
+class _Pump:
+    """Produces the shoppers' purchases every half second while the stream is produced."""
+
+    def __init__(self, shoppers: Shoppers) -> None:
+        self.shoppers = shoppers
+        self.produced: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-purchases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.produced += self.shoppers.produce_due()
+
+    def stop(self) -> Counter[str]:
+        """Stop, and the messages produced per input topic."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self.produced
+
+
+def _print_response(shoppers: Shoppers) -> None:
+    model = shoppers.model
+    truth = ", ".join(f"{v} {u:+.0%}" for v, u in model.uplift.items())
+    made = sum(n for k, n in shoppers.outcome.items() if k != "no_identifier")
+    print(
+        f"shoppers answering {len(shoppers.answered):,} triggers: {made:,} purchases "
+        f"(control buys with {model.base_rate:.0%}; true uplift: {truth}; "
+        f"{model.redeem_share:.0%} of coupon buyers redeem the code at a till)"
+    )
+    if shoppers.outcome["no_identifier"]:
+        print(f"  {shoppers.outcome['no_identifier']:,} purchases skipped: no identifier known")
+
+
 def run_demo(config: Config, args: argparse.Namespace) -> int:
     reference = load_reference(config)
     if not config.pii.key:
@@ -453,18 +497,30 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
             watch = TriggerWatch(demo_config)
             watch.start()
+            response = ResponseModel(uplift=args.uplift, seed=args.seed)
+            shoppers = Shoppers(demo_config, reference=reference, model=response)
+            shoppers.start()
+            pump = _Pump(shoppers)
+            pump.start()
             stats = produce(
                 demo_config,
                 watch.stamp(model.events(args.events)),
                 rate=args.rate or None,
                 progress=True,
             )
-            produced = dict(stats.produced)
-            _wait_until_consumed(flows, produced, timeout_s=300)
-            time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
+            produced = Counter(stats.produced) + pump.stop()
+            for _ in range(RESPONSE_ROUNDS):
+                _wait_until_consumed(flows, dict(produced), timeout_s=300)
+                time.sleep(1.5)  # let the last epoch flush its Redis and Kafka writes
+                answers = shoppers.produce_due()  # to the triggers of the stream's end
+                if not answers:
+                    break
+                produced += answers
+            shoppers.stop()
             watch.stop()
             _print_summary(flows, produced, time.monotonic() - started, watch, service, demo_config)
             print("\n== Experiments (omnistream experiments report) ==")
+            _print_response(shoppers)
             run_report(demo_config, as_json_output=False)
             print("\n== Attribution (omnistream attribution report) ==")
             report(demo_config)
