@@ -272,8 +272,13 @@ def _admit(
 ) -> Outcome:
     """Consent and stock, then cooldown and cap, then the experiment draw; records the
     firing (holdouts too, so a control customer is not drawn again and again during the
-    cooldown). A coupon held back for consent or stock records nothing: once the customer
-    consents again or the shelf is refilled, the next occasion may fire."""
+    cooldown). A holdout also counts toward the day's frequency cap, as the coupon it
+    stands for would: otherwise a held-out customer could be sent one more of the other
+    rules' coupons that day than a customer sent this one, and the latest of those would
+    take the purchases the control is there to measure (a purchase converts the latest
+    trigger), biasing every variant's uplift upwards. A coupon held back for consent or
+    stock records nothing: once the customer consents again or the shelf is refilled, the
+    next occasion may fire."""
     if not state.marketing:
         return CouponSuppressed(rule.rule_id, "no_consent")
     sku, store = fields.get("sku"), fields.get("store_id")
@@ -294,7 +299,7 @@ def _admit(
     variant = draw_variant(rule.experiment, customer_id, rule.rule_id)
     if reason is not None:
         return CouponSuppressed(rule.rule_id, reason, variant)
-    state.ledger.record(rule.rule_id, ts_ms, coupon=variant != CONTROL)
+    state.ledger.record(rule.rule_id, ts_ms, coupon=True)
     return CouponDecision(rule.rule_id, customer_id, variant, event_time_ms=ts_ms, **fields)
 
 

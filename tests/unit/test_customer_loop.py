@@ -445,6 +445,22 @@ def test_an_offer_counts_against_the_cap_of_event_coupons() -> None:
     ]
 
 
+def test_a_holdout_counts_against_the_cap_as_the_coupon_it_stands_for() -> None:
+    """Both arms must meet the same other coupons afterwards: a held-out customer sent one
+    more of them would see its purchases taken by that later trigger."""
+    experiment = {"salt": "cap-arms", "control_share": 0.5, "variants": {"a": 1}}
+    rules = ruleset({**OVERSTOCK, "experiment": experiment}, CART, cap=1)
+    for want_control in (True, False):
+        customer = control_customer(rule_of(rules, "overstock"), want_control)
+        state, out = on_offer(None, offer(T0, customer), rules)
+        (first,) = decisions(out)
+        assert first.holdout is want_control
+        state, _ = feed([ev(1, "add_to_cart", T0 + MIN, "SKU1", customer=customer)], rules, state)
+        assert on_time(state, customer, T0 + 31 * MIN, rules) == [
+            CouponSuppressed("cart", "cap", "default")
+        ], want_control
+
+
 def test_an_offer_for_an_unknown_or_disabled_rule_is_dropped() -> None:
     rules = ruleset(CART, {**OVERSTOCK, "enabled": False})
     state, out = on_offer(None, offer(T0), rules)
