@@ -43,8 +43,8 @@ What it does with each message, and why:
   messages are in its store's partition (key ``store_id``), in the flow's order, and a
   decision's in its order's (key ``order_id``), so the last one read is the flow's last
   word, as in ``omni:tasks:<store_id>``.
-- **Triggers and credits are acted on once per id**: here they are counted, and credited
-  revenue is kept per conversion. triggers.replenishment carries rule_triggers' triggers
+- **Triggers, insights and credits are acted on once per id**: here they are counted, and
+  credited revenue is kept per conversion. triggers.replenishment carries rule_triggers' triggers
   and stock_pool's transfers for pickup exceptions (source ``omnistream/stock_pool``,
   ``rule_id`` ``pickup_exception``, with the ``order_id`` they are for): one topic, one
   handling. A stock change, a sourcing decision and a task change are counted once per id
@@ -79,7 +79,7 @@ STOCK_CHANGES = "stock.changes"
 ORDERS_SOURCED = "orders.sourced"
 STORE_TASKS = "store.tasks"
 ATTRIBUTION_CREDITS = "attribution.credits"
-TRIGGERS = ("triggers.coupon", "triggers.holdout", "triggers.replenishment")
+TRIGGERS = ("triggers.coupon", "triggers.holdout", "triggers.replenishment", "triggers.insights")
 TOPICS = (
     IDENTITY_CHANGES,
     STOCK_CHANGES,

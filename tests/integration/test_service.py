@@ -167,12 +167,15 @@ def served(config: Config, directory: Path, name: str = "serve") -> Iterator[Ser
     try:
         yield Service(config, load_reference(config), url, run)
     finally:
+        stopping = time.monotonic()
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGTERM)
-        code, took = run.wait(20)
+        code, _ = run.wait(20)  # None: still running after 20 s, then killed
+        stopped_s = time.monotonic() - stopping
     output = run.output()
     assert code == 0, output
-    assert took < 60
+    # How long the stop took, not how long the service ran (a long test is no failure).
+    assert stopped_s < 20, output
     assert not [noise for noise in NOISE if noise in output], output
 
 

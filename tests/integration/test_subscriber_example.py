@@ -46,7 +46,9 @@ from base.topics import (
     STORE_TASKS,
     TRIGGERS_REPLENISHMENT,
 )
+from base.units import DAY_MS
 from connectors.generator import TrafficModel, produce
+from connectors.generator.traffic import DEFAULT_START_MS
 from connectors.kafka_clients import ensure_topics, make_producer
 from connectors.reference_files import load_reference
 from omnistream.embedded import EmbeddedStack
@@ -63,6 +65,7 @@ TYPES = {
     "triggers.coupon": "omnistream.trigger.coupon",
     "triggers.holdout": "omnistream.trigger.holdout",
     "triggers.replenishment": "omnistream.trigger.replenishment",
+    "triggers.insights": "omnistream.trigger.insight",
     "attribution.credits": "omnistream.attribution.credit",
     "stock.changes": "omnistream.stock.changed",
     "orders.sourced": "omnistream.order.sourced",
@@ -162,6 +165,8 @@ def live(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Live
     for rule in rules["rules"]:
         if "experiment" in rule:
             rule["experiment"]["control_share"] = 0.8
+        if rule["kind"] == "redemption_review":  # judge a day's coupons the next day
+            rule["params"] |= {"window": "1d", "min_sent": 3}
     rules_path = tmp / "rules.yaml"
     rules_path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     config = config.with_overrides(rules={"file": str(rules_path)})
@@ -169,7 +174,12 @@ def live(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Live
     config_path = tmp / "omnistream.yaml"
     dump_config(config, config_path)
     model = TrafficModel(load_reference(config), seed=43, customers=800, bad_ratio=0.02)
-    events = list(model.events(8000))
+    # Two days on, more of the same shoppers: their coupons make the first day's redemption
+    # review due (nobody generated redeems a rule's code: every reviewed day is under 30 %).
+    later = TrafficModel(
+        load_reference(config), seed=44, customers=800, start_ms=DEFAULT_START_MS + 2 * DAY_MS
+    )
+    events = [*model.events(8000), *later.events(3000)]
     # The clickstream first, the tills and warehouses later, as input arrives over time: the
     # second runs (fresh flow state) recompute with older movements that were not there in
     # the first, and republish some ids with other figures (see the stock test).
