@@ -76,6 +76,15 @@ class Shoppers(TopicFollower):
     #: what became of the purchases: by topic produced to, or why not
     outcome: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: opened by the first ``produce_due``, kept for the next ones, closed by ``stop``
+    _client: Any = None
+    _producer: Any = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def received(self, topic: str, arrived_ms: int, document: dict[str, Any]) -> None:
         seen = trigger_seen(document)
@@ -95,15 +104,15 @@ class Shoppers(TopicFollower):
             due, self.due = self.due, []
         if not due:
             return Counter()
-        client = connect(self.config)
-        try:
-            pipe = client.pipeline(transaction=False)
-            for purchase in due:
-                pipe.hget(f"{self.config.redis.key_prefix}cust:{purchase.customer_id}", "ids")
-            found = pipe.execute()
-        finally:
-            client.close()
-        producer = make_producer(self.config)
+        if self._client is None:
+            self._client = connect(self.config)
+            self._producer = make_producer(self.config)
+        client, producer = self._client, self._producer
+        assert producer is not None
+        pipe = client.pipeline(transaction=False)
+        for purchase in due:
+            pipe.hget(f"{self.config.redis.key_prefix}cust:{purchase.customer_id}", "ids")
+        found = pipe.execute()
         produced: Counter[str] = Counter()
         for purchase, raw in zip(due, found, strict=True):
             message = self.purchase_event(purchase, _identifiers(raw))
