@@ -8,7 +8,10 @@ resolved to A: it fires what was due by then, packs its rule state and profile i
 ``HandOver`` for the flow to leave in the handover store, and is gone. B's key gets
 ``absorbed`` before B's first event after the merge: it waits, holding everything that
 comes, until the flow finds A's state (``absorb``); then it combines both
-(``customer_rules.absorb``, ``profile.merge``) and takes what it held, in order. Whatever
+(``customer_rules.absorb``, ``profile.merge``) and takes what it held, in order. A second
+merge's ``absorbed`` that comes while B waits is held in its place too: B takes the items
+before it with A's state only, then waits again, so when the handovers arrive never changes
+what is decided. Whatever
 order the partitions are read in, B decides nothing after the merge without A's history:
 one coupon under the survivor, caps counting both ids' coupons. Chains follow: when B is
 merged into C, B's state already holds A's.
@@ -187,10 +190,10 @@ class CustomerKey:
         if self.gone:
             return []  # a duplicate after the key's end: nothing more is sent to it
         if self.waiting:
-            if isinstance(item, IdentityNotice) and item.kind == ABSORBED and item.other:
-                self.waiting.append(item.other)
-            else:
-                self.held.append(item)
+            # Another merge's notice is held in its place like any item: what came before
+            # it is decided with the states merged so far, not with the later one's (which
+            # may hold purchases read early but made after those items).
+            self.held.append(item)
             return []
         if isinstance(item, IdentityNotice):
             self.triggers.customer_id = self.triggers.customer_id or item.customer_id

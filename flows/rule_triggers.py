@@ -278,7 +278,9 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
     def _collect(self) -> list[Any]:
         """The merged customers' states the key waits for that have arrived."""
         ctx, out = self.ctx, []
-        for merged in list(self.key.waiting):
+        # Taking what was held may meet the next merge's notice: wait on for that one.
+        while self.key.waiting and not self.key.gone:
+            merged = self.key.waiting[0]
             payload = ctx.handovers().take(self.key.customer_id, merged)
             if payload is None:
                 break  # taken in the order of the notices
