@@ -54,7 +54,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT=UPLIFT,…",
         help="true uplift of each experiment variant over its control: the generated shoppers "
         f"sent a coupon buy with {DEFAULT_BASE_RATE:g} + this probability, held-out ones with "
-        f"{DEFAULT_BASE_RATE:g}; a variant not named has none (default "
+        f"{DEFAULT_BASE_RATE:g} (default "
         + ",".join(f"{k}={v:g}" for k, v in DEMO_UPLIFT.items())
         + ")",
     )

@@ -175,6 +175,25 @@ REPURCHASE_HISTORY_SHARE = 0.02
 #: A history purchase is dated so that its lapse or reminder comes due this many minutes
 #: around ``start_ms`` (the stream opens at 09:00: due times stay out of quiet hours).
 HISTORY_DUE_MINUTES = (-60.0, 90.0)
+#: Share of shoppers who gave the chain a mobile number (a loyalty card needs one in most
+#: programmes; an e-receipt or delivery asks for it too).
+PHONE_SHARE = 0.92
+#: Share of walk-in till sales by a regular of the store's region (the others: passers-by
+#: nobody knows, whose purchases no touch can be credited for).
+REGULAR_SHARE = 0.95
+#: Share of a regular's till sales on which the loyalty card is scanned.
+CARD_SHARE = 0.9
+#: Share of a regular's till sales on which the till records the shopper's phone (the card's
+#: registered number, an e-receipt, points): what joins the shop floor to the shopper's
+#: online identity (the phone they gave online too).
+TILL_PHONE_SHARE = 0.95
+#: Share of a known shopper's walk-in store visits that follow a campaign message opened on their
+#: phone (a push or an SMS, whose link carries the number it was sent to) minutes before,
+#: ``NUDGE_MINUTES``: attribution credits a purchase with the touches since the customer's
+#: previous purchase, so a regular who buys twice in the stream needs a touch before each,
+#: and most purchases follow a touch, as they do where marketing works.
+NUDGE_SHARE = 0.85
+NUDGE_MINUTES = (2.0, 20.0)
 
 # --- the simulated world ------------------------------------------------------------------------
 
@@ -398,7 +417,7 @@ def customer_base(reference: ReferenceData, count: int) -> list[Customer]:
     for number in range(1, count + 1):
         region = rng.choices(regions, weights=region_weights)[0]
         phone = None
-        if rng.random() < 0.75:
+        if rng.random() < PHONE_SHARE:
             while True:
                 candidate = rng.choice(_MOBILE_PREFIXES) + f"{rng.randrange(10**8):08d}"
                 if candidate not in phones:
@@ -846,7 +865,7 @@ class Simulation:
     def _store_shopper(self, store: Location) -> Customer | None:
         """A regular of the store's region (60%) or a passer-by nobody knows."""
         regulars = self.customers_by_region.get(store.region)
-        if regulars and self.rng.random() < 0.6:
+        if regulars and self.rng.random() < REGULAR_SHARE:
             return self.rng.choice(regulars)
         return None
 
@@ -863,19 +882,26 @@ class Simulation:
             lines[sku] = Line(sku, qty, self.unit_cents[sku])
         return list(lines.values())
 
+    def _till_phone(self, customer: Customer | None) -> str | None:
+        """The phone a till records for a known shopper (``TILL_PHONE_SHARE``), as typed."""
+        if customer is None or customer.phone is None or self.rng.random() >= TILL_PHONE_SHARE:
+            return None
+        return format_phone(self.rng, customer.phone)
+
     def _walk_in_sale(self) -> Activity:
         """A shopper pays at the till: sometimes with a loyalty card, a phone, a coupon."""
         store = self.busy_store(self.rng)
         shopper = self._store_shopper(store)
+        if shopper is not None and self.rng.random() < NUDGE_SHARE:
+            yield from self._nudge(shopper)
         lines = self._fill_basket(store.location_id, BASKET_SIZES(self.rng))
         if not lines:
             return
         member_code = phone = coupons = None
         if shopper is not None:
-            if shopper.member_code is not None and self.rng.random() < 0.8:
+            if shopper.member_code is not None and self.rng.random() < CARD_SHARE:
                 member_code = shopper.member_code
-            if shopper.phone is not None and self.rng.random() < 0.12:
-                phone = format_phone(self.rng, shopper.phone)
+            phone = self._till_phone(shopper)
         if self.rng.random() < 0.06:
             code = "".join(self.rng.choices(string.ascii_uppercase + string.digits, k=6))
             coupons = [f"C-{self.rng.choice(COUPON_CAMPAIGNS)}-{code}"]
@@ -958,7 +984,9 @@ class Simulation:
                 lines.append(Line(sku, 1, self.unit_cents[sku]))
                 basket.add(sku)
         if lines:
-            yield from self._ring_up(store_id, lines, customer.member_code)
+            yield from self._ring_up(
+                store_id, lines, customer.member_code, self._till_phone(customer)
+            )
 
     def _passing_checkin(self) -> Activity:
         """A member walks into a store without having shopped online first."""
@@ -1067,6 +1095,17 @@ class Simulation:
                     lines.append(Line(line.sku, qty, line.unit_cents))
             if lines:
                 self._at(sale.ts_ms, self._history_sale(sale, lines))
+
+    def _nudge(self, customer: Customer) -> Activity:
+        """A campaign message opened on the shopper's phone, and the way to the store."""
+        source, medium, name, _ = self.rng.choice(CAMPAIGNS["app"])
+        campaign = {"source": source, "medium": medium, "campaign": name}
+        visit = _Visit(customer.devices[0], "app", customer, customer.region, campaign, "")
+        visit.user_id = customer.user_id
+        phone = format_phone(self.rng, customer.phone) if customer.phone is not None else None
+        page = f"/promo/{name}"
+        yield self._click(visit, "page_view", page=page, campaign=campaign, phone=phone)
+        yield self._minutes(*NUDGE_MINUTES)
 
     def _early_opening_stock(self, store_id: str, sku: str, qty: int) -> Activity:
         yield self._receipt(store_id, sku, qty, reason="opening stock")
@@ -1379,6 +1418,7 @@ class Simulation:
             self._new_receipt_id(store_id),
             order.lines,
             member_code=customer.member_code if customer else None,
+            phone=self._till_phone(customer),
             order_id=order.order_id,
         )
         for line in order.lines:

@@ -76,8 +76,10 @@ def assert_gone(pids: set[int]) -> None:
 
 
 def test_demo_runs_to_a_summary_and_cleans_up() -> None:
-    # The default 20,000 events (enough customers in each arm for a verdict).
-    demo = start_demo("--rate", "0", "--bad-ratio", "0.02")
+    # The default 20,000 events, at a rate the flows keep up with: live attribution credits a
+    # purchase with the touches read before it, and a flood read out of order would credit
+    # fewer (see the README).
+    demo = start_demo("--rate", "1000", "--bad-ratio", "0.02")
     children = watch_children(demo, want=6, timeout_s=60)  # broker, redis, four flows
     output, _ = demo.communicate(timeout=300)
     assert demo.returncode == 0, output[-3000:]
@@ -106,7 +108,10 @@ def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     cart = experiments.split("\ncart-abandonment\n", 1)[1].split("\n\n", 1)[0]
     (amount_15,) = [line for line in cart.splitlines() if line.startswith("  amount_15 ")]
     assert amount_15.endswith("  significant"), cart
-    assert "== Attribution" in output and "markov" in output and "direct" in output
+    assert "== Attribution" in output and "markov" in output
+    # Most purchases follow a touch: direct is a minority of the revenue.
+    direct = re.search(r"\n  direct +[\d,.]+ +([\d.]+)%", output.split("== Attribution", 1)[1])
+    assert direct is not None and float(direct[1]) < 50, output.split("== Attribution", 1)[1]
     assert len(children) >= 4
     assert_gone(children)
 

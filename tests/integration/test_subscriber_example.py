@@ -173,11 +173,11 @@ def live(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Live
     ensure_topics(config, list(ALL_TOPICS))
     config_path = tmp / "omnistream.yaml"
     dump_config(config, config_path)
-    model = TrafficModel(load_reference(config), seed=43, customers=800, bad_ratio=0.02)
+    model = TrafficModel(load_reference(config), seed=50, customers=800, bad_ratio=0.02)
     # Two days on, more of the same shoppers: their coupons make the first day's redemption
     # review due (nobody generated redeems a rule's code: every reviewed day is under 30 %).
     later = TrafficModel(
-        load_reference(config), seed=44, customers=800, start_ms=DEFAULT_START_MS + 2 * DAY_MS
+        load_reference(config), seed=51, customers=800, start_ms=DEFAULT_START_MS + 2 * DAY_MS
     )
     events = [*model.events(8000), *later.events(3000)]
     # The clickstream first, the tills and warehouses later, as input arrives over time: the

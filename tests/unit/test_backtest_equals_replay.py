@@ -40,7 +40,7 @@ from state.memory_stock import MemoryStockStore
 from tests.inprocess import CustomerStores, MemoryIO, run
 
 PARTITIONS = 4
-EVENTS_PER_DAY = 12_000
+EVENTS_PER_DAY = 14_000
 OUTPUTS = (
     topics.TRIGGERS_COUPON,
     topics.TRIGGERS_HOLDOUT,

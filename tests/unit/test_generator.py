@@ -327,7 +327,7 @@ def test_order_follow_ups_refer_to_earlier_orders(good: list, book: StockBook) -
     assert max(shipped.values()) == 1  # one shipment per line
     counts = Counter(outcome.values())
     assert counts["cancelled"] and counts["shipped"] and counts["picked up"]
-    assert len(placed) > 300
+    assert len(placed) > 250  # of 20,000 events, about one in seven a campaign message
 
 
 def test_transfers_come_in_pairs(good: list) -> None:
@@ -454,7 +454,7 @@ def test_most_delivery_orders_leave_the_location_to_sourcing(sourced_day: tuple)
     _, book = sourced_day
     deliveries = [p for p in book.placed.values() if p["fulfillment"]["type"] == "delivery"]
     unsourced = [p for p in deliveries if "location_id" not in p["fulfillment"]]
-    assert len(deliveries) > 250
+    assert len(deliveries) > 220
     assert 0.6 < len(unsourced) / len(deliveries) < 0.8  # the default share, 0.7
     addressed = [p for p in unsourced if "lat" in p["fulfillment"]]
     region_only = [p for p in unsourced if set(p["fulfillment"]) == {"type", "region"}]
