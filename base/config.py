@@ -164,6 +164,20 @@ class FlowConfig:
     #: before it reports one unreachable: a compose stack comes up in any order, so a
     #: dependency a few seconds late is waited for rather than reported.
     startup_wait_seconds: float = 10.0
+    #: Every process of the flow's Bytewax cluster as ``HOST:PORT``, comma-separated: the
+    #: same list, in the same order, for every process (``run --addresses``). Empty: the
+    #: flow is one process. Each process runs ``workers`` worker threads.
+    addresses: str = ""
+    #: This process's position in ``addresses`` (``run --process-id``), 0 without them.
+    process_id: int = 0
+    #: How long a process of a cluster waits at start for the others to connect before it
+    #: reports the missing ones: they may start in any order, and minutes apart on a
+    #: cluster that is pulling images, but a process never waits forever.
+    cluster_wait_seconds: float = 60.0
+
+    def cluster(self) -> tuple[str, ...]:
+        """The addresses of the cluster's processes (validated at load); () for one process."""
+        return parse_addresses(self.addresses)
 
 
 @dataclass(frozen=True)
@@ -238,12 +252,50 @@ class Config:
         """The full topic name of a CONTRACT topic (``stock.changes`` → ``acme.stock.changes``)."""
         return f"{self.kafka.topic_prefix}{name}"
 
-    def with_overrides(self, **sections: Mapping[str, Any]) -> Config:
-        """A copy with some keys replaced, validated like the file (used by demo and tests)."""
+    def with_overrides(
+        self, origins: Mapping[str, str] | None = None, **sections: Mapping[str, Any]
+    ) -> Config:
+        """A copy with some keys replaced, validated like the file (used by demo and tests).
+
+        ``origins`` names where a replaced key came from (``{"flow.process_id": "option
+        --process-id"}``) for the messages of the checks across keys; else the file."""
         raw = {name: dataclasses.asdict(getattr(self, name)) for name in _section_names()}
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)
-        return _build(raw, self.source, env={})
+        return _build(raw, self.source, env={}, origins=origins)
+
+
+def parse_addresses(text: str) -> tuple[str, ...]:
+    """``"h1:7001,h2:7001"`` → ``("h1:7001", "h2:7001")``; ``ValueError`` saying what is
+    wrong. A host is a name, an IPv4 address or a bracketed IPv6 one (``[::1]:7001``), as
+    Bytewax's cluster transport (Rust's socket addresses) takes them."""
+    if not text.strip():
+        return ()
+    found: list[str] = []
+    for entry in (part.strip() for part in text.split(",")):
+        host, sep, port = entry.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+        if (
+            not sep
+            or not host
+            or any(c.isspace() for c in entry)
+            or (":" in host and not bracketed)
+            or not port.isdigit()
+            or not 0 < int(port) < 65536
+        ):
+            raise ValueError(f"expected HOST:PORT with a port 1..65535, got {entry!r}")
+        if entry in found:
+            raise ValueError(f"expected one address per process, got {entry!r} twice")
+        found.append(entry)
+    return tuple(found)
+
+
+def metrics_port_offsets(addresses: tuple[str, ...]) -> list[int]:
+    """Per process of a cluster, what its /metrics port adds to ``metrics.port``: how many
+    processes before it name the same host. Processes on hosts (containers, pods) of their
+    own all serve on ``metrics.port``; two on one host do not collide."""
+    hosts = [address.rpartition(":")[0] for address in addresses]
+    return [hosts[:n].count(host) for n, host in enumerate(hosts)]
 
 
 def _section_names() -> list[str]:
@@ -297,8 +349,15 @@ def _coerce(value: Any, tp: Any, where: str, key: str, from_env: bool) -> Any:
     raise ConfigError(f"{where}: key `{key}`: expected {_expected(tp)}, got {value!r}")
 
 
-def _build(raw: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Config:
+def _build(
+    raw: Mapping[str, Any],
+    source: str,
+    env: Mapping[str, str],
+    origins: Mapping[str, str] | None = None,
+) -> Config:
     sections: dict[str, Any] = {}
+    #: dotted key → where its value came from, when not from ``source``
+    where: dict[str, str] = dict(origins or {})
     section_types = _section_types()
     for name in raw:
         if name not in section_types:
@@ -317,6 +376,9 @@ def _build(raw: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
                     f"{source}: key `{name}.{key}`: unknown key "
                     f"(expected one of {', '.join(sorted(known_keys))})"
                 )
+            if f"{name}.{key}" == "flow.addresses" and isinstance(value, list):
+                # A YAML list of the processes reads better than one long string.
+                value = ",".join(str(v) for v in value)
             kwargs[key] = _coerce(value, hints[key], source, f"{name}.{key}", from_env=False)
         for key in known_keys:
             variable = f"OMNI_{name.upper()}_{key.upper()}"
@@ -326,10 +388,53 @@ def _build(raw: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
                     kwargs[key] = _coerce(
                         env[var], hints[key], f"environment {var}", f"{name}.{key}", from_env=True
                     )
+                    where[f"{name}.{key}"] = f"environment {var}"
         sections[name] = section_type(**kwargs)
     config = Config(**sections, source=source)
     _check_ranges(config)
+    _check_cluster(config, where)
     return config
+
+
+def _check_cluster(config: Config, where: Mapping[str, str]) -> None:
+    """The cluster's addresses parse, and this process's id is one of them.
+
+    Every process is given the same addresses and its own id, often each from a different
+    place (addresses in the file, the id from the environment of a pod), so a message names
+    where each value came from and both ways of setting it."""
+    flow = config.flow
+
+    def origin(key: str) -> str:
+        return where.get(key, config.source)
+
+    try:
+        addresses = parse_addresses(flow.addresses)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{origin('flow.addresses')}: key `flow.addresses` (OMNI_FLOW_ADDRESSES, "
+            f"--addresses): {exc} (every process of the cluster, comma-separated)"
+        ) from None
+    if not addresses and flow.process_id != 0:
+        raise ConfigError(
+            f"{origin('flow.process_id')}: key `flow.process_id` (OMNI_FLOW_PROCESS_ID, "
+            f"--process-id): expected 0 for a flow run as one process, got "
+            f"{flow.process_id!r}; a process of a cluster also needs every process's address "
+            "in `flow.addresses` (OMNI_FLOW_ADDRESSES, --addresses)"
+        )
+    if addresses and not 0 <= flow.process_id < len(addresses):
+        raise ConfigError(
+            f"{origin('flow.process_id')}: key `flow.process_id` (OMNI_FLOW_PROCESS_ID, "
+            f"--process-id): expected 0..{len(addresses) - 1}, this process's position in "
+            f"`flow.addresses` ({len(addresses)} given, from {origin('flow.addresses')}), "
+            f"got {flow.process_id!r}"
+        )
+    offsets = metrics_port_offsets(addresses)
+    if config.metrics.port + max(offsets, default=0) > 65535:
+        raise ConfigError(
+            f"{origin('metrics.port')}: key `metrics.port`: expected a port that leaves room "
+            f"for one per process on a host (the processes of `flow.addresses` on one host "
+            f"serve on metrics.port, metrics.port + 1 …), got {config.metrics.port!r}"
+        )
 
 
 def _check_ranges(config: Config) -> None:
@@ -351,6 +456,7 @@ def _check_ranges(config: Config) -> None:
         "flow.epoch_seconds": config.flow.epoch_seconds,
         "flow.alignment_seconds": config.flow.alignment_seconds,
         "flow.startup_wait_seconds": config.flow.startup_wait_seconds,
+        "flow.cluster_wait_seconds": config.flow.cluster_wait_seconds,
         "fulfilment.pickup_prep_minutes": config.fulfilment.pickup_prep_minutes,
         "fulfilment.task_retention_hours": config.fulfilment.task_retention_hours,
         "service.console_poll_seconds": config.service.console_poll_seconds,

@@ -35,8 +35,37 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from omnistream.runner import run_flow
 
-    run_flow(config, args.flow, until_idle=args.until_idle)
+    run_flow(_with_cluster_options(config, args), args.flow, until_idle=args.until_idle)
     return EXIT_OK
+
+
+def _with_cluster_options(config: Config, args: argparse.Namespace) -> Config:
+    """``--process-id``/``--addresses`` over ``flow.process_id``/``flow.addresses``, checked
+    together with the rest of the configuration (an id out of the addresses' range is a
+    configuration error naming both)."""
+    flow: dict[str, object] = {}
+    origins: dict[str, str] = {}
+    if args.process_id is not None:
+        flow["process_id"], origins["flow.process_id"] = args.process_id, "option --process-id"
+    if args.addresses is not None:
+        flow["addresses"], origins["flow.addresses"] = args.addresses, "option --addresses"
+    return config.with_overrides(origins, flow=flow) if flow else config
+
+
+def _process_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a process id 0, 1, 2 …, got {text!r}")
+    return int(text)
+
+
+def _addresses(text: str) -> str:
+    from base.config import parse_addresses
+
+    try:
+        parse_addresses(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (every process, comma-separated)") from None
+    return text
 
 
 def _needs(config: Config, *, kafka: bool = False, redis: bool = False) -> None:
@@ -176,16 +205,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run one flow against the configured broker and Redis",
+        help="run one flow (or one process of its cluster) on the configured broker and Redis",
         description="Run one flow until stopped (Ctrl-C / SIGTERM), or with --until-idle until "
-        "every partition of its input topics is drained. Metrics are served on "
-        "http://HOST:<metrics.port>/metrics.",
+        "every partition of its input topics is drained, with flow.workers worker threads. "
+        "Metrics are served on http://HOST:<metrics.port>/metrics. With --addresses the "
+        "process is one of a Bytewax cluster: start one process per address, each with the "
+        "same addresses and its own --process-id; they wait up to flow.cluster_wait_seconds "
+        "for each other. Each process serves its own metrics, on metrics.port plus the "
+        "number of processes before it in --addresses with the same host (processes on "
+        "hosts of their own all use metrics.port; 127.0.0.1:7001,127.0.0.1:7002 serve on "
+        "metrics.port and metrics.port + 1), and process N keeps its recovery snapshots in "
+        "<recovery.dir>/process-N. A cluster cannot go on without one "
+        "of its processes: when one ends, the others end too (exit 1, or 0 for a process "
+        "stopped by signal); start them all again and they resume from their snapshots.",
     )
     run.add_argument("flow", choices=sorted(FLOW_ORDER), help="the flow to run")
     run.add_argument(
         "--until-idle",
         action="store_true",
         help="stop (exit 0) once all input partitions are read to their end",
+    )
+    run.add_argument(
+        "--process-id",
+        type=_process_id,
+        metavar="N",
+        help="this process's position in --addresses, from 0 (default: flow.process_id, "
+        "$OMNI_FLOW_PROCESS_ID, 0)",
+    )
+    run.add_argument(
+        "--addresses",
+        type=_addresses,
+        metavar="HOST:PORT,…",
+        help="every process of the flow's cluster, the same list for each "
+        "(default: flow.addresses, $OMNI_FLOW_ADDRESSES; none: one process)",
     )
     _add_config_argument(run)
     run.set_defaults(handler=_cmd_run)

@@ -1,8 +1,8 @@
 """Flow processes started by the demo, the tests and the benchmark, and reading their metrics.
 
 A flow always runs as its own ``omnistream run <flow>`` process, exactly as an operator runs
-it; these helpers start one with a given configuration file, stop it cleanly, and read its
-``/metrics`` endpoint.
+it; these helpers start one (or every process of a flow's cluster) with a given
+configuration file, stop it cleanly, and read its ``/metrics`` endpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from omnistream.embedded import die_with_parent
+from omnistream.embedded import LOOPBACK, die_with_parent
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -33,11 +34,16 @@ def start_flow(
     until_idle: bool = False,
     log: IO[bytes] | None = None,
     extra_env: dict[str, str] | None = None,
+    process_id: int | None = None,
+    addresses: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``omnistream run <name>`` as a child that dies with this process."""
+    """Start ``omnistream run <name>`` as a child that dies with this process; with
+    ``addresses``, as process ``process_id`` of that cluster."""
     command = [sys.executable, "-m", "omnistream.cli", "run", name, "--config", str(config_path)]
     if until_idle:
         command.append("--until-idle")
+    if addresses:
+        command += ["--addresses", ",".join(addresses), "--process-id", str(process_id or 0)]
     env = {**os.environ, **(extra_env or {})}
     env.pop("OMNI_CONFIG", None)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -48,6 +54,53 @@ def start_flow(
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
+
+
+def start_cluster(
+    name: str,
+    config_path: Path,
+    addresses: tuple[str, ...],
+    *,
+    until_idle: bool = False,
+    logs: list[IO[bytes]] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """Every process of ``name``'s cluster on ``addresses`` (process N logs to ``logs[N]``);
+    process N serves its metrics on the configured port + N."""
+    return [
+        start_flow(
+            name,
+            config_path,
+            until_idle=until_idle,
+            log=logs[n] if logs else None,
+            process_id=n,
+            addresses=addresses,
+        )
+        for n in range(len(addresses))
+    ]
+
+
+def free_port_block(count: int, host: str = LOOPBACK, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports free right now on ``host`` (a cluster's
+    metrics ports are the configured one + process id)."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65536:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:

@@ -1,7 +1,9 @@
 """Running one flow in this process: Bytewax execution, metrics endpoint, recovery.
 
 This is what ``omnistream run <flow>`` does; the demo, the tests and the benchmark start it
-as a subprocess so every flow runs exactly as operators run it.
+as a subprocess so every flow runs exactly as operators run it. With ``flow.addresses`` the
+process is one of a Bytewax cluster (``omnistream.cluster``: its recovery partitions, its
+metrics port, the watch over the other processes).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ from domain.reference import ReferenceDataError
 from domain.rules import RulesError
 from omnistream import preflight
 from omnistream.cli_args import FLOW_ORDER
+from omnistream.cluster import (
+    ClusterShape,
+    ClusterWatch,
+    check_own_address,
+    check_recovery_layout,
+    lost_peer,
+)
 from omnistream.preflight import REDIS_SETTING, Unreachable
 from state.redis_io import RedisGaveUp, describe
 
@@ -52,57 +61,72 @@ FLOWS: dict[str, str] = {name: f"flows.{name}" for name in FLOW_ORDER}
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})  # noqa: S104
 
 
-def serve_metrics(config: Config) -> str:
-    """Start the flow's one /metrics endpoint; returns a scratch directory to remove after.
+def serve_metrics(config: Config, port: int | None = None) -> str:
+    """Start the flow's one /metrics endpoint (on ``port``, by default ``metrics.port``);
+    returns a scratch directory to remove after.
 
     On all interfaces, Bytewax's dataflow API server serves it (its per-step metrics plus
     prometheus_client's default registry; it always listens on 0.0.0.0, and the variables
     are read when the flow starts). On one address — loopback by default — prometheus_client
     serves the default registry (Omnistream's and the process metrics) there instead.
     """
+    port = config.metrics.port if port is None else port
     cache_dir = tempfile.mkdtemp(prefix="omnistream-flow-")
     if config.metrics.host in ALL_INTERFACES:
         os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "true"
-        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(config.metrics.port)
+        os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
         # The API server also caches the dataflow's JSON picture; keep it out of the cwd.
         os.environ.setdefault("BYTEWAX_DATAFLOW_API_CACHE_PATH", cache_dir)
     else:
         os.environ.pop("BYTEWAX_DATAFLOW_API_ENABLED", None)
         try:
-            start_http_server(config.metrics.port, addr=config.metrics.host)
+            start_http_server(port, addr=config.metrics.host)
         except OSError as exc:
             # Like Bytewax's own server: a taken port costs the metrics (Prometheus then
             # reports the flow down), not the flow.
             log.error(
                 "metrics not served: cannot listen on %s:%d (%s)",
                 config.metrics.host,
-                config.metrics.port,
+                port,
                 exc.strerror,
             )
     return cache_dir
 
 
-def prepare_recovery(directory: str, partitions: int, backup: timedelta) -> RecoveryConfig | None:
+def prepare_recovery(
+    directory: str, partitions: int, backup: timedelta, *, keep: range | None = None
+) -> RecoveryConfig | None:
     """Create the recovery partitions on first use; later starts resume from them.
 
-    They are created in a scratch directory inside ``directory`` and moved in with
-    ``part-0`` last, so a process killed while creating them leaves either no ``part-0``
-    (the next start creates them again) or all of them: Bytewax opens every ``*.sqlite3``
-    there, and a half-made one stopped every later start ("No recovery partitions found").
+    ``partitions`` is how many the whole flow has; this process keeps those of ``keep``
+    (all by default; one process's share in a cluster, ``omnistream.cluster``). Bytewax
+    makes every partition at once, each knowing its index and the count, so the others are
+    made and dropped.
+
+    They are created in a scratch directory inside ``directory`` and moved in with the first
+    one kept last, so a process killed while creating them leaves either no first one (the
+    next start creates them again) or all of them: Bytewax opens every ``*.sqlite3`` there,
+    and a half-made one stopped every later start ("No recovery partitions found").
     """
     if not directory:
         return None
+    keep = range(partitions) if keep is None else keep
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / "part-0.sqlite3").exists():
+    first = f"part-{keep[0]}.sqlite3"
+    if not (path / first).exists():
         for leftover in path.glob(".init-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".init-", dir=path))
         init_db_dir(staging, partitions)
-        parts = sorted(staging.glob("part-*.sqlite3"), key=lambda p: p.name == "part-0.sqlite3")
+        kept = {f"part-{index}.sqlite3" for index in keep}
+        parts = sorted(
+            (p for p in staging.glob("part-*.sqlite3") if p.name in kept),
+            key=lambda p: p.name == first,
+        )
         for part in parts:
             os.replace(part, path / part.name)
-        staging.rmdir()
+        shutil.rmtree(staging)
     return RecoveryConfig(str(path), backup_interval=backup)
 
 
@@ -159,6 +183,9 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
                 return
             gave_up = _cause(exc, RedisGaveUp)
             if gave_up is None:
+                lost = lost_peer(exc, ClusterShape.of(config))
+                if lost is not None:
+                    raise lost from None
                 raise
             raise Unreachable(
                 f"{gave_up}; Redis at {describe(config.redis.url)} ({REDIS_SETTING}); "
@@ -167,6 +194,10 @@ def run_flow(config: Config, name: str, *, until_idle: bool) -> None:
 
 
 def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None:
+    shape = ClusterShape.of(config)
+    check_recovery_layout(config, shape)
+    if shape.several:
+        check_own_address(shape)
     # Reachability is checked while the dataflow is built: a bad rules or reference file is
     # reported at once (exit 2), and a build that failed for want of the broker (stock_pool
     # lists its partitions) is reported as the one line of the check that explains it.
@@ -185,32 +216,52 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
     reachable.result()
     _stop_if_requested()
     quiet_worker_panics()  # before serve_metrics enables the dataflow API
-    cache_dir = serve_metrics(config)
+    metrics_port = shape.metrics_port(config.metrics.port)
+    cache_dir = serve_metrics(config, metrics_port)
+    partitions, keep = shape.recovery_parts()
+    recovery_dir = shape.recovery_dir(config.recovery.dir)
     recovery = prepare_recovery(
-        config.recovery.dir,
-        max(1, config.flow.workers),
+        recovery_dir,
+        partitions,
         timedelta(seconds=config.recovery.backup_seconds),
+        keep=keep,
     )
     epoch_s = config.recovery.snapshot_seconds if recovery else config.flow.epoch_seconds
     log.info(
-        "running %s (workers=%d, recovery=%s, metrics on %s:%d/metrics)",
+        "running %s as %s (workers=%d, recovery=%s, metrics on %s:%d/metrics)",
         name,
-        config.flow.workers,
-        config.recovery.dir or "off",
+        shape.describe(),
+        shape.workers,
+        recovery_dir or "off",
         config.metrics.host or "*",
-        config.metrics.port,
+        metrics_port,
     )
     tune_garbage_collector()
     _stop_if_requested()
-    try:
-        run_dataflow(
-            flow,
-            workers=max(1, config.flow.workers),
-            epoch_interval=timedelta(seconds=epoch_s),
-            recovery=recovery,
-        )
-    finally:
+
+    def remove_scratch() -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+    try:
+        if not shape.several:
+            run_dataflow(
+                flow,
+                workers=shape.workers,
+                epoch_interval=timedelta(seconds=epoch_s),
+                recovery=recovery,
+            )
+            return
+        wait_s = config.flow.cluster_wait_seconds
+        with ClusterWatch(name, shape, wait_s, STOP_GRACE_S, cleanup=remove_scratch):
+            run_dataflow(
+                flow,
+                workers=shape.workers,
+                epoch_interval=timedelta(seconds=epoch_s),
+                recovery=recovery,
+                cluster=shape,
+            )
+    finally:
+        remove_scratch()
 
 
 def _stop_if_requested() -> None:
@@ -256,6 +307,7 @@ def run_dataflow(
     workers: int,
     epoch_interval: timedelta,
     recovery: RecoveryConfig | None,
+    cluster: ClusterShape | None = None,
 ) -> None:
     """Bytewax's ``cli_main``, with the errors that end a dataflow (a stop's
     ``KeyboardInterrupt`` among them) raised here once, as Python errors, and nothing of
@@ -269,15 +321,19 @@ def run_dataflow(
     ``quiet_worker_panics`` installs that hook once; it prints through ``sys.excepthook``,
     silenced here while the error is on its way back to this function. (Running one worker the
     cluster way instead would avoid the panic, but its main thread takes the GIL every
-    millisecond to look for signals: 25-40 % more CPU in a Python-heavy dataflow.)
+    millisecond to look for signals: 25-40 % more CPU in a Python-heavy dataflow. A process
+    of a ``cluster`` of several runs that way whatever its workers.)
     """
     quiet_worker_panics()
     previous = sys.excepthook
     sys.excepthook = _reported_by_cli_main
+    several = cluster is not None and cluster.several
     try:
         cli_main(
             flow,
             workers_per_process=workers,
+            process_id=cluster.process_id if several and cluster else None,
+            addresses=list(cluster.addresses) if several and cluster else None,
             epoch_interval=epoch_interval,
             recovery_config=recovery,
         )
