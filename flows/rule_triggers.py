@@ -33,6 +33,12 @@ releases everything. (A receipt is read when its Kafka batch is; the stock chang
 caused come on another topic, which a replay may read months of event time ahead: one batch
 of a partition close to its end does not hold the others back.)
 
+What a replay holds for the end fires against the latest event time read of its input by the
+whole flow. The processes of a Bytewax cluster share no memory, so the ``read_marks`` step
+folds every batch's marks (one key per input) and puts them in a store at the end of the
+input (``state.read_marks``); the stateful steps that need them take them from their input
+too, so their own end comes after it, whichever process read what.
+
 Everything a replay holds for the end must be in the snapshots, or a run killed after the
 last snapshot before the end loses it on resume (issue 14): each key's snapshot carries the
 clock marks of its input group (``ClockMarks``: the clocks are outside Bytewax's state), and
@@ -77,7 +83,6 @@ from connectors.operators import (
     dead_letters,
     decode,
     output,
-    per_batch,
     read,
     rejections,
 )
@@ -141,6 +146,7 @@ from state.experiment_store import ExperimentStore, RedisExperimentStore
 from state.handover_store import HandoverStore, RedisHandoverStore
 from state.interfaces import StockReader, StoreFactory, TaskStore, TaskWrite
 from state.profile_store import ProfileStore, RedisProfileStore
+from state.read_marks import ReadMarkStore, RedisReadMarkStore
 from state.stock_store import StockStore
 from state.stock_view import PoolStockView
 
@@ -173,6 +179,7 @@ class _Context:
         stock_store: StoreFactory[StockReader],
         coupon_store: StoreFactory[CouponStore],
         handover_store: StoreFactory[HandoverStore],
+        read_mark_store: StoreFactory[ReadMarkStore] | None = None,
     ) -> None:
         self.config = config
         self.reference = reference
@@ -192,6 +199,8 @@ class _Context:
         self.open_coupons = coupon_store
         #: opens the handover store (a worker's keys, the sink of each worker)
         self.open_handovers = handover_store
+        #: opens the store of the whole flow's read marks (None: this process's reads)
+        self.open_read_marks = read_mark_store
         self.profile_settings = ProfileSettings.from_config(config.profile)
         #: the locations that ship online (where a coupon without a store sends a customer)
         self.shipping = sorted(loc.location_id for loc in reference.locations.values() if loc.ships)
@@ -218,10 +227,27 @@ class _Context:
         return self._local.handovers  # type: ignore[no-any-return]
 
     def end_of_input(self, group: str) -> int | None:
-        """The latest event time read of ``group``: by any worker of this process, or by
-        this worker's own keys (another process's reads, after a resume)."""
+        """The latest event time read of ``group`` by the whole flow: by any process (the
+        ``read_marks`` step stored them before any key's end of input), by any worker of
+        this process, or by this worker's own keys (another process's reads, after a
+        resume)."""
         read, own = self.read.latest(group), self.clock(group).latest()
-        return max((m for m in (read, own) if m is not None), default=None)
+        everywhere = self._read_everywhere().get(group)
+        return max((m for m in (read, own, everywhere) if m is not None), default=None)
+
+    def _read_everywhere(self) -> dict[str, int]:
+        """The stored read marks, asked once per worker (they are complete by the first
+        key's end of input and do not change after)."""
+        if not hasattr(self._local, "read_everywhere"):
+            marks: dict[str, int] = {}
+            if self.open_read_marks is not None:
+                store = self.open_read_marks()
+                try:
+                    marks = store.get()
+                finally:
+                    store.close()
+            self._local.read_everywhere = marks
+        return self._local.read_everywhere  # type: ignore[no-any-return]
 
     def marks(self, group: str) -> ClockMarks:
         return ClockMarks(self.clock(group).marks(group), self.read.latest(group))
@@ -229,6 +255,35 @@ class _Context:
     def restore(self, group: str, marks: ClockMarks) -> None:
         self.clock(group).restore(marks.streams)
         self.read.note(group, marks.read)
+
+
+class ReadMarkLogic(StatefulLogic[tuple[str, int], Any, tuple[str, int]]):
+    """One input group's latest event time read by the whole flow in a replay (items and
+    snapshot: ``(group, epoch ms)``), put in the read-mark store at the end of the input
+    (see the module docstring). A resumed replay's end counts what was read before."""
+
+    def __init__(self, ctx: _Context, resume: tuple[str, int] | None) -> None:
+        self.ctx = ctx
+        self.latest = resume
+
+    def on_item(self, value: tuple[str, int]) -> tuple[list[Any], bool]:
+        if self.latest is None or value[1] > self.latest[1]:
+            self.latest = value
+        return [], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        open_store = self.ctx.open_read_marks
+        if self.ctx.replay and self.latest is not None and open_store is not None:
+            store = open_store()
+            try:
+                store.put(dict([self.latest]))
+            finally:
+                store.close()
+        return [], StatefulLogic.RETAIN
+
+    def snapshot(self) -> tuple[str, int]:
+        assert self.latest is not None  # Bytewax snapshots keys that had an item
+        return self.latest
 
 
 #: the customer's key, its partition of ``events.resolved``, the clocks
@@ -567,6 +622,7 @@ def build(
     profile_store: StoreFactory[ProfileStore] | None = None,
     task_store: StoreFactory[TaskStore] | None = None,
     experiment_store: StoreFactory[ExperimentStore] | None = None,
+    read_mark_store: StoreFactory[ReadMarkStore] | None = None,
 ) -> Dataflow:
     """The rule_triggers dataflow; refuses to build on an invalid rules file.
 
@@ -596,6 +652,11 @@ def build(
             if handover_store is not None
             else functools.partial(RedisHandoverStore.from_config, config)
         ),
+        read_mark_store=(
+            read_mark_store
+            if read_mark_store is not None
+            else functools.partial(RedisReadMarkStore.from_config, config, RULE_TRIGGERS)
+        ),
     )
     open_tasks: StoreFactory[TaskStore] = (
         task_store
@@ -619,11 +680,12 @@ def build(
             return movement_seen(raw, origin) or record
         return record
 
-    def usable(batch: Decoded[Any]) -> list[Any]:
+    def usable(batch: Decoded[Any]) -> tuple[list[Any], list[tuple[str, int]]]:
         """Once per Kafka batch: count what the rules skip, find the customers of anonymous
         coupon redemptions (one lookup), note how far the batch read each input, and in a
         replay tell the locations waiting for the receipts this batch read (after its
-        records, on their path)."""
+        records, on their path). Returns the records and, in a replay, the read marks for
+        the ``read_marks`` step."""
         kept = []
         anonymous = False
         movements_seen = 0
@@ -653,9 +715,11 @@ def build(
                 stock_ms = item.ts_ms
         ctx.read.note(RESOLVED, resolved_ms)
         ctx.read.note(STOCK, stock_ms)
-        if ctx.replay:
-            kept += receipts_read_marks(batch)
-        return kept
+        if not ctx.replay:
+            return kept, []
+        kept += receipts_read_marks(batch)
+        latest = ((RESOLVED, resolved_ms), (STOCK, stock_ms))
+        return kept, [(group, ms) for group, ms in latest if ms is not None]
 
     def receipts_read_marks(batch: Decoded[Any]) -> list[ReceiptsRead]:
         marks = []
@@ -692,7 +756,19 @@ def build(
     batches = decode(
         "decode", read("inputs", flow, io, INPUTS), config, RULE_TRIGGERS, INPUTS, decoder
     )
-    inputs = per_batch("usable_inputs", batches, usable)
+    usable_batches = op.map("usable_inputs", batches, usable)
+    inputs = op.flat_map("usable_records", usable_batches, lambda pair: pair[0])
+    # A replay's read marks of the whole flow (the module docstring); its end comes before
+    # that of the steps merging its (empty) output into their input.
+    read_marks = op.stateful(
+        "read_marks",
+        op.key_on(
+            "key_read_marks",
+            op.flat_map("batch_read_marks", usable_batches, lambda pair: pair[1]),
+            lambda mark: mark[0],
+        ),
+        lambda resume: ReadMarkLogic(ctx, resume),
+    )
     split = op.branch(
         "customer_or_stock", inputs, lambda x: isinstance(x, CustomerEvent | IdentityNotice)
     )
@@ -702,7 +778,11 @@ def build(
     # Stock side: per sku × location.
     sku_out = op.stateful(
         "skus",
-        op.key_on("key_by_sku_location", stock_events, location_key),
+        op.merge(
+            "sku_inputs",
+            op.key_on("key_by_sku_location", stock_events, location_key),
+            read_marks,
+        ),
         lambda resume: LocationLogic(ctx, resume),
     )
     sku_items = op.map("sku_items", sku_out, lambda kv: kv[1])
@@ -736,6 +816,7 @@ def build(
         "customer_inputs",
         op.key_on("key_by_customer", customer_events, lambda e: e.customer_id),
         op.key_on("key_offers", offers, lambda o: o.customer_id),
+        read_marks,
     )
     customer_out = op.stateful("customers", customer_in, lambda resume: CustomerLogic(ctx, resume))
     # Profiles (the batch's latest per customer is written) and erasures go to their own

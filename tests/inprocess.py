@@ -153,17 +153,20 @@ class CustomerStores:
     profiles: Any = None
     tasks: Any = None
     experiments: Any = None
+    read_marks: Any = None
 
     def __post_init__(self) -> None:
         from state.experiment_store import MemoryExperimentStore
         from state.handover_store import MemoryHandoverStore
         from state.memory_stock import MemoryStockStore
         from state.profile_store import MemoryProfileStore
+        from state.read_marks import MemoryReadMarkStore
 
         self.handovers = MemoryHandoverStore()
         self.profiles = MemoryProfileStore()
         self.tasks = MemoryStockStore(self.reference)
         self.experiments = MemoryExperimentStore()
+        self.read_marks = MemoryReadMarkStore()
 
     def build_args(self) -> dict[str, Any]:
         return {
@@ -171,4 +174,5 @@ class CustomerStores:
             "profile_store": lambda: self.profiles,
             "task_store": lambda: self.tasks,
             "experiment_store": lambda: self.experiments,
+            "read_mark_store": lambda: self.read_marks,
         }
