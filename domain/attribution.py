@@ -264,9 +264,11 @@ class ConvertedPath:
 @dataclass(frozen=True, slots=True)
 class AbandonedPath:
     """Touches that aged out of the lookback without a conversion (a non-converting path
-    for the Markov chain)."""
+    for the Markov chain), given up at ``ts_ms``: the time of the touch that came more than
+    the lookback after them (where a replay puts it among the conversions)."""
 
     channels: tuple[str, ...]
+    ts_ms: int = 0
 
 
 def add_touches(
@@ -281,7 +283,7 @@ def add_touches(
             continue
         if state.touches and touch.ts_ms - state.touches[-1].ts_ms > params.lookback_ms:
             # The old touches can no longer lead to a conversion: a path that did not convert.
-            out.append(AbandonedPath(tuple(t.channel for t in state.touches)))
+            out.append(AbandonedPath(tuple(t.channel for t in state.touches), touch.ts_ms))
             state.touches = []
         state.touches.append(touch)
         state.touches.sort(key=lambda t: (t.ts_ms, t.event_id))

@@ -11,7 +11,8 @@ The flow (``flows.attribution``) runs these as its steps, keyed as follows:
 - ``route`` per customer id an item arrived with (the ids a customer was ever known by);
 - ``CustomerPath`` per customer that owns the path: touches, purchases (each conversion id
   credited once);
-- ``credit`` on one key: the heuristic models per path, the Markov chain over all paths;
+- ``credit`` on one key: the heuristic models per path, the Markov chain over all paths
+  (a replay's outcomes all at its end, ``in_event_time_order``);
 - ``accumulate`` on one key: absolute totals per model × channel.
 
 How everything A had reaches C after A → B → C, without a loop in the dataflow:
@@ -621,6 +622,25 @@ class CustomerPath:
 
 
 # --- crediting ---------------------------------------------------------------------------------
+
+
+def in_event_time_order(outcomes: Sequence[PathOutcome]) -> list[PathOutcome]:
+    """A replay's outcomes in the order ``credit`` takes them: by event time, a path given
+    up before what converts at the same time, then by conversion id (and customer, event).
+
+    The Markov weights in force at a conversion depend on every path credited before it,
+    and the paths of a replay all give their outcomes at the end of the input, from every
+    worker (and process) in no fixed order: in this order a replay credits alike however
+    the flow is spread, as live traffic, which arrives in about this order, is credited.
+    """
+
+    def key(outcome: PathOutcome) -> tuple[int, int, tuple[str, ...]]:
+        if isinstance(outcome, AbandonedPath):
+            return outcome.ts_ms, 0, outcome.channels
+        ids = (outcome.conversion_id, outcome.customer_id or "", outcome.event_id)
+        return outcome.ts_ms, 1, ids
+
+    return sorted(outcomes, key=key)
 
 
 def credit(

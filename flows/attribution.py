@@ -17,7 +17,10 @@ decoders in ``connectors.attribution_io``.
         the end of the input
       → paths, keyed by the customer that owns the path: touches, purchases (each id once);
         in a replay the whole group of ids, replayed in event-time order at the end
-      → credit, one key: heuristic models per path, the Markov chain over all paths
+      → credit, one key: heuristic models per path, the Markov chain over all paths; in a
+        replay the paths' outcomes, which come at the end from every worker in no fixed
+        order, are credited then, in event-time order (so any number of workers and
+        processes credits alike)
       → attribution.credits; totals per model × channel → the store and gauges
 
 No step is fed back into itself and no side store is needed: the merges step tells every id
@@ -27,14 +30,16 @@ Step ids are part of the recovery snapshots: keep them stable (``inputs``, ``mer
 ``router``, ``paths``, ``credit``, ``totals`` hold state). The router became a
 ``StatefulLogic`` (it sends what it held at the end of a replay) under the step ids
 ``op.stateful_map`` gave it (``router.stateful_flat_map.stateful``), and its state is still
-a ``RouterState`` (older snapshots load, ``RouterState.__setstate__``).
+a ``RouterState`` (older snapshots load, ``RouterState.__setstate__``). The credit step
+became one the same way (``credit.stateful_flat_map.stateful``); its snapshots of before, a
+``MarkovState`` alone, load as that state with nothing held.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, operator
@@ -64,6 +69,7 @@ from domain.attribution_paths import (
     accumulate,
     chain_merges,
     credit,
+    in_event_time_order,
     latest_cells,
     route,
     route_finish,
@@ -166,10 +172,10 @@ def build(
     )
     credited = op.flat_map(
         "credited",
-        op.stateful_map(
+        _stateful_map_with_eof(
             "credit",
             op.key_on("one_chain", outcomes, lambda _: "all"),
-            lambda state, item: _credit_counted(state, item, params),
+            lambda resume: CreditLogic(params, not until_idle, resume),
         ),
         lambda kv: kv[1],
     )
@@ -238,24 +244,29 @@ class RouterLogic(StatefulLogic[RouterInput, Routed, RouterState]):
         return copy.deepcopy(self.state)
 
 
+V = TypeVar("V")
+W = TypeVar("W")
+S = TypeVar("S")
+
+
 @operator
 def _stateful_map_with_eof(
     step_id: str,
-    up: KeyedStream[RouterInput],
-    builder: Callable[[RouterState | None], RouterLogic],
-) -> KeyedStream[Routed]:
+    up: KeyedStream[V],
+    builder: Callable[[S | None], StatefulLogic[V, W, S]],
+) -> KeyedStream[W]:
     """``op.stateful`` nested as ``op.stateful_map`` nests it (``stateful_map`` →
-    ``stateful_flat_map`` → ``stateful``), so the router keeps the step id its snapshots
-    were written under when it was a ``stateful_map``."""
+    ``stateful_flat_map`` → ``stateful``), so the router and the credit step keep the step
+    ids their snapshots were written under when they were ``stateful_map`` steps."""
     return _stateful_flat_map_ids("stateful_flat_map", up, builder)
 
 
 @operator
 def _stateful_flat_map_ids(
     step_id: str,
-    up: KeyedStream[RouterInput],
-    builder: Callable[[RouterState | None], RouterLogic],
-) -> KeyedStream[Routed]:
+    up: KeyedStream[V],
+    builder: Callable[[S | None], StatefulLogic[V, W, S]],
+) -> KeyedStream[W]:
     return op.stateful("stateful", up, builder)
 
 
@@ -276,6 +287,48 @@ class PathLogic(StatefulLogic[PathItem, PathOutcome, PathSnapshot]):
 
     def snapshot(self) -> PathSnapshot:
         return self.path.snapshot()
+
+
+Credited = list[tuple[ConvertedPath, Credits]]
+#: the Markov chain, and the outcomes a replay holds for its end
+CreditSnapshot = tuple[MarkovState | None, list[PathOutcome]]
+
+
+class CreditLogic(StatefulLogic[PathOutcome, Credited, CreditSnapshot]):
+    """``credit`` on the one key of all paths: live, each outcome as it comes; in a replay,
+    every outcome at the end of the input, ``in_event_time_order`` (the module docstring).
+    Each item gives one list of credited conversions, as the ``stateful_map`` it replaced
+    did."""
+
+    def __init__(
+        self,
+        params: AttributionParams,
+        live: bool,
+        resume: CreditSnapshot | MarkovState | None,
+    ) -> None:
+        self.params = params
+        self.live = live
+        if isinstance(resume, MarkovState) or resume is None:
+            resume = (resume, [])
+        self.state, self.held = resume
+
+    def on_item(self, value: PathOutcome) -> tuple[list[Credited], bool]:
+        if not self.live:
+            self.held.append(value)
+            return [], StatefulLogic.RETAIN
+        self.state, out = _credit_counted(self.state, value, self.params)
+        return [out], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Credited], bool]:
+        credited: Credited = []
+        for item in in_event_time_order(self.held):
+            self.state, out = _credit_counted(self.state, item, self.params)
+            credited += out
+        self.held = []
+        return ([credited] if credited else []), StatefulLogic.RETAIN
+
+    def snapshot(self) -> CreditSnapshot:
+        return copy.deepcopy(self.state), list(self.held)
 
 
 def _credit_counted(

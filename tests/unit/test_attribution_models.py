@@ -414,7 +414,7 @@ def test_touches_that_age_out_become_a_non_converting_markov_path() -> None:
     state, out = follow_path(None, touch("display", T0, "t1"), params)
     assert out == []
     state, out = follow_path(state, touch("search", T0 + DAY_MS + 1, "t2"), params)
-    assert out == [AbandonedPath(("display",))]
+    assert out == [AbandonedPath(("display",), T0 + DAY_MS + 1)]  # given up by t2
     chain, credited = credit(None, out[0], params)
     assert credited == []
     assert chain.transitions["(start)"] == {"display": 1.0}
