@@ -65,7 +65,7 @@ class RedisReadMarkStore:
     def put(self, marks: Mapping[str, int]) -> None:
         if not marks:
             return
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)  # one key: nothing to interleave
         pipe.hset(self.key, mapping={group: str(ms) for group, ms in marks.items()})
         pipe.expire(self.key, self.ttl_s)
         with_retries(self.flow, pipe.execute)
