@@ -14,6 +14,14 @@ EVENTS_CONSUMED = Counter(
     "Input messages consumed, by flow and topic (before validation).",
     ["flow", "topic"],
 )
+CONSUMER_LAG = Gauge(
+    "omnistream_consumer_lag_messages",
+    "Messages of an input partition the flow has still to read: the partition's end offset "
+    "(high watermark of the consumer's last fetch) minus the offset of the next message the "
+    "flow reads, by flow, topic (without prefix) and partition; set every source batch by "
+    "the process that reads the partition, absent until its first fetch answered.",
+    ["flow", "topic", "partition"],
+)
 DEADLETTERS = Counter(
     "omnistream_deadletters_total",
     "Messages sent to the deadletter topic, by flow and reason code.",

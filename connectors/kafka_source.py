@@ -15,7 +15,14 @@ read to its end, and it lists partitions without a timeout. This one:
   (the benchmark's generator runs event time hundreds of times faster than the wall clock,
   where an alignment against partitions merely between two fetches held triggers back).
   Alignment only bounds memory and is per process; the order comes from the reports.
-- lists partitions with a timeout, failing with one clear message.
+- lists partitions with a timeout, failing with one clear message;
+- reports each partition's consumer lag (``omnistream_consumer_lag_messages``): Bytewax
+  assigns partitions itself and commits no offsets, so the broker's group tools
+  (``kafka-consumer-groups``, Burrow, kafka-exporter) see no consumer group to measure. The
+  figure is end offset minus position from what the consumer already holds (the high
+  watermark cached from its last fetch, the offset after the last message handed to the
+  flow), set after every batch: no request to the broker. Only the process whose worker
+  reads a partition reports it, so a flow's processes together report each partition once.
 
 Event times are not known here (the payload is decoded downstream, on the same worker):
 ``READ_PROGRESS`` is where the decode step records them for the alignment.
@@ -34,6 +41,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Gauge
+
+from base.metrics import CONSUMER_LAG
+from base.topics import ALL_TOPICS
 
 #: How long a partition waiting for the others sleeps before it looks again.
 ALIGNMENT_WAIT = timedelta(milliseconds=50)
@@ -48,6 +59,43 @@ class PartitionEnd:
 
 
 SourceItem = KafkaSourceMessage[Any, Any] | KafkaError[Any, Any] | PartitionEnd
+
+
+def consumer_lag(next_offset: int, low: int, high: int) -> int | None:
+    """Messages of a partition still to read: ``high − position``, or None while unknown.
+
+    ``next_offset`` is the offset of the next message the flow reads (the one after the last
+    handed to it, or the resume offset of a snapshot), or a logical offset (negative, e.g.
+    ``OFFSET_BEGINNING``) while nothing has been read from the start: then the position is
+    the partition's first offset ``low``. ``low``/``high`` are the watermarks the consumer
+    caches from its fetches (negative until a fetch told them). A position below ``low`` (a
+    snapshot older than the retention) is read from ``low``. Never negative: a cached high
+    watermark older than the message just read counts as the end (lag 0).
+
+    >>> consumer_lag(7, 0, 10), consumer_lag(10, 0, 10), consumer_lag(-2, 3, 10)
+    (3, 0, 7)
+    """
+    if high < 0:
+        return None
+    if next_offset < 0 or next_offset < low:
+        if low < 0:
+            return None
+        next_offset = low
+    return max(0, high - next_offset)
+
+
+def topic_label(topic: str) -> str:
+    """The ``topic`` label of a full topic name: the CONTRACT name it ends with (the
+    configured prefix dropped, as in ``omnistream_events_consumed_total``), else the name.
+
+    The source is given full names only; every flow input is ``prefix + CONTRACT name``,
+    and no CONTRACT name ends with another, so the longest match is the one.
+
+    >>> topic_label("acme.pos.sales"), topic_label("pos.sales"), topic_label("other")
+    ('pos.sales', 'pos.sales', 'other')
+    """
+    matches = [name for name in ALL_TOPICS if topic.endswith(name)]
+    return max(matches, key=len) if matches else topic
 
 
 class ReadProgress:
@@ -143,6 +191,7 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         batch_size: int,
         tail: bool,
         alignment_ms: int | None,
+        flow_name: str = "",
     ) -> None:
         self._consumer = Consumer(config)
         self._assigned = TopicPartition(topic, partition, offset)
@@ -157,6 +206,9 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         self._alignment_ms = alignment_ms
         self._stopping = False
         self._awake: datetime | None = None
+        self._lag_labels = (flow_name, topic_label(topic), str(partition))
+        #: The lag series, created once the lag is known (absent before the first fetch).
+        self._lag: Gauge | None = None
 
     def next_batch(self) -> list[SourceItem]:
         if self._stopping:
@@ -167,6 +219,7 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
             and READ_PROGRESS.ahead_by(self._topic, self._partition) > self._alignment_ms
         ):
             self._awake = datetime.now(UTC) + ALIGNMENT_WAIT
+            self._report_lag(self._watermarks())
             return []
         self._awake = None
         batch: list[SourceItem] = []
@@ -193,7 +246,9 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
                 last_offset = offset
         if last_offset is not None:
             self._offset = last_offset + 1
-        backlog = self._backlog()
+        watermarks = self._watermarks()
+        self._report_lag(watermarks)
+        backlog = self._backlog(watermarks[1])
         READ_PROGRESS.backlog(self._topic, self._partition, backlog > self._batch_size)
         at_end = end_event or (backlog == 0 and (batch or not self._at_end))
         if batch and not at_end:
@@ -207,14 +262,28 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
                 self._stopping = True
         return batch
 
-    def _backlog(self) -> int:
-        """Messages between the next offset and the high watermark of the last fetch; -1
-        while no fetch has told it (the cached value costs no request)."""
+    def _watermarks(self) -> tuple[int, int]:
+        """(low, high) watermarks of the last fetch, negative while no fetch has told them
+        (the cached values cost no request)."""
         try:
-            _, high = self._consumer.get_watermark_offsets(self._assigned, cached=True)
+            low, high = self._consumer.get_watermark_offsets(self._assigned, cached=True)
         except KafkaException:
-            return -1
+            return -1, -1
+        return low, high
+
+    def _backlog(self, high: int) -> int:
+        """Messages between the next offset and the high watermark of the last fetch; -1
+        while no fetch has told it."""
         return max(0, high - self._offset) if high >= 0 else -1
+
+    def _report_lag(self, watermarks: tuple[int, int]) -> None:
+        """Set this partition's lag series; it stays as it was while the lag is unknown."""
+        lag = consumer_lag(self._offset, *watermarks)
+        if lag is None:
+            return
+        if self._lag is None:
+            self._lag = CONSUMER_LAG.labels(*self._lag_labels)
+        self._lag.set(lag)
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -223,6 +292,14 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         return self._offset
 
     def close(self) -> None:
+        # A partition this process no longer reads reports nothing (its series would keep a
+        # stale figure; the process that reads it next reports it).
+        if self._lag is not None:
+            self._lag = None
+            try:
+                CONSUMER_LAG.remove(*self._lag_labels)
+            except KeyError:
+                pass
         self._consumer.close()
 
 
@@ -272,4 +349,7 @@ class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
             self._batch_size,
             self._tail,
             self._alignment_ms,
+            # The step id is "<dataflow id>.<step>", and the dataflow id is the flow's name
+            # (base.flow_names), the ``flow`` label of every metric.
+            flow_name=step_id.split(".", 1)[0],
         )
