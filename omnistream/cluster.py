@@ -10,7 +10,10 @@ How a Bytewax 0.21 cluster behaves (Timely underneath), and why this module exis
   come: ``ClusterWatch`` turns the repeated lines into one line per peer it waits for, and
   ends the process with one line once ``flow.cluster_wait_seconds`` have passed.
 - A cluster cannot lose a process. When one is killed, the others end with a panic of
-  their connection threads (the runner reports it as one line). When one stops cleanly
+  their connection threads (the runner reports it as one line). So does a process whose
+  dataflow fails, and the others: Bytewax 0.21 hands back that panic, not the error, so
+  what a process can check for itself is checked before it starts (its address, its
+  recovery partitions: ``runner.check_recovery_parts``). When one stops cleanly
   (SIGTERM), its connections close cleanly and the others wait for it forever, their
   workers spinning; the stopped process itself waits inside Bytewax until every other one
   has ended. ``ClusterWatch`` ends a process that lost a peer (exit 1) and lets one that was
@@ -182,8 +185,10 @@ def lost_peer(exc: BaseException, shape: ClusterShape) -> Unreachable | None:
         ):
             return Unreachable(
                 f"{shape.describe()} lost its connection to another process of the cluster "
-                f"({ADDRESSES_SETTING}): a cluster cannot go on without one of its processes; "
-                "start every process again and they resume from their recovery snapshots"
+                f"({ADDRESSES_SETTING}): one ended or failed (Bytewax reports a process of a "
+                "cluster that fails only so, to itself too: its log shows what led to it); a "
+                "cluster cannot go on without one of its processes: start every process "
+                "again and they resume from their recovery snapshots"
             )
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return None

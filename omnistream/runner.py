@@ -16,11 +16,13 @@ import os
 import select
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -94,40 +96,89 @@ def serve_metrics(config: Config, port: int | None = None) -> str:
 
 
 def prepare_recovery(
-    directory: str, partitions: int, backup: timedelta, *, keep: range | None = None
+    directory: str,
+    partitions: int,
+    backup: timedelta,
+    *,
+    keep: range | None = None,
+    processes: int = 1,
 ) -> RecoveryConfig | None:
     """Create the recovery partitions on first use; later starts resume from them.
 
     ``partitions`` is how many the whole flow has; this process keeps those of ``keep``
-    (all by default; one process's share in a cluster, ``omnistream.cluster``). Bytewax
-    makes every partition at once, each knowing its index and the count, so the others are
-    made and dropped.
+    (all by default; one process's share of a cluster of ``processes``,
+    ``omnistream.cluster``). Bytewax makes every partition at once, each knowing its index
+    and the count, so the others are dropped. A directory that has its partitions keeps
+    them whatever ``partitions`` says now: their count is fixed when they are made (Bytewax
+    resumes on other workers, but only from one count), so a flow given more workers later
+    still resumes.
 
-    They are created in a scratch directory inside ``directory`` and moved in with the first
-    one kept last, so a process killed while creating them leaves either no first one (the
-    next start creates them again) or all of them: Bytewax opens every ``*.sqlite3`` there,
-    and a half-made one stopped every later start ("No recovery partitions found").
+    They are made in a scratch directory inside ``directory``, and the ones kept are moved in
+    only then: a process killed on the way leaves some of them in the scratch directory, and
+    the next start makes them all again (they hold nothing yet). Before, a half-made
+    partition in the directory itself stopped every later start ("No recovery partitions
+    found"). What is there is checked to be a whole share (``check_recovery_parts``).
     """
     if not directory:
         return None
     keep = range(partitions) if keep is None else keep
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    first = f"part-{keep[0]}.sqlite3"
-    if not (path / first).exists():
-        for leftover in path.glob(".init-*"):
+    leftovers = list(path.glob(".init-*"))
+    unmoved = any(any(d.glob("part-*.sqlite3")) for d in leftovers)
+    present = list(path.glob("part-*.sqlite3"))
+    if unmoved or not present:
+        for part in present:  # moved in by a start killed before it had moved them all
+            part.unlink()
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".init-", dir=path))
         init_db_dir(staging, partitions)
         kept = {f"part-{index}.sqlite3" for index in keep}
-        parts = sorted(
-            (p for p in staging.glob("part-*.sqlite3") if p.name in kept),
-            key=lambda p: p.name == first,
-        )
-        for part in parts:
+        for part in staging.glob("part-*.sqlite3"):
+            if part.name not in kept:
+                part.unlink()
+        for part in sorted(staging.glob("part-*.sqlite3")):
             os.replace(part, path / part.name)
         shutil.rmtree(staging)
+    check_recovery_parts(path, processes)
     return RecoveryConfig(str(path), backup_interval=backup)
+
+
+def check_recovery_parts(path: Path, processes: int) -> None:
+    """The partitions in ``path`` are one process's whole share: one count for all, and
+    ``count / processes`` of them. Bytewax checks the same across the cluster, but a process
+    of a cluster that fails it ends with a panic of its connections that hides the reason
+    (it and every other process report only a lost connection), so what one process can
+    see for itself is reported here, naming the directory, before anything starts."""
+    found: dict[int, int] = {}
+    for part in sorted(path.glob("part-*.sqlite3")):
+        try:
+            # immutable: nothing is written next to a partition another start may open
+            with closing(sqlite3.connect(f"file:{part}?mode=ro&immutable=1", uri=True)) as db:
+                rows = db.execute("SELECT part_index, part_count FROM parts").fetchall()
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"{path}: key `recovery.dir`: expected Bytewax recovery partitions, "
+                f"{part.name} cannot be read ({exc})"
+            ) from None
+        for index, count in rows:
+            found[int(index)] = int(count)
+    counts = set(found.values())
+    if len(counts) != 1:
+        raise ConfigError(
+            f"{path}: key `recovery.dir`: expected recovery partitions made together, found "
+            f"partitions of {len(counts)} different counts ({sorted(counts)})"
+        )
+    (count,) = counts
+    if count % processes or len(found) != count // processes:
+        made_for = f"{count // len(found)} processes" if count % len(found) == 0 else "another"
+        raise ConfigError(
+            f"{path}: key `recovery.dir`: expected this process's share of the recovery "
+            f"partitions of a flow of {processes} process(es), found {len(found)} of {count} "
+            f"(made for {made_for}); start the flow with the processes its snapshots were "
+            "made with, or empty every process's recovery directory to start over"
+        )
 
 
 #: Allocations between young-generation collections (CPython's default is 700).
@@ -225,6 +276,7 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
         partitions,
         timedelta(seconds=config.recovery.backup_seconds),
         keep=keep,
+        processes=shape.processes,
     )
     epoch_s = config.recovery.snapshot_seconds if recovery else config.flow.epoch_seconds
     log.info(

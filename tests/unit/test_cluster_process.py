@@ -43,7 +43,7 @@ def test_each_process_keeps_its_share_of_the_recovery_partitions(tmp_path: Path)
     for shape in shapes:
         total, keep = shape.recovery_parts()
         directory = shape.recovery_dir(str(tmp_path / "rec"))
-        config = prepare_recovery(directory, total, timedelta(seconds=1), keep=keep)
+        config = prepare_recovery(directory, total, timedelta(seconds=1), keep=keep, processes=2)
         assert config is not None
     assert sorted(p.name for p in (tmp_path / "rec" / "process-0").iterdir()) == [
         "part-0.sqlite3",
@@ -68,10 +68,38 @@ def test_one_process_keeps_the_layout_it_always_had(tmp_path: Path) -> None:
 def test_a_share_killed_while_being_created_is_created_again(tmp_path: Path) -> None:
     rec = tmp_path / "process-1"
     (rec / ".init-killed").mkdir(parents=True)
-    (rec / "part-3.sqlite3").write_bytes(b"")  # moved in before the kill; part-2 was not
-    config = prepare_recovery(str(rec), 4, timedelta(seconds=1), keep=range(2, 4))
+    (rec / ".init-killed" / "part-2.sqlite3").write_bytes(b"")  # not moved in yet
+    (rec / "part-3.sqlite3").write_bytes(b"")  # moved in before the kill
+    config = prepare_recovery(str(rec), 4, timedelta(seconds=1), keep=range(2, 4), processes=2)
     assert config is not None
     assert sorted(p.name for p in rec.iterdir()) == ["part-2.sqlite3", "part-3.sqlite3"]
+
+
+def test_more_workers_later_resume_from_the_partitions_there(tmp_path: Path) -> None:
+    """The count is fixed when the partitions are made; Bytewax resumes them on any number
+    of workers, but only from one count across the cluster."""
+    rec = tmp_path / "process-1"
+    prepare_recovery(str(rec), 4, timedelta(seconds=1), keep=range(2, 4), processes=2)
+    again = ClusterShape(TWO, 1, workers=3)
+    total, keep = again.recovery_parts()
+    config = prepare_recovery(str(rec), total, timedelta(seconds=1), keep=keep, processes=2)
+    assert config is not None
+    assert sorted(p.name for p in rec.iterdir()) == ["part-2.sqlite3", "part-3.sqlite3"]
+
+
+def test_a_share_of_another_number_of_processes_is_refused(tmp_path: Path) -> None:
+    """Bytewax would refuse it too, but in a cluster its reason is lost: every process
+    reports only a lost connection."""
+    rec = tmp_path / "process-1"
+    prepare_recovery(str(rec), 2, timedelta(seconds=1), keep=range(1, 2), processes=2)
+    with pytest.raises(ConfigError) as refused:
+        prepare_recovery(str(rec), 3, timedelta(seconds=1), keep=range(1, 2), processes=3)
+    text = str(refused.value)
+    assert f"{rec}: key `recovery.dir`" in text
+    assert "a flow of 3 process(es), found 1 of 2 (made for 2 processes)" in text
+    # One process started on one process's share of a cluster (recovery.dir = process-1).
+    with pytest.raises(ConfigError, match=r"found 1 of 2 \(made for 2 processes\)"):
+        prepare_recovery(str(rec), 1, timedelta(seconds=1))
 
 
 def test_metrics_ports_differ_on_one_host_only() -> None:
@@ -92,7 +120,8 @@ def test_a_cluster_refuses_a_single_process_recovery_directory(tmp_path: Path) -
 def test_one_process_refuses_a_cluster_recovery_directory(tmp_path: Path) -> None:
     shape = ClusterShape(TWO, 1, 1)
     total, keep = shape.recovery_parts()
-    prepare_recovery(shape.recovery_dir(str(tmp_path)), total, timedelta(seconds=1), keep=keep)
+    directory = shape.recovery_dir(str(tmp_path))
+    prepare_recovery(directory, total, timedelta(seconds=1), keep=keep, processes=2)
     config = Config().with_overrides(recovery={"dir": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"found a cluster's \(process-1\)"):
         check_recovery_layout(config, ClusterShape((), 0, 1))
