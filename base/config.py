@@ -56,6 +56,10 @@ class KafkaConfig:
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "omni:"
+    #: ``url`` names one node of a Redis Cluster (``state.redis_io.connect``): the stores
+    #: whose scripts keep to one hash slot run on it; identity_stitch needs one primary and
+    #: refuses to start (docs/redis-cluster.md).
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -531,6 +535,11 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError(
             f"{config.source}: key `redis.url`: expected a redis://, rediss:// or unix:// URL, "
             f"got {config.redis.url!r}"
+        )
+    if config.redis.cluster and config.redis.url.startswith("unix://"):
+        raise ConfigError(
+            f"{config.source}: key `redis.cluster`: expected false with a unix:// `redis.url` "
+            f"(a Redis Cluster is reached over TCP), got true"
         )
 
 

@@ -7,7 +7,9 @@ coupon without scanning a loyalty card still closes the loop on the trigger.
 
 - ``RedisCouponStore`` (production): keys ``<prefix>coupon:<code>`` (internal) hold the
   customer id and expire once the coupon and its conversion window have passed. Written
-  with one pipeline per batch of coupons; read with one MGET per batch of receipts.
+  with one pipeline per batch of coupons; read with one MGET per batch of receipts (one
+  per slot on a Redis Cluster, ``state.redis_io.get_many``; the client splits ``forget``'s
+  DEL by slot likewise).
 - ``MemoryCouponStore``: a dict with the same expiry on a clock it is given (wall-clock
   seconds, like Redis's TTL); for the in-process tests and ``rules backtest``. One instance
   serves every worker of a flow (a lock).
@@ -24,7 +26,7 @@ import redis
 
 from base.config import Config
 from base.flow_names import RULE_TRIGGERS
-from state.redis_io import connect, with_retries
+from state.redis_io import connect, get_many, with_retries
 
 
 class CouponStore(Protocol):
@@ -76,7 +78,9 @@ class RedisCouponStore:
     def owners(self, codes: list[str]) -> dict[str, str]:
         if not codes:
             return {}
-        values = with_retries(RULE_TRIGGERS, lambda: self.client.mget([self.key(c) for c in codes]))
+        values = with_retries(
+            RULE_TRIGGERS, lambda: get_many(self.client, [self.key(c) for c in codes])
+        )
         return {
             code: v.decode() if isinstance(v, bytes) else str(v)
             for code, v in zip(codes, values, strict=True)

@@ -24,7 +24,12 @@ read and resolved again. So two workers or processes linking overlapping identif
 with one consistent graph, with two round trips per batch in the common case.
 
 The script touches keys of several slots: identity needs a single Redis instance (or one
-primary), not Redis Cluster.
+primary), not Redis Cluster, and ``from_config`` refuses ``redis.cluster``. Why not make it
+slot-local: the owner keys ``<p>id:<type>:<value>`` are public (CONTRACT §5) and a batch
+checks and writes owners of unrelated identifiers, which only one hash tag for all of them
+would put in one slot, and that is a rename of the public keys. Its ceiling on one primary
+is measured by ``scripts/measure_identity_ceiling.py``; docs/redis-cluster.md states it and
+what to do past it.
 
 **Customer base.** ``<p>customers:count`` (internal, no TTL) is the number of customer
 records: the same script adds one for each ``cust:`` record it creates (``EXISTS`` was 0
@@ -62,7 +67,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 import redis
 
-from base.config import Config
+from base.config import Config, ConfigError
 from base.flow_names import IDENTITY_STITCH
 from base.metrics import IDENTITY_CAS_RETRIES, REDIS_WRITE_SECONDS
 from domain.identity import (
@@ -208,7 +213,15 @@ class IdentityStore:
     @classmethod
     def from_config(cls, config: Config) -> IdentityStore:
         """The store of ``config``'s graph, its customer count seeded if it has none yet
-        (one ``EXISTS`` per opening; a ``SCAN`` only the first time on an old deployment)."""
+        (one ``EXISTS`` per opening; a ``SCAN`` only the first time on an old deployment).
+        A Redis Cluster is refused here, at start, rather than by a CROSSSLOT error on the
+        first batch (module doc)."""
+        if config.redis.cluster:
+            raise ConfigError(
+                f"{config.source}: key `redis.cluster`: expected false for identity_stitch "
+                "(its compare-and-set spans hash slots and needs one Redis primary; "
+                "docs/redis-cluster.md), got true"
+            )
         store = cls(
             connect(config),
             config.redis.key_prefix,

@@ -184,7 +184,9 @@ class RedisProfileStore:
         (redis-py's registered scripts would ask SCRIPT EXISTS first, a second round trip
         on every batch.) A Redis that does not know them (restarted, SCRIPT FLUSH) answers
         NOSCRIPT; they are loaded and the batch is sent again, which its absolute writes
-        allow."""
+        allow. They are loaded one command each, outside a pipeline: a cluster client sends
+        ``SCRIPT LOAD`` to every primary but refuses it in a pipeline (rare enough to cost
+        nothing)."""
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             build(pipe)
@@ -193,14 +195,15 @@ class RedisProfileStore:
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                loader = self.client.pipeline(transaction=False)
                 for source in self._sha:
-                    loader.script_load(source)
-                loader.execute()
+                    self.client.script_load(source)
         raise AssertionError("unreachable")
 
     def _evalsha(self, pipe: Pipeline, source: str, keys: list[str], args: list[Any]) -> None:
-        pipe.evalsha(self._sha[source], len(keys), *keys, *args)
+        """EVALSHA as a raw command: a cluster pipeline refuses its ``evalsha`` method (it
+        cannot know the keys are in one slot) but routes the command by its keys, which
+        here are always in one slot (one profile, or the ``{segments}`` sets)."""
+        pipe.execute_command("EVALSHA", self._sha[source], len(keys), *keys, *args)
 
     def write(self, profiles: Mapping[str, Mapping[str, str]]) -> dict[str, int]:
         if not profiles:

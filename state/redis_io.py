@@ -7,6 +7,14 @@ redis-py versions retry three times by default when a client is built directly, 
 ask for ``retry_on_timeout``), so every failed attempt reaches ``with_retries``, is counted in
 ``omnistream_redis_errors_total`` and logged, instead of two policies stacked with the inner
 one's failures invisible.
+
+Redis Cluster (``redis.cluster: true``): ``connect`` answers a ``redis.cluster.RedisCluster``
+on the same URL, options and (absent) retry. It serves the commands the stores use, and
+each store keeps every script and every atomic multi-key command to one hash slot (hash
+tags on internal keys; docs/redis-cluster.md and ``tests/unit/test_redis_slots.py``). What
+a cluster client cannot send as one command — an MGET of keys in several slots — goes
+through ``get_many``, which splits it by slot there. Identity's compare-and-set spans slots
+and refuses a cluster (``state.identity_store``).
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -51,7 +61,19 @@ def connect(
 ) -> redis.Redis:
     """A client for ``redis.url``: ``redis://user:password@host:port/db`` for an ACL user or
     a password, ``rediss://`` for TLS (with ``ssl_cert_reqs``/``ssl_ca_certs`` query
-    parameters as redis-py reads them). Without a retry of its own (see the module doc)."""
+    parameters as redis-py reads them). Without a retry of its own (see the module doc).
+
+    With ``redis.cluster`` the client is a ``RedisCluster``, typed as ``redis.Redis``: it is
+    not a subclass, but it has every command the stores call with the same signature, and
+    the stores are written to the intersection (``tests/integration/test_redis_cluster.py``
+    runs each of them on both)."""
+    if config.redis.cluster:
+        cluster = redis.cluster.RedisCluster.from_url(
+            config.redis.url,
+            **_client_options(socket_timeout_s, connect_timeout_s),
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cast("redis.Redis", cluster)
     return redis.Redis.from_url(
         config.redis.url,
         **_client_options(socket_timeout_s, connect_timeout_s),
@@ -64,7 +86,15 @@ def connect_async(
 ) -> redis.asyncio.Redis:
     """The ``redis.asyncio`` twin of ``connect`` (``omnistream serve``): the same URL, so the
     same user, password and TLS settings, the same timeouts and no retry of its own (the
-    service answers 503 at once instead of retrying behind the caller's back)."""
+    service answers 503 at once instead of retrying behind the caller's back). With
+    ``redis.cluster`` a ``redis.asyncio.RedisCluster``, typed as ``connect``'s is."""
+    if config.redis.cluster:
+        cluster = redis.asyncio.cluster.RedisCluster.from_url(
+            config.redis.url,
+            **_client_options(socket_timeout_s, connect_timeout_s),
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        return cast("redis.asyncio.Redis", cluster)
     return redis.asyncio.Redis.from_url(
         config.redis.url,
         **_client_options(socket_timeout_s, connect_timeout_s),
@@ -80,6 +110,23 @@ def _client_options(socket_timeout_s: float, connect_timeout_s: float) -> dict[s
         "socket_connect_timeout": connect_timeout_s,
         "health_check_interval": 30,
     }
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client (sync or asyncio): the few reads that
+    differ on a cluster (``get_many``, ``ServiceReads.customer``) ask this."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
+def get_many(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
+    """The values of ``keys``, in order: one MGET on a single Redis; on a cluster, where an
+    MGET must keep to one slot, ``mget_nonatomic`` (one MGET per slot, replies put back in
+    order). Neither reader needs the keys read at one instant: coupon owners are written
+    once, before any receipt can name them."""
+    if is_cluster(client):
+        cluster = cast("redis.cluster.RedisCluster", client)
+        return cluster.mget_nonatomic(keys)  # type: ignore[no-any-return]
+    return client.mget(keys)  # type: ignore[return-value]
 
 
 def describe(url: str) -> str:

@@ -9,8 +9,9 @@ request waits on more than one round trip:
 - a customer: one Lua script reads ``<p>id:<type>:<value>`` and then the customer's
   ``<p>profile:<customer_id>`` (the second key is only known after the first read; a
   script saves the second round trip). The profile key is built inside the script rather
-  than declared, which a single Redis instance allows; identity already needs one
-  (``state.identity_store``), so this adds no constraint;
+  than declared, which a single Redis instance allows. On a Redis Cluster the two keys
+  are in different slots (both public, CONTRACT §5 and §11: no hash tag can join them),
+  so there it is a GET and then an HGETALL, two round trips;
 - a store's tasks: ``HGETALL <p>tasks:<store_id>``.
 
 Keys are the writers' (``StockKeys`` for positions and tasks, ``IdentityKeys``; the profile
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import redis.asyncio
 
 from state.identity_store import IdentityKeys
+from state.redis_io import is_cluster
 from state.stock_store import StockKeys
 
 #: The fields availability needs. ``available_to_sell`` is written by the stock flow
@@ -137,6 +139,7 @@ class ServiceReads:
         self._stock = StockKeys(key_prefix)
         self._identity = IdentityKeys(key_prefix)
         self._customer = client.register_script(_CUSTOMER)
+        self._cluster = is_cluster(client)
 
     async def ping(self) -> None:
         """Raise (one of ``UNAVAILABLE``) unless Redis answers ``PING``."""
@@ -172,10 +175,16 @@ class ServiceReads:
 
     async def customer(self, ident: str) -> tuple[str, dict[str, str]] | None:
         """The customer owning ``type:value`` (value already hashed for phone/email) and its
-        profile hash (``{}`` when the customer has none yet), or None: one script call."""
-        reply = await self._customer(
-            keys=[self._identity.owner(ident)], args=[profile_key(self.prefix, "")]
-        )
+        profile hash (``{}`` when the customer has none yet), or None: one script call (two
+        reads on a cluster, module doc)."""
+        owner = self._identity.owner(ident)
+        if self._cluster:
+            found = await self.client.get(owner)
+            if found is None:
+                return None
+            record = await self.client.hgetall(profile_key(self.prefix, _text(found)))
+            return _text(found), {_text(k): _text(v) for k, v in record.items()}
+        reply = await self._customer(keys=[owner], args=[profile_key(self.prefix, "")])
         if not reply:
             return None
         customer_id, flat = reply
