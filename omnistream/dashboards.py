@@ -83,6 +83,16 @@ OPERATIONS = Board(
             description="Input messages consumed by each flow, per topic.",
         ),
         Panel(
+            "Consumer lag by flow and topic",
+            (("sum by (flow, topic) (omnistream_consumer_lag_messages)", "{{flow}} {{topic}}"),),
+            "short",
+            description="Messages each flow has still to read of each input (end offset − "
+            "position, over its partitions; each partition reported by the process that "
+            "reads it). Bytewax commits no offsets, so the broker's group tools see none of "
+            "this. Alert when it exceeds 5 minutes of consumption for 10 minutes "
+            "(OmnistreamConsumerLagHigh).",
+        ),
+        Panel(
             "Flow up",
             (('up{job="omnistream"}', "{{flow}}"),),
             "none",
