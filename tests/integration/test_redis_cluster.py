@@ -30,6 +30,8 @@ from redis.crc import key_slot
 from base.config import Config, ConfigError, RedisConfig
 from domain.identity import EventIdentifiers
 from domain.profile import PROFILE_FIELDS, SEGMENTS
+from domain.reference import Location, Product, ReferenceData
+from domain.stock import StockPosition
 from domain.stock_arms import ShelfFigures
 from omnistream.embedded import free_port, redis_server_binary
 from state.attribution_store import RedisAttributionStore
@@ -41,6 +43,7 @@ from state.profile_store import RedisProfileStore
 from state.read_marks import RedisReadMarkStore, read_marks_key
 from state.redis_io import connect, connect_async, is_cluster
 from state.service_reads import ServiceReads, profile_key
+from state.stock_store import StockStore
 
 pytestmark = pytest.mark.integration
 
@@ -341,6 +344,55 @@ def test_service_reads_on_a_cluster(servers: Servers) -> None:
     assert found == ("cust-1", {"segment": "new"})
     assert bare == ("cust-2", {}) and missing is None
     assert ats == {"L1": 3, "L2": 3, "L3": 3, "L4": 0}
+
+
+T0 = 1_793_500_000_000
+REFERENCE = ReferenceData(
+    locations={
+        loc.location_id: loc
+        for loc in (
+            Location("WH-N", "warehouse", "N"),
+            Location("ST-N1", "store", "N"),
+            Location("ST-N2", "store", "N"),
+            Location("ST-S1", "store", "S"),
+        )
+    },
+    products={
+        p.sku: p
+        for p in (
+            Product("SKU-A", "grocery", 2.5, 5, 2, None),
+            Product("SKU-B", "grocery", 4.0, 3, 2, None),
+        )
+    },
+)
+
+
+def test_stock_pipelines_on_a_cluster(servers: Servers) -> None:
+    """The stock store's pipelines (no MULTI, no script) write and read hashes of many
+    slots in one call; on a cluster the client sends each primary its share."""
+
+    def exercise(config: Config) -> Any:
+        store = StockStore.from_config(config, REFERENCE)
+        try:
+            shelves = [(loc, sku) for loc in REFERENCE.locations for sku in ("SKU-A", "SKU-B")]
+            written = [
+                StockPosition(sku, loc, 10 + i, i, 10, 0, 1, 10.0, T0 + i, f"e{i}", f"e{i}#0")
+                for i, (loc, sku) in enumerate(shelves)
+            ]
+            count = store.write(written)
+            return (
+                count,
+                store.read_sku("SKU-A"),
+                store.available_at("SKU-B", list(REFERENCE.locations), "test"),
+                store.stores_with_stock("N", "SKU-A", 1, "test"),
+            )
+        finally:
+            store.close()
+
+    count, _, available, stocked = on_both(servers, exercise)
+    assert count == 8 and available > 0 and stocked
+    keys = StockStore(redis.Redis(), "omni:", REFERENCE).keys
+    assert slots([keys.position("SKU-A", loc) for loc in REFERENCE.locations]) > 1
 
 
 def test_identity_refuses_a_cluster_and_its_script_would_fail_there(servers: Servers) -> None:
