@@ -68,11 +68,18 @@ def connect(
     the stores are written to the intersection (``tests/integration/test_redis_cluster.py``
     runs each of them on both)."""
     if config.redis.cluster:
-        cluster = redis.cluster.RedisCluster.from_url(
-            config.redis.url,
-            **_client_options(socket_timeout_s, connect_timeout_s),
-            retry=Retry(NoBackoff(), 0),
-        )
+        # Unlike a single-server client, a cluster client reads the slot map when it is
+        # built, so an unreachable cluster fails here and not at the first command; said as
+        # the ConnectionError a caller already handles, with the address and no password.
+        try:
+            cluster = redis.cluster.RedisCluster.from_url(
+                config.redis.url,
+                **_client_options(socket_timeout_s, connect_timeout_s),
+                retry=Retry(NoBackoff(), 0),
+            )
+        except redis.exceptions.RedisClusterException as exc:
+            where = describe(config.redis.url)
+            raise redis.ConnectionError(f"Redis Cluster at {where}: {exc}") from exc
         return cast("redis.Redis", cluster)
     return redis.Redis.from_url(
         config.redis.url,

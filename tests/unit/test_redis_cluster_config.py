@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from base.config import ConfigError, load_config
 from state.identity_store import IdentityStore
+from state.redis_io import connect
 
 
 def test_off_by_default() -> None:
@@ -44,3 +46,15 @@ def test_identity_refuses_a_cluster_before_connecting() -> None:
     )
     with pytest.raises(ConfigError, match=r"redis\.cluster.*identity_stitch"):
         IdentityStore.from_config(config)
+
+
+def test_an_unreachable_cluster_is_a_connection_error_naming_it() -> None:
+    """A cluster client reads the slot map when built (a single-server one at its first
+    command): ``connect`` says so as the ConnectionError callers handle, without the
+    password."""
+    env = {"OMNI_REDIS_CLUSTER": "true", "OMNI_REDIS_URL": "redis://u:secret@127.0.0.1:1/0"}
+    with pytest.raises(
+        redis.ConnectionError, match=r"Redis Cluster at redis://127\.0\.0\.1:1"
+    ) as caught:
+        connect(load_config(env=env))
+    assert "secret" not in str(caught.value)
