@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from base.config import Config
 
@@ -165,17 +166,26 @@ def redis_problem(config: Config, timeout_s: float) -> str | None:
 
     where = describe(config.redis.url)
     step = max(0.5, min(2.0, timeout_s / 4))
-    client = connect(config, socket_timeout_s=step, connect_timeout_s=step)
     deadline = time.monotonic() + timeout_s
     failure: Exception | None = None
+    # A cluster client asks for the slot map when it is made: made inside the loop, a
+    # cluster that does not answer yet is waited for and reported like a server.
+    client: Any = None
     try:
         while True:
             try:
+                if client is None:
+                    client = connect(config, socket_timeout_s=step, connect_timeout_s=step)
                 client.ping()
                 return None
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
                 return f"Redis at {where} refused the credentials of {REDIS_SETTING}: {exc}"
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                redis.BusyLoadingError,
+                redis.exceptions.RedisClusterException,
+            ) as exc:
                 if tls_refused(exc):
                     return (
                         f"cannot connect to Redis at {where} over TLS ({REDIS_SETTING}: "
@@ -188,5 +198,6 @@ def redis_problem(config: Config, timeout_s: float) -> str | None:
                 break
             time.sleep(_RETRY_S)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return f"cannot reach Redis at {where} ({REDIS_SETTING}) within {timeout_s:g} s: {failure}"
