@@ -541,6 +541,18 @@ def _check_ranges(config: Config) -> None:
             f"{config.source}: key `redis.cluster`: expected false with a unix:// `redis.url` "
             f"(a Redis Cluster is reached over TCP), got true"
         )
+    if config.redis.cluster and _url_database(config.redis.url) not in ("", "0"):
+        raise ConfigError(
+            f"{config.source}: key `redis.url`: expected database 0 (or none) with "
+            f"`redis.cluster` true (a Redis Cluster has only database 0), got "
+            f"/{_url_database(config.redis.url)}"
+        )
+
+
+def _url_database(url: str) -> str:
+    """The database of a redis:// URL's path ("" when it names none)."""
+    rest = url.split("://", 1)[-1].split("?", 1)[0]
+    return rest.split("/", 1)[1] if "/" in rest else ""
 
 
 def load_config(

@@ -49,6 +49,16 @@ def test_an_unreachable_redis_is_one_line_without_the_password() -> None:
     assert "s3cret" not in problem and "omni:" not in problem
 
 
+def test_an_unreachable_redis_cluster_is_one_line_too() -> None:
+    """A cluster client asks for its slot map when it is made: that failure is the line."""
+    url = dead().redis.url.rsplit("/", 1)[0] + "/0"
+    config = dead().with_overrides(redis={"cluster": True, "url": url})
+    problem = preflight.redis_problem(config, 1.0)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("cannot reach Redis at ") and "Connection refused" in problem
+    assert "s3cret" not in problem
+
+
 def test_both_checks_run_side_by_side_and_end_in_one_line() -> None:
     started = time.monotonic()
     with pytest.raises(preflight.Unreachable) as raised:

@@ -39,6 +39,15 @@ def test_a_unix_socket_cannot_be_a_cluster() -> None:
         load_config(env=env)
 
 
+@pytest.mark.parametrize("url", ["redis://10.0.0.11:6379/3", "rediss://:pw@h:6380/1?x=y"])
+def test_a_cluster_has_only_database_0(url: str) -> None:
+    env = {"OMNI_REDIS_CLUSTER": "true", "OMNI_REDIS_URL": url}
+    with pytest.raises(ConfigError, match=r"redis\.url.*expected database 0"):
+        load_config(env=env)
+    for fine in ("redis://10.0.0.11:6379/0", "redis://10.0.0.11:6379", "redis://h:1/?a=b"):
+        assert load_config(env={**env, "OMNI_REDIS_URL": fine}).redis.cluster is True
+
+
 def test_identity_refuses_a_cluster_before_connecting() -> None:
     # Port 1: nothing listens there, so reaching it would be a connection error instead.
     config = load_config(
