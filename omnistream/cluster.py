@@ -1,9 +1,9 @@
 """One process of a flow's Bytewax cluster (``run --process-id N --addresses A,B,…``): its
 share of the recovery partitions, its metrics port, and a watch over the cluster.
 
-How a Bytewax 0.21 cluster behaves (Timely underneath), and why this module exists:
+Every process serves its own /metrics (``ClusterShape.metrics_port``). How a Bytewax 0.21
+cluster behaves (Timely underneath), and why the rest of this module exists:
 
-- Each process serves its own /metrics (``ClusterShape.metrics_port``).
 - Each process listens on its own address and connects to the processes before it in the
   list, retrying every second forever and printing a line on stdout each time. Nothing
   runs until every process has connected. A process is never told that a peer will not
@@ -24,8 +24,10 @@ How a Bytewax 0.21 cluster behaves (Timely underneath), and why this module exis
   every partition exactly once, and Bytewax routes each key's snapshots to the partition
   its hash names, whichever worker holds it. So each process keeps its own share in a
   directory of its own, ``<recovery.dir>/process-N``: partitions ``N*W .. N*W+W-1`` of
-  ``P*W`` (P processes of W workers), created on its first start. Two processes on one
-  host can share ``recovery.dir``; on separate hosts each keeps its directory with it.
+  ``P*W`` (P processes of W workers), created on its first start and kept whatever the
+  workers later (the count cannot change; Bytewax resumes on any number of workers). Two
+  processes on one host can share ``recovery.dir``; on separate hosts each keeps its
+  directory with it.
 
 The watch reads the names of this process's threads (``/proc/self/task``, Linux): Timely
 names them ``timely:work-I`` (this process's workers), ``timely:recv-M`` and
