@@ -174,7 +174,7 @@ OPERATIONS = Board(
                     "sum by (outcome) (increase(omnistream_rules_reloads_total[1h])) or vector(0)",
                     "{{outcome}}",
                 ),
-                ("sum(omnistream_rules_active)", "rules in force"),
+                ("max(omnistream_rules_active)", "rules in force"),
             ),
             "short",
             description="Changed rules files seen by rule_triggers in the last hour; an "
