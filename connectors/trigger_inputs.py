@@ -68,6 +68,12 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
         # A till redeemed a coupon without a loyalty card: the flow looks up whose coupon
         # the code is (``customer_id`` empty until then).
         customer_id = ""
+    # A till sale naming an online order is its store pickup: the order was the purchase
+    # (its revenue, its conversion); the collection is a store visit and may redeem a code.
+    order_id = record.get("order_id")
+    purchase = event_type in PURCHASE_TYPES and not (
+        event_type == "sale" and isinstance(order_id, str) and order_id
+    )
     lines = record.get("lines")
     lines = lines if isinstance(lines, list) else []
     skus = tuple(
@@ -103,7 +109,7 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
         region=region,
         sku=sku,
         skus=skus,
-        is_purchase=event_type in PURCHASE_TYPES,
+        is_purchase=purchase,
         coupon_codes=tuple(c for c in codes if isinstance(c, str))
         if isinstance(codes, list)
         else (),
@@ -112,11 +118,11 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
         channel=channel,
         store_id=store_id,
         fulfillment=fulfillment_type if isinstance(fulfillment_type, str) else None,
-        revenue=revenue if event_type in PURCHASE_TYPES else 0.0,
+        revenue=revenue if purchase else 0.0,
         categories=categories,
         consent=marketing if event_type == "consent" and isinstance(marketing, bool) else None,
         member_scan=event_type == "sale" and isinstance(record.get("member_code"), str),
-        repurchase_days=repurchase if event_type in PURCHASE_TYPES else (),
+        repurchase_days=repurchase if purchase else (),
     )
 
 

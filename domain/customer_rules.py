@@ -72,7 +72,7 @@ class CustomerEvent:
     region: str | None = None
     sku: str | None = None
     skus: tuple[str, ...] = ()  # of an order or a till receipt
-    is_purchase: bool = False  # order_placed or POS sale
+    is_purchase: bool = False  # order_placed, or a POS sale that is not an order's pickup
     coupon_codes: tuple[str, ...] = ()  # redeemed at a till
     category: str | None = None  # of ``sku``
     source_partition: int = 0  # of events.resolved: the clock its timers follow
@@ -337,8 +337,10 @@ def on_event(
                     evidence=(event.event_id,),
                 )
             )
+    # A code scanned at the till counts as redeemed also when the sale collects an online
+    # order (not a purchase of its own: the order was).
+    out += _redemptions(state, event, rules)
     if event.is_purchase:
-        out += _redemptions(state, event, rules)
         out += _conversions(state, event, rules)
         _arm_lifecycle(state, event, rules)
         state.last_purchase_ms = max(ts, state.last_purchase_ms or ts)
@@ -558,7 +560,7 @@ def _visits(state: CustomerState, event: CustomerEvent, rules: RuleSet) -> list[
     cooldown (walking in twice in ten minutes is one visit), with the latest view of each
     sku the customer looked at within ``views_within``, most recent first."""
     store = event.store_id
-    walked_in = event.event_type == "store_checkin" or (event.is_purchase and event.member_scan)
+    walked_in = event.event_type == "store_checkin" or event.member_scan
     if store is None or not walked_in:
         return []
     out: list[Outcome] = []

@@ -39,9 +39,10 @@ Top categories weigh engagement inside the interest window (the last
 purchase 5 for each distinct category on the order or receipt; most engaged first, ties by
 name.
 
-Known simplifications: every ``is_purchase`` event is one purchase (a till sale that is the
-pickup of an online order counts again, the event carrying no ``order_id``); cancellations
-and returns do not take purchases back.
+Every ``is_purchase`` event is one purchase: an online order, or a till sale that is not
+the store pickup of one (``connectors.trigger_inputs``: the pickup's sale names the order,
+which was the purchase). Known simplification: cancellations and returns do not take
+purchases back.
 """
 
 from __future__ import annotations

@@ -139,11 +139,36 @@ def test_orders_and_sales_are_purchases(
     reference: ReferenceData, event_type: str, purchase: bool
 ) -> None:
     lines = [{"sku": "SKU-10002", "qty": 1, "unit_price": 7.9}]
-    record = resolved(event_type=event_type, sku=None, lines=lines, order_id="O1")
+    order = {} if event_type == "sale" else {"order_id": "O1"}
+    record = resolved(event_type=event_type, sku=None, lines=lines, total=7.9, **order)
     event = decode_resolved(raw(record), ORIGIN, reference)
     assert isinstance(event, CustomerEvent)
     assert event.is_purchase is purchase
+    assert event.revenue == (7.9 if purchase else 0.0)
     assert event.skus == ("SKU-10002",)
+
+
+def test_the_till_sale_of_an_order_s_pickup_is_no_second_purchase(
+    reference: ReferenceData,
+) -> None:
+    """The order was the purchase (revenue, conversion); collecting it at the till is a
+    store visit on the card, and the code scanned there still counts as redeemed."""
+    lines = [{"sku": "SKU-10002", "qty": 1, "unit_price": 7.9}]
+    record = resolved(
+        event_type="sale",
+        source_topic="pos.sales",
+        store_id="ST-SH-01",
+        sku=None,
+        lines=lines,
+        total=7.9,
+        order_id="O1",
+        member_code="M1",
+        coupon_codes=["OS1"],
+    )
+    event = decode_resolved(raw(record), ORIGIN, reference)
+    assert isinstance(event, CustomerEvent)
+    assert (event.is_purchase, event.revenue, event.repurchase_days) == (False, 0.0, ())
+    assert event.member_scan and event.coupon_codes == ("OS1",)
 
 
 @pytest.mark.parametrize("customer_id", [None, "", 42])
