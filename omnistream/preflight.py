@@ -194,9 +194,10 @@ def redis_problem(config: Config, timeout_s: float) -> str | None:
                 failure = exc
             except redis.ResponseError as exc:  # NOAUTH, NOPERM: credentials or ACL rules
                 return f"Redis at {where} refused PING ({REDIS_SETTING}): {exc}"
-            if time.monotonic() + _RETRY_S >= deadline:
+            # Asked until the wait is over (the last time at its end), never given up early.
+            if time.monotonic() >= deadline:
                 break
-            time.sleep(_RETRY_S)
+            time.sleep(min(_RETRY_S, max(0.0, deadline - time.monotonic())))
     finally:
         if client is not None:
             client.close()
