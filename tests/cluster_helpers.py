@@ -12,21 +12,18 @@ import json
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from base.config import Config, dump_config
-from base.topics import ALL_TOPICS
-from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from omnistream.embedded import free_port
 from omnistream.processes import free_port_block, scrape, start_cluster, start_flow, total
 from tests.crash_helpers import CONSUMED, Kill
+from tests.kafka_helpers import read_topics
 
 
 @dataclass(frozen=True)
@@ -123,65 +120,6 @@ def _kill_when(
             return consumed
         time.sleep(0.005)
     return None
-
-
-def read_topics(
-    config: Config, names: tuple[str, ...], timeout_s: float = 60.0
-) -> dict[str, list[Message]]:
-    """Every message of each topic (CONTRACT names), as ``read_topic`` reads one, with one
-    consumer for all of them (one per topic costs a few tenths of a second each)."""
-    consumer = make_consumer(
-        config,
-        group_id=f"read-topics-{uuid.uuid4().hex}",
-        **{"enable.partition.eof": "true", "fetch.wait.max.ms": "10"},
-    )
-    try:
-        names_of = {config.topic(name): name for name in names}
-        metadata = consumer.list_topics(timeout=timeout_s)
-        pending = {
-            (topic, partition)
-            for topic in names_of
-            for partition in metadata.topics[topic].partitions
-        }
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(pending)])
-        found: dict[str, list[Message]] = {name: [] for name in names}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{sorted(pending)} did not reach their end in {timeout_s} s")
-            for message in consumer.consume(1000, 0.2):
-                error = message.error()
-                if error is None:
-                    found[names_of[message.topic() or ""]].append(message)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard((message.topic() or "", message.partition() or 0))
-                else:
-                    raise RuntimeError(f"reading {message.topic()}: {error}")
-        for messages in found.values():
-            messages.sort(key=lambda m: (m.partition() or 0, m.offset() or 0))
-        return found
-    finally:
-        consumer.close()
-
-
-def copy_topics(source: Config, target: Config, names: tuple[str, ...]) -> int:
-    """``tests.crash_helpers.copy_inputs`` with one consumer: the same messages, keys,
-    partitions and headers under ``target``'s prefix; how many."""
-    ensure_topics(target, list(ALL_TOPICS))
-    producer = make_producer(target)
-    count = 0
-    for name, messages in read_topics(source, names).items():
-        for message in messages:
-            producer.produce(
-                target.topic(name),
-                key=message.key(),
-                value=message.value(),
-                partition=message.partition() or 0,
-                headers=message.headers() or [],
-            )
-            count += 1
-    assert producer.flush(60) == 0
-    return count
 
 
 def redis_state(config: Config) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from base.topics import ALL_TOPICS
 from connectors.kafka_clients import ensure_topics, make_producer
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, total
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic, read_topics
 
 CONSUMED = "omnistream_events_consumed_total"
 
@@ -137,8 +137,8 @@ def copy_inputs(source: Config, target: Config, inputs: tuple[str, ...]) -> int:
     ensure_topics(target, list(ALL_TOPICS))
     producer = make_producer(target)
     count = 0
-    for name in inputs:
-        for message in read_topic(source, name, timeout_s=60):
+    for name, messages in read_topics(source, inputs).items():
+        for message in messages:
             producer.produce(
                 target.topic(name),
                 key=message.key(),

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from base.config import Config
 from connectors.kafka_clients import make_consumer, read_topic
@@ -58,3 +58,42 @@ class TopicWatcher:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_topics(
+    config: Config, names: tuple[str, ...], timeout_s: float = 60.0
+) -> dict[str, list[Message]]:
+    """Every message of each topic (CONTRACT names), as ``read_topic`` reads one, with one
+    consumer for all of them (one per topic costs a few tenths of a second each)."""
+    consumer = make_consumer(
+        config,
+        group_id=f"read-topics-{uuid.uuid4().hex}",
+        **{"enable.partition.eof": "true", "fetch.wait.max.ms": "10"},
+    )
+    try:
+        names_of = {config.topic(name): name for name in names}
+        metadata = consumer.list_topics(timeout=timeout_s)
+        pending = {
+            (topic, partition)
+            for topic in names_of
+            for partition in metadata.topics[topic].partitions
+        }
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(pending)])
+        found: dict[str, list[Message]] = {name: [] for name in names}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{sorted(pending)} did not reach their end in {timeout_s} s")
+            for message in consumer.consume(1000, 0.2):
+                error = message.error()
+                if error is None:
+                    found[names_of[message.topic() or ""]].append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((message.topic() or "", message.partition() or 0))
+                else:
+                    raise RuntimeError(f"reading {message.topic()}: {error}")
+        for messages in found.values():
+            messages.sort(key=lambda m: (m.partition() or 0, m.offset() or 0))
+        return found
+    finally:
+        consumer.close()

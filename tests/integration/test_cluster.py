@@ -56,16 +56,14 @@ from omnistream.processes import (
 )
 from tests.cluster_helpers import (
     Shape,
-    copy_topics,
     differences,
     output_ids,
-    read_topics,
     redis_state,
     run_cluster,
 )
-from tests.crash_helpers import CONSUMED, Kill
+from tests.crash_helpers import CONSUMED, Kill, copy_inputs
 from tests.identity_fold import fold_changes
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import read_topic, read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +179,7 @@ def prepared(recording: Recording, name: str, tag: str, **overrides: Any) -> tup
     config = base.with_overrides(
         kafka=kafka, redis={"key_prefix": f"{base.redis.key_prefix}{tag}:"}, **overrides
     )
-    messages = copy_topics(base, config, INPUTS[name])
+    messages = copy_inputs(base, config, INPUTS[name])
     if name == "rule_triggers":
         client = redis.Redis.from_url(config.redis.url)
         try:
