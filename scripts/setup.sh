@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the demo and the tests need on a fresh Debian machine:
 # OS packages (redis-server; docker-compose and promtool to check the compose file and the
-# alert rules), a virtualenv in .venv, and the project with its dev tools.
+# alert rules), a virtualenv in .venv, and the project with its dev tools and the extras the
+# demo and the tests use: `demo` (the embedded broker) and `grafana` (`grafana push`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +25,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.omnistream-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project and its dev tools into .venv" >&2
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  echo "setup: installing the project, its dev tools and the demo and grafana extras into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,demo,grafana]'
   touch "$stamp"
 fi
