@@ -3,7 +3,7 @@
 ``python -m omnistream.dashboards`` writes ``grafana/dashboards/*.json`` (checked in, and a
 test fails when they drift from this file); Grafana provisions them from there
 (``grafana/provisioning``), and ``omnistream grafana push`` uploads them through
-``grafana-client``.
+``grafana-client`` (the ``grafana`` extra).
 
 Error and rare-event panels end in ``or vector(0)``: no error is a real zero, not an empty
 panel.
@@ -11,10 +11,12 @@ panel.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -664,11 +666,87 @@ def write_boards(out_dir: Path = OUT_DIR) -> list[Path]:
     return paths
 
 
-def push_boards(url: str, token: str, folder_uid: str | None = None) -> int:
-    """Upload every board to a Grafana server (create or overwrite)."""
-    from grafana_client import GrafanaApi
+#: The extra that brings grafana-client (pyproject.toml says why it is not a base dependency).
+GRAFANA_EXTRA = "grafana"
+#: Seconds grafana-client waits for Grafana to connect and to answer one board's upload.
+PUSH_TIMEOUT_S = 10.0
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
-    api = GrafanaApi.from_url(url, credential=token)
+
+def _shown_url(url: str) -> str:
+    """``url`` without user and password (``http://admin:secret@host`` is accepted)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The operating system's words for a failed connection ("Connection refused", "Name or
+    service not known"): the HTTP stack wraps the socket's error several layers deep (in
+    ``args`` and as the cause), each layer's message repeating the one below with object
+    reprs. Else the ``[Errno N] …`` part of the message, else its first line."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current).__module__ in {"builtins", "socket"} and isinstance(current, OSError):
+            return str(current.strerror or current).strip()
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    text = str(exc)
+    match = _ERRNO_REASON.search(text)
+    if match:
+        return match.group(1).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:200]
+
+
+def _status(exc: Any) -> str:
+    """``403: Permission denied``: a refused request's status and Grafana's own message (the
+    JSON body's ``message``), without grafana-client's prefix."""
+    response = getattr(exc, "response", None)
+    message = response.get("message") if isinstance(response, dict) else None
+    return f"{exc.status_code}: {message}" if message else str(exc.status_code)
+
+
+def push_boards(url: str, token: str, folder_uid: str | None = None) -> int:
+    """Upload every board to a Grafana server (create or overwrite), through grafana-client.
+
+    Why it never raises for a Grafana that is away or refuses: an operator runs this by hand
+    or from a deploy job, and needs the one line saying what went wrong, not the HTTP stack's
+    traceback. So every failure is one line on stderr and exit status 1 (2 for a URL that is
+    not ``http(s)://host``); boards pushed before the failure stay pushed (each upload is a
+    whole overwrite, so running it again is safe).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        print(
+            f"omnistream: --url must be http://HOST[:PORT] or https://…, got {url!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        from grafana_client import GrafanaApi
+        from grafana_client.client import (
+            GrafanaClientError,
+            GrafanaException,
+            GrafanaTimeoutError,
+            GrafanaUnauthorizedError,
+        )
+    except ModuleNotFoundError:
+        print(
+            f"omnistream: `grafana push` needs the `{GRAFANA_EXTRA}` extra, which is not "
+            f"installed: pip install 'omnistream[{GRAFANA_EXTRA}]'",
+            file=sys.stderr,
+        )
+        return 1
+    shown = _shown_url(url)
+    api = GrafanaApi.from_url(url, credential=token, timeout=PUSH_TIMEOUT_S)
     for board in BOARDS:
         payload: dict[str, Any] = {
             "dashboard": board_json(board),
@@ -677,8 +755,33 @@ def push_boards(url: str, token: str, folder_uid: str | None = None) -> int:
         }
         if folder_uid:
             payload["folderUid"] = folder_uid
-        api.dashboard.update_dashboard(payload)
-        print(f"pushed {board.uid} ({board.title})")
+        try:
+            api.dashboard.update_dashboard(payload)
+        except GrafanaUnauthorizedError:
+            problem = (
+                f"token refused by Grafana at {shown} (401): --token needs a service-account "
+                "token with editor rights"
+            )
+        except GrafanaTimeoutError:
+            problem = f"Grafana at {shown} did not answer within {PUSH_TIMEOUT_S:g} s"
+        except GrafanaClientError as exc:
+            problem = f"Grafana at {shown} refused board {board.uid} ({_status(exc)})"
+            if exc.status_code == 403:
+                problem = (
+                    f"token refused by Grafana at {shown} ({_status(exc)}): it lacks editor rights"
+                )
+        except GrafanaException as exc:
+            if exc.status_code:  # the server's 5xx
+                problem = f"Grafana at {shown} failed on board {board.uid} ({_status(exc)})"
+            else:  # an HTTP failure grafana-client wrapped
+                problem = f"Grafana at {shown} failed: {_connection_reason(exc)}"
+        except OSError as exc:  # the HTTP stack's connection errors are OSErrors
+            problem = f"cannot connect to Grafana at {shown}: {_connection_reason(exc)}"
+        else:
+            print(f"pushed {board.uid} ({board.title})")
+            continue
+        print(f"omnistream: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
