@@ -12,6 +12,7 @@ code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import typing
@@ -34,6 +35,15 @@ ENV_ALIASES: dict[str, str] = {
     "OMNI_PRODUCTS": "reference.products",
     "OMNI_RULES": "rules.file",
 }
+
+#: ``OMNI_KAFKA_CLIENT_<NAME>`` sets one librdkafka property of ``kafka.client``: the name
+#: lower-cased with ``_`` read as ``.`` (``OMNI_KAFKA_CLIENT_SASL_PASSWORD`` →
+#: ``sasl.password``), over the file's mapping. librdkafka's property names have no ``_``.
+KAFKA_CLIENT_PREFIX = "OMNI_KAFKA_CLIENT_"
+
+#: ``OMNI_X_FILE=/path`` gives the value of ``OMNI_X`` as the content of a file (a mounted
+#: secret), without its trailing newline.
+FILE_SUFFIX = "_FILE"
 
 
 class ConfigError(ValueError):
@@ -358,10 +368,14 @@ def _build(
     source: str,
     env: Mapping[str, str],
     origins: Mapping[str, str] | None = None,
+    env_origins: Mapping[str, str] | None = None,
 ) -> Config:
+    """The validated ``Config`` of ``raw`` (the file's sections) under ``env`` (variable →
+    value, ``*_FILE`` variants already read; ``env_origins`` names where each came from)."""
     sections: dict[str, Any] = {}
     #: dotted key → where its value came from, when not from ``source``
     where: dict[str, str] = dict(origins or {})
+    env_origins = env_origins or {}
     section_types = _section_types()
     for name in raw:
         if name not in section_types:
@@ -389,15 +403,118 @@ def _build(
             aliases = [alias for alias, target in ENV_ALIASES.items() if target == f"{name}.{key}"]
             for var in [variable, *aliases]:
                 if var in env:
-                    kwargs[key] = _coerce(
-                        env[var], hints[key], f"environment {var}", f"{name}.{key}", from_env=True
-                    )
-                    where[f"{name}.{key}"] = f"environment {var}"
+                    origin = env_origins.get(var, f"environment {var}")
+                    if f"{name}.{key}" == "kafka.client":
+                        raise ConfigError(
+                            f"{origin}: key `kafka.client`: expected one variable per "
+                            f"librdkafka property, {KAFKA_CLIENT_PREFIX}<NAME> "
+                            f"({KAFKA_CLIENT_PREFIX}SASL_PASSWORD → sasl.password)"
+                        )
+                    kwargs[key] = _coerce(env[var], hints[key], origin, f"{name}.{key}", True)
+                    where[f"{name}.{key}"] = origin
+        if name == "kafka":
+            client = _kafka_client_from_env(env)
+            if client:
+                kwargs["client"] = {**kwargs.get("client", {}), **client}
         sections[name] = section_type(**kwargs)
     config = Config(**sections, source=source)
-    _check_ranges(config)
+    _check_ranges(config, where)
     _check_cluster(config, where)
     return config
+
+
+def _kafka_client_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The librdkafka properties given as ``OMNI_KAFKA_CLIENT_<NAME>`` variables."""
+    return {
+        var[len(KAFKA_CLIENT_PREFIX) :].lower().replace("_", "."): value
+        for var, value in env.items()
+        if var.startswith(KAFKA_CLIENT_PREFIX) and len(var) > len(KAFKA_CLIENT_PREFIX)
+    }
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``OMNI_*`` name the configuration reads (besides ``OMNI_KAFKA_CLIENT_<NAME>``
+    and the ``*_FILE`` variants): ``OMNI_CONFIG``, ``OMNI_<SECTION>_<KEY>`` of every key, and
+    the contract's short names."""
+    names = {"OMNI_CONFIG", *ENV_ALIASES}
+    for section, section_type in _section_types().items():
+        for f in dataclasses.fields(section_type):
+            names.add(f"OMNI_{section.upper()}_{f.name.upper()}")
+    return frozenset(names)
+
+
+def _is_known(name: str, known: frozenset[str]) -> bool:
+    return name in known or (
+        name.startswith(KAFKA_CLIENT_PREFIX) and len(name) > len(KAFKA_CLIENT_PREFIX)
+    )
+
+
+def _file_target(name: str, known: frozenset[str]) -> str | None:
+    """The variable ``name`` gives from a file (``OMNI_PII_KEY_FILE`` → ``OMNI_PII_KEY``), or
+    None. A name that is itself a key's variable (``OMNI_RULES_FILE``: ``rules.file``) is no
+    file variant; ``OMNI_KAFKA_CLIENT_…_FILE`` always is (no librdkafka property ends in
+    ``.file``)."""
+    if not name.endswith(FILE_SUFFIX) or name in known:
+        return None
+    target = name[: -len(FILE_SUFFIX)]
+    return target if _is_known(target, known) else None
+
+
+def read_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The configuration's variables of ``env`` (name → value) with every ``OMNI_X_FILE``
+    read into ``OMNI_X``, and where each came from (for messages).
+
+    Secrets mounted as files (compose and Kubernetes secrets) are read here, once, like any
+    other value; both ``OMNI_X`` and ``OMNI_X_FILE`` set, or a file that cannot be read, is a
+    configuration error naming them."""
+    known = known_variables()
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith("OMNI_"):
+            continue
+        target = _file_target(name, known)
+        if target is None:
+            if _is_known(name, known):
+                values[name] = value
+                origins[name] = f"environment {name}"
+            continue
+        if target in env:
+            raise ConfigError(
+                f"environment {target} and {name}: expected one of them (the value or the "
+                f"file holding it), got both"
+            )
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"environment {name}: cannot read the file {value!r} holding {target}: {reason}"
+            ) from None
+        values[target] = text.removesuffix("\n").removesuffix("\r")
+        origins[target] = f"environment {name} (file {value})"
+    return values, origins
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning per ``OMNI_*`` variable of ``env`` the configuration does not read (a
+    mistyped name would otherwise be ignored without a word), with the closest known name
+    when one is close."""
+    known = known_variables()
+    warnings: list[str] = []
+    for name in sorted(env):
+        if not name.startswith("OMNI_") or _is_known(name, known) or _file_target(name, known):
+            continue
+        base, suffix = (
+            (name[: -len(FILE_SUFFIX)], FILE_SUFFIX) if name.endswith(FILE_SUFFIX) else (name, "")
+        )
+        close = difflib.get_close_matches(base, sorted(known), n=1, cutoff=0.8)
+        if not close and suffix:
+            close = [c[: -len(suffix)] for c in difflib.get_close_matches(name, known, 1, 0.8)]
+            suffix = FILE_SUFFIX if close else ""
+        hint = f" (did you mean {close[0]}{suffix}?)" if close else ""
+        warnings.append(f"unknown environment variable {name}, ignored{hint}")
+    return warnings
 
 
 def _check_cluster(config: Config, where: Mapping[str, str]) -> None:
@@ -441,8 +558,16 @@ def _check_cluster(config: Config, where: Mapping[str, str]) -> None:
         )
 
 
-def _check_ranges(config: Config) -> None:
-    """Values that parse but cannot work: caught here rather than deep inside a flow."""
+def _check_ranges(config: Config, where: Mapping[str, str] | None = None) -> None:
+    """Values that parse but cannot work: caught here rather than deep inside a flow.
+
+    Each message names where the value came from (``where``: dotted key → an environment
+    variable or option), else the file."""
+    where = where or {}
+
+    def src(*keys: str) -> str:
+        return next((where[k] for k in keys if k in where), config.source)
+
     positive = {
         "kafka.partitions": config.kafka.partitions,
         "kafka.replication_factor": config.kafka.replication_factor,
@@ -486,39 +611,40 @@ def _check_ranges(config: Config) -> None:
     }
     for key, value in positive.items():
         if value <= 0:
-            raise ConfigError(f"{config.source}: key `{key}`: expected a value > 0, got {value!r}")
+            raise ConfigError(f"{src(key)}: key `{key}`: expected a value > 0, got {value!r}")
     a = config.attribution
     if not (
         0 <= a.first_share <= 1 and 0 <= a.last_share <= 1 and a.first_share + a.last_share <= 1
     ):
         raise ConfigError(
-            f"{config.source}: key `attribution.first_share`/`attribution.last_share`: expected "
+            f"{src('attribution.first_share', 'attribution.last_share')}: key "
+            f"`attribution.first_share`/`attribution.last_share`: expected "
             f"shares in [0, 1] adding up to at most 1, got {a.first_share!r} and {a.last_share!r}"
         )
     p = config.profile
     if p.lapsed_days <= p.active_days:
         raise ConfigError(
-            f"{config.source}: key `profile.lapsed_days`: expected more days than "
+            f"{src('profile.lapsed_days')}: key `profile.lapsed_days`: expected more days than "
             f"`profile.active_days` ({p.active_days!r}), got {p.lapsed_days!r}"
         )
     if p.max_categories > 5:
         raise ConfigError(
-            f"{config.source}: key `profile.max_categories`: expected at most 5 (CONTRACT "
-            f"§11), got {p.max_categories!r}"
+            f"{src('profile.max_categories')}: key `profile.max_categories`: expected at most "
+            f"5 (CONTRACT §11), got {p.max_categories!r}"
         )
     if not 0 < config.service.port < 65536:
         raise ConfigError(
-            f"{config.source}: key `service.port`: expected a port 1..65535, "
+            f"{src('service.port')}: key `service.port`: expected a port 1..65535, "
             f"got {config.service.port!r}"
         )
     if not 0 < config.metrics.port < 65536:
         raise ConfigError(
-            f"{config.source}: key `metrics.port`: expected a port 1..65535, "
+            f"{src('metrics.port')}: key `metrics.port`: expected a port 1..65535, "
             f"got {config.metrics.port!r}"
         )
     if not config.pii.default_country_code.isdigit():
         raise ConfigError(
-            f"{config.source}: key `pii.default_country_code`: expected digits, "
+            f"{src('pii.default_country_code')}: key `pii.default_country_code`: expected digits, "
             f"got {config.pii.default_country_code!r}"
         )
     if config.identity.junk_pattern:
@@ -526,24 +652,26 @@ def _check_ranges(config: Config) -> None:
             re.compile(config.identity.junk_pattern)
         except re.error as exc:
             raise ConfigError(
-                f"{config.source}: key `identity.junk_pattern`: expected a regular "
+                f"{src('identity.junk_pattern')}: key `identity.junk_pattern`: expected a regular "
                 f"expression, got {config.identity.junk_pattern!r} ({exc})"
             ) from None
     if not config.kafka.bootstrap.strip():
-        raise ConfigError(f"{config.source}: key `kafka.bootstrap`: expected host:port[,host:port]")
+        raise ConfigError(
+            f"{src('kafka.bootstrap')}: key `kafka.bootstrap`: expected host:port[,host:port]"
+        )
     if not config.redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            f"{config.source}: key `redis.url`: expected a redis://, rediss:// or unix:// URL, "
+            f"{src('redis.url')}: key `redis.url`: expected a redis://, rediss:// or unix:// URL, "
             f"got {config.redis.url!r}"
         )
     if config.redis.cluster and config.redis.url.startswith("unix://"):
         raise ConfigError(
-            f"{config.source}: key `redis.cluster`: expected false with a unix:// `redis.url` "
-            f"(a Redis Cluster is reached over TCP), got true"
+            f"{src('redis.cluster')}: key `redis.cluster`: expected false with a unix:// "
+            f"`redis.url` (a Redis Cluster is reached over TCP), got true"
         )
     if config.redis.cluster and _url_database(config.redis.url) not in ("", "0"):
         raise ConfigError(
-            f"{config.source}: key `redis.url`: expected database 0 (or none) with "
+            f"{src('redis.url')}: key `redis.url`: expected database 0 (or none) with "
             f"`redis.cluster` true (a Redis Cluster has only database 0), got "
             f"/{_url_database(config.redis.url)}"
         )
@@ -565,7 +693,8 @@ def load_config(
     relative to the file, so a config directory can be moved as a whole.
     """
     env = os.environ if env is None else env
-    chosen = path if path is not None else env.get("OMNI_CONFIG") or None
+    values, env_origins = read_environment(env)
+    chosen = path if path is not None else values.get("OMNI_CONFIG") or None
     raw: dict[str, Any] = {}
     source = "<defaults>"
     if chosen is not None:
@@ -586,7 +715,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
         raw = _resolve_relative_paths(loaded, file.parent)
-    return _build(raw, source, env)
+    return _build(raw, source, values, env_origins=env_origins)
 
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

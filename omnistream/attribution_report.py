@@ -3,8 +3,9 @@ channel, from the running totals the attribution flow keeps in Redis."""
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from base.config import Config
 from domain.attribution import MODELS
@@ -31,11 +32,29 @@ def format_report(totals: dict[str, dict[str, tuple[float, float]]]) -> str:
     return "\n".join(lines)
 
 
-def report(config: Config, out: TextIO | None = None) -> int:
+def report_json(totals: dict[str, dict[str, tuple[float, float]]]) -> dict[str, Any]:
+    """The shape of ``attribution report --json`` (README, JSON output): every model, each
+    with its channels' revenue and conversions (as Redis holds them) and their sums."""
+    models: dict[str, Any] = {}
+    for model in MODELS:
+        table = totals.get(model, {})
+        models[model] = {
+            "channels": {
+                channel: {"revenue": revenue, "conversions": conversions}
+                for channel, (revenue, conversions) in sorted(table.items())
+            },
+            "revenue": sum(revenue for revenue, _ in table.values()),
+            "conversions": sum(conversions for _, conversions in table.values()),
+        }
+    return {"models": models}
+
+
+def report(config: Config, out: TextIO | None = None, *, as_json: bool = False) -> int:
     store = RedisAttributionStore.from_config(config)
     try:
         totals = store.read_totals(MODELS)
     finally:
         store.close()
-    print(format_report(totals), file=out if out is not None else sys.stdout)
+    text = json.dumps(report_json(totals)) if as_json else format_report(totals)
+    print(text, file=out if out is not None else sys.stdout)
     return 0

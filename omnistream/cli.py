@@ -2,8 +2,9 @@
 
 Every subcommand reads one configuration (``--config`` or ``OMNI_CONFIG``, plus ``OMNI_*``
 overrides), validated before anything starts; those that need the broker or Redis check that
-they answer first. Exit codes: 0 success (also a flow stopped by SIGTERM or Ctrl-C), 1 runtime
-failure (an unreachable broker or Redis: one line), 2 usage or configuration error.
+they answer first. ``--config`` and ``-v`` are taken before or after the subcommand. Exit
+codes: 0 success (also a flow stopped by SIGTERM or Ctrl-C), 1 runtime failure (an
+unreachable broker or Redis: one line, never a traceback), 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -16,20 +17,40 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from base.config import Config, ConfigError, load_config
+from base.config import Config, ConfigError, load_config, unknown_variables
 from domain.reference import ReferenceDataError
 from domain.rules import RulesError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+_CONFIG_HELP = (
+    "YAML configuration file (default: $OMNI_CONFIG, else built-in defaults); every key can "
+    "be overridden with OMNI_<SECTION>_<KEY>"
+)
+_VERBOSE_HELP = "log at debug level"
+
+
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``-v`` on a subcommand, as on ``omnistream`` itself.
+
+    Their default is ``SUPPRESS``: argparse copies a subcommand's namespace over the top
+    level's, so a default here would overwrite ``omnistream --config x.yaml stock SKU``'s
+    value with None; suppressed, only an option given after the subcommand lands."""
+    parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=_CONFIG_HELP)
     parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="YAML configuration file (default: $OMNI_CONFIG, else built-in defaults); "
-        "every key can be overridden with OMNI_<SECTION>_<KEY>",
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
     )
+
+
+def _version() -> str:
+    """The installed package's version (its metadata), or "unknown" from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("omnistream")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -81,7 +102,7 @@ def _cmd_stock(config: Config, args: argparse.Namespace) -> int:
     from omnistream.stock_report import print_stock
 
     _needs(config, redis=True)
-    return print_stock(config, load_reference(config), args.sku)
+    return print_stock(config, load_reference(config), args.sku, as_json=args.json)
 
 
 def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
@@ -95,7 +116,7 @@ def _cmd_whois(config: Config, args: argparse.Namespace) -> int:
     from omnistream.identity_cli import whois
 
     _needs(config, redis=True)
-    return whois(config, args.type, args.value)
+    return whois(config, args.type, args.value, as_json=args.json)
 
 
 def _cmd_forget(config: Config, args: argparse.Namespace) -> int:
@@ -129,7 +150,7 @@ def _cmd_attribution_report(config: Config, args: argparse.Namespace) -> int:
     from omnistream.attribution_report import report
 
     _needs(config, redis=True)
-    return report(config)
+    return report(config, as_json=args.json)
 
 
 def _cmd_experiments_report(config: Config, args: argparse.Namespace) -> int:
@@ -171,6 +192,47 @@ def _port(text: str) -> int:
     return port
 
 
+def _cmd_top(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.top import run_top
+
+    return int(run_top(config, args))
+
+
+def _cmd_topics_create(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.topics_cli import create_topics
+
+    _needs(config, kafka=True)
+    return create_topics(config)
+
+
+def _cmd_topics_list(config: Config, args: argparse.Namespace) -> int:
+    from omnistream.topics_cli import list_topics
+
+    _needs(config, kafka=True)
+    return list_topics(config)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}"
+        ) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _targets(text: str) -> list[str]:
+    urls = [part.strip() for part in text.split(",") if part.strip()]
+    if not urls or not all(url.startswith(("http://", "https://")) for url in urls):
+        raise argparse.ArgumentTypeError(
+            f"expected http(s):// URLs of /metrics endpoints, comma-separated, got {text!r}"
+        )
+    return urls
+
+
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -187,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "stores and online orders, and one customer id across devices, accounts, loyalty "
         "cards and orders, fed from Kafka, served from Redis.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"omnistream {_version()}")
+    parser.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -195,9 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole system on an embedded broker and Redis with generated traffic",
         description="Start an embedded Kafka-compatible broker (Tansu) and redis-server on free "
         "loopback ports, run the four flows (stock_pool, identity_stitch, rule_triggers, "
-        "attribution) as their own processes, feed them generated traffic, then print a summary "
-        "(stock, sourcing, store tasks, customers, triggers, attribution). Ctrl-C stops "
-        "everything cleanly.",
+        "attribution) as their own processes, feed them generated traffic (--events, --rate, "
+        "--bad-ratio), then print a summary (stock, sourcing, store tasks, customers, "
+        "triggers, attribution, experiments). --prometheus also starts the Debian Prometheus, "
+        "scraping the flows' /metrics with the project's alert rules, and prints its URL. "
+        "--keep keeps the stack running after the summary and prints the `export OMNI_…` "
+        "lines with which `stock`, `whois`, `serve` and `top` work against it, until Ctrl-C. "
+        "Ctrl-C stops everything cleanly.",
     )
     _add_config_argument(demo)
     add_demo_arguments(demo)
@@ -260,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         "region and network totals.",
     )
     stock.add_argument("sku", help="the sku to show")
+    stock.add_argument(
+        "--json",
+        action="store_true",
+        help="print the figures as one JSON object (README: Commands, JSON output)",
+    )
     _add_config_argument(stock)
     stock.set_defaults(handler=_cmd_stock)
 
@@ -274,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     whois.add_argument("type", choices=identifier_types, help="identifier type")
     whois.add_argument("value", help="identifier value (raw or hashed for phone/email)")
+    whois.add_argument(
+        "--json",
+        action="store_true",
+        help="print the customer as one JSON object (README: Commands, JSON output)",
+    )
     _add_config_argument(whois)
     whois.set_defaults(handler=_cmd_whois)
 
@@ -294,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rule_triggers rules files",
         description="Work with rules files of the rule_triggers flow.",
     )
+    _add_config_argument(rules)
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = rules_sub.add_parser(
         "check",
@@ -385,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         "position_based, markov), the revenue and conversions credited to each channel, from "
         "the running totals the attribution flow keeps in Redis.",
     )
+    attribution_report.add_argument(
+        "--json",
+        action="store_true",
+        help="print the totals as one JSON object (README: Commands, JSON output)",
+    )
     attribution_report.set_defaults(handler=_cmd_attribution_report)
 
     experiments_report = _report_command(
@@ -408,19 +492,84 @@ def build_parser() -> argparse.ArgumentParser:
         help="Grafana boards",
         description="Work with the Grafana boards of grafana/dashboards.",
     )
+    _add_config_argument(grafana)
     grafana_sub = grafana.add_subparsers(dest="grafana_command", required=True, metavar="ACTION")
     push = grafana_sub.add_parser(
         "push",
         help="upload the boards to a Grafana server",
-        description="Create or overwrite the Operations, Inventory and Identity boards on a "
-        "Grafana server through its HTTP API (grafana-client). The boards expect a Prometheus "
-        "datasource with uid `prometheus`.",
+        description="Create or overwrite the project's boards (grafana/dashboards) on a "
+        "Grafana server through Grafana's HTTP API. Each board has a `$datasource` variable: "
+        "pick the Prometheus datasource that scrapes the flows on the board.",
     )
     push.add_argument("--url", required=True, help="Grafana base URL, e.g. http://127.0.0.1:3000")
     push.add_argument("--token", required=True, help="service-account token with editor rights")
     push.add_argument("--folder-uid", help="folder to put the boards in (default: General)")
     _add_config_argument(push)
     push.set_defaults(handler=_cmd_grafana_push)
+
+    top = sub.add_parser(
+        "top",
+        help="live terminal view of every flow from its /metrics: events/s, lag, dead "
+        "letters, triggers, stock alerts",
+        description="Live terminal view of every flow from its /metrics: events/s, lag, dead "
+        "letters, triggers, stock alerts, refreshed in place until Ctrl-C.",
+    )
+    top.add_argument(
+        "--interval",
+        type=_interval,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between two refreshes (default %(default)s)",
+    )
+    top.add_argument("--once", action="store_true", help="print one view and exit")
+    top.add_argument(
+        "--targets",
+        type=_targets,
+        metavar="URL,…",
+        help="the flows' /metrics URLs, comma-separated (default: the flows on metrics.host "
+        "from metrics.port)",
+    )
+    _add_config_argument(top)
+    top.set_defaults(handler=_cmd_top)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, PII key, broker, topics, Redis and rules, one line each",
+        description="Check what the flows need, one line each (ok, warn or FAIL): the "
+        "configuration loads, the PII key is set, the broker answers, every input and output "
+        "topic exists with kafka.partitions partitions, Redis answers (and its version), and "
+        "the reference data and rules file are valid. Exit 1 when a check fails (a warning "
+        "does not fail).",
+    )
+    _add_config_argument(doctor)
+
+    topics = sub.add_parser(
+        "topics",
+        help="create or list the project's topics on the configured broker",
+        description="For operators running their own Kafka: the project's input and output "
+        "topics (with kafka.topic_prefix), with kafka.partitions partitions and "
+        "kafka.replication_factor replicas.",
+    )
+    _add_config_argument(topics)
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = topics_sub.add_parser(
+        "create",
+        help="create every missing topic",
+        description="Create every project topic that does not exist yet, with kafka.partitions "
+        "partitions and kafka.replication_factor replicas. Existing topics are reported and "
+        "left alone; one with fewer partitions than configured is reported as a mismatch "
+        "(exit 1), since Kafka cannot take partitions away and adding some moves keys.",
+    )
+    _add_config_argument(create)
+    create.set_defaults(handler=_cmd_topics_create)
+    listing = topics_sub.add_parser(
+        "list",
+        help="list every project topic with its partitions and replication",
+        description="Print every project topic with its partitions and replication factor, "
+        "or `missing`.",
+    )
+    _add_config_argument(listing)
+    listing.set_defaults(handler=_cmd_topics_list)
     return parser
 
 
@@ -439,12 +588,36 @@ def _report_command(
     """``omnistream GROUP report``: a command group whose one action prints a report read
     from Redis (it takes ``--config``)."""
     parser = sub.add_parser(group, help=group_help, description=group_description)
+    _add_config_argument(parser)
     actions = parser.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION")
     report: argparse.ArgumentParser = actions.add_parser(
         "report", help=report_help, description=description
     )
     _add_config_argument(report)
     return report
+
+
+def _service_errors() -> tuple[type[BaseException], ...]:
+    """Errors of Redis or the broker that no command handles itself (the connection went
+    away after the start-up check, a server answering something else than Redis)."""
+    import redis
+    from confluent_kafka import KafkaException
+
+    return (redis.RedisError, KafkaException)
+
+
+def _service_error_line(exc: BaseException) -> str:
+    import redis
+
+    if isinstance(exc, redis.RedisError):
+        return (
+            f"Redis failed ({type(exc).__name__}: {exc}); check redis.url / OMNI_REDIS_URL "
+            "and that Redis is up"
+        )
+    return (
+        f"Kafka failed ({exc}); check kafka.bootstrap / OMNI_KAFKA_BOOTSTRAP and that the "
+        "broker is up"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -466,12 +639,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from omnistream.preflight import Unreachable
 
+    # Once per process, before anything else is said: a mistyped name would otherwise be
+    # ignored without a word (the flows a demo starts inherit the demo's environment).
+    for warning in unknown_variables(os.environ):
+        print(f"omnistream: warning: {warning}", file=sys.stderr)
+    if args.command == "doctor":
+        from omnistream.doctor import run_doctor
+
+        return run_doctor(args.config)
     try:
         config = load_config(args.config)
         return int(args.handler(config, args))
     except Unreachable as exc:
         # One line, no traceback: what could not be reached, why, and the setting to check.
         print(f"omnistream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except _service_errors() as exc:
+        # Redis or the broker lost after the start-up check answered: still one line.
+        print(f"omnistream: {_service_error_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except (ConfigError, ReferenceDataError) as exc:
         print(f"omnistream: configuration error: {exc}", file=sys.stderr)

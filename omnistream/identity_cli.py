@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
+from typing import Any
 
 from base import topics
 from base.config import Config
@@ -34,7 +36,11 @@ def identifier_from_cli(config: Config, kind: str, value: str) -> str | None:
     return identifier(kind, value)
 
 
-def whois(config: Config, kind: str, value: str) -> int:
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def whois(config: Config, kind: str, value: str, *, as_json: bool = False) -> int:
     ident = identifier_from_cli(config, kind, value)
     if ident is None:
         return 2
@@ -45,12 +51,34 @@ def whois(config: Config, kind: str, value: str) -> int:
     finally:
         store.close()
     if owner is None or customer is None:
-        print(f"{ident}: no customer")
+        if as_json:
+            print(json.dumps({"identifier": ident, "customer_id": None}))
+        else:
+            print(f"{ident}: no customer")
         return 1
-    print(
-        f"customer {customer.customer_id}  first seen "
-        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(customer.first_seen_ms / 1000))}"
-    )
+    if as_json:
+        # The shape of ``whois --json`` (README, JSON output): the identifier asked for, its
+        # customer, and every identifier of the customer by type (sorted; phone and e-mail
+        # as their keyed hashes, as stored).
+        identifiers: dict[str, Any] = {
+            kind_name: sorted(
+                i.split(":", 1)[1] for i in customer.identifiers if kind_of(i) == kind_name
+            )
+            for kind_name in PRIORITY
+        }
+        print(
+            json.dumps(
+                {
+                    "identifier": ident,
+                    "customer_id": customer.customer_id,
+                    "first_seen_ms": customer.first_seen_ms,
+                    "first_seen": _iso(customer.first_seen_ms),
+                    "identifiers": identifiers,
+                }
+            )
+        )
+        return 0
+    print(f"customer {customer.customer_id}  first seen {_iso(customer.first_seen_ms)}")
     for kind_name in PRIORITY:
         values = sorted(i.split(":", 1)[1] for i in customer.identifiers if kind_of(i) == kind_name)
         for item in values:

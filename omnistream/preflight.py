@@ -194,6 +194,11 @@ def redis_problem(config: Config, timeout_s: float) -> str | None:
                 failure = exc
             except redis.ResponseError as exc:  # NOAUTH, NOPERM: credentials or ACL rules
                 return f"Redis at {where} refused PING ({REDIS_SETTING}): {exc}"
+            except redis.RedisError as exc:  # something else than Redis on that port
+                return (
+                    f"what answers at {where} ({REDIS_SETTING}) does not speak Redis: "
+                    f"{type(exc).__name__} {exc}"
+                )
             # Asked until the wait is over (the last time at its end), never given up early.
             if time.monotonic() >= deadline:
                 break

@@ -1,8 +1,10 @@
-"""``omnistream stock <sku>``: the stock pool of one sku as a table, read from Redis."""
+"""``omnistream stock <sku>``: the stock pool of one sku as a table (or JSON), from Redis."""
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 from base.config import Config
 from domain.reference import ReferenceData
@@ -48,7 +50,60 @@ def _figures(row: dict[str, str]) -> list[str]:
     ]
 
 
-def print_stock(config: Config, reference: ReferenceData, sku: str) -> int:
+def _number(text: str) -> int | float | str:
+    """A figure of a stock hash as a JSON number (they are kept as decimal text), other
+    fields (``updated_at``) as they are."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _json_figures(row: dict[str, str]) -> dict[str, Any]:
+    return {key: _number(value) for key, value in sorted(row.items())}
+
+
+def stock_json(
+    reference: ReferenceData,
+    sku: str,
+    rows: list[dict[str, str]],
+    total: dict[str, str],
+    regions: dict[str, dict[str, str]],
+) -> dict[str, Any]:
+    """The shape of ``stock --json`` (README, JSON output): the sku and its product, then the
+    fields of each Redis hash as stored (numbers as numbers), per location, region and for
+    the network; ``total`` is null while no stock is recorded."""
+    product = reference.products[sku]
+    locations = []
+    for row in rows:
+        location = reference.locations[row["location_id"]]
+        figures = {k: v for k, v in row.items() if k != "location_id"}
+        locations.append(
+            {
+                "location_id": location.location_id,
+                "type": location.type,
+                "region": location.region,
+                **_json_figures(figures),
+            }
+        )
+    return {
+        "sku": sku,
+        "category": product.category,
+        "reorder_point": product.reorder_point,
+        "safety_stock": product.safety_stock,
+        "locations": locations,
+        "regions": {region: _json_figures(fig) for region, fig in sorted(regions.items())},
+        "total": _json_figures(total) if total else None,
+    }
+
+
+def print_stock(
+    config: Config, reference: ReferenceData, sku: str, *, as_json: bool = False
+) -> int:
     if sku not in reference.products:
         print(
             f"omnistream stock: unknown sku {sku!r} (not in {config.reference.products})",
@@ -60,6 +115,9 @@ def print_stock(config: Config, reference: ReferenceData, sku: str) -> int:
         rows, total, regions = store.read_sku(sku)
     finally:
         store.close()
+    if as_json:
+        print(json.dumps(stock_json(reference, sku, rows, total, regions), sort_keys=False))
+        return 0
     product = reference.products[sku]
     print(
         f"{sku}  category={product.category}  reorder_point={product.reorder_point}  "

@@ -1,0 +1,109 @@
+"""An unreachable service is one line and exit 1, never a traceback or librdkafka's lines.
+
+Real ``omnistream`` processes against loopback ports where nothing listens (and one where a
+server answers something else than Redis); the start-up wait is shortened to 1 s. The
+embedded broker and Redis are not needed: every case is about what is not there."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from omnistream.embedded import free_port
+from tests.fail_fast_helpers import NOISE
+
+
+def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+    clean.update(OMNI_FLOW_STARTUP_WAIT_SECONDS="1", OMNI_PII_KEY="unit-test-pii-key", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", *args],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=120,
+    )
+
+
+REDIS_COMMANDS = [
+    ["stock", "SKU-10001"],
+    ["stock", "SKU-10001", "--json"],
+    ["attribution", "report"],
+    ["attribution", "report", "--json"],
+    ["whois", "user", "u-1"],
+    ["whois", "user", "u-1", "--json"],
+]
+KAFKA_COMMANDS = [
+    ["generate", "--count", "10"],
+    ["topics", "list"],
+    ["topics", "create"],
+]
+
+
+@pytest.mark.parametrize("args", REDIS_COMMANDS, ids="-".join)
+def test_redis_down_is_one_line(args: list[str]) -> None:
+    port = free_port()
+    result = run_cli(args, OMNI_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines == [
+        f"omnistream: cannot reach Redis at redis://127.0.0.1:{port}/0 (redis.url / "
+        f"OMNI_REDIS_URL) within 1 s: Error 111 connecting to 127.0.0.1:{port}. "
+        "Connection refused."
+    ]
+
+
+@pytest.mark.parametrize("args", KAFKA_COMMANDS, ids="-".join)
+def test_broker_down_is_one_line(args: list[str]) -> None:
+    port = free_port()
+    result = run_cli(args, OMNI_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"omnistream: cannot reach Kafka at 127.0.0.1:{port} ")
+    assert "Connection refused" in lines[0]
+    assert not any(mark in output for mark in NOISE)
+
+
+@pytest.fixture
+def not_redis() -> Iterator[int]:
+    """A port whose server answers every connection with an HTTP error, then closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_something_else_than_redis_on_the_port_is_one_line(not_redis: int) -> None:
+    result = run_cli(["stock", "SKU-10001"], OMNI_REDIS_URL=f"redis://127.0.0.1:{not_redis}/0")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert f"127.0.0.1:{not_redis}" in lines[0] and "does not speak Redis" in lines[0]
+    assert "Traceback" not in output
