@@ -35,6 +35,32 @@ ENV_ALIASES: dict[str, str] = {
     "OMNI_PRODUCTS": "reference.products",
     "OMNI_RULES": "rules.file",
 }
+#: Keys whose value may be a YAML list, read as the comma-separated string they hold.
+LIST_KEYS = frozenset({"flow.addresses", "attribution.channels"})
+#: ``attribution.channels`` by default: the channel names and campaign sources of the
+#: generator's traffic, ``direct`` (a conversion without touches) and ``coupon:<rule_id>``
+#: of every coupon rule of the shipped rules file.
+DEFAULT_ATTRIBUTION_CHANNELS = ",".join(
+    (
+        *("app", "mini_program", "web", "live_stream", "social", "kiosk"),
+        *("app_push", "sms", "wechat", "baidu", "newsletter", "smzdm"),
+        *("douyin", "taobao_live", "xiaohongshu", "weibo"),
+        "direct",
+        *(
+            f"coupon:{rule}"
+            for rule in (
+                "browse-nearby",
+                "cart-abandonment",
+                "win-back",
+                "lapsed",
+                "repurchase",
+                "store-overstock",
+                "expiring-fresh",
+            )
+        ),
+    )
+)
+
 
 #: ``OMNI_KAFKA_CLIENT_<NAME>`` sets one librdkafka property of ``kafka.client``: the name
 #: lower-cased with ``_`` read as ``.`` (``OMNI_KAFKA_CLIENT_SASL_PASSWORD`` →
@@ -160,6 +186,11 @@ class AttributionConfig:
     markov_refresh_conversions: int = 100
     #: … or this many minutes of event time, whichever comes first.
     markov_refresh_minutes: float = 60.0
+    #: Channels the ``channel`` label of the attributed revenue and conversion gauges may
+    #: name (comma-separated, or a YAML list); any other channel is counted under ``other``
+    #: there, so a connector's free-text ``campaign.source`` cannot create series without
+    #: bound. Redis totals and ``attribution.credits`` keep every channel as it came.
+    channels: str = DEFAULT_ATTRIBUTION_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -394,8 +425,8 @@ def _build(
                     f"{source}: key `{name}.{key}`: unknown key "
                     f"(expected one of {', '.join(sorted(known_keys))})"
                 )
-            if f"{name}.{key}" == "flow.addresses" and isinstance(value, list):
-                # A YAML list of the processes reads better than one long string.
+            if f"{name}.{key}" in LIST_KEYS and isinstance(value, list):
+                # A YAML list of the processes or channels reads better than one long string.
                 value = ",".join(str(v) for v in value)
             kwargs[key] = _coerce(value, hints[key], source, f"{name}.{key}", from_env=False)
         for key in known_keys:

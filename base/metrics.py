@@ -2,7 +2,9 @@
 
 Bytewax serves this registry together with its own per-step metrics on the flow process's
 ``/metrics`` (``BYTEWAX_DATAFLOW_API_ENABLED``), so there is one endpoint per process. No label
-carries an unbounded value (no sku, customer or event id).
+carries an unbounded value (no sku, customer or event id), nor free text of the input: the
+attribution channel is one of ``attribution.channels`` or ``other``
+(``tests/unit/test_metric_labels.py`` walks every label after hostile input).
 """
 
 from __future__ import annotations
@@ -163,13 +165,14 @@ RULE_STATE_HANDOVERS = Counter(
 ATTRIBUTED_REVENUE = Gauge(
     "omnistream_attributed_revenue",
     "Revenue credited to each channel by each attribution model since the totals began "
-    "(absolute, from the flow's totals; the same figures as Redis).",
+    "(absolute, from the flow's totals; the same figures as Redis). A channel not in "
+    'attribution.channels is added into channel="other" (Redis keeps it by name).',
     ["model", "channel"],
 )
 ATTRIBUTED_CONVERSIONS = Gauge(
     "omnistream_attributed_conversions",
     "Conversions credited to each channel by each model (fractional: a conversion's credit "
-    "is split like its revenue).",
+    'is split like its revenue); channels outside attribution.channels under "other".',
     ["model", "channel"],
 )
 ATTRIBUTION_CONVERSIONS = Counter(

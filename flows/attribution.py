@@ -55,12 +55,13 @@ from connectors.attribution_io import DECODERS, credits_message
 from connectors.operators import Decoded, FlowIO
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
-from domain.attribution import AttributionParams, ConvertedPath, Credits, MarkovState
+from domain.attribution import MODELS, AttributionParams, ConvertedPath, Credits, MarkovState
 from domain.attribution_paths import (
     Absorb,
     AttributionInput,
     CustomerPath,
     Erase,
+    LatestTotals,
     PathItem,
     PathOutcome,
     PathSnapshot,
@@ -190,7 +191,8 @@ def build(
         op.stateful_map("totals", op.key_on("all_totals", credited, lambda _: "all"), accumulate),
         lambda kv: kv[1],
     )
-    op.output("totals_store", cells, BatchSink(lambda: _totals_writer(open_store())))
+    allowlist = channel_allowlist(config)
+    op.output("totals_store", cells, BatchSink(lambda: _totals_writer(open_store(), allowlist)))
     flow_op.dead_letters(
         "deadletter", io, ATTRIBUTION, flow_op.rejections("inputs_rejected", batches)
     )
@@ -341,18 +343,67 @@ def _credit_counted(
     return state, out
 
 
+#: The ``channel`` label of a channel not in ``attribution.channels``.
+OTHER_CHANNEL = "other"
+
+
+def channel_allowlist(config: Config) -> frozenset[str]:
+    """``attribution.channels``: the channels the gauges name one by one."""
+    return frozenset(c.strip() for c in config.attribution.channels.split(",") if c.strip())
+
+
+class TotalsGauges:
+    """The attributed revenue and conversion gauges, per model × channel label.
+
+    A channel of the allowlist is its own label; every other one is added into ``other``,
+    so the number of series is bounded by the configuration whatever a connector writes in
+    ``campaign.source``. The cells come absolute and only when they change, so the channels
+    folded into ``other`` are remembered here to set its sum; the first write of a process
+    starts from the store's totals, so ``other`` (and every channel) is whole again after a
+    restart."""
+
+    def __init__(self, allowlist: frozenset[str]) -> None:
+        self.allowlist = allowlist - {OTHER_CHANNEL}
+        #: model → folded channel → (revenue, conversions), absolute
+        self._folded: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def label(self, channel: str) -> str:
+        """A channel's label (a channel named ``other`` is counted with the folded ones)."""
+        return channel if channel in self.allowlist else OTHER_CHANNEL
+
+    def set(self, cells: LatestTotals) -> None:
+        """Set the gauges of these absolute cells (and ``other`` of their models)."""
+        others: set[str] = set()
+        for (model, channel), (revenue, conversions) in cells.items():
+            if self.label(channel) == channel:
+                ATTRIBUTED_REVENUE.labels(model, channel).set(revenue)
+                ATTRIBUTED_CONVERSIONS.labels(model, channel).set(conversions)
+            else:
+                self._folded.setdefault(model, {})[channel] = (revenue, conversions)
+                others.add(model)
+        for model in others:
+            folded = self._folded[model].values()
+            ATTRIBUTED_REVENUE.labels(model, OTHER_CHANNEL).set(sum(r for r, _ in folded))
+            ATTRIBUTED_CONVERSIONS.labels(model, OTHER_CHANNEL).set(sum(c for _, c in folded))
+
+
 def _totals_writer(
-    store: AttributionStore,
+    store: AttributionStore, allowlist: frozenset[str]
 ) -> tuple[Callable[[list[TotalsCell]], None], Callable[[], None]]:
     """A worker's writer of totals cells: the last value of each cell per batch to the
-    store, then to the gauges."""
+    store, then to the gauges (``TotalsGauges``), which start from the store's totals."""
+    gauges = TotalsGauges(allowlist)
+    started = False
 
     def write(cells: list[TotalsCell]) -> None:
+        nonlocal started
         latest = latest_cells(cells)
+        if not started:
+            started = True
+            stored = store.read_totals(MODELS)
+            gauges.set({(m, c): cell for m, table in stored.items() for c, cell in table.items()})
         store.write_totals(latest)
-        for (model, channel), (revenue, conversions) in latest.items():
-            ATTRIBUTED_REVENUE.labels(model, channel).set(revenue)
-            ATTRIBUTED_CONVERSIONS.labels(model, channel).set(conversions)
+        gauges.set(latest)
 
     return write, store.close
 
