@@ -138,6 +138,11 @@ RULES_RELOADS = Counter(
     "previous rules stay in force).",
     ["outcome"],
 )
+RULES_FILE_REFUSED = Gauge(
+    "omnistream_rules_file_refused",
+    "1 while the rules file on disk is one rule_triggers refused at reload (the previous "
+    "rules are in force, not the file's), 0 once the file in force is the file on disk.",
+)
 RULES_ACTIVE = Gauge(
     "omnistream_rules_active",
     "Enabled rules in force in rule_triggers.",

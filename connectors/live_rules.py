@@ -3,7 +3,9 @@
 The flow refuses to start on an invalid file. Afterwards, a changed file (new modification
 time, size or content) is validated; a valid one is in force from the next event on, an
 invalid one is refused, logged with every problem and counted, and the previous rules stay in
-force. The file is looked at no more often than every ``reload_seconds`` (wall clock).
+force; ``omnistream_rules_file_refused`` is 1 until a valid file is in force again (the alert
+OmnistreamRulesReloadRefused). The file is looked at no more often than every
+``reload_seconds`` (wall clock).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from base.metrics import RULES_ACTIVE, RULES_RELOADS, TRIGGER_INSIGHTS
+from base.metrics import RULES_ACTIVE, RULES_FILE_REFUSED, RULES_RELOADS, TRIGGER_INSIGHTS
 from connectors.rules_file import load_rules
 from domain.rules import COUPON_KINDS, RulesError, RuleSet
 
@@ -37,6 +39,10 @@ class LiveRules:
         self._stamp = self._file_stamp()
         self._digest = self._content_digest()
         self._next_look = clock() + reload_seconds
+        # Both outcomes from 0: an alert on increase() sees nothing of a first sample of 1.
+        RULES_RELOADS.labels("ok")
+        RULES_RELOADS.labels("invalid")
+        RULES_FILE_REFUSED.set(0)
         _expose(self._rules)
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -88,6 +94,7 @@ class LiveRules:
             rules = load_rules(self.path)
         except RulesError as error:
             RULES_RELOADS.labels("invalid").inc()
+            RULES_FILE_REFUSED.set(1)
             log.error(
                 "rules file %s changed but is invalid; the previous rules stay in force:\n  %s",
                 self.path,
@@ -96,6 +103,7 @@ class LiveRules:
             return
         self._rules = rules
         RULES_RELOADS.labels("ok").inc()
+        RULES_FILE_REFUSED.set(0)
         _expose(rules)
         log.info(
             "rules file %s reloaded: %d rules (%s)",

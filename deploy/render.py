@@ -319,6 +319,7 @@ def monitoring_documents() -> tuple[list[dict[str, Any]], dict[str, Any]]:
             "port": port,
             "path": job.get("metrics_path", "/metrics"),
             "interval": job.get("scrape_interval", interval),
+            "honorLabels": bool(job.get("honor_labels", False)),
             "relabelings": [
                 {"action": "replace", "targetLabel": "job", "replacement": job["job_name"]}
             ],

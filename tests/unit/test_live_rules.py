@@ -214,3 +214,31 @@ def test_the_active_gauge_counts_enabled_rules(rules_file: Path) -> None:
     clock.now += RELOAD_S
     live.current()
     assert active() == 3
+
+
+def refused() -> float | None:
+    return REGISTRY.get_sample_value("omnistream_rules_file_refused")
+
+
+def test_the_refused_gauge_holds_while_the_file_on_disk_is_refused(rules_file: Path) -> None:
+    """What OmnistreamRulesReloadRefused alerts on: 1 from a refused change until a valid
+    file is in force, however often the refused file is looked at; both reload outcomes
+    exist from the start (at 0), so ``increase()`` sees the first refusal."""
+    clock = FakeMonotonic()
+    live = LiveRules(str(rules_file), RELOAD_S, clock=clock)
+    assert refused() == 0
+    for outcome in ("ok", "invalid"):
+        labels = {"outcome": outcome}
+        assert REGISTRY.get_sample_value("omnistream_rules_reloads_total", labels) is not None
+
+    write(rules_file, RULES_INVALID)
+    clock.now += RELOAD_S
+    live.current()
+    assert refused() == 1
+    clock.now += RELOAD_S
+    live.current()
+    assert refused() == 1  # still the refused file on disk
+    write(rules_file, RULES_V2)
+    clock.now += RELOAD_S
+    live.current()
+    assert refused() == 0

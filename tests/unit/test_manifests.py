@@ -445,7 +445,7 @@ def test_the_service_monitors_scrape_like_prometheus_yml() -> None:
         spec = monitor["spec"]
         assert set(spec) <= {"selector", "endpoints", "targetLabels", "jobLabel"}
         [endpoint] = spec["endpoints"]
-        assert set(endpoint) <= {"port", "path", "interval", "relabelings"}
+        assert set(endpoint) <= {"port", "path", "interval", "relabelings", "honorLabels"}
         [relabel] = endpoint["relabelings"]
         assert relabel == {
             "action": "replace",
@@ -454,6 +454,8 @@ def test_the_service_monitors_scrape_like_prometheus_yml() -> None:
         }
         job = jobs[relabel["replacement"]]
         assert endpoint["path"] == job.get("metrics_path", "/metrics")
+        # the flows' own `flow` label wins over the target's, as honor_labels does there
+        assert endpoint.get("honorLabels", False) == job.get("honor_labels", False)
         assert DURATION.match(endpoint["interval"])
         assert endpoint["interval"] == job.get(
             "scrape_interval", scrape["global"]["scrape_interval"]

@@ -23,6 +23,7 @@ tests of the service and the lag tests of the Kafka source):
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,3 +303,44 @@ def test_channels_come_from_the_configuration(tmp_path: Path) -> None:
     env = {"OMNI_ATTRIBUTION_CHANNELS": "email,sms"}
     assert channel_allowlist(load_config(path, env=env)) == {"email", "sms"}
     assert "newsletter" in channel_allowlist(Config())
+
+
+#: Series name suffixes of the Prometheus text format, by metric type.
+SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("", "_bucket", "_sum", "_count")}
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def defined_metrics() -> set[str]:
+    """Every series name base/metrics.py and the service's experiment collector define."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import base.metrics
+    from omnistream import experiment_metrics
+
+    names = set(experiment_metrics.SERIES)
+    for metric in vars(base.metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            # prometheus_client keeps the name and type in these attributes only.
+            names |= {metric._name + suffix for suffix in SUFFIXES[str(metric._type)]}
+    return names
+
+
+def test_every_metric_the_runbook_and_catalogue_name_exists() -> None:
+    """A runbook step that queries a metric nobody exports sends on-call to an empty graph."""
+    defined = defined_metrics()
+    process = {family.name for family in REGISTRY.collect()}
+    for doc in ("runbook.md", "metrics.md"):
+        text = (DOCS / doc).read_text()
+        for name in set(re.findall(r"\bomnistream_[a-z0-9_]+", text)):
+            assert name in defined, f"docs/{doc} names {name}, which no code defines"
+        for name in set(re.findall(r"\bprocess_[a-z_]+", text)):
+            assert name.removesuffix("_total") in process, f"docs/{doc}: {name}"
+
+
+def test_every_metric_is_in_the_catalogue() -> None:
+    text = (DOCS / "metrics.md").read_text()
+    documented = set(re.findall(r"`(omnistream_[a-z0-9_]+)`", text))
+    base_names = {
+        name for name in defined_metrics() if not name.endswith(("_bucket", "_sum", "_count"))
+    }
+    assert base_names <= documented, sorted(base_names - documented)
