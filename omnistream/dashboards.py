@@ -7,6 +7,12 @@ test fails when they drift from this file); Grafana provisions them from there
 
 Error and rare-event panels end in ``or vector(0)``: no error is a real zero, not an empty
 panel.
+
+Every board has a ``$datasource`` variable (any Prometheus data source; no uid is written
+in the boards) and ``$flow`` and ``$region`` (values from ``label_values``; "All" is
+``.*``). The panels' PromQL here names no variable: rendering adds ``flow=~"$flow"`` to the
+selector of every series the flows export (their own ``flow`` label or the scrape's) and
+``region=~"$region"`` to every series with a ``region`` label (``filtered``).
 """
 
 from __future__ import annotations
@@ -19,10 +25,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from prometheus_client.metrics import MetricWrapperBase
 
+import base.metrics
 from domain.experiments import ALPHA, MIN_OUTCOMES
 
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+#: Every panel and query reads the data source the board's ``$datasource`` variable picks.
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: Series of ``omnistream serve`` (job omnistream-serve): no ``flow`` label, not filtered by it.
+SERVICE_SERIES = re.compile(r"omnistream_(http|experiment)_")
+#: A series selector of the panels' PromQL: a metric name and its optional ``{matchers}``.
+SELECTOR = re.compile(r"\b(omnistream_[a-z0-9_]+|up)\b(\{[^}]*\})?")
 #: ``kind`` values of stock triggers in ``omnistream_triggers_fired_total`` (a regex).
 STOCK_TRIGGER_KINDS = "replenish|transfer|stockout|prepare"
 OUT_DIR = Path(__file__).resolve().parent.parent / "grafana" / "dashboards"
@@ -562,6 +575,78 @@ MARKETING = Board(
 BOARDS: tuple[Board, ...] = (OPERATIONS, INVENTORY, MARKETING, IDENTITY)
 
 
+def _labelled(label: str) -> frozenset[str]:
+    """Series names (with their type's suffixes) of base/metrics.py with ``label``."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names: set[str] = set()
+    for metric in vars(base.metrics).values():
+        # prometheus_client keeps the name, type and label names in these attributes only.
+        if isinstance(metric, MetricWrapperBase) and label in metric._labelnames:
+            names |= {metric._name + x for x in suffixes.get(str(metric._type), ("",))}
+    return frozenset(names)
+
+
+_REGION_SERIES = _labelled("region")
+
+
+def filtered(expr: str) -> str:
+    """``expr`` with the board's variables in its selectors: ``flow=~"$flow"`` on every
+    series a flow exports (``up`` of the flows' job included; the service's series have no
+    ``flow``), ``region=~"$region"`` on the series with a ``region`` label."""
+
+    def add(match: re.Match[str]) -> str:
+        name, matchers = match.group(1), (match.group(2) or "{}")[1:-1]
+        if name == "up" and 'job="omnistream"' not in matchers:
+            return match.group(0)
+        extra = []
+        if not SERVICE_SERIES.match(name):
+            extra.append('flow=~"$flow"')
+        if name in _REGION_SERIES:
+            extra.append('region=~"$region"')
+        if not extra:
+            return match.group(0)
+        return name + "{" + ", ".join(m for m in (matchers, *extra) if m) + "}"
+
+    return SELECTOR.sub(add, expr)
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    """A multi-value query variable from ``label_values``; "All" is the regex ``.*``."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+    }
+
+
+TEMPLATING: dict[str, Any] = {
+    "list": [
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "refresh": 1,
+            "regex": "",
+            "current": {},
+            "options": [],
+        },
+        _variable("flow", "Flow", 'label_values(up{job="omnistream"}, flow)'),
+        _variable("region", "Region", "label_values(omnistream_stock_units, region)"),
+    ]
+}
+
+
 def _ref_id(index: int) -> str:
     return chr(ord("A") + index)
 
@@ -590,7 +675,7 @@ def _table_transformations(panel: Panel) -> list[dict[str, Any]]:
 def _target(panel: Panel, index: int, expr: str, legend: str) -> dict[str, Any]:
     target: dict[str, Any] = {
         "datasource": DATASOURCE,
-        "expr": expr,
+        "expr": filtered(expr),
         "legendFormat": legend,
         "refId": _ref_id(index),
     }
@@ -644,6 +729,7 @@ def board_json(board: Board) -> dict[str, Any]:
         "version": 1,
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
+        "templating": TEMPLATING,
         "panels": [panel_json(p, i) for i, p in enumerate(board.panels, start=1)],
     }
 

@@ -270,9 +270,13 @@ def test_the_identity_board_shows_the_counted_base_and_the_segments() -> None:
     by_title = {p["title"]: p for p in doc["panels"]}
     base = by_title["Customer base"]
     assert base["type"] == "stat"
-    assert [t["expr"] for t in base["targets"]] == ["max(omnistream_identity_customers)"]
+    assert [t["expr"] for t in base["targets"]] == [
+        'max(omnistream_identity_customers{flow=~"$flow"})'
+    ]
     segments = by_title["Customers by segment"]
-    assert [t["expr"] for t in segments["targets"]] == ["max by (segment) (omnistream_customers)"]
+    assert [t["expr"] for t in segments["targets"]] == [
+        'max by (segment) (omnistream_customers{flow=~"$flow"})'
+    ]
     assert segments["targets"][0]["legendFormat"] == "{{segment}}"
     # The process-local difference that reset on every restart is gone.
     assert "customers_created_total" not in json.dumps(doc)

@@ -25,15 +25,75 @@ def test_checked_in_boards_match_the_code() -> None:
         )
 
 
+#: What every panel, query and query variable reads: the board's ``$datasource``.
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: A series selector in the rendered PromQL: metric name and its optional matchers.
+SELECTOR = re.compile(r"\b(omnistream_[a-z0-9_]+|up)\b(?:\{([^}]*)\})?")
+
+
+def boards() -> dict[str, dict]:
+    return {board.uid: json.loads(rendered()[f"{board.uid}.json"]) for board in BOARDS}
+
+
+def targets() -> list[tuple[str, str, str]]:
+    """(board uid, panel title, expr) of every query of every rendered board."""
+    return [
+        (uid, panel["title"], target["expr"])
+        for uid, doc in boards().items()
+        for panel in doc["panels"]
+        for target in panel["targets"]
+    ]
+
+
 def test_boards_are_well_formed() -> None:
-    for board in BOARDS:
-        doc = json.loads(rendered()[f"{board.uid}.json"])
+    for doc in boards().values():
         ids = [p["id"] for p in doc["panels"]]
         assert len(ids) == len(set(ids))
         for panel in doc["panels"]:
-            assert panel["datasource"]["uid"] == "prometheus"
+            assert panel["datasource"] == DATASOURCE
             assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+            assert all(t["datasource"] == DATASOURCE for t in panel["targets"])
             assert "sku" not in json.dumps(panel["targets"])  # no per-sku series
+
+
+def test_boards_have_datasource_flow_and_region_variables() -> None:
+    for uid, doc in boards().items():
+        variables = {v["name"]: v for v in doc["templating"]["list"]}
+        assert set(variables) == {"datasource", "flow", "region"}, uid
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for name, label in (("flow", "flow"), ("region", "region")):
+            variable = variables[name]
+            assert variable["type"] == "query" and variable["datasource"] == DATASOURCE
+            query = variable["query"]["query"]
+            assert re.fullmatch(rf"label_values\((omnistream_[a-z_]+|up)\S*, {label}\)", query)
+            assert variable["includeAll"] and variable["allValue"] == ".*"
+        # no data source uid is written anywhere but as the variable
+        uids = set(re.findall(r'"uid":\s*"([^"]*)"', json.dumps(doc)))
+        assert uids == {"${datasource}", uid}, uids
+
+
+def test_every_query_filters_by_flow_and_region_where_the_series_has_them() -> None:
+    """Every series a flow exports carries ``flow`` (its own label or the scrape's target
+    label); the stock series carry ``region``. The service's series have no ``flow``."""
+    series = exposed_series()
+    service_only = set(experiment_metrics.SERIES) | {
+        name for name in series if name.startswith("omnistream_http_")
+    }
+    checked = 0
+    for uid, title, expr in targets():
+        for name, matchers in SELECTOR.findall(expr):
+            where = f"{uid} / {title}: {name}{{{matchers}}}"
+            if name == "up":
+                assert 'flow=~"$flow"' in matchers, where
+                continue
+            if name in service_only:
+                assert "$flow" not in matchers, where
+            else:
+                assert 'flow=~"$flow"' in matchers, where
+                checked += 1
+            assert ('region=~"$region"' in matchers) == ("region" in series[name]), where
+    assert checked > 40
 
 
 def exposed_series() -> dict[str, frozenset[str]]:
@@ -65,22 +125,18 @@ def aggregated_spans(expr: str) -> list[tuple[set[str], str]]:
 def test_panels_query_metrics_and_labels_that_exist() -> None:
     """A misspelt metric or label renders an empty panel, never an error: catch it here."""
     series = exposed_series()
-    for board in BOARDS:
-        for panel in board.panels:
-            for expr, _ in panel.exprs:
-                where = f"{board.uid} / {panel.title}: {expr}"
-                for name in METRIC_NAME.findall(expr):
-                    assert name in series, f"{where}: {name} is not in base/metrics.py"
-                for selector_metric, selector in re.findall(
-                    r"\b(omnistream_[a-z0-9_]+)\{([^}]*)\}", expr
-                ):
-                    used = set(re.findall(r"(\w+)\s*[=!]~?", selector))
-                    assert used <= series[selector_metric] | TARGET_LABELS, where
-                for labels, argument in aggregated_spans(expr):
-                    known = set(TARGET_LABELS)
-                    for name in METRIC_NAME.findall(argument):
-                        known |= series[name]
-                    assert labels <= known, f"{where}: by ({', '.join(sorted(labels - known))})"
+    for uid, title, expr in targets():
+        where = f"{uid} / {title}: {expr}"
+        for name in METRIC_NAME.findall(expr):
+            assert name in series, f"{where}: {name} is not in base/metrics.py"
+        for selector_metric, selector in re.findall(r"\b(omnistream_[a-z0-9_]+)\{([^}]*)\}", expr):
+            used = set(re.findall(r"(\w+)\s*[=!]~?", selector))
+            assert used <= series[selector_metric] | TARGET_LABELS, where
+        for labels, argument in aggregated_spans(expr):
+            known = set(TARGET_LABELS)
+            for name in METRIC_NAME.findall(argument):
+                known |= series[name]
+            assert labels <= known, f"{where}: by ({', '.join(sorted(labels - known))})"
 
 
 def test_the_label_check_catches_a_misspelt_label() -> None:
