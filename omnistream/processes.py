@@ -122,6 +122,13 @@ def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> Sample
             text = reply.read().decode("utf-8")
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
         return None  # not up yet, stopping, or cut off mid-reply (IncompleteRead)
+    return samples_of(text)
+
+
+def samples_of(text: str) -> Samples:
+    """The samples of a /metrics reply (Prometheus text format) by sample name: a counter's
+    ``_total``, a histogram's ``_bucket``/``_sum``/``_count`` each under its own name. Raises
+    ValueError on text that is not the exposition format."""
     samples: Samples = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
