@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -135,12 +136,19 @@ def kafka_problem(config: Config, timeout_s: float) -> str | None:
     admin = make_admin(config, logger=last)
     deadline = time.monotonic() + timeout_s
     failure = "no broker answered"
+    #: Set once the metadata answered but named no broker this host can connect to.
+    unreachable_advertised = ""
     while True:
         remaining = deadline - time.monotonic()
         try:
             metadata = admin.list_topics(timeout=max(0.1, min(1.0, remaining)))
             if metadata.brokers:
-                return None
+                advertised = _advertised_problem(
+                    [(str(b.host), int(b.port)) for b in metadata.brokers.values()], config
+                )
+                if advertised is None:
+                    return None
+                unreachable_advertised = advertised
         except KafkaException as exc:
             failure = exc.args[0].str() if exc.args else str(exc)
         admin.poll(0)
@@ -150,10 +158,35 @@ def kafka_problem(config: Config, timeout_s: float) -> str | None:
     setting = KAFKA_SETTING
     if any(k.startswith(("security.", "sasl.", "ssl.")) for k in config.kafka.client):
         setting += f"; {KAFKA_SECURITY_SETTING}"
-    reason = _reason(last.text) if last.text else failure
+    reason = unreachable_advertised or (_reason(last.text) if last.text else failure)
     return (
         f"cannot reach Kafka at {config.kafka.bootstrap} ({setting}) within {timeout_s:g} s: "
         f"{reason}"
+    )
+
+
+_ADVERTISED = "the broker answered but advertises"
+
+
+def _advertised_problem(brokers: list[tuple[str, int]], config: Config) -> str | None:
+    """None when one of the brokers the bootstrap address advertised accepts a connection;
+    else why not.
+
+    A client talks to the bootstrap address once, for metadata, and then to the addresses
+    the brokers advertise. A broker in a container or behind a load balancer often
+    advertises a name only its own network resolves (``kafka:9092``): the metadata answers,
+    and then every request times out while librdkafka logs its failures, so a command
+    waited 30 s and said nothing useful. Asked here, it is one line naming that address."""
+    reasons = []
+    for host, port in brokers:
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+            return None
+        except OSError as exc:
+            reasons.append(f"{host}:{port} ({exc.strerror or exc})")
+    return (
+        f"{_ADVERTISED} {', '.join(reasons)}, which cannot be reached from here (check the "
+        "broker's advertised listeners)"
     )
 
 

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from omnistream.embedded import free_port
+from omnistream.embedded import free_port, tansu_binary
 from tests.fail_fast_helpers import NOISE
 
 
@@ -107,3 +108,56 @@ def test_something_else_than_redis_on_the_port_is_one_line(not_redis: int) -> No
     assert len(lines) == 1, output
     assert f"127.0.0.1:{not_redis}" in lines[0] and "does not speak Redis" in lines[0]
     assert "Traceback" not in output
+
+
+@pytest.fixture
+def broker_advertising_elsewhere(tmp_path: Path) -> Iterator[str]:
+    """A real Tansu broker on a loopback port that advertises a name nothing resolves, as a
+    broker in a container advertising its service name does to a client on the host."""
+    port = free_port()
+    with (tmp_path / "tansu.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                "tcp://kafka.invalid:9092",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(30)
+
+
+def wait_for_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            threading.Event().wait(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_a_broker_advertising_an_unreachable_address_is_one_line_naming_it(
+    broker_advertising_elsewhere: str,
+) -> None:
+    result = run_cli(
+        ["generate", "--count", "10"], OMNI_KAFKA_BOOTSTRAP=broker_advertising_elsewhere
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"omnistream: cannot reach Kafka at {broker_advertising_elsewhere} ")
+    assert "advertises kafka.invalid:9092" in lines[0]
+    assert "advertised listeners" in lines[0]
