@@ -3,8 +3,10 @@
 The configuration is a YAML file (``--config PATH`` or ``OMNI_CONFIG``) whose every key can
 be overridden from the environment as ``OMNI_<SECTION>_<KEY>`` (``kafka.partitions`` →
 ``OMNI_KAFKA_PARTITIONS``), plus the short names fixed by CONTRACT §6 (``OMNI_TOPIC_PREFIX``,
-``OMNI_LOCATIONS``, ``OMNI_PRODUCTS``, ``OMNI_RULES``). It is validated once, at start, and
-passed down; nothing deeper reads the environment. A bad value is reported with the file (or
+``OMNI_LOCATIONS``, ``OMNI_PRODUCTS``, ``OMNI_RULES``); ``kafka.client`` takes one
+``OMNI_KAFKA_CLIENT_<NAME>`` per librdkafka property, and every variable an ``OMNI_X_FILE``
+variant that reads the value from a file (a mounted secret). It is validated once, at start,
+and passed down; nothing deeper reads the environment. A bad value is reported with the file (or
 variable), the dotted key and what was expected, so an operator can fix it without reading
 code.
 """

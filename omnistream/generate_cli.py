@@ -192,9 +192,12 @@ def run_generate(config: Config, args: argparse.Namespace) -> int:
     try:
         ensure_topics(config, list(topics.INPUT_TOPICS))
     except (KafkaException, RuntimeError) as exc:
+        reason = str(exc)
+        if isinstance(exc.__cause__, TimeoutError):  # a future that never completed
+            reason += "the broker did not answer in time"
         print(
             f"omnistream generate: cannot prepare the input topics on {config.kafka.bootstrap}: "
-            f"{exc}",
+            f"{reason}",
             file=sys.stderr,
         )
         return 1
