@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
     )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad argument reported in one line (exit 2) instead of the usage block
+    and the error: ``omnistream serve: argument --port: expected a port 1..65535, got
+    '99999' (omnistream serve --help)``. Subcommands inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} ({self.prog} --help)\n")
 
 
 def _version() -> str:
@@ -243,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     from omnistream.cli_args import FLOW_ORDER, add_demo_arguments
     from omnistream.generate_cli import add_generate_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="omnistream",
         description="Real-time omnichannel retail engine: one stock pool across warehouses, "
         "stores and online orders, and one customer id across devices, accounts, loyalty "
@@ -578,7 +588,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _report_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: argparse._SubParsersAction[_Parser],
     group: str,
     group_help: str,
     group_description: str,

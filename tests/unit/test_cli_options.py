@@ -123,3 +123,32 @@ def test_grafana_push_description_is_neutral() -> None:
     text = _description("grafana", "push")
     assert "grafana-client" not in text
     assert "HTTP API" in text and "$datasource" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["serve", "--port", "99999"],
+            "omnistream serve: argument --port: expected a port 1..65535, got '99999' "
+            "(omnistream serve --help)",
+        ),
+        (
+            ["stock"],
+            "omnistream stock: the following arguments are required: sku (omnistream stock --help)",
+        ),
+        (
+            ["top", "--interval", "-1"],
+            "omnistream top: argument --interval: expected a number of seconds > 0, got '-1' "
+            "(omnistream top --help)",
+        ),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(argv: list[str], line: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n")
