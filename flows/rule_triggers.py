@@ -143,7 +143,7 @@ from domain.trigger_engine import (
 from domain.trigger_replay import RESOLVED, STOCK
 from state.coupon_store import CouponStore, RedisCouponStore
 from state.experiment_store import ExperimentStore, RedisExperimentStore
-from state.handover_store import HandoverStore, RedisHandoverStore
+from state.handover_store import HandoverStore, LocalHandovers, RedisHandoverStore
 from state.interfaces import StockReader, StoreFactory, TaskStore, TaskWrite
 from state.profile_store import ProfileStore, RedisProfileStore
 from state.read_marks import ReadMarkStore, RedisReadMarkStore
@@ -199,6 +199,8 @@ class _Context:
         self.open_coupons = coupon_store
         #: opens the handover store (a worker's keys, the sink of each worker)
         self.open_handovers = handover_store
+        #: the states this process's keys handed over, for survivors on its own workers
+        self.local_handovers = LocalHandovers()
         #: opens the store of the whole flow's read marks (None: this process's reads)
         self.open_read_marks = read_mark_store
         self.profile_settings = ProfileSettings.from_config(config.profile)
@@ -211,8 +213,13 @@ class _Context:
 
     def stock(self) -> StockView:
         if not hasattr(self._local, "stock"):
+            # Live, an answer is reused for STOCK_ANSWER_MAX_AGE_S (``PoolStockView``); a
+            # replay asks every time, so it reads the pool exactly as a backtest of it does.
             self._local.stock = PoolStockView(
-                self._open_stock(), RULE_TRIGGERS, shipping=self.shipping
+                self._open_stock(),
+                RULE_TRIGGERS,
+                shipping=self.shipping,
+                max_age_s=0.0 if self.replay else STOCK_ANSWER_MAX_AGE_S,
             )
         return self._local.stock  # type: ignore[no-any-return]
 
@@ -286,12 +293,20 @@ class ReadMarkLogic(StatefulLogic[tuple[str, int], Any, tuple[str, int]]):
         return self.latest
 
 
+#: How long (wall clock) a live rule reuses an answer about the stock pool.
+STOCK_ANSWER_MAX_AGE_S = 0.1
+
 #: the customer's key, its partition of ``events.resolved``, the clocks
 CustomerSnapshot = tuple[CustomerKey, int, ClockMarks]
 
-#: How often a survivor waiting for a merged customer's state asks the handover store
-#: again (wall clock), and how long the end of a replay waits for it at most.
+#: How often a survivor waiting for a merged customer's state looks for it at hand, and
+#: first asks the handover store again (wall clock); how long the end of a replay waits
+#: for it at most.
 HANDOVER_POLL_S = 0.05
+#: The store is asked half as often after each miss, down to once per this: most states
+#: come at hand (the merged key is on this process, only behind on its partition), and a
+#: store asked every 50 ms by each of thousands of waiting keys costs more than the rules.
+HANDOVER_STORE_POLL_MAX_S = 1.0
 #: How often (wall clock) the visit writer looks through a store's tasks for expired visits.
 VISIT_PRUNE_S = 60.0
 HANDOVER_EOF_WAIT_S = 120.0
@@ -300,14 +315,21 @@ HANDOVER_EOF_WAIT_S = 120.0
 class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
     """One customer (``domain.customer_key.CustomerKey``). Live, timers follow the clock of
     the ``events.resolved`` partition that carries the customer's events. A merged customer
-    leaves its state in the handover store and is discarded; its survivor asks the store
-    until it finds it (every ``HANDOVER_POLL_S`` while it waits, and at the end of a replay
-    until it comes). (Bytewax gives a builder no key: the customer id comes with the first
-    item and is kept in the engine.)"""
+    hands its state over and is discarded: the state goes to this process's
+    ``LocalHandovers`` at once and to the handover store through the customer sink. Its
+    survivor looks for it at hand on every item and every ``HANDOVER_POLL_S`` while it
+    waits, and asks the store from every ``HANDOVER_POLL_S`` down to every
+    ``HANDOVER_STORE_POLL_MAX_S`` (at the end of a replay every ``HANDOVER_POLL_S``).
+    (Bytewax gives a builder no key: the customer id comes with the first item and is kept
+    in the engine.)"""
 
     def __init__(self, ctx: _Context, resume: Any) -> None:
         self.ctx = ctx
         self.key, self.partition = CustomerKey(), 0
+        #: when (monotonic) this key last asked the handover store (or began to wait), and
+        #: how long it waits before asking again (not in the snapshot: a resumed key that
+        #: waits asks at once)
+        self._asked_at, self._ask_every = float("-inf"), HANDOVER_POLL_S
         if resume is not None:
             held, self.partition, marks = resume
             # Snapshots from before merges were followed hold the rule engine alone.
@@ -320,25 +342,35 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         return (RESOLVED, self.partition)
 
     def _done(self, out: list[Any]) -> tuple[list[Any], bool]:
-        """Hand over what the key packed; a key merged away or erased is discarded."""
-        kept = []
+        """Keep what the key handed over at hand (the sink writes it to the store); a key
+        merged away or erased is discarded."""
         for item in out:
             if isinstance(item, HandOver):
-                self.ctx.handovers().put(item.survivor, item.merged, item.payload)
+                self.ctx.local_handovers.keep(item.survivor, item.merged, item.payload)
                 RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "merged").inc()
-            else:
-                kept.append(item)
-        return kept, StatefulLogic.DISCARD if self.key.gone else StatefulLogic.RETAIN
+            elif isinstance(item, CustomerErased):
+                self.ctx.local_handovers.drop(item.customer_id)
+        return out, StatefulLogic.DISCARD if self.key.gone else StatefulLogic.RETAIN
 
-    def _collect(self) -> list[Any]:
-        """The merged customers' states the key waits for that have arrived."""
+    def _collect(self, *, ask_store: bool = False) -> list[Any]:
+        """The merged customers' states the key waits for that have arrived: at hand, or in
+        the store when it is time to ask it again (``ask_store``: now)."""
         ctx, out = self.ctx, []
         # Taking what was held may meet the next merge's notice: wait on for that one.
         while self.key.waiting and not self.key.gone:
             merged = self.key.waiting[0]
-            payload = ctx.handovers().take(self.key.customer_id, merged)
+            payload = ctx.local_handovers.take(self.key.customer_id, merged)
+            if payload is None:
+                now = time.monotonic()
+                if not ask_store and now - self._asked_at < self._ask_every:
+                    break
+                payload = ctx.handovers().take(self.key.customer_id, merged)
+                self._asked_at = now
+                if payload is None:
+                    self._ask_every = min(2 * self._ask_every, HANDOVER_STORE_POLL_MAX_S)
             if payload is None:
                 break  # taken in the order of the notices
+            self._asked_at, self._ask_every = time.monotonic(), HANDOVER_POLL_S
             RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "absorbed").inc()
             out += self.key.absorb(
                 merged,
@@ -355,12 +387,17 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         if not isinstance(value, Offer):
             self.partition = value.source_partition
             ctx.clock(RESOLVED).observe(self._stream(), value.ts_ms)
+        was_waiting = bool(self.key.waiting)
         out = self.key.take(
             value, ctx.rules.current(), ctx.stock(), ctx.profile_settings, replay=ctx.replay
         )
         if isinstance(value, IdentityNotice) and value.kind == ERASED:
             RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "erased").inc()
         if self.key.waiting:
+            if not was_waiting:
+                # A wait begins: the state is seldom in the store yet (its key is on this
+                # process, or another's hands it over as this one is told): ask it later.
+                self._asked_at, self._ask_every = time.monotonic(), HANDOVER_POLL_S
             out += self._collect()
         return self._done(out)
 
@@ -382,7 +419,7 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         # The merged customers' keys have been given their notices (the input is over);
         # they may still be writing on another worker.
         while self.key.waiting and time.monotonic() < waited_until:
-            out += self._collect()
+            out += self._collect(ask_store=True)
             if self.key.waiting:
                 time.sleep(HANDOVER_POLL_S)
         ctx = self.ctx
@@ -819,13 +856,13 @@ def build(
         read_marks,
     )
     customer_out = op.stateful("customers", customer_in, lambda resume: CustomerLogic(ctx, resume))
-    # Profiles (the batch's latest per customer is written) and erasures go to their own
-    # sink at once: a profile write follows nearly every event, and sent down the outcome
+    # Profiles (the batch's latest per customer is written), hand-overs and erasures go to
+    # their own sink at once: a profile write follows nearly every event, and sent down the outcome
     # steps each one would pass half a dozen filters that all let it by.
     customer_split = op.branch(
         "customer_records_or_outcomes",
         op.map("customer_items", customer_out, lambda kv: kv[1]),
-        lambda x: isinstance(x, ProfileWrite | ProfileRetired | CustomerErased),
+        lambda x: isinstance(x, ProfileWrite | ProfileRetired | CustomerErased | HandOver),
     )
     customer_records = customer_split.trues
     customer_items = customer_split.falses
@@ -949,26 +986,36 @@ def build(
         topics.TRIGGERS_HOLDOUT,
         op.map("encode_holdouts", coupon_split.falses, coupon_out),
     )
-    # Profiles (the batch's latest per customer) and erasures, in the order the keys made
-    # them: one sink, so an erasure is never overtaken by a profile write of the same id.
+    # Profiles (the batch's latest per customer), hand-overs and erasures, in the order the
+    # keys made them: one sink, so an erasure is never overtaken by a write of the same id.
+    # A hand-over is written here, in the epoch whose snapshot drops the merged key: a
+    # crash before that snapshot resumes the key, which hands over again.
 
     def open_customer_writer() -> tuple[Any, Any]:
         profiles, coupons, handovers = open_profiles(), ctx.open_coupons(), ctx.open_handovers()
         tasks, experiments = open_tasks(), open_experiments()
         stores = sorted(s for s, loc in reference.locations.items() if loc.type == "store")
 
-        def write(batch: list[ProfileWrite | ProfileRetired | CustomerErased]) -> None:
+        def write(batch: list[ProfileWrite | ProfileRetired | CustomerErased | HandOver]) -> None:
             latest: dict[str, dict[str, str]] = {}
             gone: list[str] = []
             erased: list[CustomerErased] = []
+            handed: list[tuple[str, str, bytes]] = []
             for record in batch:
                 if isinstance(record, ProfileWrite):
                     latest[record.customer_id] = record.fields
+                    continue
+                if isinstance(record, HandOver):
+                    handed.append((record.survivor, record.merged, record.payload))
                     continue
                 latest.pop(record.customer_id, None)
                 gone.append(record.customer_id)
                 if isinstance(record, CustomerErased):
                     erased.append(record)
+            # Hand-overs first: an erasure later in the batch removes those of its id (no
+            # merge into an erased id follows its erasure: the id is gone for good).
+            if handed:
+                handovers.put_many(handed)
             if latest:
                 for segment, count in profiles.write(latest).items():
                     CUSTOMERS_BY_SEGMENT.labels(segment).set(count)

@@ -15,6 +15,8 @@ a hash tag, so an entry lives in its survivor's Redis Cluster slot.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 import redis
@@ -30,6 +32,10 @@ HANDOVER_TTL_S = 7 * 24 * 3600
 class HandoverStore(Protocol):
     def put(self, survivor: str, merged: str, payload: bytes) -> None:
         """Keep ``merged``'s state for ``survivor`` (writing it again changes nothing)."""
+        ...
+
+    def put_many(self, entries: Sequence[tuple[str, str, bytes]]) -> None:
+        """``put`` of each (survivor, merged, payload), in one round trip."""
         ...
 
     def take(self, survivor: str, merged: str) -> bytes | None:
@@ -59,6 +65,15 @@ class RedisHandoverStore:
 
     def put(self, survivor: str, merged: str, payload: bytes) -> None:
         self.client.set(handover_key(self.prefix, survivor, merged), payload, ex=self.ttl_s)
+
+    def put_many(self, entries: Sequence[tuple[str, str, bytes]]) -> None:
+        if len(entries) == 1:
+            self.put(*entries[0])
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for survivor, merged, payload in entries:
+            pipe.set(handover_key(self.prefix, survivor, merged), payload, ex=self.ttl_s)
+        pipe.execute()
 
     def take(self, survivor: str, merged: str) -> bytes | None:
         value = self.client.get(handover_key(self.prefix, survivor, merged))
@@ -92,6 +107,10 @@ class MemoryHandoverStore:
         with self._lock:
             self.entries[(survivor, merged)] = payload
 
+    def put_many(self, entries: Sequence[tuple[str, str, bytes]]) -> None:
+        for entry in entries:
+            self.put(*entry)
+
     def take(self, survivor: str, merged: str) -> bytes | None:
         with self._lock:
             return self.entries.get((survivor, merged))
@@ -103,3 +122,41 @@ class MemoryHandoverStore:
 
     def close(self) -> None:
         pass
+
+
+#: States a process keeps at hand for survivors on its own workers (``LocalHandovers``).
+LOCAL_HANDOVERS_KEPT = 10_000
+
+
+class LocalHandovers:
+    """The states this process's keys handed over, kept at hand for the survivors on its
+    own workers: most merges find both keys in one process, and a survivor that takes its
+    state from here asks Redis nothing. The store stays the record (the flow writes every
+    hand-over there too, through its sink, before the epoch that discarded the merged key
+    is committed): a survivor on another process, or one resumed from a snapshot, finds the
+    state there. An entry goes when it is taken, when either id is erased, or, oldest first,
+    past ``limit`` entries (survivors elsewhere never take theirs from here); all its
+    worker threads share one."""
+
+    def __init__(self, limit: int = LOCAL_HANDOVERS_KEPT) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, survivor: str, merged: str, payload: bytes) -> None:
+        with self._lock:
+            self._entries[(survivor, merged)] = payload
+            while len(self._entries) > self.limit:
+                self._entries.popitem(last=False)
+
+    def take(self, survivor: str, merged: str) -> bytes | None:
+        with self._lock:
+            return self._entries.pop((survivor, merged), None)
+
+    def drop(self, customer_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if customer_id in k]:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -262,16 +262,18 @@ def test_coupon_reads_and_deletes_span_slots_on_a_cluster(servers: Servers) -> N
 
 
 def test_handover_erasure_spans_slots_on_a_cluster(servers: Servers) -> None:
-    """Erasure scans every node and deletes keys of several slots (a survivor's entries
-    share its ``{survivor}`` tag; those where the customer was merged away do not)."""
+    """Hand-overs pipelined across slots; erasure scans every node and deletes keys of
+    several slots (a survivor's entries share its ``{survivor}`` tag; those where the
+    customer was merged away do not)."""
 
     def exercise(config: Config) -> Any:
         store = RedisHandoverStore.from_config(config)
         try:
             for i in range(12):
                 store.put(f"s-{i}", "gone", b"state-%d" % i)
-                store.put("gone", f"m-{i}", b"kept-%d" % i)
-                store.put(f"s-{i}", f"m-{i}", b"other-%d" % i)
+            # The flow's sink writes a batch's hand-overs in one pipeline of many slots.
+            store.put_many([("gone", f"m-{i}", b"kept-%d" % i) for i in range(12)])
+            store.put_many([(f"s-{i}", f"m-{i}", b"other-%d" % i) for i in range(12)])
             store.erase("gone")
             return [
                 (
