@@ -105,3 +105,39 @@ def test_the_recorded_pool_at_the_end_answers_as_the_pool_stock_pool_wrote() -> 
     assert recorded.region_positions(SKU, "SH", 0) == redis_like.region_positions(SKU, "SH", 0)
     for location in [*SH_STORES, SH_WAREHOUSE]:
         assert recorded.available(SKU, location, 0) == redis_like.available(SKU, location, 0)
+
+
+def _position(location: str, available: int, ts: int) -> StockPosition:
+    return StockPosition(
+        SKU, location, available, 0, available, 0, 0, None, ts, "receipt", f"r{ts}#0"
+    )
+
+
+def test_a_live_view_reuses_an_answer_for_max_age_then_reads_the_pool_again() -> None:
+    """Written stock shows after at most ``max_age_s``; every question keeps its own answer
+    (the other questions of the same moment are not served a wrong one)."""
+    now = [100.0]
+    pool = MemoryStockStore(REFERENCE)
+    pool.write([_position(SH_WAREHOUSE, 5, T0)])
+    view = PoolStockView(pool, RULE_TRIGGERS, max_age_s=0.1, clock=lambda: now[0])
+    fresh = PoolStockView(pool, RULE_TRIGGERS)
+    assert view.available(SKU, SH_WAREHOUSE, 0) == 5
+    assert view.available(SKU, SH_STORES[0], 0) == 0
+    pool.write([_position(SH_WAREHOUSE, 0, T0 + 1), _position(SH_STORES[0], 7, T0 + 1)])
+    now[0] += 0.05
+    assert view.available(SKU, SH_WAREHOUSE, 0) == 5  # within max_age: the earlier answer
+    assert view.available(SKU, SH_STORES[1], 0) == 0  # a new question is asked
+    assert view.stores_with_stock("SH", SKU, 1, 0) == fresh.stores_with_stock("SH", SKU, 1, 0)
+    now[0] += 0.06
+    assert view.available(SKU, SH_WAREHOUSE, 0) == 0
+    assert view.available(SKU, SH_STORES[0], 0) == 7
+    assert view.region_positions(SKU, "SH", 0) == fresh.region_positions(SKU, "SH", 0)
+
+
+def test_without_max_age_every_question_reads_the_pool() -> None:
+    pool = MemoryStockStore(REFERENCE)
+    pool.write([_position(SH_WAREHOUSE, 5, T0)])
+    view = PoolStockView(pool, RULE_TRIGGERS)
+    assert view.available(SKU, SH_WAREHOUSE, 0) == 5
+    pool.write([_position(SH_WAREHOUSE, 2, T0 + 1)])
+    assert view.available(SKU, SH_WAREHOUSE, 0) == 2
