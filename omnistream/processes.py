@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -115,10 +117,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> i
     return process.returncode
 
 
-def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> Samples | None:
-    """Samples of a process's /metrics by metric name, or None when it does not answer."""
+def scrape(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout_s: float = 2.0,
+    names: Sequence[str] = (),
+) -> Samples | None:
+    """Samples of a process's /metrics by metric name, or None when it does not answer.
+    With ``names``, only those metrics are asked for (``?name[]=``): the process renders
+    just them, where a whole reply costs a busy flow milliseconds of its interpreter."""
+    query = ("?" + urllib.parse.urlencode([("name[]", n) for n in names])) if names else ""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as reply:
+        url = f"http://{host}:{port}/metrics{query}"
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             text = reply.read().decode("utf-8")
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
         return None  # not up yet, stopping, or cut off mid-reply (IncompleteRead)
