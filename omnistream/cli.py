@@ -620,9 +620,9 @@ def _service_error_line(exc: BaseException) -> str:
     import redis
 
     if isinstance(exc, redis.RedisError):
-        return (
-            f"Redis failed ({type(exc).__name__}: {exc}); check redis.url / OMNI_REDIS_URL "
-            "and that Redis is up"
+        lost = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+        return f"Redis failed ({type(exc).__name__}: {exc}); check redis.url / OMNI_REDIS_URL" + (
+            " and that Redis is up" if lost else " (its user's ACL rules)"
         )
     return (
         f"Kafka failed ({exc}); check kafka.bootstrap / OMNI_KAFKA_BOOTSTRAP and that the "

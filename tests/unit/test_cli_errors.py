@@ -161,3 +161,74 @@ def test_a_broker_advertising_an_unreachable_address_is_one_line_naming_it(
     assert lines[0].startswith(f"omnistream: cannot reach Kafka at {broker_advertising_elsewhere} ")
     assert "advertises kafka.invalid:9092" in lines[0]
     assert "advertised listeners" in lines[0]
+
+
+@pytest.fixture
+def ping_only_redis() -> Iterator[int]:
+    """A RESP server that answers PING (and the connection set-up) and refuses every other
+    command, as a Redis whose ACL user may only PING: the start-up check passes, the
+    command's first read fails."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def reply(conn: socket.socket) -> None:
+        buffer = b""
+        with conn:
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                # Each command is an array of bulk strings; answer each complete one.
+                while buffer.startswith(b"*"):
+                    parts = buffer.split(b"\r\n")
+                    count = int(parts[0][1:])
+                    if len(parts) < 1 + 2 * count + 1:
+                        break
+                    name = parts[2].upper()
+                    consumed = b"\r\n".join(parts[: 1 + 2 * count]) + b"\r\n"
+                    buffer = buffer[len(consumed) :]
+                    if name == b"PING":
+                        conn.sendall(b"+PONG\r\n")
+                    elif name == b"HELLO":  # redis-py's handshake: a RESP3 map
+                        conn.sendall(b"%2\r\n+server\r\n+redis\r\n+proto\r\n:3\r\n")
+                    elif name in {b"CLIENT", b"SELECT"}:  # the rest of it
+                        conn.sendall(b"+OK\r\n")
+                    else:
+                        conn.sendall(b"-NOPERM this user has no permissions to run it\r\n")
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=reply, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.parametrize("args", [["stock", "SKU-10001"], ["attribution", "report"]], ids="-".join)
+def test_redis_refusing_the_read_after_the_check_is_one_line(
+    args: list[str], ping_only_redis: int
+) -> None:
+    result = run_cli(args, OMNI_REDIS_URL=f"redis://127.0.0.1:{ping_only_redis}/0")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("omnistream: Redis failed (")
+    assert "NoPermissionError" in lines[0] and "no permissions" in lines[0]
+    assert "check redis.url / OMNI_REDIS_URL (its user's ACL rules)" in lines[0]
+    assert "Traceback" not in output
