@@ -270,11 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start an embedded Kafka-compatible broker (Tansu) and redis-server on free "
         "loopback ports, run the four flows (stock_pool, identity_stitch, rule_triggers, "
         "attribution) as their own processes, feed them generated traffic (--events, --rate, "
-        "--bad-ratio), then print a summary (stock, sourcing, store tasks, customers, "
-        "triggers, attribution, experiments). --prometheus also starts the Debian Prometheus, "
-        "scraping the flows' /metrics with the project's alert rules, and prints its URL. "
-        "--keep keeps the stack running after the summary and prints the `export OMNI_…` "
-        "lines with which `stock`, `whois`, `serve` and `top` work against it, until Ctrl-C. "
+        "--seed, --bad-ratio; --uplift sets the experiments' true uplift), then print a "
+        "summary (stock, sourcing, store tasks, customers, triggers, attribution, "
+        "experiments). --prometheus also starts the Debian Prometheus, scraping the flows' "
+        "/metrics with the project's alert rules, and prints its URL. --keep also runs the "
+        "HTTP service and keeps everything running after the summary, printing the "
+        "`export OMNI_…` lines with which `stock`, `whois`, `serve` and `top` work against it "
+        "from another shell, until Ctrl-C or SIGTERM. "
         "Ctrl-C stops everything cleanly.",
     )
     _add_config_argument(demo)
