@@ -1,6 +1,11 @@
 """A real Prometheus scrapes the running flows and ``omnistream serve``; every board panel and
 alert expression is evaluated through its HTTP API: every expression parses and every panel
-returns data from what was really scraped.
+returns data from what was really scraped. The panels are the rendered boards' queries with
+their ``$flow`` and ``$region`` variables substituted as Grafana does ("All" is ``.*``; a
+selection of several values is ``(a|b)``), and the variables' ``label_values`` answer the
+flows and regions. No scraped series has an ``exported_*`` label (the flows' own ``flow``
+label against the scrape's), and the alerts' ``runbook_url`` is rendered under the
+``runbook_base`` external label.
 
 The scrape configuration is the deployed one (``monitoring/prometheus.yml``) with its compose
 host names pointed at this test's processes, so the job names and target labels the panels and
@@ -29,7 +34,7 @@ from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
 from domain.reference import ReferenceData
-from omnistream.dashboards import BOARDS
+from omnistream.dashboards import BOARDS, rendered
 from omnistream.embedded import die_with_parent, free_port
 from omnistream.processes import start_flow, stop_process, wait_for_metrics
 from tests.integration.test_service import served
@@ -55,6 +60,10 @@ RARE_EVENT_PANELS = frozenset(
 )
 #: Traffic runs until every panel has data, at most this long.
 TRAFFIC_LIMIT_S = 150.0
+#: Where this test's Prometheus says the runbook is (its ``runbook_base`` external label).
+RUNBOOK_BASE = "https://runbooks.test/omnistream/runbook.md"
+#: A target of the flows' job that nobody serves: OmnistreamFlowDown goes pending for it.
+GONE_FLOW = "retired_flow"
 
 
 def query(port: int, expr: str) -> dict[str, Any]:
@@ -84,10 +93,11 @@ def alert_expressions() -> list[tuple[str, str]]:
     return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
 
 
-def scrape_config(ports: dict[str, int]) -> dict[str, Any]:
+def scrape_config(ports: dict[str, int], gone_port: int) -> dict[str, Any]:
     """monitoring/prometheus.yml with every ``host:port`` target turned into this test's
-    ``127.0.0.1:<port of host>`` (jobs, metrics paths and target labels kept), scraping every
-    second; alert rules evaluated, no Alertmanager."""
+    ``127.0.0.1:<port of host>`` (jobs, metrics paths, target labels and honor_labels kept),
+    plus a flow target on ``gone_port`` that nothing serves, scraping every second; alert
+    rules evaluated under the ``runbook_base`` external label, no Alertmanager."""
     deployed = yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())
     hosts = {
         target.rsplit(":", 1)[0]
@@ -112,8 +122,16 @@ def scrape_config(ports: dict[str, int]) -> dict[str, Any]:
         }
         for job in deployed["scrape_configs"]
     ]
+    flows_job = next(job for job in jobs if job["job_name"] == "omnistream")
+    flows_job["static_configs"].append(
+        {"targets": [f"127.0.0.1:{gone_port}"], "labels": {"flow": GONE_FLOW}}
+    )
     return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {
+            "scrape_interval": "1s",
+            "evaluation_interval": "1s",
+            "external_labels": {"runbook_base": RUNBOOK_BASE},
+        },
         "rule_files": [str(ROOT / "monitoring/rules/omnistream.rules.yml")],
         "scrape_configs": jobs,
     }
@@ -185,26 +203,68 @@ def scraped_requests(prom_port: int) -> dict[tuple[str, str], float]:
     }
 
 
+def prom_api(port: int, path: str, **params: str) -> Any:
+    """The ``data`` of a Prometheus HTTP API answer."""
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        answer: dict[str, Any] = json.loads(reply.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def label_values(port: int, label: str, selector: str) -> set[str]:
+    """What Grafana's ``label_values(selector, label)`` lists."""
+    return set(prom_api(port, f"label/{label}/values", **{"match[]": selector}))
+
+
+def runbook_url_of_flow_down(port: int, flow: str) -> str:
+    """The runbook_url of OmnistreamFlowDown for ``flow`` (pending or firing), once the
+    rules have evaluated its failed scrape."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for alert in prom_api(port, "alerts")["alerts"]:
+            if alert["labels"].get("alertname") == "OmnistreamFlowDown":
+                if alert["labels"].get("flow") == flow:
+                    url: str = alert["annotations"]["runbook_url"]
+                    return url
+        time.sleep(0.5)
+    pytest.fail(f"no OmnistreamFlowDown for {flow} within 30 s")
+
+
+def rendered_queries() -> list[tuple[str, str, str]]:
+    """(board uid, panel title, expr) of every query of the rendered boards, variables in."""
+    return [
+        (board.uid, panel["title"], target["expr"])
+        for board in BOARDS
+        for panel in json.loads(rendered()[f"{board.uid}.json"])["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def substituted(expr: str, flow: str, region: str) -> str:
+    """The query as Grafana sends it for these values of ``$flow`` and ``$region``."""
+    assert "$" not in expr.replace("$flow", "").replace("$region", ""), expr
+    return expr.replace("$flow", flow).replace("$region", region)
+
+
 def panel_failures(prom_port: int) -> list[str]:
-    """Every panel expression that does not parse or returns nothing, and every one ending
-    in the ``or vector(0)`` fallback whose own series are missing (the fallback would draw a
-    flat 0 over a series nobody scrapes), rare-event panels excepted."""
+    """Every panel expression (variables at "All") that does not parse or returns nothing,
+    and every one ending in the ``or vector(0)`` fallback whose own series are missing (the
+    fallback would draw a flat 0 over a series nobody scrapes), rare-event panels excepted."""
     failures = []
-    for board in BOARDS:
-        for panel in board.panels:
-            for expr, _ in panel.exprs:
-                reply = query(prom_port, expr)
-                if reply.get("status") != "success":
-                    failures.append(f"{board.uid} / {panel.title}: {reply.get('error')}")
-                elif not reply["data"]["result"]:
-                    failures.append(f"{board.uid} / {panel.title}: no data for {expr}")
-                elif expr.endswith(FALLBACK) and panel.title not in RARE_EVENT_PANELS:
-                    scraped = expr.removesuffix(FALLBACK)
-                    if not query(prom_port, scraped)["data"]["result"]:
-                        failures.append(
-                            f"{board.uid} / {panel.title}: only the fallback answered, "
-                            f"no data for {scraped}"
-                        )
+    for uid, title, template in rendered_queries():
+        expr = substituted(template, ".*", ".*")
+        reply = query(prom_port, expr)
+        if reply.get("status") != "success":
+            failures.append(f"{uid} / {title}: {reply.get('error')}")
+        elif not reply["data"]["result"]:
+            failures.append(f"{uid} / {title}: no data for {expr}")
+        elif expr.endswith(FALLBACK) and title not in RARE_EVENT_PANELS:
+            scraped = expr.removesuffix(FALLBACK)
+            if not query(prom_port, scraped)["data"]["result"]:
+                failures.append(
+                    f"{uid} / {title}: only the fallback answered, no data for {scraped}"
+                )
     return failures
 
 
@@ -238,7 +298,7 @@ def test_every_panel_returns_data_and_every_alert_parses(
         ):
             service_port = int(urllib.parse.urlsplit(service.url).port or 0)
             (tmp_path / "prometheus.yml").write_text(
-                yaml.safe_dump(scrape_config({**ports, SERVICE: service_port}))
+                yaml.safe_dump(scrape_config({**ports, SERVICE: service_port}, free_port()))
             )
             prom_log = (tmp_path / "prometheus.log").open("wb")
             logs.append(prom_log)
@@ -283,7 +343,27 @@ def test_every_panel_returns_data_and_every_alert_parses(
                 reply = query(prom_port, expr)
                 if reply.get("status") != "success":
                     failures.append(f"alert {alert}: {reply.get('error')}")
+            # a selection of several flows and regions, as Grafana formats it: still PromQL
+            regions = sorted({loc.region for loc in reference.locations.values()})
+            for uid, title, template in rendered_queries():
+                expr = substituted(template, "(stock_pool|rule_triggers)", f"({regions[0]})")
+                reply = query(prom_port, expr)
+                if reply.get("status") != "success":
+                    failures.append(f"{uid} / {title} (a selection): {reply.get('error')}")
             assert not failures, "\n".join(failures)
+
+            # the boards' variables offer every flow and region that was scraped
+            assert set(FLOWS) <= label_values(prom_port, "flow", 'up{job="omnistream"}')
+            assert label_values(prom_port, "region", "omnistream_stock_units") == set(regions)
+            # the flows' own `flow` label is kept, not renamed beside the target's
+            labels = prom_api(prom_port, "labels")
+            assert labels and not [name for name in labels if name.startswith("exported_")]
+            flows_seen = label_values(prom_port, "flow", "omnistream_events_consumed_total")
+            assert flows_seen == set(FLOWS), flows_seen
+            # the down target's alert links its runbook section under the external label
+            assert runbook_url_of_flow_down(prom_port, GONE_FLOW) == (
+                f"{RUNBOOK_BASE}#omnistreamflowdown"
+            )
     finally:
         if prometheus is not None:
             prometheus.terminate()
