@@ -234,15 +234,6 @@ def _interval(text: str) -> float:
     return value
 
 
-def _targets(text: str) -> list[str]:
-    urls = [part.strip() for part in text.split(",") if part.strip()]
-    if not urls or not all(url.startswith(("http://", "https://")) for url in urls):
-        raise argparse.ArgumentTypeError(
-            f"expected http(s):// URLs of /metrics endpoints, comma-separated, got {text!r}"
-        )
-    return urls
-
-
 def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from omnistream.demo import run_demo
 
@@ -536,7 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--once", action="store_true", help="print one view and exit")
     top.add_argument(
         "--targets",
-        type=_targets,
         metavar="URL,…",
         help="the flows' /metrics URLs, comma-separated (default: the flows on metrics.host "
         "from metrics.port)",
