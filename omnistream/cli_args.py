@@ -44,8 +44,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep",
         action="store_true",
         help="also run the HTTP service (omnistream serve) and, after the summary, keep "
-        "everything running until Ctrl-C (to open a store console, look at /metrics or query "
-        "Redis)",
+        "everything running until Ctrl-C or SIGTERM, printing the `export OMNI_…` lines with "
+        "which stock, whois, serve and top work against it from another shell",
+    )
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run the OS's Prometheus (Debian package prometheus) on a free port, "
+        "scraping the flows (and the service with --keep) and evaluating the alert rules of "
+        "monitoring/rules; its URL is printed, it stops with the demo",
     )
     parser.add_argument(
         "--uplift",

@@ -4,9 +4,15 @@ Starts Tansu and redis-server on free loopback ports, runs each flow as its own 
 (exactly ``omnistream run <flow>``), feeds them generated traffic at a steady rate, waits
 until every flow has consumed everything, and prints a summary: stock, sourcing outcomes
 and open store tasks, identities, triggers, attribution. With ``--keep`` the HTTP service
-(exactly ``omnistream serve``) runs beside the flows too, and the summary names a store
-console to open. Ctrl-C at any point stops the flows, the service, the broker and Redis,
-and removes the temporary directory.
+(exactly ``omnistream serve``) runs beside the flows too, the summary names a store console
+to open, and everything keeps running after it, with the ``export OMNI_…`` lines that point
+``stock``, ``whois``, ``serve`` and ``top`` of another shell at it. With ``--prometheus`` the
+OS's Prometheus scrapes the flows and evaluates the alert rules (``demo_prometheus``).
+Ctrl-C or SIGTERM at any point stops the flows, the service, Prometheus, the broker and
+Redis, and removes the temporary directory.
+
+The flows serve their metrics on consecutive ports, flow N of ``FLOW_ORDER`` on the first
+plus N: the layout ``omnistream top`` reads from ``metrics.port`` alone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import http.client
 import json
 import secrets
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,11 +42,19 @@ from connectors.generator import TrafficModel, produce
 from connectors.generator.response import ResponseModel
 from connectors.reference_files import load_reference
 from omnistream.attribution_report import report
+from omnistream.cli_args import FLOW_ORDER
+from omnistream.demo_prometheus import (
+    DemoPrometheus,
+    PrometheusUnavailable,
+    find_prometheus,
+    start_prometheus,
+)
 from omnistream.demo_shoppers import Shoppers
 from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
 from omnistream.experiments_report import run_report
 from omnistream.processes import (
     Samples,
+    free_port_block,
     scrape,
     start_flow,
     stop_process,
@@ -331,6 +346,7 @@ def _print_summary(
     watch: TriggerWatch,
     service: ServiceProcess | None,
     config: Config,
+    prometheus: DemoPrometheus | None = None,
 ) -> None:
     samples = {f.name: scrape(f.port) for f in flows}
     stock, identity = samples.get("stock_pool"), samples.get("identity_stitch")
@@ -391,10 +407,19 @@ def _print_summary(
             f"metrics of {f.name}: http://127.0.0.1:{f.port}/metrics "
             "(while the demo runs; use --keep)"
         )
+    print(
+        f"live view of the flows: OMNI_METRICS_PORT={flows[0].port} omnistream top "
+        "(while the demo runs; use --keep)"
+    )
     if service is not None:
         _print_console(config, service)
     else:
         print("store console and HTTP service: run the demo with --keep")
+    if prometheus is not None:
+        print(
+            f"Prometheus: {prometheus.url} (targets {prometheus.url}/targets, alerts "
+            f"{prometheus.url}/alerts; scraping the demo every 5 s)"
+        )
     print(
         "full stack (Kafka, Redis, the flows, Prometheus with alerts, Grafana boards): "
         "OMNI_PII_KEY=<secret> GRAFANA_ADMIN_PASSWORD=<password> docker compose up -d "
@@ -406,9 +431,12 @@ def _print_summary(
 def _start_flows(
     demo_config: Config, workdir: Path, stack_note: str, logs: list[IO[bytes]]
 ) -> list[FlowProcess]:
+    """Every flow of the demo as ``omnistream run``, flow N of FLOW_ORDER serving its
+    metrics on the first of a block of free ports plus N (what ``omnistream top`` reads)."""
     flows = []
-    for name, inputs in DEMO_FLOWS.items():
-        port = free_port()
+    first_port = free_port_block(len(FLOW_ORDER))
+    for n, name in enumerate(FLOW_ORDER):
+        inputs, port = DEMO_FLOWS[name], first_port + n
         config_path = workdir / f"{name}.yaml"
         dump_config(demo_config.with_overrides(metrics={"port": port}), config_path)
         log_path = workdir / f"{name}.log"
@@ -465,9 +493,69 @@ def _print_response(shoppers: Shoppers) -> None:
         print(f"  {shoppers.outcome['no_identifier']:,} purchases skipped: no identifier known")
 
 
+def export_lines(
+    demo_config: Config, flows: list[FlowProcess], *, generated_key: bool
+) -> list[str]:
+    """The shell lines that point another shell's ``omnistream`` at the kept stack: the
+    settings the demo changed from the configuration it was given (broker, topic prefix and
+    partitions, Redis), the PII key when the demo made it up (without it ``whois`` of a phone
+    hashes differently; a key the user gave is not printed), and ``OMNI_METRICS_PORT`` = the
+    first flow's metrics port, from which ``omnistream top`` finds all four."""
+    values = {
+        "OMNI_KAFKA_BOOTSTRAP": demo_config.kafka.bootstrap,
+        "OMNI_TOPIC_PREFIX": demo_config.kafka.topic_prefix,
+        "OMNI_KAFKA_PARTITIONS": str(demo_config.kafka.partitions),
+        "OMNI_REDIS_URL": demo_config.redis.url,
+    }
+    if generated_key:
+        values["OMNI_PII_KEY"] = demo_config.pii.key
+    values["OMNI_METRICS_PORT"] = str(flows[0].port)
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def _print_kept(
+    demo_config: Config,
+    flows: list[FlowProcess],
+    args: argparse.Namespace,
+    *,
+    sku: str,
+    generated_key: bool,
+) -> None:
+    print("\n== Kept running until Ctrl-C or SIGTERM; in another shell: ==")
+    for line in export_lines(demo_config, flows, generated_key=generated_key):
+        print(line)
+    if not generated_key:
+        print("# and the OMNI_PII_KEY the demo was started with")
+    config_path = getattr(args, "config", None)
+    config_option = f" --config {shlex.quote(str(config_path))}" if config_path else ""
+    print(
+        f"# then: omnistream stock {sku}{config_option} · omnistream whois <type> <value> · "
+        "omnistream top (the four flows) · omnistream serve --port <free port>",
+        flush=True,
+    )
+
+
+def _keep_running(flows: list[FlowProcess]) -> None:
+    """Until Ctrl-C or SIGTERM (the command line turns it into KeyboardInterrupt), or a flow
+    exits; the stop by request is the normal end of a kept demo."""
+    print("running; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while all(f.process.poll() is None for f in flows):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("omnistream demo: stopping", file=sys.stderr, flush=True)
+
+
 def run_demo(config: Config, args: argparse.Namespace) -> int:
     reference = load_reference(config)
-    if not config.pii.key:
+    if args.prometheus:
+        try:
+            find_prometheus()
+        except PrometheusUnavailable as exc:
+            print(f"omnistream demo: {exc}", file=sys.stderr)
+            return 2
+    generated_key = not config.pii.key
+    if generated_key:
         print(
             "omnistream demo: OMNI_PII_KEY is not set; using a random development key "
             "(hashes of phones and e-mails will not match any other run)",
@@ -478,6 +566,7 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
     flows: list[FlowProcess] = []
     failed: list[FlowProcess] = []
     service: ServiceProcess | None = None
+    prometheus: DemoPrometheus | None = None
     with (
         tempfile.TemporaryDirectory(prefix="omnistream-demo-") as tmp,
         EmbeddedStack(Path(tmp) / "stack", partitions=args.partitions) as stack,
@@ -493,6 +582,12 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
             )
             if args.keep:
                 service = _start_service(demo_config, workdir, logs)
+            if args.prometheus:
+                scraped = {f.name: f.port for f in flows}
+                if service is not None:
+                    scraped["serve"] = service.port
+                prometheus = start_prometheus(workdir, scraped, logs)
+                print(f"Prometheus {prometheus.url}", file=sys.stderr)
             started = time.monotonic()
             model = TrafficModel(reference, seed=args.seed, bad_ratio=args.bad_ratio)
             watch = TriggerWatch(demo_config)
@@ -518,17 +613,27 @@ def run_demo(config: Config, args: argparse.Namespace) -> int:
                 produced += answers
             shoppers.stop()
             watch.stop()
-            _print_summary(flows, produced, time.monotonic() - started, watch, service, demo_config)
+            _print_summary(
+                flows,
+                produced,
+                time.monotonic() - started,
+                watch,
+                service,
+                demo_config,
+                prometheus,
+            )
             print("\n== Experiments (omnistream experiments report) ==")
             _print_response(shoppers)
             run_report(demo_config, as_json_output=False)
             print("\n== Attribution (omnistream attribution report) ==")
             report(demo_config)
             if args.keep:
-                print("running; Ctrl-C to stop", file=sys.stderr)
-                while all(f.process.poll() is None for f in flows):
-                    time.sleep(1)
+                sku = min(reference.products, default="<sku>")
+                _print_kept(demo_config, flows, args, sku=sku, generated_key=generated_key)
+                _keep_running(flows)
         finally:
+            if prometheus is not None and prometheus.stop() not in (0, -2, -15):
+                print(prometheus.log_path.read_text(errors="replace")[-2000:], file=sys.stderr)
             if service is not None and stop_process(service.process) not in (0, -2, -15, 130):
                 print(service.log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
                 print(
