@@ -645,13 +645,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ignored without a word (the flows a demo starts inherit the demo's environment).
     for warning in unknown_variables(os.environ):
         print(f"omnistream: warning: {warning}", file=sys.stderr)
-    if args.command == "doctor":
-        from omnistream.doctor import run_doctor
-
-        return run_doctor(args.config)
     try:
-        config = load_config(args.config)
-        return int(args.handler(config, args))
+        if args.command == "doctor":  # it reports a configuration error as a check of its own
+            from omnistream.doctor import run_doctor
+
+            code = run_doctor(args.config)
+        else:
+            code = int(args.handler(load_config(args.config), args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
     except Unreachable as exc:
         # One line, no traceback: what could not be reached, why, and the setting to check.
         print(f"omnistream: {exc}", file=sys.stderr)
@@ -670,6 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("omnistream: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``omnistream stock SKU | head``): nothing to say, no
+        # traceback; stdout points at /dev/null so the interpreter's final flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from base.config import SAMPLE_DATA_DIR
 from omnistream.embedded import free_port, tansu_binary
 from tests.fail_fast_helpers import NOISE
+
+RULES = SAMPLE_DATA_DIR / "rules.yaml"
 
 
 def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -232,3 +235,26 @@ def test_redis_refusing_the_read_after_the_check_is_one_line(
     assert "NoPermissionError" in lines[0] and "no permissions" in lines[0]
     assert "check redis.url / OMNI_REDIS_URL (its user's ACL rules)" in lines[0]
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_a_reader_that_goes_away_is_no_traceback(unbuffered: bool) -> None:
+    """``omnistream rules check FILE | head -1``: the pipe closes while the command still
+    prints; the command ends quietly (exit 1) instead of a BrokenPipeError traceback, whether
+    its output is written at each print (unbuffered) or at the end."""
+    command = [sys.executable, "-m", "omnistream.cli", "rules", "check", str(RULES)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMNI_", "PYTHONUNBUFFERED"))}
+    if unbuffered:
+        clean["PYTHONUNBUFFERED"] = "1"
+    # The reader takes nothing and closes at once: every line the command prints hits a
+    # closed pipe (a pipe buffers 64 KiB, so closing before the first write is what counts).
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean, text=True
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    with process.stderr:
+        error = process.stderr.read()
+    code = process.wait(60)
+    assert "Traceback" not in error and "BrokenPipeError" not in error, error
+    assert code == 1
