@@ -32,7 +32,7 @@ from base.config import Config
 KAFKA_SETTING = "kafka.bootstrap / OMNI_KAFKA_BOOTSTRAP"
 REDIS_SETTING = "redis.url / OMNI_REDIS_URL"
 #: Named too when ``kafka.client`` carries security settings, which can be the cause.
-KAFKA_SECURITY_SETTING = "the SASL/TLS settings under kafka.client"
+KAFKA_SECURITY_SETTING = "the SASL/TLS settings under kafka.client / OMNI_KAFKA_CLIENT_<NAME>"
 #: Interval between two attempts of a check.
 _RETRY_S = 0.25
 

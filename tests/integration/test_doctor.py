@@ -20,7 +20,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 
 from base import topics
-from base.config import Config
+from base.config import Config, dump_config
 from connectors.kafka_clients import ensure_topics
 from omnistream.embedded import free_port
 from tests.fail_fast_helpers import NOISE, start
@@ -135,3 +135,26 @@ def test_a_bad_configuration_is_one_fail_line(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"FAIL config    {file}: key `kafka.partitions`: expected a value > 0, got 0"
     ]
+
+
+def test_the_pii_key_from_a_mounted_secret(omni_config: Config, tmp_path: Path) -> None:
+    """``OMNI_PII_KEY_FILE=/run/secrets/pii_key``, as compose mounts it: the key is read from
+    the file (its trailing newline dropped) and the doctor finds it set."""
+    secret = tmp_path / "pii_key"
+    secret.write_text("a-pii-key-from-a-compose-secret\n")
+    path = tmp_path / "omni.yaml"
+    dump_config(
+        omni_config.with_overrides(pii={"key": ""}, flow={"startup_wait_seconds": WAIT_S}), path
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+    env["OMNI_PII_KEY_FILE"] = str(secret)
+    result = subprocess.run(
+        [sys.executable, "-m", "omnistream.cli", "doctor", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = by_name(result.stdout.splitlines())
+    assert checks["pii"] == ("ok", f"key set ({len('a-pii-key-from-a-compose-secret')} characters)")
