@@ -335,53 +335,106 @@ def _breakdown(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{key} {n:,}" for key, n in counts.items())
 
 
-def render(frame: Frame) -> Group:
-    """The frame as a header line, a table of one line per flow, the breakdown by reason
-    and kind of what a flow counted, and a line per flow down saying why."""
+#: The table's columns (a header of two words is drawn on two lines: narrower).
+_COLUMNS = (
+    "flow",
+    "status",
+    "events",
+    "events/s",
+    "lag",
+    "max lag\npartition",
+    "dead\nletters",
+    "triggers\nfired",
+    "held\nback",
+    "stock-\nouts",
+    "low\nstock",
+)
+#: Columns left out, in this order, while the table is wider than the terminal; what they
+#: showed is in the lines under the table (the partition on a line of its own, the others
+#: in the breakdowns), so a narrow terminal loses no figure.
+_OPTIONAL = ("max lag\npartition", "low\nstock", "stock-\nouts", "held\nback", "triggers\nfired")
+
+
+def _natural_width(lines: list[list[str]], columns: list[int]) -> int:
+    """The table's width with every cell on one line: the widest cell or header word of
+    each column, one space either side, and a border between and around them."""
+    widths = [
+        max([len(line[n]) for line in lines] + [len(word) for word in _COLUMNS[n].split()])
+        for n in columns
+    ]
+    return sum(widths) + 3 * len(columns) + 1
+
+
+def render(frame: Frame, width: int | None = None) -> Group:
+    """The frame as a header line, a table of one line per flow (fitted to ``width``
+    columns of terminal), the breakdown by reason and kind of what a flow counted, and a
+    line per flow down saying why."""
     up = sum(1 for row in frame.rows if row.down is None)
     header = Text.assemble(
         ("omnistream top", "bold"),
         f"  frame {frame.number}  {frame.taken_at}  every {frame.interval_s:g} s  "
         f"flows up {up}/{len(frame.rows)}  (Ctrl-C to quit)",
     )
-    table = Table(expand=True, header_style="bold")
-    table.add_column("flow", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for name in ("events", "events/s", "lag"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("max lag partition", no_wrap=True)
-    for name in ("dead letters", "triggers fired", "held back", "stockouts", "low stock"):
-        table.add_column(name, justify="right", no_wrap=True)
-    details: list[Text] = []
-    notes: list[Text] = []
+    lines: list[list[str]] = []
     for row in frame.rows:
         if row.down is not None:
-            table.add_row(row.flow, Text("down", "bold red"), *["–"] * 9)
-            notes.append(Text(f"{row.flow} down: {row.url}: {row.down}", "red"))
+            lines.append([row.flow, "down", *["–"] * 9])
             continue
         triggers = bool(row.fired or row.held or row.flow == "rule_triggers")
-        table.add_row(
-            row.flow,
-            Text("up", "green"),
-            f"{row.consumed:,}",
-            "…" if row.events_per_s is None else f"{row.events_per_s:,.1f}",
-            "–" if row.lag is None else f"{row.lag:,}",
-            "–" if row.lag_max is None else f"{row.lag_max[0]} {row.lag_max[1]:,}",
-            _total(row.dead_letters),
-            _total(row.fired) if triggers else "–",
-            _total(row.held) if triggers else "–",
-            f"{row.stock['stockouts']:,}" if "stockouts" in row.stock else "–",
-            f"{row.stock['low_stock']:,}" if "low_stock" in row.stock else "–",
+        lines.append(
+            [
+                row.flow,
+                "up",
+                f"{row.consumed:,}",
+                "…" if row.events_per_s is None else f"{row.events_per_s:,.1f}",
+                "–" if row.lag is None else f"{row.lag:,}",
+                "–" if row.lag_max is None else f"{row.lag_max[0]} {row.lag_max[1]:,}",
+                _total(row.dead_letters),
+                _total(row.fired) if triggers else "–",
+                _total(row.held) if triggers else "–",
+                f"{row.stock['stockouts']:,}" if "stockouts" in row.stock else "–",
+                f"{row.stock['low_stock']:,}" if "low_stock" in row.stock else "–",
+            ]
         )
-        stock_triggers = {k: n for k, n in row.stock.items() if k in STOCK_TRIGGER_KINDS}
+    shown = list(range(len(_COLUMNS)))
+    for name in _OPTIONAL:
+        if width is None or _natural_width(lines, shown) <= width:
+            break
+        shown.remove(_COLUMNS.index(name))
+    table = Table(header_style="bold")
+    for n in shown:
+        left = n in (0, 1) or _COLUMNS[n] == "max lag\npartition"
+        table.add_column(_COLUMNS[n], justify="left" if left else "right", no_wrap=True)
+    for line in lines:
+        cells: list[str | Text] = [line[n] for n in shown]
+        cells[1] = Text(line[1], "green" if line[1] == "up" else "bold red")
+        table.add_row(*cells)
+    details: list[Text] = []
+    partition_shown = _COLUMNS.index("max lag\npartition") in shown
+    stock_shown = _COLUMNS.index("stock-\nouts") in shown
+    for row in frame.rows:
+        if row.down is not None:
+            continue
+        if row.lag_max is not None and not partition_shown:
+            details.append(
+                Text.assemble(
+                    (f"{row.flow} max lag: ", "bold"), f"{row.lag_max[0]} {row.lag_max[1]:,}"
+                )
+            )
+        stock = {k: n for k, n in row.stock.items() if k in STOCK_TRIGGER_KINDS or not stock_shown}
         for what, counts in (
             ("dead letters", row.dead_letters),
             ("triggers fired", row.fired),
             ("held back", row.held),
-            ("stock triggers", stock_triggers),
+            ("stock alerts" if not stock_shown else "stock triggers", stock),
         ):
             if counts:
                 details.append(Text.assemble((f"{row.flow} {what}: ", "bold"), _breakdown(counts)))
+    notes = [
+        Text(f"{row.flow} down: {row.url}: {row.down}", "red")
+        for row in frame.rows
+        if row.down is not None
+    ]
     return Group(header, table, *details, *notes)
 
 
@@ -442,14 +495,14 @@ def run_top(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.once:
             next(shown)  # the first scrape only gives the rates their start
-            console.print(render(next(shown)))
+            console.print(render(next(shown), console.width))
         elif console.is_terminal:
-            with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
+            with Live(console=console, auto_refresh=False) as live:
                 for frame in shown:
-                    live.update(render(frame), refresh=True)
+                    live.update(render(frame, console.width), refresh=True)
         else:
             for frame in shown:
-                console.print(render(frame))
+                console.print(render(frame, console.width))
     except KeyboardInterrupt:
         pass
     return EXIT_OK

@@ -188,6 +188,44 @@ def test_the_screen_shows_the_rows_figures() -> None:
     assert f"stock_pool dead letters: {reasons}" in " ".join(shown.split())
 
 
+@pytest.mark.parametrize("width", [120, 100, 80, 70])
+def test_a_narrow_terminal_moves_columns_under_the_table_and_loses_no_figure(width: int) -> None:
+    targets = [Target(f"http://127.0.0.1:{9000 + n}/metrics", f) for n, f in enumerate(FLOW_ORDER)]
+    earlier = {t.url: reading(t.flow or "", at=1.0) for t in targets}
+    earlier[targets[0].url] = reading("stock_pool_catching_up_1", at=1.0)
+    latest = {t.url: reading(t.flow or "", at=3.0) for t in targets}
+    latest[targets[0].url] = reading("stock_pool_catching_up_2", at=3.0)
+    frame = build_frame(2, targets, earlier, latest, interval_s=2.0, taken_at="12:00:00")
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(render(frame, width))
+    console.file.close()
+    shown = console.export_text()
+    table = [line for line in shown.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= width for line in table)
+    flat = " ".join(shown.split())
+    stock_pool = frame.rows[0]
+    assert stock_pool.lag_max is not None and stock_pool.lag_max[1] > 0
+    head = " ".join(" ".join(line for line in table if line.startswith("┃")).split())
+    if "partition" not in head:
+        assert f"stock_pool max lag: {stock_pool.lag_max[0]} {stock_pool.lag_max[1]:,}" in flat
+    if "outs" not in head:
+        stock = stock_pool.stock
+        assert (
+            f"stock_pool stock alerts: stockouts {stock['stockouts']:,}, "
+            f"low_stock {stock['low_stock']:,}"
+        ) in flat
+    # The columns that always stay: the flow, its state, its events and rate, lag, dead letters.
+    (line,) = [ln for ln in table if ln.startswith("│ stock_pool ")]
+    cells = [cell.strip() for cell in line.split("│")[1:-1]]
+    assert cells[:5] == [
+        "stock_pool",
+        "up",
+        f"{stock_pool.consumed:,}",
+        f"{stock_pool.events_per_s:,.1f}",
+        f"{stock_pool.lag:,}",
+    ]
+
+
 def test_text_that_is_not_metrics_is_a_reason_not_a_crash() -> None:
     got = read_text("<html><body>Grafana</body></html>", 1.0)
     assert got.samples is None and got.error is not None
@@ -259,8 +297,9 @@ def test_fetch_reads_an_endpoint_and_names_why_one_does_not_answer(metrics_serve
 
 
 def test_once_prints_one_frame_and_exits_0(
-    metrics_server: int, capsys: pytest.CaptureFixture[str]
+    metrics_server: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
     args = argparse.Namespace(
         interval=0.05, once=True, targets=[f"http://127.0.0.1:{metrics_server}/metrics"]
     )
