@@ -92,14 +92,12 @@ def _topics(config: Config, broker_ok: bool) -> Check:
     if missing or short:
         parts = []
         if missing:
-            parts.append(f"missing: {', '.join(missing)}")
+            parts.append(f"missing: {', '.join(missing)} (omnistream topics create)")
         if short:
             parts.append(f"too few partitions: {'; '.join(short)}")
-        return Check("FAIL", "topics", " — ".join(parts) + " (omnistream topics create)")
-    return Check(
-        "ok", "topics", f"{len(states)} topics, each with at least {config.kafka.partitions} "
-        "partitions",
-    )  # fmt: skip
+        return Check("FAIL", "topics", " — ".join(parts))
+    detail = f"{len(states)} topics, each with at least {config.kafka.partitions} partitions"
+    return Check("ok", "topics", detail)
 
 
 def _redis(config: Config) -> Check:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from base import topics
 from base.config import Config, dump_config
@@ -158,3 +158,24 @@ def test_the_pii_key_from_a_mounted_secret(omni_config: Config, tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     checks = by_name(result.stdout.splitlines())
     assert checks["pii"] == ("ok", f"key set ({len('a-pii-key-from-a-compose-secret')} characters)")
+
+
+def test_a_topic_with_too_few_partitions_fails(omni_config: Config, tmp_path: Path) -> None:
+    config = omni_config.with_overrides(
+        kafka={"topic_prefix": f"{omni_config.kafka.topic_prefix}short.", "partitions": 4},
+        flow={"startup_wait_seconds": WAIT_S},
+    )
+    short = config.topic(topics.STOCK_CHANGES)
+    admin = AdminClient(
+        {"bootstrap.servers": config.kafka.bootstrap, "logger": logging.getLogger("test")}
+    )
+    admin.create_topics([NewTopic(short, num_partitions=1, replication_factor=1)])[short].result(
+        timeout=30
+    )
+    ensure_topics(config, list(topics.ALL_TOPICS))  # the others, with 4
+    code, lines, output = doctor(config, tmp_path)
+    assert code == 1, output
+    assert by_name(lines)["topics"] == (
+        "FAIL",
+        f"too few partitions: {short} has 1 (kafka.partitions 4)",
+    )
