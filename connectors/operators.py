@@ -14,14 +14,16 @@ decoder callback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 from bytewax.outputs import DynamicSink
 
 from base.config import Config
@@ -109,6 +111,77 @@ def per_batch(
 ) -> Stream[Y]:
     """Apply a flow's step to each batch as a whole (one Redis round trip per batch …)."""
     return op.flat_map(step_id, batches, work)
+
+
+V = TypeVar("V")
+W = TypeVar("W")
+S = TypeVar("S")
+
+
+class BatchedLogic(StatefulLogic[V, W, S]):
+    """A ``StatefulLogic`` that also sees the end of each batch of its key's items
+    (``end_batch``), for work worth doing once per batch rather than once per item."""
+
+    def end_batch(self, outcomes: list[W]) -> list[W]:
+        """What ``on_item`` returned for the batch's items, in order; returns what to send."""
+        return outcomes
+
+
+class _Batches(StatefulBatchLogic[V, W, S]):
+    """``stateful``'s own adapter (items one by one; a discarded logic is built anew for
+    the key's next item), with ``end_batch`` called on the outcomes of each logic."""
+
+    def __init__(
+        self, logic: BatchedLogic[V, W, S], builder: Callable[[S | None], BatchedLogic[V, W, S]]
+    ) -> None:
+        self.logic: BatchedLogic[V, W, S] | None = logic
+        self.builder = builder
+
+    def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
+        sent: list[W] = []
+        pending: list[W] = []
+        for value in values:
+            if self.logic is None:
+                self.logic = self.builder(None)
+            outcomes, discard = self.logic.on_item(value)
+            pending.extend(outcomes)
+            if discard:
+                sent += self.logic.end_batch(pending)
+                pending, self.logic = [], None
+        if self.logic is not None:
+            sent += self.logic.end_batch(pending)
+        return sent, self.logic is None
+
+    def on_notify(self) -> tuple[Iterable[W], bool]:
+        assert self.logic is not None
+        return self.logic.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[W], bool]:
+        assert self.logic is not None
+        return self.logic.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        assert self.logic is not None
+        return self.logic.notify_at()
+
+    def snapshot(self) -> S:
+        assert self.logic is not None
+        return self.logic.snapshot()
+
+
+@operator
+def stateful_batches(
+    step_id: str,
+    up: KeyedStream[V],
+    builder: Callable[[S | None], BatchedLogic[V, W, S]],
+) -> KeyedStream[W]:
+    """``op.stateful`` with ``BatchedLogic.end_batch``. Its inner step is named as
+    ``op.stateful``'s, so a step moved from one to the other resumes its snapshots."""
+
+    def shim(resume: S | None) -> _Batches[V, W, S]:
+        return _Batches(builder(resume), builder)
+
+    return op.stateful_batch("stateful_batch", up, shim)
 
 
 def output(step_id: str, io: FlowIO, topic_name: str | None, messages: Stream[OutMessage]) -> None:

@@ -18,6 +18,9 @@ merged into C, B's state already holds A's.
 
 ``erased`` drops everything: the key is gone, and a ``CustomerErased`` tells the flow's
 sinks to delete the profile, the coupon codes and the handover entries of the id.
+
+A change of the profile leaves a ``ProfilePending`` note; ``settle`` makes the last note of
+a batch its one ``ProfileWrite``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,16 @@ class ProfileWrite:
 
     customer_id: str
     fields: dict[str, str]
+    as_of_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePending:
+    """The profile changed as of ``as_of_ms``: a ``ProfileWrite`` is due. ``settle`` turns
+    the last of a batch into one: only a batch's latest profile is written, and its
+    fields cost more to compute than the rules of an event."""
+
+    customer_id: str
     as_of_ms: int
 
 
@@ -183,8 +196,8 @@ class CustomerKey:
         *,
         replay: bool,
     ) -> list[Any]:
-        """One item of the key's stream: rule outcomes, profile writes, and at most one
-        ``HandOver`` or ``CustomerErased``."""
+        """One item of the key's stream: rule outcomes, profile notes (``settle``), and at
+        most one ``HandOver`` or ``CustomerErased``."""
         if isinstance(item, IdentityNotice) and item.kind == ERASED:
             return self._erase(item)
         if self.gone:
@@ -276,7 +289,28 @@ class CustomerKey:
             deadlines.append(next_segment_change_ms(self.profile, settings, self.written_ms))
         return min((d for d in deadlines if d is not None), default=None)
 
-    def _profile_timer(self, mark_ms: int, settings: ProfileSettings) -> list[ProfileWrite]:
+    def settle(self, outcomes: list[Any], settings: ProfileSettings) -> list[Any]:
+        """``outcomes`` of this key (from any of its methods, in order) with its
+        ``ProfilePending`` notes gone but the last, which becomes the ``ProfileWrite`` of
+        the profile as it stands (every change of the profile leaves a note, so the last
+        note is as of the latest change). A key merged away or erased writes nothing: the
+        ``ProfileRetired`` or ``CustomerErased`` it sent removes its profile."""
+        last = -1
+        for index, item in enumerate(outcomes):
+            if isinstance(item, ProfilePending):
+                last = index
+        if last < 0:
+            return outcomes
+        settled = []
+        for index, item in enumerate(outcomes):
+            if not isinstance(item, ProfilePending):
+                settled.append(item)
+            elif index == last and not self.gone and self.profile is not None:
+                fields = profile_fields(self.profile, item.as_of_ms, settings)
+                settled.append(ProfileWrite(self.customer_id, fields, item.as_of_ms))
+        return settled
+
+    def _profile_timer(self, mark_ms: int, settings: ProfileSettings) -> list[ProfilePending]:
         """A segment that changed by time alone (active → at risk → lapsed) is rewritten."""
         if self.profile is None or self.written_ms is None:
             return []
@@ -287,11 +321,10 @@ class CustomerKey:
             due = next_segment_change_ms(self.profile, settings, self.written_ms)
         return out
 
-    def _profile_write(self, as_of_ms: int, settings: ProfileSettings) -> ProfileWrite:
+    def _profile_write(self, as_of_ms: int, settings: ProfileSettings) -> ProfilePending:
         assert self.profile is not None
-        fields = profile_fields(self.profile, as_of_ms, settings)
         self.written_ms = max(as_of_ms, self.written_ms or as_of_ms)
-        return ProfileWrite(self.customer_id, fields, as_of_ms)
+        return ProfilePending(self.customer_id, as_of_ms)
 
     def _erase(self, notice: IdentityNotice) -> list[Any]:
         state = self.triggers.state

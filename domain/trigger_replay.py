@@ -34,6 +34,7 @@ from domain.customer_key import (
     CustomerKey,
     HandOver,
     IdentityNotice,
+    ProfilePending,
     ProfileRetired,
     ProfileWrite,
 )
@@ -255,7 +256,9 @@ class TriggerReplay:
     def _from_customer(self, outcomes: Sequence[object]) -> list[object]:
         """The rules' outcomes (profiles and erasures are the flow's Redis writes)."""
         outcomes = [
-            o for o in outcomes if not isinstance(o, ProfileWrite | ProfileRetired | CustomerErased)
+            o
+            for o in outcomes
+            if not isinstance(o, ProfilePending | ProfileWrite | ProfileRetired | CustomerErased)
         ]
         sent = [o for o in outcomes if isinstance(o, CouponDecision) and not o.holdout]
         if sent:

@@ -78,6 +78,7 @@ from connectors.envelopes import OutMessage
 from connectors.event_clock import ClockMarks, EventClock, InputMarks, ReceiptWaits, WorkerClocks
 from connectors.live_rules import LiveRules
 from connectors.operators import (
+    BatchedLogic,
     Decoded,
     FlowIO,
     dead_letters,
@@ -85,6 +86,7 @@ from connectors.operators import (
     output,
     read,
     rejections,
+    stateful_batches,
 )
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO
@@ -312,7 +314,7 @@ VISIT_PRUNE_S = 60.0
 HANDOVER_EOF_WAIT_S = 120.0
 
 
-class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
+class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
     """One customer (``domain.customer_key.CustomerKey``). Live, timers follow the clock of
     the ``events.resolved`` partition that carries the customer's events. A merged customer
     hands its state over and is discarded: the state goes to this process's
@@ -401,17 +403,25 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
             out += self._collect()
         return self._done(out)
 
+    def end_batch(self, outcomes: list[Any]) -> list[Any]:
+        """The batch's one profile write (``CustomerKey.settle``)."""
+        return self.key.settle(outcomes, self.ctx.profile_settings)
+
     def on_notify(self) -> tuple[list[Any], bool]:
         """Live: carts, lifecycle timers and quiet hours due by the clock of the customer's
         partition; a survivor asks for the state it waits for."""
         if self.key.waiting:
-            return self._done(self._collect())
+            return self._settled(self._collect())
         if self.ctx.replay:
             return [], StatefulLogic.RETAIN
         mark = self.ctx.clock(RESOLVED).watermark(self._stream())
         rules = self.ctx.rules.current()
         fired = self.key.fire_due(mark, rules, self.ctx.stock(), self.ctx.profile_settings)
-        return self._done(fired)
+        return self._settled(fired)
+
+    def _settled(self, out: list[Any]) -> tuple[list[Any], bool]:
+        sent, discard = self._done(out)
+        return self.end_batch(sent), discard
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -426,11 +436,11 @@ class CustomerLogic(StatefulLogic[Any, Any, CustomerSnapshot]):
         if not ctx.replay:
             mark = ctx.clock(RESOLVED).watermark(self._stream())
             out += self.key.fire_due(mark, ctx.rules.current(), ctx.stock(), ctx.profile_settings)
-            return self._done(out)
+            return self._settled(out)
         end = ctx.end_of_input(RESOLVED)
         end = None if end is None else end - ctx.grace_ms
         out += self.key.finish(end, ctx.rules.current(), ctx.stock(), ctx.profile_settings)
-        return self._done(out)
+        return self._settled(out)
 
     def notify_at(self) -> datetime | None:
         if self.key.waiting:
@@ -855,7 +865,9 @@ def build(
         op.key_on("key_offers", offers, lambda o: o.customer_id),
         read_marks,
     )
-    customer_out = op.stateful("customers", customer_in, lambda resume: CustomerLogic(ctx, resume))
+    customer_out = stateful_batches(
+        "customers", customer_in, lambda resume: CustomerLogic(ctx, resume)
+    )
     # Profiles (the batch's latest per customer is written), hand-overs and erasures go to
     # their own sink at once: a profile write follows nearly every event, and sent down the outcome
     # steps each one would pass half a dozen filters that all let it by.
