@@ -18,9 +18,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,12 +54,14 @@ COLUMNS = (
 
 
 class Terminal:
-    """A tmux server of its own (``-L``), one 160×50 window running a clean shell."""
+    """A tmux server of its own (its socket in a directory of its own, removed after), one
+    160×50 window running a clean shell."""
 
     def __init__(self, env: dict[str, str]) -> None:
         tmux = shutil.which("tmux")
         assert tmux is not None, "tmux is needed (Debian: apt-get install tmux)"
-        self.command = [tmux, "-L", f"omnitop-{uuid.uuid4().hex[:8]}"]
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="omnitop-"))
+        self.command = [tmux, "-S", str(self.socket_dir / "tmux")]
         self.env = env
         self.tmux("new-session", "-d", "-x", "160", "-y", "50", "bash --norc --noprofile")
 
@@ -88,6 +90,7 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run([*self.command, "kill-server"], env=self.env, check=False)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
