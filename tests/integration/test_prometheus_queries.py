@@ -34,6 +34,7 @@ from base.config import Config, dump_config
 from connectors.generator import TrafficModel, produce
 from connectors.reference_files import load_reference
 from domain.reference import ReferenceData
+from flows.attribution import OTHER_CHANNEL, channel_allowlist
 from omnistream.dashboards import BOARDS, rendered
 from omnistream.embedded import die_with_parent, free_port
 from omnistream.processes import start_flow, stop_process, wait_for_metrics
@@ -360,6 +361,9 @@ def test_every_panel_returns_data_and_every_alert_parses(
             assert labels and not [name for name in labels if name.startswith("exported_")]
             flows_seen = label_values(prom_port, "flow", "omnistream_events_consumed_total")
             assert flows_seen == set(FLOWS), flows_seen
+            # the attribution gauges name the configured channels or `other`, nothing else
+            channels = label_values(prom_port, "channel", "omnistream_attributed_revenue")
+            assert channels and channels <= channel_allowlist(config) | {OTHER_CHANNEL}, channels
             # the down target's alert links its runbook section under the external label
             assert runbook_url_of_flow_down(prom_port, GONE_FLOW) == (
                 f"{RUNBOOK_BASE}#omnistreamflowdown"
