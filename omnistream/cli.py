@@ -119,6 +119,10 @@ def _cmd_generate(config: Config, args: argparse.Namespace) -> int:
     from omnistream.generate_cli import run_generate
 
     _needs(config, kafka=True)
+    if not args.verbose:
+        # A broker lost mid-run is said by the summary line (NOT DELIVERED) and the exit
+        # code; librdkafka's reconnect lines (warnings) are for -v only.
+        logging.getLogger("librdkafka").setLevel(logging.ERROR)
     return run_generate(config, args)
 
 

@@ -31,6 +31,12 @@ from domain.reference import ReferenceDataError
 #: Messages sent when neither ``--count`` nor ``--duration`` is given.
 DEFAULT_COUNT = 10_000
 
+#: How long a message may wait for its broker before it counts as not delivered, unless
+#: ``kafka.client`` says otherwise. librdkafka's own default is 5 minutes: a broker lost in
+#: the middle of a run kept ``generate`` waiting that long per message, silent but for a
+#: librdkafka line a minute. Traffic for a test or a demo is worth no more than this.
+MESSAGE_TIMEOUT_MS = "30000"
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -189,6 +195,11 @@ def run_generate(config: Config, args: argparse.Namespace) -> int:
     count: int | None = args.count
     if count is None and args.duration is None:
         count = DEFAULT_COUNT
+    client = config.kafka.client
+    if "message.timeout.ms" not in client and "delivery.timeout.ms" not in client:
+        config = config.with_overrides(
+            kafka={"client": {**client, "message.timeout.ms": MESSAGE_TIMEOUT_MS}}
+        )
     try:
         ensure_topics(config, list(topics.INPUT_TOPICS))
     except (KafkaException, RuntimeError) as exc:

@@ -6,6 +6,7 @@ embedded broker and Redis are not needed: every case is about what is not there.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -118,27 +119,25 @@ def broker_advertising_elsewhere(tmp_path: Path) -> Iterator[str]:
     """A real Tansu broker on a loopback port that advertises a name nothing resolves, as a
     broker in a container advertising its service name does to a client on the host."""
     port = free_port()
-    with (tmp_path / "tansu.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                f"tcp://127.0.0.1:{port}",
-                "--advertised-listener-url",
-                "tcp://kafka.invalid:9092",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_tansu(port, "tcp://kafka.invalid:9092", tmp_path / "tansu.log")
     try:
         wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
         process.kill()
         process.wait(30)
+
+
+def start_tansu(port: int, advertised: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """A real Tansu broker (in memory) on a loopback port, advertising ``advertised``."""
+    argv = [
+        str(tansu_binary()), "broker",
+        "--listener-url", f"tcp://127.0.0.1:{port}",
+        "--advertised-listener-url", advertised,
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_port(port: int) -> None:
@@ -258,3 +257,62 @@ def test_a_reader_that_goes_away_is_no_traceback(unbuffered: bool) -> None:
     code = process.wait(60)
     assert "Traceback" not in error and "BrokenPipeError" not in error, error
     assert code == 1
+
+
+def test_a_broker_lost_mid_run_is_the_summary_line_only(tmp_path: Path) -> None:
+    """generate against a real Tansu that is SIGKILLed once messages have arrived: the run
+    ends (messages wait ``message.timeout.ms``, here 3 s from OMNI_KAFKA_CLIENT_…, then count
+    as not delivered) with exit 1 and its one summary line; librdkafka's reconnect lines
+    stay out of it."""
+    port = free_port()
+    broker = start_tansu(port, f"tcp://127.0.0.1:{port}", tmp_path / "tansu.log")
+    try:
+        wait_for_port(port)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+        clean.update(
+            OMNI_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}",
+            OMNI_KAFKA_CLIENT_MESSAGE_TIMEOUT_MS="3000",
+            OMNI_FLOW_STARTUP_WAIT_SECONDS="5",
+        )
+        generate = subprocess.Popen(
+            [sys.executable, "-m", "omnistream.cli", "generate", "--duration", "8",
+             "--rate", "500", "--no-progress"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=clean,
+            text=True,
+        )  # fmt: skip
+        wait_for_messages(f"127.0.0.1:{port}", "clickstream")
+        broker.kill()
+        output, _ = generate.communicate(timeout=120)
+    finally:
+        broker.kill()
+        broker.wait(30)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert generate.returncode == 1, output
+    assert len(lines) == 1, output
+    assert lines[0].startswith("generated ") and "NOT DELIVERED" in lines[0]
+    assert "librdkafka" not in output and not any(mark in output for mark in NOISE)
+
+
+def wait_for_messages(bootstrap: str, topic: str) -> None:
+    """Until the broker holds a message of ``topic`` (its high watermark above 0)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "probe", "logger": logging.getLogger("t")}
+    )
+    try:
+        for _ in range(600):
+            metadata = consumer.list_topics(timeout=5)
+            if topic in metadata.topics and metadata.topics[topic].partitions:
+                for partition in metadata.topics[topic].partitions:
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=5
+                    )
+                    if high > 0:
+                        return
+            threading.Event().wait(0.05)
+    finally:
+        consumer.close()
+    raise AssertionError(f"no message reached {topic}")
