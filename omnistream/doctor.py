@@ -16,7 +16,8 @@ for itself, so there is no default key that could leak into production); empty i
 shorter than 16 characters a warning (it keys the hash that stands for phones and e-mails,
 so a short one can be brute-forced).
 
-The broker and Redis are asked for as long as ``flow.startup_wait_seconds``, like at a
+The broker and Redis are asked side by side, each for as long as
+``flow.startup_wait_seconds``, like at a
 flow's start; the topics are checked only when the broker answered.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from base.config import Config, ConfigError, load_config
@@ -151,15 +153,22 @@ def _rules(config: Config) -> Check:
 
 
 def checks(config: Config) -> list[Check]:
-    """Every check after the configuration, in the order a flow meets them."""
-    results = [_pii(config)]
-    broker, broker_ok = _guarded("broker", lambda: _broker(config))
-    results.append(broker)
-    results.append(_guarded("topics", lambda: (_topics(config, broker_ok), True))[0])
-    results.append(_guarded("redis", lambda: (_redis(config), True))[0])
-    results.append(_guarded("reference", lambda: (_reference(config), True))[0])
-    results.append(_guarded("rules", lambda: (_rules(config), True))[0])
-    return results
+    """Every check after the configuration, in the order a flow meets them. The broker and
+    Redis are asked side by side, so a stack with both down costs one start-up wait, not
+    two."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="doctor") as pool:
+        broker_asked = pool.submit(_guarded, "broker", lambda: _broker(config))
+        redis_asked = pool.submit(_guarded, "redis", lambda: (_redis(config), True))
+        broker, broker_ok = broker_asked.result()
+        redis_check = redis_asked.result()[0]
+    return [
+        _pii(config),
+        broker,
+        _guarded("topics", lambda: (_topics(config, broker_ok), True))[0],
+        redis_check,
+        _guarded("reference", lambda: (_reference(config), True))[0],
+        _guarded("rules", lambda: (_rules(config), True))[0],
+    ]
 
 
 def _guarded(name: str, run: Callable[[], tuple[Check, bool]]) -> tuple[Check, bool]:
