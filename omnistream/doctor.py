@@ -17,8 +17,8 @@ shorter than 16 characters a warning (it keys the hash that stands for phones an
 so a short one can be brute-forced).
 
 The broker and Redis are asked side by side, each for as long as
-``flow.startup_wait_seconds``, like at a
-flow's start; the topics are checked only when the broker answered.
+``flow.startup_wait_seconds``, like at a flow's start; the topics are checked only when the
+broker answered.
 """
 
 from __future__ import annotations
