@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from base.units import DAY_MS
+from domain.resumable import resumable
 
 DIRECT = "direct"
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
@@ -169,6 +170,7 @@ def shares(effects: dict[str, float]) -> dict[str, float]:
     return {c: e / total for c, e in effects.items()} if total > 0 else {}
 
 
+@resumable
 @dataclass(slots=True)
 class MarkovState:
     """Transition counts over every path seen, and the weights in force."""
@@ -238,6 +240,7 @@ def markov_credit(
 # --- per-customer paths ----------------------------------------------------------------------
 
 
+@resumable
 @dataclass(slots=True)
 class PathState:
     """A customer's touches not yet used by a conversion, and the conversions already

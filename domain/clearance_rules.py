@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 from domain.customer_rules import Offer
+from domain.resumable import resumable
 from domain.rules import Rule, RuleSet
 from domain.stock_rules import (
     ExpiryBatch,
@@ -374,6 +375,7 @@ class View:
     source_partition: int = 0  # of events.resolved
 
 
+@resumable
 @dataclass(slots=True)
 class AudienceState:
     #: sku → customer → recent view times (sorted, the last VIEWS_KEPT); same by category.

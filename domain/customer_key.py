@@ -48,6 +48,7 @@ from domain.profile import (
     profile_from_json,
     profile_to_json,
 )
+from domain.resumable import resumable
 from domain.rules import RuleSet
 from domain.stock_view import StockView
 from domain.trigger_engine import CustomerTriggers
@@ -158,6 +159,7 @@ def unpack(payload: bytes, customer_id: str) -> tuple[CustomerTriggers, Customer
     return CustomerTriggers(customer_id, state, offers), profile
 
 
+@resumable
 @dataclass(slots=True)
 class CustomerKey:
     """What rule_triggers keeps under one customer id."""

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.resumable import resumable
 from domain.rules import Rule, RuleSet
 from domain.stock_view import StockView
 from domain.trigger_policy import (
@@ -196,7 +197,7 @@ class CouponRedeemed:
     ts_ms: int
 
 
-
+@resumable
 @dataclass(slots=True)
 class OpenTrigger:
     rule_id: str
@@ -219,6 +220,7 @@ class LifecycleTimer:
     days: float
 
 
+@resumable
 @dataclass(slots=True)
 class CustomerState:
     #: sku → event times and ids of recent product views
@@ -473,9 +475,7 @@ def _conversions(
     """The one trigger the purchase converts (module doc): the redeemed one, else the
     latest sent within the window; none when that one has converted already."""
     window_ms = int(rules.conversion_window_s * 1000)
-    live = [
-        t for t in state.open_triggers if t.sent_ms <= event.ts_ms <= t.sent_ms + window_ms
-    ]
+    live = [t for t in state.open_triggers if t.sent_ms <= event.ts_ms <= t.sent_ms + window_ms]
     redeemed = [t for t in live if t.code in event.coupon_codes]
     candidates = redeemed or live
     if not candidates:

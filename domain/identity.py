@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from domain.events import ClickEvent, PosEvent
+from domain.resumable import resumable
 
 PRIORITY: tuple[str, ...] = ("user", "member", "phone", "email", "order", "anon")
 _RANK = {kind: rank for rank, kind in enumerate(PRIORITY)}
@@ -131,6 +132,7 @@ def _rank_of(ident: str) -> int:
     return _RANK[ident.partition(":")[0]]
 
 
+@resumable
 @dataclass(slots=True)
 class Customer:
     customer_id: str
@@ -166,6 +168,7 @@ class Resolution:
     created: bool = False
 
 
+@resumable
 @dataclass(slots=True)
 class IdentityGraph:
     """Identifier owners and customers; a whole graph, or the part a batch needs."""

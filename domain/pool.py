@@ -46,6 +46,7 @@ from domain.fulfilment import (
 )
 from domain.progress import EventTimeBuffer, InputProgress, Partition, PartitionReport
 from domain.reference import Location, ReferenceData
+from domain.resumable import resumable
 from domain.stock import (
     PRUNE_EVERY_MS,
     StockMovement,
@@ -94,6 +95,7 @@ class Bundle:
     reports: tuple[PartitionReport, ...] = ()
 
 
+@resumable
 @dataclass(slots=True)
 class OrderRecord:
     ts_ms: int
@@ -192,6 +194,7 @@ class PoolOutcome:
     overdue_pickups: int = 0
 
 
+@resumable
 @dataclass(slots=True)
 class PoolState:
     positions: dict[str, StockState] = field(default_factory=dict)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from base.units import DAY_MS, HOUR_MS
 from domain.customer_rules import CustomerEvent
+from domain.resumable import resumable
 from domain.timeparse import format_event_time
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class ProfileSettings:
         return round(self.dedup_hours * HOUR_MS)
 
 
+@resumable
 @dataclass(slots=True)
 class CustomerProfile:
     """What one customer's events add up to; see the module doc for the invariants."""

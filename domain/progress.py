@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from domain.resumable import resumable
+
 T = TypeVar("T")
 
 #: ``release_bound`` when every partition was read to its end: release everything.
@@ -55,6 +57,7 @@ class PartitionReport:
         return (self.topic, self.partition)
 
 
+@resumable
 @dataclass(slots=True)
 class InputProgress:
     """What the reports that reached one keyed state say about every input partition.
@@ -130,6 +133,7 @@ class InputProgress:
         )
 
 
+@resumable
 @dataclass(slots=True)
 class EventTimeBuffer(Generic[T]):
     """Items waiting for the release bound, given back in (event time, tie-break) order.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from base.units import DAY_MS, HOUR_MS
 from domain.customer_rules import CouponDecision, CouponRedeemed
+from domain.resumable import resumable
 from domain.rules import Rule, RuleSet
 
 #: How far past a cohort's deadline the event time must be before it is judged (module doc).
@@ -61,6 +62,7 @@ class RedemptionInsight:
         return self.redeemed / self.sent
 
 
+@resumable
 @dataclass(slots=True)
 class Cohort:
     #: code → sent time of the coupons sent that day
@@ -96,6 +98,7 @@ def _order(item: ReviewItem) -> tuple[int, int, str]:
     return (_time(item), isinstance(item, CouponRedeemed), item.code)
 
 
+@resumable
 @dataclass(slots=True)
 class RedemptionReviews:
     """One coupon rule × variant's cohorts, judged by every ``redemption_review`` rule."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from base.units import DAY_MS, HOUR_MS
 from domain.events import ClickEvent, MovementEvent, Origin, PosEvent
+from domain.resumable import resumable
 
 #: Pruning of remembered ids and history runs at most this often (event time).
 PRUNE_EVERY_MS = 60 * 60_000
@@ -129,6 +130,7 @@ class TooLate:
     error: str
 
 
+@resumable
 @dataclass(slots=True)
 class OrderReservation:
     ts_ms: int
@@ -147,6 +149,7 @@ class OrderReservation:
         return 0 if self.released else max(0, self.reserved - self.consumed)
 
 
+@resumable
 @dataclass(slots=True)
 class Transit:
     """One transfer on its way to this location."""
@@ -160,6 +163,7 @@ class Transit:
         return 0 if self.arrived else self.sent
 
 
+@resumable
 @dataclass(slots=True)
 class SalesLog:
     """Sales of one sku × location, sorted by event time, with running sums of units.
@@ -208,6 +212,7 @@ class SalesLog:
         return SalesLog(list(self.ts), list(self.cum))
 
 
+@resumable
 @dataclass(slots=True)
 class StockState:
     """What the flow remembers per sku × location (kept in Bytewax state, snapshotted)."""

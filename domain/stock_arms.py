@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from domain.resumable import resumable
 from domain.rules import RuleSet
 from domain.stock_rules import StockChange
 from domain.trigger_policy import draw_stock_variant
@@ -31,6 +32,7 @@ from domain.trigger_policy import draw_stock_variant
 STOCK_KINDS = ("low_stock", "stockout")
 
 
+@resumable
 @dataclass(slots=True)
 class ShelfTally:
     #: closed stockouts, summed

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from base.units import DAY_MS
+from domain.resumable import resumable
 from domain.rules import Rule
 from domain.trigger_policy import Ledger, draw_stock_variant, may_fire
 
@@ -91,6 +92,7 @@ class StockTriggerSuppressed:
     reason: str  # cooldown
 
 
+@resumable
 @dataclass(slots=True)
 class SkuRuleState:
     """What the stock and clearance rules remember of one sku × location."""
@@ -312,6 +314,7 @@ def _decision(
     )
 
 
+@resumable
 @dataclass(slots=True)
 class CampaignState:
     """Coupon triggers naming one store for one sku (``campaign_prep``)."""

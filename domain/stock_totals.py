@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from domain.reference import ReferenceData
+from domain.resumable import resumable
 from domain.stock import StockPosition
 
 
@@ -109,6 +110,7 @@ class SkuTotals:
     as_of_ms: int
 
 
+@resumable
 @dataclass(slots=True)
 class SkuTotalsState:
     positions: dict[str, StockPosition] = field(default_factory=dict)
@@ -169,6 +171,7 @@ def update_sku_totals(
     return state, totals, list(touched.items())
 
 
+@resumable
 @dataclass(slots=True)
 class SegmentState:
     shares: dict[str, SegmentShare] = field(default_factory=dict)
@@ -214,6 +217,7 @@ def update_segment(
     )
 
 
+@resumable
 @dataclass(slots=True)
 class SegmentsState:
     """Every region × location type segment: one state, as the gauges are process-wide."""

@@ -71,6 +71,7 @@ from domain.customer_rules import (
     on_time,
 )
 from domain.reference import ReferenceData
+from domain.resumable import resumable
 from domain.rules import RuleSet
 from domain.stock_arms import ShelfFigures, ShelfTally, arms_of, note_shelf
 from domain.stock_arms import figures as shelf_figures
@@ -99,6 +100,8 @@ def _offer_order(offer: Offer) -> tuple[int, str, str, str, str, tuple[str, ...]
 #: what a location's rules give: triggers and clearance signals, and shelf figures
 LocationOutcome = ClearanceOutcome | ShelfFigures
 
+
+@resumable
 @dataclass(slots=True)
 class CustomerTriggers:
     """One customer's rules, fed the customer's events in their order.
@@ -182,6 +185,7 @@ class ReceiptsRead:
     read_ms: int
 
 
+@resumable
 @dataclass(slots=True)
 class LocationTriggers:
     """The stock and clearance rules of one sku × location, fed its ``stock.changes`` in
@@ -313,9 +317,7 @@ class LocationTriggers:
             out += evaluate_clearance(self.state, rules, self.category, deadline, stock, timer=True)
         return out
 
-    def finish(
-        self, end_ms: int | None, rules: RuleSet, stock: StockView
-    ) -> list[LocationOutcome]:
+    def finish(self, end_ms: int | None, rules: RuleSet, stock: StockView) -> list[LocationOutcome]:
         """The end of a replay: every receipt has been read, so the changes still held are
         taken; then the timers due by the end of the input."""
         out = self._release(None, rules, stock)
@@ -325,6 +327,7 @@ class LocationTriggers:
         return clearance_deadline(self.state, rules)
 
 
+@resumable
 @dataclass(slots=True)
 class AudienceTriggers:
     """One region's recent product views; turns clearance signals into offers once the
@@ -359,6 +362,7 @@ def _coupon_order(decision: CouponDecision) -> tuple[int, str]:
     return (decision.sent_at_ms, decision.code)
 
 
+@resumable
 @dataclass(slots=True)
 class CampaignTriggers:
     """Coupons naming one store for one sku (``campaign_prep``)."""

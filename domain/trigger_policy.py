@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from base.units import DAY_MS, MINUTE_MS
+from domain.resumable import resumable
 from domain.rules import Experiment, QuietHours
 
 CONTROL = "control"
@@ -93,6 +94,7 @@ def quiet_until(quiet: QuietHours | None, ts_ms: int) -> int | None:
     return end_local - quiet.offset_minutes * MINUTE_MS
 
 
+@resumable
 @dataclass(slots=True)
 class Ledger:
     """Firing history of one subject, bounded: older entries are dropped."""
