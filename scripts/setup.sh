@@ -12,6 +12,7 @@ command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)  # `conf
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool for the alert tests
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the store console's browser test
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the terminal test of `omnistream top`
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # throwaway CA + certs for the Redis TLS test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing OS packages: ${need_apt[*]}" >&2
