@@ -32,8 +32,6 @@ import random
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +44,7 @@ import orjson
 from base.config import Config, dump_config
 from domain.reference import ReferenceData
 from omnistream.embedded import die_with_parent, free_port, port_accepts
-from omnistream.processes import stop_process
+from omnistream.processes import answers_ok, stop_process
 from omnistream.trigger_watch import percentile
 
 #: Offered request rates (requests/s), in this order: the lower one also settles the service.
@@ -451,14 +449,6 @@ def client_ceiling(workdir: Path) -> tuple[float, int]:
         stop_process(process)
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
-
-
 def service_run(
     config: Config, workdir: Path, reference: ReferenceData, seconds: float, seed: int
 ) -> dict[str, Any]:
@@ -480,7 +470,7 @@ def service_run(
         )
     try:
         deadline = time.monotonic() + 60
-        while not _ready(port):
+        while not answers_ok(f"http://127.0.0.1:{port}/readyz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"omnistream serve did not become ready:\n{tail}")

@@ -18,7 +18,6 @@ plus N: the layout ``omnistream top`` reads from ``metrics.port`` alone.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import secrets
 import shlex
@@ -27,8 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +47,15 @@ from omnistream.demo_prometheus import (
     start_prometheus,
 )
 from omnistream.demo_shoppers import Shoppers
-from omnistream.embedded import EmbeddedStack, die_with_parent, free_port
+from omnistream.embedded import EmbeddedStack, free_port
 from omnistream.experiments_report import run_report
 from omnistream.processes import (
     Samples,
+    answers_ok,
     free_port_block,
     scrape,
     start_flow,
+    start_until_ready,
     stop_process,
     total,
     wait_for_metrics,
@@ -98,14 +97,6 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _service_answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
-        return False
-
-
 def _start_service(
     demo_config: Config, workdir: Path, logs: list[IO[bytes]], timeout_s: float = 60.0
 ) -> ServiceProcess | None:
@@ -118,21 +109,15 @@ def _start_service(
     log = log_path.open("wb")
     logs.append(log)
     command = [sys.executable, "-m", "omnistream.cli", "serve", "--config", str(config_path)]
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    process = start_until_ready(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
+        log,
+        lambda: answers_ok(healthz),
+        timeout_s,
     )
-    service = ServiceProcess(port, process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        if _service_answers(port):
-            return service
-        time.sleep(0.2)
-    stop_process(process)
-    log.flush()
+    if process is not None:
+        return ServiceProcess(port, process, log_path)
     print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
     print(
         "omnistream demo: omnistream serve did not come up; running without the store console",

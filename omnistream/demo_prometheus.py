@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +20,8 @@ from typing import IO, Any
 
 import yaml
 
-from omnistream.embedded import LOOPBACK, die_with_parent, free_port
-from omnistream.processes import stop_process
+from omnistream.embedded import LOOPBACK, free_port
+from omnistream.processes import answers_ok, start_until_ready, stop_process
 
 #: The project's monitoring files, beside the packages in a checkout (not package data: an
 #: installed wheel has none, and ``--prometheus`` says so).
@@ -100,14 +97,6 @@ class DemoPrometheus:
         return stop_process(self.process)
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/-/ready", timeout=1.0) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 def start_prometheus(
     workdir: Path,
     ports: Mapping[str, int],
@@ -127,26 +116,16 @@ def start_prometheus(
     log_path = workdir / "prometheus.log"
     log = log_path.open("wb")
     logs.append(log)
-    process = subprocess.Popen(  # noqa: S603 - the OS's prometheus, our own arguments
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-            f"--web.listen-address={LOOPBACK}:{port}",
-            "--storage.tsdb.retention.time=1d",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    prometheus = DemoPrometheus(port, process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        if _ready(port):
-            return prometheus
-        time.sleep(0.2)
-    prometheus.stop()
-    log.flush()
+    command = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        "--storage.tsdb.retention.time=1d",
+    ]
+    ready = f"http://{LOOPBACK}:{port}/-/ready"
+    process = start_until_ready(command, log, lambda: answers_ok(ready), timeout_s)
+    if process is not None:
+        return DemoPrometheus(port, process, log_path)
     tail = log_path.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"prometheus did not get ready within {timeout_s:.0f} s:\n{tail}")

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -167,3 +167,35 @@ def wait_for_metrics(port: int, process: subprocess.Popen[bytes], timeout_s: flo
             return
         time.sleep(0.2)
     raise TimeoutError(f"flow metrics endpoint :{port} did not answer within {timeout_s:.0f} s")
+
+
+def answers_ok(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether ``url`` answers 200 now (not up yet, refusing or cut off: False)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # noqa: S310 - loopback
+            return bool(reply.status == 200)
+    except (OSError, http.client.HTTPException):  # URLError, refused, timed out, reset
+        return False
+
+
+def start_until_ready(
+    command: Sequence[str], log: IO[bytes], ready: Callable[[], bool], timeout_s: float
+) -> subprocess.Popen[bytes] | None:
+    """Start ``command`` as a child that dies with this process (its output to ``log``) and
+    wait until ``ready()``; None, with the child stopped and ``log`` flushed, when it exits
+    first or is not ready within ``timeout_s`` (its log says why)."""
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter or the OS's binaries
+        list(command),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            return process
+        time.sleep(0.2)
+    stop_process(process)
+    log.flush()
+    return None
