@@ -49,6 +49,7 @@ from omnistream.cluster import (
     lost_peer,
 )
 from omnistream.preflight import REDIS_SETTING, Unreachable
+from state.recovery_prune import prune_recovery_dir
 from state.redis_io import RedisGaveUp, describe
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ def prepare_recovery(
     the next start makes them all again (they hold nothing yet). Before, a half-made
     partition in the directory itself stopped every later start ("No recovery partitions
     found"). What is there is checked to be a whole share (``check_recovery_parts``).
+
+    Before Bytewax opens them, the rows it keeps for discarded keys are pruned where no
+    resume can tell them from no row (``state.recovery_prune``): an erased customer's id
+    leaves them.
     """
     if not directory:
         return None
@@ -142,6 +147,7 @@ def prepare_recovery(
             os.replace(part, path / part.name)
         shutil.rmtree(staging)
     check_recovery_parts(path, processes)
+    prune_recovery_dir(path)
     return RecoveryConfig(str(path), backup_interval=backup)
 
 
