@@ -10,17 +10,20 @@ rule_triggers and attribution as live processes.
 - **Store visit.** A member checks in at a store after browsing: a `customer_visit` task on
   `store.tasks` and in the store's task hash, naming what was viewed.
 - **Profiles** of the survivors combine both ids.
-- **Erasure.** After `omnistream forget`, the erased id is nowhere in Redis, nowhere in any
-  flow's recovery snapshots, and on no output topic after the erasure except in the erasure
-  records themselves.
+- **Erasure.** After `omnistream forget`, the erased id is nowhere in Redis and on no output
+  topic after the erasure except in the erasure records themselves; after the flows are
+  restarted (they resume, and each start prunes what Bytewax kept for discarded keys) it is
+  in no row of any flow's recovery snapshots, neither in a state nor as a key.
 """
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ import redis
 
 from base.config import Config, dump_config
 from connectors.kafka_clients import make_producer
+from domain.attribution_paths import RouterState
 from domain.identity import by_priority, new_customer_id, pii_identifier_value
 from omnistream.embedded import free_port
 from omnistream.processes import scrape, start_flow, stop_process
@@ -255,21 +259,49 @@ def redis_mentions(client: redis.Redis, needle: str) -> list[str]:
     return found
 
 
-def snapshot_mentions(recovery: Path, needle: str) -> list[str]:
-    """Recovery snapshot rows that hold ``needle`` in their state. (A key Bytewax discarded
-    keeps a row with no state, named by the key — here the customer id — so that a resume
-    does not bring back an older snapshot of it: that marker holds nothing of the customer
-    but its id, and is not counted here.)"""
+def snapshot_mentions(recovery: Path, needle: str, *, keys: bool = True) -> list[str]:
+    """Recovery snapshot rows that hold ``needle`` in their state, or (``keys``) are named
+    by it. A key Bytewax discarded keeps a row with no state, named by the key, until a
+    start of the flow prunes it (``state.recovery_prune``)."""
     found = []
     raw = needle.encode()
     for db in recovery.rglob("*.sqlite3"):
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             for step_id, state_key, snap in conn.execute(
                 "SELECT step_id, state_key, ser_change FROM snaps"
             ):
-                if snap is not None and raw in bytes(snap):
+                if (keys and needle in state_key) or (snap is not None and raw in bytes(snap)):
                     found.append(f"{db.name}:{step_id}:{state_key}")
     return found
+
+
+#: attribution's router step, and what it keeps for an erased id (``domain.attribution_paths``)
+ROUTER_STEP = "attribution.router.stateful_flat_map.stateful.stateful_batch"
+ERASED_MARK = RouterState(erased=True, customer_id="")
+
+
+def router_state(recovery: Path, customer_id: str) -> object:
+    """The newest snapshot of ``customer_id`` in attribution's router."""
+    for db in recovery.rglob("*.sqlite3"):
+        with closing(sqlite3.connect(db)) as conn:
+            row = conn.execute(
+                "SELECT ser_change FROM snaps WHERE step_id = ? AND state_key = ? "
+                "ORDER BY snap_epoch DESC LIMIT 1",
+                (ROUTER_STEP, customer_id),
+            ).fetchone()
+        if row is not None:
+            return None if row[0] is None else pickle.loads(row[0])
+    return None
+
+
+def start_flows(tmp_path: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """Every flow as its own process, on the configuration written for it: a second start
+    resumes from its recovery directory."""
+    processes = {}
+    for name in FLOWS:
+        with (tmp_path / f"{name}.log").open("ab") as log:
+            processes[name] = start_flow(name, tmp_path / f"{name}.yaml", log=log)
+    return processes
 
 
 def topic_ends(config: Config) -> dict[str, int]:
@@ -287,23 +319,23 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
     customers_config: Config, tmp_path: Path, redis_client: redis.Redis
 ) -> None:
     config = customers_config
-    processes: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    ports = {name: free_port() for name in FLOWS}
     for name in FLOWS:
-        port = free_port()
-        recovery = tmp_path / "recovery" / name
         flow_config = config.with_overrides(
-            metrics={"port": port},
-            recovery={"dir": str(recovery), "snapshot_seconds": 1.0, "backup_seconds": 1.0},
+            metrics={"port": ports[name]},
+            recovery={
+                "dir": str(tmp_path / "recovery" / name),
+                "snapshot_seconds": 1.0,
+                "backup_seconds": 1.0,
+            },
         )
-        path = tmp_path / f"{name}.yaml"
-        dump_config(flow_config, path)
-        with (tmp_path / f"{name}.log").open("ab") as log:
-            processes[name] = (start_flow(name, path, log=log), port)
+        dump_config(flow_config, tmp_path / f"{name}.yaml")
+    processes = start_flows(tmp_path)
     try:
         day, ids = scenario()
         stock_first(config, day.events)
         produce(config, [e for e in day.events if e[0] != "wms.movements"])
-        rules_port = processes["rule_triggers"][1]
+        rules_port = ports["rule_triggers"]
 
         def coupons() -> list[dict[str, Any]]:
             return data_of(config, "triggers.coupon")
@@ -404,14 +436,38 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
         )
         time.sleep(4)  # several snapshot epochs (1 s) and their backups (1 s) pass
         assert redis_mentions(redis_client, cid) == []
-        for name in FLOWS:
-            assert snapshot_mentions(tmp_path / "recovery" / name, cid) == [], name
+        for name in FLOWS:  # no state holds it already; the discarded keys' rows name it
+            assert snapshot_mentions(tmp_path / "recovery" / name, cid, keys=False) == [], name
         for topic in OUTPUT_TOPICS:
             later = read_topic(config, topic, timeout_s=20)[before[topic] :]
             leaks = [
                 m.value() for m in later if cid.encode() in m.value() and b"erased" not in m.value()
             ]
             assert leaks == [], topic
+        # Restarted on the same recovery directories, the flows resume; each start prunes
+        # the rows Bytewax kept for discarded keys, the erased id's among them.
+        for process in processes.values():
+            stop_process(process)
+        processes = start_flows(tmp_path)
+        wait_until(
+            lambda: all(scrape(port) is not None for port in ports.values()),
+            what="the flows to resume",
+        )
+        time.sleep(2)  # a couple of snapshot epochs of the resumed flows
+        for process in processes.values():
+            stop_process(process)
+        for name in FLOWS:
+            found = snapshot_mentions(tmp_path / "recovery" / name, cid)
+            if name == "attribution":
+                # Not pruned, by design of attribution: its router keeps a bare mark under
+                # the erased id, so a touch read after the erasure (a coupon sent before
+                # it) does not start a new path for the id. The mark holds nothing else.
+                marks = [row for row in found if f":{ROUTER_STEP}:" in row]
+                assert len(marks) == 1, found
+                assert router_state(tmp_path / "recovery" / name, cid) == ERASED_MARK
+                found = [row for row in found if row not in marks]
+            assert found == [], name
+        assert redis_mentions(redis_client, cid) == []
     finally:
-        for process, _ in processes.values():
+        for process in processes.values():
             stop_process(process)
