@@ -8,6 +8,10 @@ default to it, then what the pickle holds: an old snapshot resumes with the new 
 their defaults, as a new key starts. (A field without a default cannot have been added
 compatibly; it stays unset, as before.) Copies are unaffected: the classes that are copied
 for every snapshot have their own ``__deepcopy__``.
+
+A class that changed a field's form since may define ``_resume_upgrade``, a static method
+that takes what a pickle holds (field name → value) and returns it in today's form (an old
+field renamed or re-encoded); it runs before the defaults are filled in.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ def _same(value: Any) -> Any:
 def resumable(cls: type[T]) -> type[T]:
     """Class decorator (outside ``@dataclass``): see the module doc."""
     defaults = _field_defaults(cls)
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(
+        cls, "_resume_upgrade", None
+    )
 
     def __setstate__(self: Any, state: Any) -> None:
         # object.__reduce_ex__ pickles a slotted instance as (None, {slot: value}); one
@@ -45,6 +52,8 @@ def resumable(cls: type[T]) -> type[T]:
         for part in state if isinstance(state, tuple) else (state,):
             if part:
                 held.update(part)
+        if upgrade is not None:
+            held = upgrade(held)
         for name, make in defaults.items():
             if name not in held:
                 object.__setattr__(self, name, make())
