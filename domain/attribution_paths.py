@@ -11,8 +11,9 @@ The flow (``flows.attribution``) runs these as its steps, keyed as follows:
 - ``route`` per customer id an item arrived with (the ids a customer was ever known by);
 - ``CustomerPath`` per customer that owns the path: touches, purchases (each conversion id
   credited once);
-- ``credit`` on one key: the heuristic models per path, the Markov chain over all paths
-  (a replay's outcomes all at its end, ``in_event_time_order``);
+- ``credit_once`` on one key: the heuristic models per path, the Markov chain over all
+  paths (a replay's outcomes all at its end, ``in_event_time_order``), each conversion id
+  once over all paths (``CreditedConversions``);
 - ``accumulate`` on one key: absolute totals per model × channel.
 
 How everything A had reaches C after A → B → C, without a loop in the dataflow:
@@ -25,7 +26,12 @@ How everything A had reaches C after A → B → C, without a loop in the datafl
   to C's. What B's path used up is known from the conversions handed over with it (every
   conversion passes through the router of the id it arrived with): a conversion uses up
   every touch before it, so a path drops its touches older than the newest conversion a
-  handover brings. No touch credits two conversions, each conversion id once.
+  handover brings. No touch credits two conversions, each conversion id once on a path.
+  A handover is not ordered against the survivor's own events (it comes from another key,
+  through the merges step): a store pickup under C can reach C's path before the handover
+  that names its order, credited under A. The credit step, which every path feeds, credits
+  each conversion id once (``CreditedConversions``, with the sequence of events). What
+  such a pickup used up on C's path stays used: C's next purchase may miss touches there.
 - **In a replay** (``--until-idle``) the routers hold what each id was given and send it,
   with the id's own merge (direct survivor, event time), to the path of the customer that
   survives at the end of the input (``route_finish``). Each path then replays its whole
@@ -36,12 +42,14 @@ How everything A had reaches C after A → B → C, without a loop in the datafl
 
 Erasure (``Erase``, from ``identity.changes`` ``erased`` or the ``identity_erased`` notice):
 the merges step drops the chains of the erased customer and keeps only its ids as erased
-(so a merge into it read later erases the merged id too); each router of the customer's ids
-drops everything and keeps a bare mark (no touch, no conversion, no merge) so that what
-still arrives under the id is not kept: a touch is dropped, a purchase is credited as a
-walk-in (``customer_id`` null, credited to nobody; in a replay so is every purchase the
-router held for it). Each path keyed by one of the ids is discarded. The totals in Redis
-hold no customer ids (``state.attribution_store``).
+(so a merge into it read later erases the merged id too); the erased id's router has it
+first in the order of its own stream (``ErasedInStream``: through the merges step alone a
+purchase read after the notice could reach the router before it); each router of the
+customer's ids drops everything and keeps a bare mark (no touch, no conversion, no merge)
+so that what still arrives under the id is not kept: a touch is dropped, a purchase is
+credited as a walk-in (``customer_id`` null, credited to nobody; in a replay so is every
+purchase the router held for it). Each path keyed by one of the ids is discarded. The
+totals in Redis hold no customer ids (``state.attribution_store``).
 
 The models themselves are in ``domain.attribution``. Nothing here reads a clock: time is
 the event time of the items.
@@ -56,6 +64,7 @@ from dataclasses import dataclass, field
 
 from domain.attribution import (
     MODELS,
+    PRUNE_EVERY_MS,
     AbandonedPath,
     AttributionParams,
     ConvertedPath,
@@ -69,6 +78,7 @@ from domain.attribution import (
     heuristic_credits,
     markov_credit,
 )
+from domain.resumable import resumable
 
 # --- what the decoders hand the flow -----------------------------------------------------------
 
@@ -123,6 +133,37 @@ class Erase:
 
 
 AttributionInput = CustomerTouch | Purchase | Absorb | Erase
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedInStream:
+    """The erasure of ``customer_id`` where it was read, handed to that id's router in the
+    order of the stream it came in (``with_erasures_in_stream``), besides the ``Erase``
+    that goes through the merges step to every id of the customer.
+
+    The merges step is one key on one worker: what it says reaches a router by another
+    route than the events read after it in the same stream, and live nothing orders the two
+    (a router takes what reaches it first). Through the merges step alone, a purchase read
+    after ``identity_erased`` in the erased customer's own stream reached its router before
+    the ``Erase`` and was credited under the erased id."""
+
+    customer_id: str
+
+
+def with_erasures_in_stream(
+    items: Sequence[AttributionInput],
+) -> list[AttributionInput | ErasedInStream]:
+    """``items`` of one message, each ``Erase`` preceded by its ``ErasedInStream``.
+
+    >>> with_erasures_in_stream([Erase("c")])
+    [ErasedInStream(customer_id='c'), Erase(customer_id='c')]
+    """
+    out: list[AttributionInput | ErasedInStream] = []
+    for item in items:
+        if isinstance(item, Erase):
+            out.append(ErasedInStream(item.customer_id))
+        out.append(item)
+    return out
 
 
 # --- merge chains: the customer that survives ------------------------------------------------
@@ -246,8 +287,9 @@ def _erase_chain(state: MergeChains, customer_id: str) -> list[Absorb | Repoint 
     return [Erase(erased) for erased in fresh]
 
 
-#: What the router is fed: the decoded items, merges resolved by ``chain_merges``.
-RouterInput = CustomerTouch | Purchase | Absorb | Repoint | Erase
+#: What the router is fed: the decoded items, merges resolved by ``chain_merges``, and
+#: erasures as read in the id's own stream.
+RouterInput = CustomerTouch | Purchase | Absorb | Repoint | Erase | ErasedInStream
 
 
 # --- routing: the customer that owns the path --------------------------------------------------
@@ -349,11 +391,13 @@ def route(
         state = RouterState()
     if state.customer_id is None:
         state.customer_id = item.customer_id or ""
-    if isinstance(item, Erase):
+    if isinstance(item, Erase | ErasedInStream):
+        # The id's own stream and the merges step both say it (``ErasedInStream``): the
+        # first one read erases, the second finds the mark and changes nothing more.
         # What a replay held: its purchases still happened, credited to nobody.
         held = [_anonymous(p) for p in state.pending if isinstance(p, Purchase)]
         mark = RouterState(erased=True, customer_id="")  # the key names the id; no copy
-        return mark, [(item.customer_id, item), *(("", p) for p in held)]
+        return mark, [(item.customer_id, Erase(item.customer_id)), *(("", p) for p in held)]
     if state.erased:
         return state, [("", _anonymous(item))] if isinstance(item, Purchase) else []
     out: list[tuple[str, PathItem]] = []
@@ -656,6 +700,69 @@ def credit(
     credited = heuristic_credits(item.path, item.ts_ms, item.revenue, params)
     credited["markov"] = markov_credit(state, item.path, item.ts_ms, item.revenue, params)
     return state, [(item, credited)]
+
+
+@resumable
+@dataclass(slots=True)
+class CreditedConversions:
+    """Every conversion id the credit step has credited (→ its time), over all paths: a
+    conversion is credited once however many paths it reached.
+
+    Each path credits a conversion id once, but live a path learns what was credited under
+    the ids merged into it only from their routers' handovers, and nothing orders a
+    handover against the survivor's own events: they come from another key, through the
+    merges step (one key, one worker) and the old id's router, while the survivor's next
+    purchase goes straight from its router to its path. So with A's order O placed and
+    credited on A's path, then A → B → C, then O picked up in store as C::
+
+        A's stream: order O (A) · identity_merged(A→B)
+        B's stream:                 identity_merged(B→C)
+        C's stream:                                  · pickup of O (C)
+
+    the pickup went C's router → C's path, the merge identity_merged → merges step →
+    ``Repoint(A→C)`` → A's router → ``Handover`` naming O → C's path: the pickup got there
+    first (on 2 workers; on one too when the merge and the pickup were read in the same
+    batch, as a step takes a batch's items key by key), and O was credited twice. So it was
+    when the pickup was read before the merge (``identity.changes`` and the other streams
+    have no order against each other), when an order credited before its customer's
+    erasure was picked up by nobody after it (the walk-in path had not seen it), and when a
+    late item of A went to B's path before the ``Repoint`` to C. The credit step is one key
+    fed by every path: here the first crediting of an id is the only one (live, the first
+    to arrive; in a replay, which credits ``in_event_time_order``, the earliest).
+
+    Bounded as a path's own ``converted`` is: ids older than twice the lookback before the
+    newest conversion seen are forgotten, once an hour of event time. Ids only, no
+    customer (an erased customer's order ids stay until then, with nobody named)."""
+
+    at: dict[str, int] = field(default_factory=dict)
+    pruned_at_ms: int = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CreditedConversions:
+        return CreditedConversions(dict(self.at), self.pruned_at_ms)
+
+    def first(self, converted: ConvertedPath, params: AttributionParams) -> bool:
+        """Whether ``converted`` is the first crediting of its conversion id (and note it)."""
+        if converted.conversion_id in self.at:
+            return False
+        self.at[converted.conversion_id] = converted.ts_ms
+        if converted.ts_ms - self.pruned_at_ms >= PRUNE_EVERY_MS:
+            horizon = converted.ts_ms - 2 * params.lookback_ms
+            self.at = {c: t for c, t in self.at.items() if t >= horizon}
+            self.pruned_at_ms = converted.ts_ms
+        return True
+
+
+def credit_once(
+    state: MarkovState | None,
+    credited: CreditedConversions,
+    item: PathOutcome,
+    params: AttributionParams,
+) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
+    """``credit``, unless ``item`` converts a conversion id credited before (nothing then:
+    not a second converting path of the Markov chain either)."""
+    if isinstance(item, ConvertedPath) and not credited.first(item, params):
+        return state if state is not None else MarkovState(), []
+    return credit(state, item, params)
 
 
 # --- running totals ----------------------------------------------------------------------------

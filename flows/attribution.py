@@ -10,17 +10,20 @@ decoders in ``connectors.attribution_io``.
       → decode, a Kafka batch at a time; rejections → deadletter
       → merges, one key, merges and erasures only: each merge resolved to the end of its
         chain (A into B, B into C: A's path belongs to C), ids merged earlier repointed; an
-        erasure erases every id of the customer
+        erasure erases every id of the customer (and reaches the erased id's router in the
+        order of its own stream too, ``ErasedInStream``)
       → router, keyed by the customer id an item arrived with. Live: items go to the owner
         at once, and each id hands its own touches and conversions to every new owner. In a
         replay: each id holds its items and sends them, with its own merge, to the owner at
         the end of the input
       → paths, keyed by the customer that owns the path: touches, purchases (each id once);
         in a replay the whole group of ids, replayed in event-time order at the end
-      → credit, one key: heuristic models per path, the Markov chain over all paths; in a
-        replay the paths' outcomes, which come at the end from every worker in no fixed
-        order, are credited then, in event-time order (so any number of workers and
-        processes credits alike)
+      → credit, one key: heuristic models per path, the Markov chain over all paths, each
+        conversion id once over all paths (live, a path cannot always know what was
+        credited under another id of its customer: ``CreditedConversions``); in a replay
+        the paths' outcomes, which come at the end from every worker in no fixed order, are
+        credited then, in event-time order (so any number of workers and processes credits
+        alike)
       → attribution.credits; totals per model × channel → the store and gauges
 
 No step is fed back into itself and no side store is needed: the merges step tells every id
@@ -59,8 +62,10 @@ from domain.attribution import MODELS, AttributionParams, ConvertedPath, Credits
 from domain.attribution_paths import (
     Absorb,
     AttributionInput,
+    CreditedConversions,
     CustomerPath,
     Erase,
+    ErasedInStream,
     LatestTotals,
     PathItem,
     PathOutcome,
@@ -69,11 +74,12 @@ from domain.attribution_paths import (
     TotalsCell,
     accumulate,
     chain_merges,
-    credit,
+    credit_once,
     in_event_time_order,
     latest_cells,
     route,
     route_finish,
+    with_erasures_in_stream,
 )
 from domain.attribution_paths import (
     # Recovery snapshots written before the router's state moved to the domain name it
@@ -203,14 +209,15 @@ def _decode(name: str, raw: bytes, origin: Origin) -> Any:
     return DECODERS[name](raw, origin)
 
 
-def _inputs_of(batch: Decoded[list[AttributionInput]]) -> list[AttributionInput]:
+def _inputs_of(batch: Decoded[list[AttributionInput]]) -> list[AttributionInput | ErasedInStream]:
     """The touches, purchases and merges of a batch (a message may hold a touch and a
-    purchase)."""
-    return [item for found in batch.records for item in found]
+    purchase), each erasure also as ``ErasedInStream``, in its place among the others."""
+    return [item for found in batch.records for item in with_erasures_in_stream(found)]
 
 
-def _is_merge(item: AttributionInput) -> TypeGuard[Absorb | Erase]:
-    """Merges and erasures go through the merges step: it knows every id of a customer."""
+def _is_merge(item: AttributionInput | ErasedInStream) -> TypeGuard[Absorb | Erase]:
+    """Merges and erasures go through the merges step: it knows every id of a customer.
+    An ``ErasedInStream`` stays with the events around it, on the way to the router."""
     return isinstance(item, Absorb | Erase)
 
 
@@ -292,52 +299,59 @@ class PathLogic(StatefulLogic[PathItem, PathOutcome, PathSnapshot]):
 
 
 Credited = list[tuple[ConvertedPath, Credits]]
-#: the Markov chain, and the outcomes a replay holds for its end
-CreditSnapshot = tuple[MarkovState | None, list[PathOutcome]]
+#: the Markov chain, the outcomes a replay holds for its end, the conversion ids credited
+CreditSnapshot = tuple[MarkovState | None, list[PathOutcome], CreditedConversions]
 
 
 class CreditLogic(StatefulLogic[PathOutcome, Credited, CreditSnapshot]):
-    """``credit`` on the one key of all paths: live, each outcome as it comes; in a replay,
-    every outcome at the end of the input, ``in_event_time_order`` (the module docstring).
-    Each item gives one list of credited conversions, as the ``stateful_map`` it replaced
-    did."""
+    """``credit_once`` on the one key of all paths: live, each outcome as it comes; in a
+    replay, every outcome at the end of the input, ``in_event_time_order`` (the module
+    docstring). Each conversion id once over all paths (``CreditedConversions`` says why a
+    path's own check is not enough live). Each item gives one list of credited conversions,
+    as the ``stateful_map`` it replaced did. Snapshots of before resume: a ``MarkovState``
+    alone, or a pair without the ids credited (which start empty)."""
 
     def __init__(
         self,
         params: AttributionParams,
         live: bool,
-        resume: CreditSnapshot | MarkovState | None,
+        resume: CreditSnapshot | tuple[MarkovState | None, list[PathOutcome]] | MarkovState | None,
     ) -> None:
         self.params = params
         self.live = live
         if isinstance(resume, MarkovState) or resume is None:
             resume = (resume, [])
-        self.state, self.held = resume
+        if len(resume) == 2:
+            resume = (*resume, CreditedConversions())
+        self.state, self.held, self.credited = resume
 
     def on_item(self, value: PathOutcome) -> tuple[list[Credited], bool]:
         if not self.live:
             self.held.append(value)
             return [], StatefulLogic.RETAIN
-        self.state, out = _credit_counted(self.state, value, self.params)
+        self.state, out = _credit_counted(self.state, self.credited, value, self.params)
         return [out], StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Credited], bool]:
         credited: Credited = []
         for item in in_event_time_order(self.held):
-            self.state, out = _credit_counted(self.state, item, self.params)
+            self.state, out = _credit_counted(self.state, self.credited, item, self.params)
             credited += out
         self.held = []
         return ([credited] if credited else []), StatefulLogic.RETAIN
 
     def snapshot(self) -> CreditSnapshot:
-        return copy.deepcopy(self.state), list(self.held)
+        return copy.deepcopy(self.state), list(self.held), copy.deepcopy(self.credited)
 
 
 def _credit_counted(
-    state: MarkovState | None, item: PathOutcome, params: AttributionParams
+    state: MarkovState | None,
+    credited: CreditedConversions,
+    item: PathOutcome,
+    params: AttributionParams,
 ) -> tuple[MarkovState, list[tuple[ConvertedPath, Credits]]]:
-    """``credit``, counting conversions with and without touches."""
-    state, out = credit(state, item, params)
+    """``credit_once``, counting conversions with and without touches."""
+    state, out = credit_once(state, credited, item, params)
     for converted, _ in out:
         ATTRIBUTION_CONVERSIONS.labels("touched" if converted.path else "direct").inc()
     return state, out

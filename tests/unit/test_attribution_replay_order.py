@@ -14,7 +14,7 @@ from domain.attribution import (
     MarkovState,
     Touch,
 )
-from domain.attribution_paths import PathOutcome, in_event_time_order
+from domain.attribution_paths import CreditedConversions, PathOutcome, in_event_time_order
 from flows.attribution import CreditLogic
 
 PARAMS = AttributionParams(markov_refresh_conversions=3)
@@ -70,7 +70,29 @@ def test_live_credits_each_outcome_as_it_comes() -> None:
 
 
 def test_a_snapshot_of_the_former_credit_step_resumes() -> None:
-    """Before, the step was a ``stateful_map`` whose snapshot was the chain alone."""
+    """Before, the step was a ``stateful_map`` whose snapshot was the chain alone; then a
+    pair of the chain and the held outcomes, without the conversion ids credited."""
     chain = MarkovState(paths=4)
     logic = CreditLogic(PARAMS, live=False, resume=chain)
-    assert logic.snapshot() == (chain, []) and logic.snapshot()[0] is not chain
+    assert logic.snapshot() == (chain, [], CreditedConversions())
+    assert logic.snapshot()[0] is not chain
+    held = outcomes(seed=1, count=4)
+    paired = CreditLogic(PARAMS, live=False, resume=(chain, list(held)))
+    assert paired.snapshot() == (chain, held, CreditedConversions())
+
+
+def test_a_conversion_id_is_credited_once_over_all_paths() -> None:
+    """Two paths converting one id (an order and its pickup under another id of the
+    customer, reaching the step by different routes): the first crediting only, live and
+    in a replay (there the earliest), and after a resume from the snapshot."""
+    order = ConvertedPath("order:o1", "a", 30.0, 1_000, "e1", ())
+    pickup = ConvertedPath("order:o1", "c", 30.0, 5_000, "e2", ())
+    logic = CreditLogic(PARAMS, live=True, resume=None)
+    assert [c.customer_id for batch in logic.on_item(pickup)[0] for c, _ in batch] == ["c"]
+    resumed = CreditLogic(PARAMS, live=True, resume=logic.snapshot())
+    assert resumed.on_item(order)[0] == [[]]
+    replayed = CreditLogic(PARAMS, live=False, resume=None)
+    for outcome in (pickup, order):
+        replayed.on_item(outcome)
+    out, _ = replayed.on_eof()
+    assert [(c.customer_id, c.event_id) for batch in out for c, _ in batch] == [("a", "e1")]
