@@ -4,7 +4,9 @@
 so the store console shows a visiting customer beside the pickups.
 
 The task id comes from the customer, the store and the event of the visit, so a replay
-republishes the same id and rewrites the same record.
+republishes the same id and rewrites the same record. Each visit is also indexed by its
+``updated_at_ms`` in the store's visit index (internal, ``state.stock_store``), so the
+visits past the retention are removed without reading the store's whole task hash.
 """
 
 from __future__ import annotations
@@ -78,44 +80,41 @@ def visit_record(visit: VisitTask) -> bytes:
     return orjson.dumps(data)
 
 
-#: (store id, task id, record or None to remove it): what a visit writer sets in Redis.
-TaskRecord = tuple[str, str, bytes | None]
+#: (store id, task id, record or None to remove it, the visit's ``updated_at_ms``): what a
+#: visit writer sets in Redis (``state.interfaces.TaskWrite``; the time indexes the visit).
+TaskRecord = tuple[str, str, bytes | None, int]
 
 
-def visit_writes(
+def visit_writes(visits: Sequence[VisitTask]) -> list[TaskRecord]:
+    """The batch's visit records, each indexed by its ``updated_at_ms`` (``visit_record``)."""
+    return [(v.store_id, visit_task_id(v), visit_record(v), v.event_time_ms) for v in visits]
+
+
+def visit_prunes(
     visits: Sequence[VisitTask],
-    tasks_of: Callable[[str], dict[str, str]],
     retention_ms: int,
     prune: Callable[[str], bool] = lambda _store: True,
-) -> list[TaskRecord]:
-    """The batch's visit records, and the removal of each store's visits older than the
-    retention before its newest one (stock_pool prunes its own tasks; visits are ours).
-    Pruning reads the store's whole task hash, so the writer asks only for the stores that
-    ``prune`` names (each at most once a minute: the retention is hours)."""
-    writes: list[TaskRecord] = [(v.store_id, visit_task_id(v), visit_record(v)) for v in visits]
+) -> list[tuple[str, int]]:
+    """(store id, time): each store of the batch whose visits indexed before that time —
+    the retention before its newest visit — are to go (stock_pool prunes its own tasks;
+    visits are ours). Only for the stores ``prune`` names: the retention is hours, so the
+    writer asks at most once a minute per store."""
     newest: dict[str, int] = {}
     for v in visits:
         newest[v.store_id] = max(v.event_time_ms, newest.get(v.store_id, v.event_time_ms))
-    for store_id, latest_ms in newest.items():
-        if not prune(store_id):
-            continue
-        for task_id, raw in tasks_of(store_id).items():
-            if not task_id.startswith("visit-"):
-                continue
-            try:
-                updated = orjson.loads(raw).get("updated_at_ms")
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(updated, int) and updated < latest_ms - retention_ms:
-                writes.append((store_id, task_id, None))
-    return writes
+    return [
+        (store_id, latest_ms - retention_ms)
+        for store_id, latest_ms in newest.items()
+        if prune(store_id)
+    ]
 
 
 def visits_of_erased(
     customer_ids: Sequence[str], store_ids: Sequence[str], tasks_of: Callable[[str], dict[str, str]]
 ) -> list[TaskRecord]:
     """The removal of every visit task naming an erased customer, in every store's task
-    hash (visits are keyed by store; erasures are rare, so each store's hash is read)."""
+    hash and visit index (visits are keyed by store; erasures are rare, so each store's
+    hash is read)."""
     erased = set(customer_ids)
     removals: list[TaskRecord] = []
     for store_id in store_ids:
@@ -127,5 +126,5 @@ def visits_of_erased(
             except orjson.JSONDecodeError:
                 continue
             if customer in erased:
-                removals.append((store_id, task_id, None))
+                removals.append((store_id, task_id, None, 0))
     return removals

@@ -72,7 +72,7 @@ from base.metrics import (
     TRIGGER_INPUTS_SKIPPED,
     TRIGGERS_SUPPRESSED,
 )
-from connectors.customer_io import visit_message, visit_writes, visits_of_erased
+from connectors.customer_io import visit_message, visit_prunes, visit_writes, visits_of_erased
 from connectors.decode import Invalid, event_time, load_object
 from connectors.envelopes import OutMessage
 from connectors.event_clock import ClockMarks, EventClock, InputMarks, ReceiptWaits, WorkerClocks
@@ -1074,8 +1074,9 @@ def build(
             return True
 
         def write(batch: list[VisitTask]) -> None:
-            records = visit_writes(batch, store.tasks, retention_ms, due)
-            store.write([], (), [TaskWrite(*record) for record in records])
+            store.write([], (), [TaskWrite(*record) for record in visit_writes(batch)])
+            for store_id, before_ms in visit_prunes(batch, retention_ms, due):
+                store.prune_visits(store_id, before_ms)  # by the store's visit index
 
         return write, store.close
 

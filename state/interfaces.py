@@ -34,16 +34,20 @@ StockRow = dict[str, str]
 
 @dataclass(frozen=True, slots=True)
 class TaskWrite:
-    """A store task's JSON record to set, or None to remove the task."""
+    """A store task's JSON record to set, or None to remove the task. ``visit_ms``: the task
+    is a customer visit (rule_triggers), indexed by this time (its ``updated_at_ms``) in the
+    store's visit index, which a removal leaves too (``state.stock_store``)."""
 
     store_id: str
     task_id: str
     record: bytes | None
+    visit_ms: int | None = None
 
 
 class TaskStore(Protocol):
     """Store tasks in the stock pool's store, as rule_triggers writes its visits there: the
-    store's task records to read (for pruning), task records to set or remove."""
+    store's task records to read (an erasure looks for its visits), task records to set or
+    remove, and the removal of the visits indexed before a time."""
 
     def write(
         self,
@@ -53,6 +57,8 @@ class TaskStore(Protocol):
     ) -> int: ...
 
     def tasks(self, store_id: str) -> dict[str, str]: ...
+
+    def prune_visits(self, store_id: str, before_ms: int) -> int: ...
 
     def close(self) -> None: ...
 

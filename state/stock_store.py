@@ -8,7 +8,12 @@ Public (CONTRACT §5): ``<prefix>stock:<sku>:<location_id>`` hash with ``on_hand
 
 Internal: ``<prefix>stock_total:<sku>`` (network total) and
 ``<prefix>stock_region:<sku>:<region>`` (region total), same figures plus ``locations``;
-``<prefix>tasks:<store_id>`` (task id → the store task's JSON, read by the store console).
+``<prefix>tasks:<store_id>`` (task id → the store task's JSON, read by the store console);
+``<prefix>visit_index:{<prefix>tasks:<store_id>}``, a sorted set of the store's customer visit
+task ids (rule_triggers writes them into the task hash) scored by their ``updated_at_ms``, so
+that pruning the visits past the retention reads only those (``prune_visits``: one script,
+``_PRUNE_VISITS``) instead of the whole hash with stock_pool's pickup tasks in it. Its hash
+tag is the task hash's name, so both are in one Redis Cluster slot (``StockKeys.visit_index``).
 
 A batch is written in one pipelined round trip, and only the last position per key of the
 batch is written: the values are absolute, so the earlier ones are already superseded.
@@ -30,7 +35,7 @@ from typing import Any, cast
 import redis
 
 from base.config import Config
-from base.flow_names import STOCK_POOL
+from base.flow_names import RULE_TRIGGERS, STOCK_POOL
 from base.metrics import REDIS_WRITE_SECONDS, STOCK_POSITIONS_WRITTEN
 from domain.reference import ReferenceData
 from domain.stock import StockPosition
@@ -39,6 +44,18 @@ from domain.stock_totals import Figures, SkuTotals
 from domain.timeparse import format_event_time
 from state.interfaces import StockRow, TaskWrite
 from state.redis_io import connect, with_retries
+
+#: A store's visits indexed before ARGV[1] (ms), out of its task hash (KEYS[1]) and its
+#: visit index (KEYS[2]); the number removed. In chunks: Lua's unpack takes a few thousand.
+_PRUNE_VISITS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+for i = 1, #ids, 500 do
+  local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+  redis.call('HDEL', KEYS[1], unpack(chunk))
+  redis.call('ZREM', KEYS[2], unpack(chunk))
+end
+return #ids
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +110,35 @@ def figures_write(key: str, f: Figures, as_of_ms: int) -> HashWrite:
     return HashWrite(key, fields)
 
 
+@dataclass(frozen=True, slots=True)
+class IndexWrite:
+    """Members to add to one sorted set (member → score) and members to remove from it."""
+
+    key: str
+    added: dict[str, int]
+    removed: tuple[str, ...] = ()
+
+
+def visit_index_writes(keys: StockKeys, tasks: Sequence[TaskWrite]) -> list[IndexWrite]:
+    """What the visits among ``tasks`` change in their stores' visit indexes, one write per
+    store (the latest write of a task wins, as in ``task_writes``)."""
+    by_store: dict[str, dict[str, TaskWrite]] = {}
+    for t in tasks:
+        if t.visit_ms is not None:
+            by_store.setdefault(t.store_id, {})[t.task_id] = t
+    writes = []
+    for store_id, visits in by_store.items():
+        added: dict[str, int] = {}
+        removed: list[str] = []
+        for v in visits.values():
+            if v.record is None:
+                removed.append(v.task_id)
+            elif v.visit_ms is not None:
+                added[v.task_id] = v.visit_ms
+        writes.append(IndexWrite(keys.visit_index(store_id), added, tuple(removed)))
+    return writes
+
+
 def task_writes(keys: StockKeys, tasks: Sequence[TaskWrite]) -> list[HashWrite]:
     """One hash write per store; the latest record of a task wins (a batch may carry a
     task's placement and its collection)."""
@@ -124,6 +170,24 @@ class StockKeys:
         """The open and recent tasks of a store (CONTRACT §10): task id → task JSON."""
         return f"{self.prefix}tasks:{store_id}"
 
+    def visit_index(self, store_id: str) -> str:
+        """Internal: the store's visit task ids scored by ``updated_at_ms``. In the task
+        hash's Redis Cluster slot, without renaming that public key: when its name holds a
+        hash tag (the prefix's or the store id's), this name holds the same one first;
+        otherwise the task hash's slot is that of its whole name, which is this one's tag."""
+        tasks = self.tasks(store_id)
+        if hash_tag(tasks) is not None:
+            return f"{self.prefix}visit_index:{store_id}"
+        return f"{self.prefix}visit_index:{{{tasks}}}"
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes instead of the whole name, if any: between
+    the first ``{`` and the first ``}`` after it, when not empty."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else None
+
 
 class StockHashes(ABC):
     """The stock pool's layout, reads and writes over hash primitives a backend provides.
@@ -138,8 +202,14 @@ class StockHashes(ABC):
     # -- primitives (per backend) --------------------------------------------------------
 
     @abstractmethod
-    def _write_hashes(self, writes: list[HashWrite]) -> None:
-        """Set (and delete) the fields of each hash, all of a batch together."""
+    def _write_hashes(self, writes: list[HashWrite], indexes: Sequence[IndexWrite] = ()) -> None:
+        """Set (and delete) the fields of each hash and the members of each sorted set, all
+        of a batch together."""
+
+    @abstractmethod
+    def _prune_index(self, key: str, index: str, before_ms: int) -> int:
+        """Remove the members of sorted set ``index`` scored below ``before_ms`` from it and
+        as fields of hash ``key``, at once; how many."""
 
     @abstractmethod
     def _hashes(self, keys: list[str], flow: str | None) -> list[StockRow]:
@@ -180,7 +250,7 @@ class StockHashes(ABC):
             for region, figures in t.regions.items():
                 writes.append(figures_write(keys.region_total(t.sku, region), figures, t.as_of_ms))
         writes.extend(task_writes(keys, tasks))
-        self._write_hashes(writes)
+        self._write_hashes(writes, visit_index_writes(keys, tasks))
         STOCK_POSITIONS_WRITTEN.inc(len(latest))
         return len(latest)
 
@@ -240,6 +310,12 @@ class StockHashes(ABC):
         (row,) = self._hashes([self.keys.tasks(store_id)], None)
         return row
 
+    def prune_visits(self, store_id: str, before_ms: int) -> int:
+        """Remove the store's visits indexed (``updated_at_ms``) before ``before_ms`` from its
+        task hash and its visit index; how many. Reads the index, not the hash."""
+        keys = self.keys
+        return self._prune_index(keys.tasks(store_id), keys.visit_index(store_id), before_ms)
+
     def available(self, sku: str, location_id: str, flow: str) -> int:
         (value,) = self._fields([self.keys.position(sku, location_id)], "available_to_sell", flow)
         return int(value) if value is not None else 0
@@ -279,6 +355,7 @@ class StockStore(StockHashes):
     def __init__(self, client: redis.Redis, key_prefix: str, reference: ReferenceData) -> None:
         super().__init__(key_prefix, reference)
         self.client = client
+        self._prune_visits = client.register_script(_PRUNE_VISITS)
 
     @classmethod
     def from_config(cls, config: Config, reference: ReferenceData) -> StockStore:
@@ -287,7 +364,7 @@ class StockStore(StockHashes):
     def close(self) -> None:
         self.client.close()
 
-    def _write_hashes(self, writes: list[HashWrite]) -> None:
+    def _write_hashes(self, writes: list[HashWrite], indexes: Sequence[IndexWrite] = ()) -> None:
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             for w in writes:
@@ -295,11 +372,22 @@ class StockStore(StockHashes):
                     pipe.hset(w.key, mapping=cast("Mapping[Any, Any]", w.fields))
                 if w.deleted:
                     pipe.hdel(w.key, *w.deleted)
+            for i in indexes:
+                if i.added:
+                    pipe.zadd(i.key, cast("Mapping[Any, Any]", i.added))
+                if i.removed:
+                    pipe.zrem(i.key, *i.removed)
             pipe.execute()
 
         started = time.perf_counter()
         with_retries(STOCK_POOL, write)
         REDIS_WRITE_SECONDS.labels(STOCK_POOL).observe(time.perf_counter() - started)
+
+    def _prune_index(self, key: str, index: str, before_ms: int) -> int:
+        def prune() -> int:
+            return int(self._prune_visits(keys=[key, index], args=[before_ms]))
+
+        return with_retries(RULE_TRIGGERS, prune)
 
     def _hashes(self, keys: list[str], flow: str | None) -> list[StockRow]:
         def read() -> list[Any]:

@@ -18,11 +18,12 @@ import redis
 from redis.crc import key_slot
 
 import state
-from state import experiment_store, identity_store, profile_store, service_reads
+from state import experiment_store, identity_store, profile_store, service_reads, stock_store
 from state.experiment_store import RedisExperimentStore
 from state.identity_store import IdentityKeys
 from state.profile_store import RedisProfileStore
 from state.read_marks import read_marks_key
+from state.stock_store import StockKeys
 
 PREFIXES = ("omni:", "tenant-7:", "")
 
@@ -52,13 +53,32 @@ def experiment_forget_keys(prefix: str) -> list[str]:
     return [store.index, *arms, store.stock_index]
 
 
+def visit_prune_keys(prefix: str) -> list[str]:
+    """The store's public task hash (CONTRACT §10, its name unchanged) and its visit index."""
+    keys = StockKeys(prefix)
+    return [keys.tasks("ST-SH-01"), keys.visit_index("ST-SH-01")]
+
+
 #: script name → (its source, the keys it touches for a prefix); each in one slot.
 SLOT_LOCAL: dict[str, tuple[str, Callable[[str], list[str]]]] = {
     "profile_store._REPLACE_PROFILE": (profile_store._REPLACE_PROFILE, profile_replace_keys),
     "profile_store._PLACE_CUSTOMERS": (profile_store._PLACE_CUSTOMERS, segment_keys),
     "profile_store._COUNT_SEGMENTS": (profile_store._COUNT_SEGMENTS, segment_keys),
     "experiment_store._FORGET": (experiment_store._FORGET, experiment_forget_keys),
+    "stock_store._PRUNE_VISITS": (stock_store._PRUNE_VISITS, visit_prune_keys),
 }
+
+
+@pytest.mark.parametrize(
+    ("prefix", "store_id"),
+    [("omni{t1}:", "ST-1"), ("omni:", "ST{7}"), ("{a}{b}:", "ST{7}"), ("omni:", "ST-{")],
+)
+def test_a_visit_index_shares_its_task_hash_slot_whatever_tags_the_names_hold(
+    prefix: str, store_id: str
+) -> None:
+    """A test run's prefix holds a hash tag (``tests/conftest.py``), a store id might."""
+    keys = StockKeys(prefix)
+    assert len(slots([keys.tasks(store_id), keys.visit_index(store_id)])) == 1
 
 
 def identity_apply_keys(prefix: str) -> list[str]:

@@ -154,6 +154,37 @@ def test_store_tasks_are_set_replaced_and_removed_per_store(stores: Reopen) -> N
     assert stores().tasks("ST-S1") == {}
 
 
+def test_visits_are_pruned_by_their_index_and_other_tasks_stay(stores: Reopen) -> None:
+    """rule_triggers' visits in a store's task hash: ``prune_visits`` removes those indexed
+    before a time (and only visits: stock_pool's pickups are not indexed); a visit rewritten
+    later is indexed by its new time; a visit removed leaves the index too."""
+    store = stores()
+    store.write(
+        [],
+        tasks=[
+            TaskWrite("ST-N1", "visit-old", b'{"v":1}', T0),
+            TaskWrite("ST-N1", "visit-again", b'{"v":1}', T0),
+            TaskWrite("ST-N1", "visit-new", b'{"v":1}', T0 + 10),
+            TaskWrite("ST-N1", "pickup:o1", b'{"status":"open"}'),
+            TaskWrite("ST-N2", "visit-elsewhere", b'{"v":1}', T0),
+            TaskWrite("ST-N1", "visit-again", b'{"v":2}', T0 + 20),  # the latest wins
+        ],
+    )
+    assert stores().prune_visits("ST-N1", T0 + 10) == 1  # strictly before
+    assert stores().tasks("ST-N1") == {
+        "visit-again": '{"v":2}',
+        "visit-new": '{"v":1}',
+        "pickup:o1": '{"status":"open"}',
+    }
+    assert stores().tasks("ST-N2") == {"visit-elsewhere": '{"v":1}'}
+    store.write([], tasks=[TaskWrite("ST-N1", "visit-new", None, 0)])  # as an erasure does
+    store.write([], tasks=[TaskWrite("ST-N1", "visit-new", b'{"v":1}')])  # not a visit now
+    assert stores().prune_visits("ST-N1", T0 + 1_000) == 1
+    assert stores().tasks("ST-N1") == {"visit-new": '{"v":1}', "pickup:o1": '{"status":"open"}'}
+    assert stores().prune_visits("ST-N1", T0 + 1_000) == 0
+    assert stores().prune_visits("ST-S1", T0) == 0  # a store without visits
+
+
 def test_values_are_absolute_and_a_batch_keeps_its_last_position_per_key(stores: Reopen) -> None:
     store = stores()
     written = store.write(
