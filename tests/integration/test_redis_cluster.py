@@ -39,6 +39,7 @@ from state.coupon_store import RedisCouponStore
 from state.experiment_store import RedisExperimentStore
 from state.handover_store import RedisHandoverStore
 from state.identity_store import IdentityStore
+from state.interfaces import TaskWrite
 from state.profile_store import RedisProfileStore
 from state.read_marks import RedisReadMarkStore, read_marks_key
 from state.redis_io import connect, connect_async, is_cluster
@@ -395,6 +396,32 @@ def test_stock_pipelines_on_a_cluster(servers: Servers) -> None:
     assert count == 8 and available > 0 and stocked
     keys = StockStore(redis.Redis(), "omni:", REFERENCE).keys
     assert slots([keys.position("SKU-A", loc) for loc in REFERENCE.locations]) > 1
+
+
+def test_the_visit_prune_script_runs_on_a_cluster(servers: Servers) -> None:
+    """Visits of many stores (task hashes of many slots), each store's pruned by the
+    script over its task hash and visit index, which share a slot; a reload after SCRIPT
+    FLUSH."""
+    stores = [f"ST-{n}" for n in range(12)]
+
+    def exercise(config: Config) -> Any:
+        store = StockStore.from_config(config, REFERENCE)
+        try:
+            visits = [
+                TaskWrite(s, f"visit-{s}-{n}", b"{}", T0 + n) for s in stores for n in range(5)
+            ]
+            store.write([], tasks=visits)
+            first = [store.prune_visits(s, T0 + 2) for s in stores[:6]]
+            store.client.script_flush()
+            again = [store.prune_visits(s, T0 + 4) for s in stores]
+            return first, again, [sorted(store.tasks(s)) for s in stores]
+        finally:
+            store.close()
+
+    first, again, _ = on_both(servers, exercise)
+    assert first == [2] * 6 and again == [2] * 6 + [4] * 6
+    keys = StockStore(redis.Redis(), "omni:", REFERENCE).keys
+    assert slots([keys.tasks(s) for s in stores]) > 1
 
 
 def test_identity_refuses_a_cluster_and_its_script_would_fail_there(servers: Servers) -> None:
