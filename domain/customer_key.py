@@ -156,7 +156,7 @@ def unpack(payload: bytes, customer_id: str) -> tuple[CustomerTriggers, Customer
         )
         for o in document.get("held_offers", [])
     ]
-    return CustomerTriggers(customer_id, state, offers), profile
+    return CustomerTriggers(customer_id, state, tuple(offers)), profile
 
 
 @resumable
@@ -166,21 +166,33 @@ class CustomerKey:
 
     triggers: CustomerTriggers = field(default_factory=CustomerTriggers)
     profile: CustomerProfile | None = None
-    #: merged ids whose state this key waits for, in the order their notices came
-    waiting: list[str] = field(default_factory=list)
+    #: merged ids whose state this key waits for, in the order their notices came (tuples,
+    #: not lists: nearly always empty, and the empty tuple is shared by every key)
+    waiting: tuple[str, ...] = ()
     #: what came while waiting, in arrival order
-    held: list[KeyItem] = field(default_factory=list)
+    held: tuple[KeyItem, ...] = ()
     #: merged away or erased: the flow discards the key
     gone: bool = False
     #: event time of the last profile written (a segment timer fires after it)
     written_ms: int | None = None
 
+    def __post_init__(self) -> None:
+        self.waiting, self.held = tuple(self.waiting), tuple(self.held)
+
+    @staticmethod
+    def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot of when ``waiting`` and ``held`` were lists."""
+        for name in ("waiting", "held"):
+            if isinstance(held.get(name), list):
+                held[name] = tuple(held[name])
+        return held
+
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerKey:
         return CustomerKey(
             copy.deepcopy(self.triggers, memo),
             copy.deepcopy(self.profile, memo),
-            list(self.waiting),
-            list(self.held),
+            self.waiting,  # tuples of frozen items: shared
+            self.held,
             self.gone,
             self.written_ms,
         )
@@ -208,12 +220,12 @@ class CustomerKey:
             # Another merge's notice is held in its place like any item: what came before
             # it is decided with the states merged so far, not with the later one's (which
             # may hold purchases read early but made after those items).
-            self.held.append(item)
+            self.held = (*self.held, item)
             return []
         if isinstance(item, IdentityNotice):
             self.triggers.customer_id = self.triggers.customer_id or item.customer_id
             if item.kind == ABSORBED and item.other and item.other != item.customer_id:
-                self.waiting.append(item.other)
+                self.waiting = (*self.waiting, item.other)
                 return []
             if item.kind == MERGED and item.other and item.other != item.customer_id:
                 out: list[Any] = [*self.triggers.fire_due(item.ts_ms - 1, rules, stock)]
@@ -247,7 +259,8 @@ class CustomerKey:
         state was missing any more."""
         if merged not in self.waiting:
             return []
-        self.waiting.remove(merged)
+        at = self.waiting.index(merged)
+        self.waiting = self.waiting[:at] + self.waiting[at + 1 :]
         theirs, their_profile = unpack(payload, self.customer_id)
         self.triggers.state = absorb(self.triggers.state, theirs.state)
         self.triggers.held_offers += theirs.held_offers
@@ -261,7 +274,8 @@ class CustomerKey:
         if self.profile is not None and self.profile.last_seen_ms is not None:
             out.append(self._profile_write(self.profile.last_seen_ms, settings))
         while not self.waiting and self.held and not self.gone:
-            out += self.take(self.held.pop(0), rules, stock, settings, replay=replay)
+            item, self.held = self.held[0], self.held[1:]
+            out += self.take(item, rules, stock, settings, replay=replay)
         return out
 
     def fire_due(
@@ -334,6 +348,6 @@ class CustomerKey:
         codes |= {d.code for d in state.held if isinstance(d, CouponDecision)}
         self.triggers = CustomerTriggers()
         self.profile = None
-        self.waiting, self.held = [], []
+        self.waiting, self.held = (), ()
         self.gone = True
         return [CustomerErased(notice.customer_id, tuple(sorted(codes)))]

@@ -231,10 +231,11 @@ class CustomerState:
     carted_at: dict[str, int] = field(default_factory=dict)
     last_purchase_ms: int | None = None
     ledger: Ledger = field(default_factory=Ledger)
-    #: coupons waiting for their quiet hours to end
-    held: list[CouponDecision] = field(default_factory=list)
+    #: coupons waiting for their quiet hours to end (tuples, not lists: mostly empty, and the
+    #: empty tuple is shared by every customer)
+    held: tuple[CouponDecision, ...] = ()
     #: coupons and holdouts sent within the conversion window, not yet converted
-    open_triggers: list[OpenTrigger] = field(default_factory=list)
+    open_triggers: tuple[OpenTrigger, ...] = ()
     #: event time of the latest ``consent`` event (None: never asked, which is consent)
     consent_ms: int | None = None
     marketing: bool = True
@@ -242,6 +243,17 @@ class CustomerState:
     lapses: dict[str, LifecycleTimer] = field(default_factory=dict)
     #: (rule_id, sku) → the repurchase a ``repurchase`` rule waits for
     repurchases: dict[tuple[str, str], LifecycleTimer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.held, self.open_triggers = tuple(self.held), tuple(self.open_triggers)
+
+    @staticmethod
+    def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot of when ``held`` and ``open_triggers`` were lists."""
+        for name in ("held", "open_triggers"):
+            if isinstance(held.get(name), list):
+                held[name] = tuple(held[name])
+        return held
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
@@ -251,8 +263,8 @@ class CustomerState:
             dict(self.carted_at),
             self.last_purchase_ms,
             Ledger(dict(self.ledger.last_fired), dict(self.ledger.coupons_per_day)),
-            list(self.held),
-            [dataclasses.replace(t) for t in self.open_triggers],
+            self.held,  # frozen decisions: shared
+            tuple(dataclasses.replace(t) for t in self.open_triggers),
             self.consent_ms,
             self.marketing,
             dict(self.lapses),
@@ -439,7 +451,7 @@ def _send_or_hold(state: CustomerState, rules: RuleSet, outcomes: list[Outcome])
             rule = rules.by_id.get(outcome.rule_id)
             release = quiet_until(rule.quiet_hours, outcome.event_time_ms) if rule else None
             if release is not None:
-                state.held.append(dataclasses.replace(outcome, held_until_ms=release))
+                state.held = (*state.held, dataclasses.replace(outcome, held_until_ms=release))
                 continue
             _open(state, outcome)
         out.append(outcome)
@@ -447,8 +459,9 @@ def _send_or_hold(state: CustomerState, rules: RuleSet, outcomes: list[Outcome])
 
 
 def _open(state: CustomerState, decision: CouponDecision) -> None:
-    state.open_triggers.append(
-        OpenTrigger(decision.rule_id, decision.variant, decision.code, decision.sent_at_ms)
+    state.open_triggers = (
+        *state.open_triggers,
+        OpenTrigger(decision.rule_id, decision.variant, decision.code, decision.sent_at_ms),
     )
 
 
@@ -502,7 +515,8 @@ def _conversions(
 def _forget_old(state: CustomerState, ts: int, rules: RuleSet) -> None:
     """Keep per-customer state bounded in event time."""
     window_ms = int(rules.conversion_window_s * 1000)
-    state.open_triggers = [t for t in state.open_triggers if t.sent_ms + window_ms >= ts]
+    if state.open_triggers:
+        state.open_triggers = tuple(t for t in state.open_triggers if t.sent_ms + window_ms >= ts)
     views_from = ts - int(_view_horizon_s(rules) * 1000)
     state.views = {
         sku: kept for sku, v in state.views.items() if (kept := [x for x in v if x[0] > views_from])
@@ -669,7 +683,7 @@ def on_time(
     out = _send_or_hold(state, rules, out)
     released = [d for d in state.held if d.sent_at_ms <= now_ms]
     if released:
-        state.held = [d for d in state.held if d.sent_at_ms > now_ms]
+        state.held = tuple(d for d in state.held if d.sent_at_ms > now_ms)
         for decision in sorted(released, key=lambda d: (d.sent_at_ms, d.rule_id, d.code)):
             if not state.marketing:
                 # Withdrawn while held: both arms alike, nothing goes out.
@@ -784,8 +798,8 @@ def absorb(survivor: CustomerState, merged: CustomerState) -> CustomerState:
         carted_at,
         last,
         Ledger(last_fired, per_day),
-        held,
-        open_triggers,
+        tuple(held),
+        tuple(open_triggers),
         consent[0] if consent else None,
         not consent[1] if consent else True,
         lapses,
@@ -879,11 +893,11 @@ def state_from_json(raw: bytes) -> CustomerState:
             {rule: int(t) for rule, t in doc.get("last_fired", {}).items()},
             {int(day): int(n) for day, n in doc.get("coupons_per_day", [])},
         ),
-        [_decision_of(d) for d in doc.get("held", [])],
-        [
+        tuple(_decision_of(d) for d in doc.get("held", [])),
+        tuple(
             OpenTrigger(row[0], row[1], row[2], int(row[3]), len(row) > 4 and bool(row[4]))
             for row in doc.get("open_triggers", [])
-        ],
+        ),
         doc.get("consent_ms"),
         bool(doc.get("marketing", True)),
         {rule: _timer_of(row) for rule, row in doc.get("lapses", {}).items()},

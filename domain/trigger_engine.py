@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from domain.clearance_rules import (
     AudienceState,
@@ -114,13 +114,22 @@ class CustomerTriggers:
 
     customer_id: str = ""
     state: CustomerState = field(default_factory=CustomerState)
-    #: clearance offers a replay holds for the end of the input
-    held_offers: list[Offer] = field(default_factory=list)
+    #: clearance offers a replay holds for the end of the input (a tuple: nearly always
+    #: empty, and the empty tuple is shared)
+    held_offers: tuple[Offer, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.held_offers = tuple(self.held_offers)
+
+    @staticmethod
+    def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot of when ``held_offers`` was a list."""
+        if isinstance(held.get("held_offers"), list):
+            held["held_offers"] = tuple(held["held_offers"])
+        return held
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerTriggers:
-        return CustomerTriggers(
-            self.customer_id, self.state.__deepcopy__(memo), list(self.held_offers)
-        )
+        return CustomerTriggers(self.customer_id, self.state.__deepcopy__(memo), self.held_offers)
 
     def on_event(self, event: CustomerEvent, rules: RuleSet, stock: StockView) -> list[Outcome]:
         """Deadlines before the event have passed (a customer's events come in order), then
@@ -145,7 +154,7 @@ class CustomerTriggers:
     def hold_offer(self, offer: Offer) -> None:
         """Keep an offer for ``finish`` (a replay: it came after the customer's events)."""
         self.customer_id = offer.customer_id
-        self.held_offers.append(offer)
+        self.held_offers = (*self.held_offers, offer)
 
     def fire_due(
         self, mark_ms: int | None, rules: RuleSet, stock: StockView | None = None
@@ -162,7 +171,7 @@ class CustomerTriggers:
         """The end of a replay: the held offers in event-time order, each after the timers
         due before it, then the timers due by ``end_ms`` (the end of the input)."""
         out: list[Outcome] = []
-        offers, self.held_offers = sorted(self.held_offers, key=_offer_order), []
+        offers, self.held_offers = sorted(self.held_offers, key=_offer_order), ()
         for offer in offers:
             if end_ms is not None:
                 out += self.fire_due(min(offer.ts_ms - 1, end_ms), rules, stock)

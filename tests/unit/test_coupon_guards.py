@@ -81,7 +81,7 @@ def test_a_withdrawn_customer_gets_no_coupon_and_nothing_is_recorded() -> None:
     state, out = on_offer(state, offer(T0 + MIN), rules)
     assert out == [CouponSuppressed("overstock", "no_consent", "default")]
     assert state.ledger.last_fired == {} and state.ledger.coupons_per_day == {}
-    assert state.open_triggers == [] and state.held == []
+    assert state.open_triggers == () and state.held == ()
 
 
 def test_the_latest_consent_by_event_time_decides_not_the_last_read() -> None:
@@ -131,7 +131,7 @@ def test_a_coupon_held_through_quiet_hours_is_not_sent_after_a_withdrawal() -> N
     assert on_time(state, "c1", release, rules) == [
         CouponSuppressed("overstock", "no_consent", "default")
     ]
-    assert state.held == [] and state.open_triggers == []
+    assert state.held == () and state.open_triggers == ()
 
 
 # --- stock --------------------------------------------------------------------------------------

@@ -132,8 +132,8 @@ def test_a_merge_notice_held_while_waiting_keeps_its_place() -> None:
     key = CustomerKey()
     for item in SURVIVOR[:6]:
         key.take(item, rules(), STOCK, SETTINGS, replay=True)
-    assert key.waiting == ["A"]
+    assert key.waiting == ("A",)
     assert [getattr(i, "event_id", None) for i in key.held] == ["b2", "b3", C_IN.event_id, "b4"]
     out = key.absorb("A", HANDOVERS["A"].payload, rules(), STOCK, SETTINGS, replay=True)
     assert [d.evidence for d in out if isinstance(d, CouponDecision)] == [("b2",)]
-    assert key.waiting == ["C"] and [i.event_id for i in key.held] == ["b4"]
+    assert key.waiting == ("C",) and [i.event_id for i in key.held] == ["b4"]

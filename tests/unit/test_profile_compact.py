@@ -1,6 +1,7 @@
-"""The profile keeps its dedup ids and its engagement packed (``seen_ids`` / ``seen_ts``, a
-flat tuple of days per category) to cut rule_triggers' memory per customer; it must behave
-exactly as the dicts it replaced did, and a snapshot pickled with those dicts must resume.
+"""rule_triggers keeps each customer's state compact: the profile's dedup ids and its
+engagement packed (``seen_ids`` / ``seen_ts``, a flat tuple of days per category), and the
+key's rarely used sequences as tuples (the empty one shared). The profile must behave exactly
+as the dicts it replaced did, and snapshots pickled with the dicts and lists must resume.
 
 ``Reference`` is the dict form of before, its rules copied as they were: what is kept, what
 a duplicate is, what the cap drops (the oldest by (ts, event id)), what a window move or a
@@ -246,3 +247,49 @@ def test_a_snapshot_of_the_dict_form_resumes_as_the_packed_form() -> None:
     observe(folded, later, OLD_SETTINGS)
     assert key.profile == folded and set(key.profile.seen) == {"e4", "e5", "e6"}
     assert pickle.loads(pickle.dumps(key)) == key
+
+
+#: A ``CustomerKey`` pickled by the version that kept its rarely used sequences as lists:
+#: waiting for "A" with a view held, a coupon held for quiet hours, an open trigger and an
+#: offer held for the end of a replay (all of ``T0 = OLD_T0``, customer "B").
+OLD_LISTS_SNAPSHOT = bytes.fromhex(
+    "80059592030000000000008c13646f6d61696e2e637573746f6d65725f6b6579948c0b437573746f6d65724b"
+    "65799493942981944e7d94288c087472696767657273948c15646f6d61696e2e747269676765725f656e6769"
+    "6e65948c10437573746f6d657254726967676572739493942981944e7d94288c0b637573746f6d65725f6964"
+    "948c0142948c057374617465948c15646f6d61696e2e637573746f6d65725f72756c6573948c0d437573746f"
+    "6d657253746174659493942981944e7d94288c057669657773947d948c056361727473947d948c0963617274"
+    "65645f6174947d948c106c6173745f70757263686173655f6d73944e8c066c6564676572948c15646f6d6169"
+    "6e2e747269676765725f706f6c696379948c064c65646765729493942981944e7d94288c0a6c6173745f6669"
+    "726564947d948c0f636f75706f6e735f7065725f646179947d94758694628c0468656c64945d94680e8c0e43"
+    "6f75706f6e4465636973696f6e9493942981945d94288c10636172742d6162616e646f6e6d656e7494680c8c"
+    "09616d6f756e745f3135948c04534b5531944e8c1f616464656420746f20636172742c206e6f206f72646572"
+    "20696e2074696d65948c0265319485948a06005e56eea1018a06804c8deea1016562618c0d6f70656e5f7472"
+    "696767657273945d94680e8c0b4f70656e547269676765729493942981944e7d94288c0772756c655f696494"
+    "8c0d62726f7773652d6e6561726279948c0776617269616e74948c0b74656e5f70657263656e74948c04636f"
+    "6465948c054f53414243948c0773656e745f6d73948a06185a56eea1018c09636f6e76657274656494897586"
+    "9462618c0a636f6e73656e745f6d73944e8c096d61726b6574696e6794888c066c6170736573947d948c0b72"
+    "65707572636861736573947d94758694628c0b68656c645f6f6666657273945d94680e8c054f666665729493"
+    "942981945d94288c0f73746f72652d6f76657273746f636b94680c8c04534b5532948c025331948c096f7665"
+    "7273746f636b948c0276319485948a06055e56eea101656261758694628c0770726f66696c65944e8c077761"
+    "6974696e67945d948c0141946168255d94680e8c0d437573746f6d65724576656e749493942981945d94288c"
+    "026232948c0c70726f647563745f76696577948a060a5e56eea101680c4e8c04534b5533942989294e4b004e"
+    "4e4e470000000000000000294e89296562618c04676f6e6594898c0a7772697474656e5f6d73944e75869462"
+    "2e"
+)
+
+
+def test_a_snapshot_of_the_list_form_resumes_as_tuples() -> None:
+    key = pickle.loads(OLD_LISTS_SNAPSHOT)
+    assert isinstance(key, CustomerKey)
+    state = key.triggers.state
+    assert key.waiting == ("A",) and [i.event_id for i in key.held] == ["b2"]
+    assert [d.code for d in state.held] == [state.held[0].code] and len(state.held) == 1
+    assert [t.code for t in state.open_triggers] == ["OSABC"]
+    assert [o.sku for o in key.triggers.held_offers] == ["SKU2"]
+    assert all(
+        isinstance(s, tuple)
+        for s in (key.waiting, key.held, state.held, state.open_triggers, key.triggers.held_offers)
+    )
+    # the next quiet-hours deadline is the held coupon's, and the key still goes on
+    assert key.next_deadline(OLD_SETTINGS) == OLD_T0 + HOUR_MS
+    assert copy.deepcopy(key) == key and pickle.loads(pickle.dumps(key)) == key

@@ -58,7 +58,7 @@ def test_an_old_customer_key_resumes_and_takes_events() -> None:
     key = CustomerKey(CustomerTriggers("C1", CustomerState()))
     old = resumed_without(key, "profile", "waiting", "held", "gone", "written_ms")
     assert (old.profile, old.waiting, old.held, old.gone, old.written_ms) == (
-        None, [], [], False, None,
+        None, (), (), False, None,
     )  # fmt: skip
     view = CustomerEvent("e1", "product_view", T0, "C1", "SH", skus=("HAT",))
     old.take(view, RULES, RecordedStock().at_end(), ProfileSettings(), replay=False)

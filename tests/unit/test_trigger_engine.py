@@ -91,7 +91,7 @@ def test_a_replay_gives_offers_after_the_timers_due_before_them() -> None:
     assert [o for o in out if isinstance(o, CouponSuppressed)] == [
         CouponSuppressed("overstock", "cap")
     ]
-    assert customer.held_offers == []
+    assert customer.held_offers == ()
 
 
 def test_a_replay_ends_the_timers_at_the_end_of_the_input() -> None:
