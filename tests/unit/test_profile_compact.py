@@ -42,6 +42,8 @@ class Reference:
     last_seen_ms: int | None = None
     seen: dict[str, int] = field(default_factory=dict)
     engagement: dict[str, dict[int, int]] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    stores: dict[str, int] = field(default_factory=dict)
 
     def cutoffs(self, latest: int) -> tuple[int, int]:
         s = self.settings
@@ -52,6 +54,10 @@ class Reference:
             return
         previous = self.last_seen_ms
         latest = self.last_seen_ms = e.ts_ms if previous is None else max(previous, e.ts_ms)
+        if e.channel:
+            self.channels[e.channel] = self.channels.get(e.channel, 0) + 1
+        if e.store_id:
+            self.stores[e.store_id] = self.stores.get(e.store_id, 0) + 1
         day_cut, hour_cut = self.cutoffs(latest)
         day = e.ts_ms // DAY_MS
         if day > day_cut:
@@ -84,6 +90,12 @@ class Reference:
             i: max(self.seen.get(i, ts), other.seen.get(i, ts))
             for i, ts in (self.seen | other.seen).items()
         }
+        for mine, theirs, total in (
+            (self.channels, other.channels, out.channels),
+            (self.stores, other.stores, out.stores),
+        ):
+            for name in {*mine, *theirs}:
+                total[name] = mine.get(name, 0) + theirs.get(name, 0)
         for source in (self.engagement, other.engagement):
             for category, days in source.items():
                 into = out.engagement.setdefault(category, {})
@@ -104,6 +116,20 @@ def engagement_of(profile: CustomerProfile) -> dict[str, dict[int, int]]:
     return {c: dict(zip(d[::2], d[1::2], strict=True)) for c, d in profile.engagement.items()}
 
 
+def counts_of(flat: tuple[str | int, ...]) -> dict[str | int, str | int]:
+    assert list(flat[::2]) == sorted(flat[::2])  # type: ignore[type-var]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def same(profile: CustomerProfile, reference: Reference) -> bool:
+    return (
+        profile.seen == reference.seen
+        and engagement_of(profile) == reference.engagement
+        and counts_of(profile.channels) == reference.channels
+        and counts_of(profile.stores) == reference.stores
+    )
+
+
 def random_events(rnd: random.Random, count: int, ids: int) -> list[CustomerEvent]:
     """Events of a few days, out of order, many ts shared, ids drawn from a small pool (so
     replays come, inside the window and after it)."""
@@ -120,6 +146,8 @@ def random_events(rnd: random.Random, count: int, ids: int) -> list[CustomerEven
                 is_purchase=kind == "sale",
                 category=rnd.choice([*CATEGORIES, None]),
                 categories=tuple(rnd.choices(CATEGORIES, k=2)) if kind == "sale" else (),
+                channel=rnd.choice(["app", "web", "store", None]),
+                store_id=rnd.choice(["S2", "S1", None]) if kind == "sale" else None,
             )
         )
     out.sort(key=lambda e: e.ts_ms + rnd.randrange(-8 * HOUR_MS, 8 * HOUR_MS))
@@ -133,15 +161,13 @@ def test_the_packed_state_behaves_as_the_dicts_did(seed: int) -> None:
     for e in random_events(rnd, 300, ids=rnd.choice([20, 200, 5000])):
         profile = observe(profile, e, TIGHT)
         reference.observe(e)
-        assert profile.seen == reference.seen
-        assert engagement_of(profile) == reference.engagement
+        assert same(profile, reference)
         assert profile.seen_ids == tuple(sorted(profile.seen, key=lambda i: (profile.seen[i], i)))
     assert profile is not None and reference.last_seen_ms is not None
     later = reference.last_seen_ms + rnd.randrange(3 * DAY_MS)
     prune(profile, later, TIGHT)
     reference.prune_to(later)
-    assert profile.seen == reference.seen
-    assert engagement_of(profile) == reference.engagement
+    assert same(profile, reference)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -158,8 +184,7 @@ def test_a_merge_keeps_what_the_dicts_kept(seed: int) -> None:
     (a, ra), (b, rb) = parts
     assert a is not None and b is not None
     merged, expected = merge(a, b, TIGHT), ra.merged(rb)
-    assert merged.seen == expected.seen
-    assert engagement_of(merged) == expected.engagement
+    assert same(merged, expected)
     assert merge(b, a, TIGHT) == merged
     assert profile_from_json(profile_to_json(merged)) == merged
 
@@ -282,7 +307,7 @@ def test_a_snapshot_of_the_list_form_resumes_as_tuples() -> None:
     key = pickle.loads(OLD_LISTS_SNAPSHOT)
     assert isinstance(key, CustomerKey)
     state = key.triggers.state
-    assert key.waiting == ("A",) and [i.event_id for i in key.held] == ["b2"]
+    assert key.waiting == ("A",) and [getattr(i, "event_id", None) for i in key.held] == ["b2"]
     assert [d.code for d in state.held] == [state.held[0].code] and len(state.held) == 1
     assert [t.code for t in state.open_triggers] == ["OSABC"]
     assert [o.sku for o in key.triggers.held_offers] == ["SKU2"]
