@@ -48,8 +48,10 @@ purchase read after the notice could reach the router before it); each router of
 customer's ids drops everything and keeps a bare mark (no touch, no conversion, no merge)
 so that what still arrives under the id is not kept: a touch is dropped, a purchase is
 credited as a walk-in (``customer_id`` null, credited to nobody; in a replay so is every
-purchase the router held for it). Each path keyed by one of the ids is discarded. The
-totals in Redis hold no customer ids (``state.attribution_store``).
+purchase the router held for it). Each path keyed by one of the ids drops what it holds
+and keeps a bare mark too (what another id's router sent it before that router was told
+is then dropped, or credited to nobody: ``CustomerPath.take``). The totals in Redis hold
+no customer ids (``state.attribution_store``).
 
 The models themselves are in ``domain.attribution``. Nothing here reads a clock: time is
 the event time of the items.
@@ -594,8 +596,10 @@ def group_owner(gathered: Sequence[Gathered]) -> str:
     return customer_id
 
 
-#: A path's recovery snapshot: its state, and (in a replay) the items not applied yet.
-PathSnapshot = tuple[PathState | None, list[Touch | Purchase | Gathered]]
+#: A path's recovery snapshot: its state, (in a replay) the items not applied yet, and
+#: whether its customer was erased (then the bare mark ``(None, [], True)``). Snapshots of
+#: before hold the first two.
+PathSnapshot = tuple[PathState | None, list[Touch | Purchase | Gathered], bool]
 
 
 class CustomerPath:
@@ -617,19 +621,36 @@ class CustomerPath:
     __slots__ = ("erased", "live", "params", "pending", "state")
 
     def __init__(
-        self, params: AttributionParams, live: bool, resume: PathSnapshot | None = None
+        self,
+        params: AttributionParams,
+        live: bool,
+        resume: PathSnapshot
+        | tuple[PathState | None, list[Touch | Purchase | Gathered]]
+        | None = None,
     ) -> None:
         self.params = params
         self.live = live
-        self.erased = False
-        self.state, self.pending = resume if resume is not None else (None, [])
+        if resume is None:
+            resume = (None, [], False)
+        elif len(resume) == 2:
+            resume = (*resume, False)
+        self.state, self.pending, self.erased = resume
 
     def take(self, item: PathItem) -> list[PathOutcome]:
-        """Apply (live) or keep (replay) one item; what the path gave up or converted. After
-        ``Erase`` the path holds nothing (``erased``: the step discards it)."""
+        """Apply (live) or keep (replay) one item; what the path gave up or converted.
+
+        After ``Erase`` the path holds nothing but the mark ``erased``, as the router of an
+        erased id does, and keeps it: a path is fed by the routers of every id merged into
+        it, and the erasure reaches each of them on its own, so a handover or a late
+        purchase that one of them sent before it was told can still arrive. Discarded, the
+        path started again with it (the erased customer's conversions and touches kept
+        under its id). Now a touch or handover is dropped and a purchase credited to
+        nobody (``_nobodys``): it happened, and it names no one."""
         if isinstance(item, Erase):
             self.state, self.pending, self.erased = None, [], True
             return []
+        if self.erased:
+            return _nobodys(item)
         if self.live:
             if isinstance(item, Gathered):  # a replay's router resumed live
                 self.state, out = replay_group(group_owner([item]), self.state, [item], self.params)
@@ -662,7 +683,18 @@ class CustomerPath:
         return out
 
     def snapshot(self) -> PathSnapshot:
-        return copy.deepcopy(self.state), list(self.pending)
+        return copy.deepcopy(self.state), list(self.pending), self.erased
+
+
+def _nobodys(item: PathItem) -> list[PathOutcome]:
+    """The purchases of ``item`` reaching an erased customer's path, as a walk-in's: direct,
+    ``customer_id`` null (the credit step still credits each conversion id once)."""
+    purchases = item.items if isinstance(item, Gathered) else (item,)
+    return [
+        ConvertedPath(p.conversion_id, None, p.revenue, p.ts_ms, p.event_id, ())
+        for p in purchases
+        if isinstance(p, Purchase)
+    ]
 
 
 # --- crediting ---------------------------------------------------------------------------------

@@ -281,15 +281,15 @@ def _stateful_flat_map_ids(
 
 class PathLogic(StatefulLogic[PathItem, PathOutcome, PathSnapshot]):
     """``domain.attribution_paths.CustomerPath`` as a Bytewax stateful step: the end of
-    the input (a replay) replays what the path was given; an erased customer's path is
-    discarded."""
+    the input (a replay) replays what the path was given; an erased customer's path keeps
+    only its bare mark (``CustomerPath.take`` says why it is not discarded)."""
 
     def __init__(self, params: AttributionParams, live: bool, resume: PathSnapshot | None) -> None:
         self.path = CustomerPath(params, live, resume)
 
     def on_item(self, value: PathItem) -> tuple[list[PathOutcome], bool]:
         out = self.path.take(value)
-        return out, StatefulLogic.DISCARD if self.path.erased else StatefulLogic.RETAIN
+        return out, StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[PathOutcome], bool]:
         return self.path.finish(), StatefulLogic.RETAIN
