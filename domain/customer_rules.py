@@ -44,7 +44,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from domain.resumable import resumable
 from domain.rules import Rule, RuleSet
@@ -57,6 +57,20 @@ from domain.trigger_policy import (
     may_fire,
     quiet_until,
 )
+
+#: One sku's recent product views as (ts, event id, ts, event id, …), in the order they came:
+#: a flat tuple, not a list of pairs (a view cost a tuple of its own, 72 B, and the list 56 B).
+Views = tuple[int | str, ...]
+
+
+def view_pairs(flat: Views) -> list[tuple[int, str]]:
+    """The (ts, event id) of each view of ``flat``, in order."""
+    return cast(list[tuple[int, str]], list(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def flat_views(pairs: Iterable[tuple[int, str]]) -> Views:
+    return tuple(x for pair in pairs for x in pair)
+
 
 #: (region, sku, minimum available) → stores of the region holding that much, best first.
 NearbyStock = Callable[[str, str, int], list[tuple[str, int]]]
@@ -223,8 +237,8 @@ class LifecycleTimer:
 @resumable
 @dataclass(slots=True)
 class CustomerState:
-    #: sku → event times and ids of recent product views
-    views: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: sku → event times and ids of recent product views (``Views``)
+    views: dict[str, Views] = field(default_factory=dict)
     #: sku → (deadline, add_to_cart event id) of carts not yet ordered
     carts: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: skus carted or ordered recently (they no longer count as "only browsed")
@@ -253,12 +267,15 @@ class CustomerState:
         for name in ("held", "open_triggers"):
             if isinstance(held.get(name), list):
                 held[name] = tuple(held[name])
+        views = held.get("views")
+        if views and isinstance(next(iter(views.values())), list):  # of (ts, event id) pairs
+            held["views"] = {sku: flat_views(v) for sku, v in views.items()}
         return held
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerState:
         """Snapshots copy every epoch: copy the containers, share the immutable records."""
         return CustomerState(
-            {sku: list(v) for sku, v in self.views.items()},
+            dict(self.views),
             dict(self.carts),
             dict(self.carted_at),
             self.last_purchase_ms,
@@ -518,9 +535,14 @@ def _forget_old(state: CustomerState, ts: int, rules: RuleSet) -> None:
     if state.open_triggers:
         state.open_triggers = tuple(t for t in state.open_triggers if t.sent_ms + window_ms >= ts)
     views_from = ts - int(_view_horizon_s(rules) * 1000)
-    state.views = {
-        sku: kept for sku, v in state.views.items() if (kept := [x for x in v if x[0] > views_from])
-    }
+    views: dict[str, Views] = {}
+    for sku, v in state.views.items():
+        times = cast(tuple[int, ...], v[::2])
+        if times and min(times) > views_from:
+            views[sku] = v  # all still inside: the same tuple
+        elif kept := [x for x in view_pairs(v) if x[0] > views_from]:
+            views[sku] = flat_views(kept)
+    state.views = views
     longest = max((r.params["within"] for r in rules.of_kind("browse_nearby_stock")), default=0.0)
     horizon = ts - int(longest * 1000)
     state.carted_at = {sku: t for sku, t in state.carted_at.items() if t > horizon}
@@ -536,13 +558,13 @@ def _browse(
     assert event.sku is not None
     out: list[Outcome] = []
     sku, ts = event.sku, event.ts_ms
-    views = state.views.setdefault(sku, [])
-    views.append((ts, event.event_id))
+    views = [*view_pairs(state.views.get(sku, ())), (ts, event.event_id)]
     horizon_ms = _view_horizon_s(rules) * 1000
-    state.views[sku] = [(t, e) for t, e in views if t > ts - horizon_ms]
+    views = [(t, e) for t, e in views if t > ts - horizon_ms]
+    state.views[sku] = flat_views(views)
     for rule in rules.of_kind("browse_nearby_stock"):
         window_ms = int(rule.params["within"] * 1000)
-        recent = [(t, e) for t, e in state.views[sku] if t > ts - window_ms]
+        recent = [(t, e) for t, e in views if t > ts - window_ms]
         carted = state.carted_at.get(sku)
         if carted is not None and carted > ts - window_ms:
             continue  # carted or ordered: not just browsing
@@ -587,7 +609,7 @@ def _visits(state: CustomerState, event: CustomerEvent, rules: RuleSet) -> list[
         since = ts - rule.params["views_within"] * 1000
         latest: list[tuple[int, str, str]] = []  # (view time, view event, sku)
         for sku, seen in state.views.items():
-            inside = [(t, e) for t, e in seen if since < t <= ts]
+            inside = [(t, e) for t, e in view_pairs(seen) if since < t <= ts]
             if inside:
                 t, e = max(inside)
                 latest.append((t, e, sku))
@@ -745,10 +767,11 @@ def absorb(survivor: CustomerState, merged: CustomerState) -> CustomerState:
     """
     a, b = survivor, merged
     last = max((t for t in (a.last_purchase_ms, b.last_purchase_ms) if t is not None), default=None)
-    views: dict[str, list[tuple[int, str]]] = {}
+    views: dict[str, Views] = {}
     for sku in {*a.views, *b.views}:
-        seen = {e: t for t, e in [*a.views.get(sku, []), *b.views.get(sku, [])]}
-        views[sku] = sorted((t, e) for e, t in seen.items())
+        both = [*view_pairs(a.views.get(sku, ())), *view_pairs(b.views.get(sku, ()))]
+        seen = {e: t for t, e in both}
+        views[sku] = flat_views(sorted((t, e) for e, t in seen.items()))
     carts = {
         sku: max(c for c in (a.carts.get(sku), b.carts.get(sku)) if c is not None)
         for sku in {*a.carts, *b.carts}
@@ -857,7 +880,7 @@ def state_to_json(state: CustomerState) -> bytes:
     """
     document = {
         "v": _STATE_VERSION,
-        "views": {sku: [[t, e] for t, e in v] for sku, v in state.views.items()},
+        "views": {sku: [[t, e] for t, e in view_pairs(v)] for sku, v in state.views.items()},
         "carts": {sku: [d, e] for sku, (d, e) in state.carts.items()},
         "carted_at": state.carted_at,
         "last_purchase_ms": state.last_purchase_ms,
@@ -885,7 +908,10 @@ def state_from_json(raw: bytes) -> CustomerState:
     if doc.get("v", _STATE_VERSION) != _STATE_VERSION:
         raise ValueError(f"customer state version {doc.get('v')!r}, expected {_STATE_VERSION}")
     return CustomerState(
-        {sku: [(int(t), str(e)) for t, e in v] for sku, v in doc.get("views", {}).items()},
+        {
+            sku: flat_views((int(t), str(e)) for t, e in v)
+            for sku, v in doc.get("views", {}).items()
+        },
         {sku: (int(d), str(e)) for sku, (d, e) in doc.get("carts", {}).items()},
         {sku: int(t) for sku, t in doc.get("carted_at", {}).items()},
         doc.get("last_purchase_ms"),

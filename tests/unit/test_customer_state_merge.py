@@ -187,14 +187,14 @@ def test_carts_views_held_and_open_coupons_are_the_union() -> None:
     held = CouponDecision("overstock", "a", "default", "S", "ST1", "r", ("x",), T0, T0 + HOUR)
     other = CouponDecision("overstock", "b", "default", "S", "ST1", "r", ("y",), T0, T0 + HOUR)
     a = CustomerState(
-        views={"COAT": [(T0, "v1"), (T0 + 2, "v2")]},
+        views={"COAT": (T0, "v1", T0 + 2, "v2")},
         carts={"HAT": (T0 + 30 * MIN, "c1"), "SOCK": (T0 + 40 * MIN, "c3")},
         carted_at={"HAT": T0},
         held=[held],
         open_triggers=[OpenTrigger("cart", "default", "OS1", T0)],
     )
     b = CustomerState(
-        views={"COAT": [(T0 + 2, "v2"), (T0 + 3, "v3")], "HAT": [(T0 + 1, "v4")]},
+        views={"COAT": (T0 + 2, "v2", T0 + 3, "v3"), "HAT": (T0 + 1, "v4")},
         carts={"HAT": (T0 + 50 * MIN, "c2")},  # the later add of the same sku
         carted_at={"HAT": T0 + 20 * MIN},
         held=[held, other],
@@ -205,8 +205,8 @@ def test_carts_views_held_and_open_coupons_are_the_union() -> None:
     )
     merged = absorb(a, b)
     assert merged.views == {
-        "COAT": [(T0, "v1"), (T0 + 2, "v2"), (T0 + 3, "v3")],
-        "HAT": [(T0 + 1, "v4")],
+        "COAT": (T0, "v1", T0 + 2, "v2", T0 + 3, "v3"),
+        "HAT": (T0 + 1, "v4"),
     }
     assert merged.carts == {"HAT": (T0 + 50 * MIN, "c2"), "SOCK": (T0 + 40 * MIN, "c3")}
     assert merged.carted_at == {"HAT": T0 + 20 * MIN}
