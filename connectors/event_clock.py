@@ -46,6 +46,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from connectors.worker_local import WorkerLocal
+
 #: Longest wait between two looks at a pending timer; a re-check is cheap.
 MAX_WAIT_S = 30.0
 MIN_WAIT_S = 0.05
@@ -169,7 +171,7 @@ class WorkerClocks:
     def __init__(self, grace_ms: int, idle_advance_ms: int | None) -> None:
         self.grace_ms = grace_ms
         self.idle_advance_ms = idle_advance_ms
-        self._local = threading.local()
+        self._local = WorkerLocal()
 
     def clock(self, name: str) -> EventClock:
         """The calling worker thread's clock called ``name``."""

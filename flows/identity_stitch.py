@@ -17,7 +17,6 @@ Step ids are part of the recovery snapshots (the source's offsets are kept under
 from __future__ import annotations
 
 import functools
-import threading
 import time
 
 import bytewax.operators as op
@@ -42,6 +41,7 @@ from connectors.operators import FlowIO, decode, output, per_batch, read
 from connectors.reference_files import load_reference
 from connectors.resolved import merge_notices, resolved_event
 from connectors.streams import KafkaIO, deadletter_message
+from connectors.worker_local import WorkerLocal
 from domain.events import ClickEvent, InputEvent, PosEvent
 from domain.identity import (
     EventIdentifiers,
@@ -173,7 +173,7 @@ def build(
         if identity_store is not None
         else functools.partial(IdentityStore.from_config, config)
     )
-    local = threading.local()
+    local = WorkerLocal()
 
     def store() -> IdentityGraphStore:
         if not hasattr(local, "store"):
