@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import threading
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -97,6 +97,7 @@ from connectors.triggers import (
     replenishment_id,
     replenishment_message,
 )
+from connectors.worker_local import WorkerLocal
 from domain.clearance_rules import ClearanceSignal, View
 from domain.customer_key import (
     ERASED,
@@ -151,6 +152,8 @@ from state.profile_store import ProfileStore, RedisProfileStore
 from state.read_marks import ReadMarkStore, RedisReadMarkStore
 from state.stock_store import StockStore
 from state.stock_view import PoolStockView
+
+log = logging.getLogger(__name__)
 
 INPUTS = (topics.EVENTS_RESOLVED, topics.STOCK_CHANGES, topics.WMS_MOVEMENTS)
 #: The audience's clock (its streams are the partitions of ``events.resolved``).
@@ -208,10 +211,17 @@ class _Context:
         self.profile_settings = ProfileSettings.from_config(config.profile)
         #: the locations that ship online (where a coupon without a store sends a customer)
         self.shipping = sorted(loc.location_id for loc in reference.locations.values() if loc.ships)
-        self._local = threading.local()
+        self._local = WorkerLocal()
 
     def clock(self, group: str) -> EventClock:
         return self.clocks.clock(group)
+
+    def waiting_keys(self) -> dict[str, CustomerLogic]:
+        """This worker's customer keys that wait for a merged customer's state, by customer
+        id, until their ``on_eof`` (``CustomerLogic._drive_others``)."""
+        if not hasattr(self._local, "waiting"):
+            self._local.waiting = {}
+        return self._local.waiting  # type: ignore[no-any-return]
 
     def stock(self) -> StockView:
         if not hasattr(self._local, "stock"):
@@ -321,7 +331,10 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
     ``LocalHandovers`` at once and to the handover store through the customer sink. Its
     survivor looks for it at hand on every item and every ``HANDOVER_POLL_S`` while it
     waits, and asks the store from every ``HANDOVER_POLL_S`` down to every
-    ``HANDOVER_STORE_POLL_MAX_S`` (at the end of a replay every ``HANDOVER_POLL_S``).
+    ``HANDOVER_STORE_POLL_MAX_S`` (at the end of a replay every ``HANDOVER_POLL_S``). A
+    survivor still waiting at the end of the input blocks its worker, sink included, so
+    while it waits it moves the worker's other waiting keys on and writes what this process
+    handed over to the store itself (``_drive_others``).
     (Bytewax gives a builder no key: the customer id comes with the first item and is kept
     in the engine.)"""
 
@@ -332,6 +345,10 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         #: how long it waits before asking again (not in the snapshot: a resumed key that
         #: waits asks at once)
         self._asked_at, self._ask_every = float("-inf"), HANDOVER_POLL_S
+        #: what this key emitted while another key's end-of-input wait moved it on, and
+        #: whether its own ``on_eof`` has run (after it, nothing it emits is sent)
+        self._driven: list[Any] = []
+        self._ended = False
         if resume is not None:
             held, self.partition, marks = resume
             # Snapshots from before merges were followed hold the rule engine alone.
@@ -339,6 +356,7 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
             # The partition may have nothing left to read: without its mark, the timers
             # due at the end of a replay would never fire.
             ctx.restore(RESOLVED, marks)
+            self._note_waiting()
 
     def _stream(self) -> tuple[str, int]:
         return (RESOLVED, self.partition)
@@ -346,13 +364,26 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
     def _done(self, out: list[Any]) -> tuple[list[Any], bool]:
         """Keep what the key handed over at hand (the sink writes it to the store); a key
         merged away or erased is discarded."""
+        self._keep_at_hand(out)
+        for item in out:
+            if isinstance(item, HandOver):
+                RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "merged").inc()
+        self._note_waiting()
+        return out, StatefulLogic.DISCARD if self.key.gone else StatefulLogic.RETAIN
+
+    def _note_waiting(self) -> None:
+        waiting, customer_id = self.ctx.waiting_keys(), self.key.customer_id
+        if self.key.waiting and not self.key.gone and not self._ended:
+            waiting[customer_id] = self
+        elif waiting.get(customer_id) is self:
+            del waiting[customer_id]
+
+    def _keep_at_hand(self, out: list[Any]) -> None:
         for item in out:
             if isinstance(item, HandOver):
                 self.ctx.local_handovers.keep(item.survivor, item.merged, item.payload)
-                RULE_STATE_HANDOVERS.labels(RULE_TRIGGERS, "merged").inc()
             elif isinstance(item, CustomerErased):
                 self.ctx.local_handovers.drop(item.customer_id)
-        return out, StatefulLogic.DISCARD if self.key.gone else StatefulLogic.RETAIN
 
     def _collect(self, *, ask_store: bool = False) -> list[Any]:
         """The merged customers' states the key waits for that have arrived: at hand, or in
@@ -423,15 +454,46 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         sent, discard = self._done(out)
         return self.end_batch(sent), discard
 
+    def _drive_others(self) -> None:
+        """While this key blocks its worker at the end of the input, let the worker's other
+        waiting keys take what has arrived for them, and write what this process handed
+        over to the store. Without it a chain of merges deadlocked: B waits for A's state
+        while A, merged into B, still waits for the state of a customer merged into it, and
+        A's ``on_eof`` comes only after B's; and the sink that writes hand-overs for other
+        processes runs only after every key's ``on_eof``. What a driven key emits waits in
+        it (``_driven``) for its own ``on_eof``; what it hands over is at hand at once."""
+        for other in list(self.ctx.waiting_keys().values()):
+            if other is not self and other.key.waiting and not other.key.gone:
+                driven = other._collect(ask_store=True)
+                other._keep_at_hand(driven)
+                other._driven += driven
+        unwritten = self.ctx.local_handovers.unwritten()
+        if unwritten:
+            self.ctx.handovers().put_many(unwritten)
+
     def on_eof(self) -> tuple[list[Any], bool]:
-        out: list[Any] = []
-        waited_until = time.monotonic() + HANDOVER_EOF_WAIT_S
         # The merged customers' keys have been given their notices (the input is over);
-        # they may still be writing on another worker.
+        # they may still be writing on another worker, or waiting themselves on this one:
+        # their ``on_eof`` comes after this, so this wait moves them on (``_drive_others``).
+        out: list[Any] = self._driven
+        self._driven, self._ended = [], True
+        self._note_waiting()
+        waited_until = time.monotonic() + HANDOVER_EOF_WAIT_S
         while self.key.waiting and time.monotonic() < waited_until:
             out += self._collect(ask_store=True)
             if self.key.waiting:
+                self._drive_others()
                 time.sleep(HANDOVER_POLL_S)
+        if self.key.waiting:
+            log.warning(
+                "rule_triggers: customer %s gave up waiting for the state of %s after %.0f s "
+                "at the end of the input",
+                self.key.customer_id,
+                ", ".join(self.key.waiting),
+                HANDOVER_EOF_WAIT_S,
+            )
+        if self.key.gone:  # merged away while another key's wait moved it on
+            return self._settled(out)
         ctx = self.ctx
         if not ctx.replay:
             mark = ctx.clock(RESOLVED).watermark(self._stream())

@@ -141,13 +141,32 @@ class LocalHandovers:
     def __init__(self, limit: int = LOCAL_HANDOVERS_KEPT) -> None:
         self.limit = limit
         self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        #: kept since ``unwritten`` was last asked
+        self._unwritten: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def keep(self, survivor: str, merged: str, payload: bytes) -> None:
         with self._lock:
             self._entries[(survivor, merged)] = payload
+            self._unwritten.append((survivor, merged))
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
+            if len(self._unwritten) > self.limit:
+                del self._unwritten[: len(self._unwritten) - self.limit]
+
+    def unwritten(self) -> list[tuple[str, str, bytes]]:
+        """The entries kept since the last call and still here, as (survivor, merged,
+        payload), for a key about to block its worker at the end of the input: the sink
+        that writes them to the store runs on that worker only after it, so a survivor
+        on another process, itself blocked waiting for one of them, would wait in vain
+        (each process waiting for the other's sink until the wait gives up)."""
+        with self._lock:
+            keys, self._unwritten = self._unwritten, []
+            return [
+                (s, m, self._entries[(s, m)])
+                for s, m in dict.fromkeys(keys)
+                if (s, m) in self._entries
+            ]
 
     def take(self, survivor: str, merged: str) -> bytes | None:
         with self._lock:

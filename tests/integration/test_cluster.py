@@ -17,7 +17,8 @@ customers on the other process (36 of 216 coupons).
 What may differ without being a difference (and why) is left out where it is read:
 ``cause`` of a stock hash (the last of simultaneous events), a customer's version counter and
 identity's per-event resolution cache (which event of a merge came first), ``customer_visit``
-tasks (their clean-up runs on the wall clock, at most once a minute per store), the order of
+tasks and their index (their clean-up runs on the wall clock, at most once a minute per
+store; the index's name holds the run's prefix), the order of
 the lists in a customer state handed over at a merge (sets, in the order of each process's
 string hashing) and the scores of the profile segments (expiry times on the wall clock).
 """
@@ -238,6 +239,8 @@ def _identity_value(key: str, value: Any) -> Any:
 def _rule_value(key: str, value: Any) -> Any:
     if key.startswith("handover:"):
         return _unordered(value)
+    if key.startswith("visit_index:"):
+        return None
     if key.startswith("tasks:") and isinstance(value, dict):
         return {
             task: v
