@@ -45,9 +45,7 @@ ERASED = "identity_erased"
 NOTICE_TYPES = frozenset({MERGED_INTO, ABSORBED, ERASED})
 
 
-def merge_notices(
-    merged: str, survivor: str, cause: str, ts_ms: int
-) -> list[tuple[str, bytes]]:
+def merge_notices(merged: str, survivor: str, cause: str, ts_ms: int) -> list[tuple[str, bytes]]:
     """(key, record) of the two notices of one merge, in the order they must be written.
 
     A flow that keeps state per customer (rule_triggers) must move the merged customer's

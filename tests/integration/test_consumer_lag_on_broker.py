@@ -228,4 +228,3 @@ def test_a_cluster_reports_every_partition_once_and_reaches_zero(
         for log in logs:
             log.close()
     assert codes == [0, 0]
-

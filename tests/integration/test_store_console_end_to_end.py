@@ -52,9 +52,7 @@ class Inputs:
         self.producer = make_producer(config)
 
     def send(self, topic: str, key: str, event: dict[str, object]) -> None:
-        self.producer.produce(
-            self.config.topic(topic), key=key.encode(), value=orjson.dumps(event)
-        )
+        self.producer.produce(self.config.topic(topic), key=key.encode(), value=orjson.dumps(event))
         assert self.producer.flush(10) == 0
 
     def receipt(self, location: str, sku: str, qty: int) -> None:

@@ -59,7 +59,6 @@ def week(config: Config) -> Script:
     return s
 
 
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_day_redeemed_under_the_threshold_publishes_one_insight(
     config: Config, workers: int
