@@ -31,6 +31,7 @@ Event times are not known here (the payload is decoded downstream, on the same w
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,13 +39,14 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
 from base.metrics import CONSUMER_LAG
 from base.topics import ALL_TOPICS
+from connectors.worker_local import WorkerLocal
 
 #: How long a partition waiting for the others sleeps before it looks again.
 ALIGNMENT_WAIT = timedelta(milliseconds=50)
@@ -172,13 +174,111 @@ def list_partitions(
                 f"{config.get('bootstrap.servers')} within {timeout_s:g} s: {exc}"
             ) from None
         topic_metadata = metadata.topics.get(topic)
-        if topic_metadata is None or topic_metadata.error is not None or not (
-            topic_metadata.partitions
+        if (
+            topic_metadata is None
+            or topic_metadata.error is not None
+            or not (topic_metadata.partitions)
         ):
             reason = topic_metadata.error if topic_metadata is not None else "not in metadata"
             raise RuntimeError(f"Kafka topic {topic!r} cannot be read: {reason}")
         counts[topic] = len(topic_metadata.partitions)
     return counts
+
+
+class _WorkerConsumer:
+    """One librdkafka consumer for every partition of one source step that one worker
+    thread reads, each partition's messages kept apart until that partition asks for them.
+
+    Why one, not one per partition as Bytewax's ``KafkaSource`` has: a flow reads a dozen
+    partitions or more, and each consumer sends its own fetches. The embedded broker (Tansu)
+    holds every fetch for the whole ``fetch.wait.max.ms`` even when data arrives meanwhile,
+    so the wait is what trigger latency is made of, and with a consumer per partition a
+    shorter wait made the broker spend a core answering empty fetches (``connectors.streams``,
+    ``CONSUMER_DEFAULTS``). One consumer per worker sends one fetch for all its partitions.
+    Against Apache Kafka it saves connections and threads (each consumer has a thread per
+    broker and its own read-ahead).
+
+    What it keeps: each partition still snapshots its own offset and is assigned from it;
+    librdkafka resumes a partition after the last message ``consume`` handed out, so a
+    message is in exactly one place (librdkafka or one partition's buffer) until the
+    partition returns it to the flow. A partition whose buffer holds ``hold`` messages (one
+    waiting for the others to align, or one read faster than the flow takes it) is paused
+    until its buffer is half empty, so the buffers stay bounded like librdkafka's queue.
+
+    Not thread-safe, and needs not be: Bytewax builds and drives a worker's partitions on
+    that worker's thread, and the registry is per thread.
+    """
+
+    def __init__(self, config: dict[str, Any], fill_size: int, hold: int) -> None:
+        self.consumer = Consumer(config)
+        self._fill_size = fill_size
+        self._hold = hold
+        self._buffers: dict[tuple[str, int], deque[Message]] = {}
+        self._paused: set[tuple[str, int]] = set()
+
+    def add(self, assigned: TopicPartition) -> None:
+        self.consumer.incremental_assign([assigned])
+        self._buffers[(assigned.topic, assigned.partition)] = deque()
+
+    def release(self, topic: str, partition: int) -> bool:
+        """Stop reading a partition; True when it was the last (the consumer is closed)."""
+        self._buffers.pop((topic, partition), None)
+        self._paused.discard((topic, partition))
+        if self._buffers:
+            self.consumer.incremental_unassign([TopicPartition(topic, partition)])
+            return False
+        self.consumer.close()
+        return True
+
+    def take(self, topic: str, partition: int, limit: int) -> list[Message]:
+        """Up to ``limit`` of the partition's messages (end-of-partition events included),
+        fetching when it has none buffered. Errors that name no assigned partition (a
+        broker down) go to the partition that asked, so they reach the flow once."""
+        key = (topic, partition)
+        buffer = self._buffers[key]
+        strays: list[Message] = []
+        if not buffer:
+            for msg in self.consumer.consume(self._fill_size, 0.001):
+                target = self._buffers.get((msg.topic() or "", msg.partition() or 0))
+                if target is not None:
+                    target.append(msg)
+                elif msg.error() is not None:
+                    strays.append(msg)
+                # else: a message of a partition just released; whoever reads that
+                # partition next reads it again from its own snapshot.
+            self._pause_full()
+        taken = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        if key in self._paused and len(buffer) <= self._hold // 2:
+            self._paused.discard(key)
+            self.consumer.resume([TopicPartition(topic, partition)])
+        return strays + taken
+
+    def _pause_full(self) -> None:
+        full = [
+            k for k, b in self._buffers.items() if len(b) >= self._hold and k not in self._paused
+        ]
+        if full:
+            self._paused.update(full)
+            self.consumer.pause([TopicPartition(t, p) for t, p in full])
+
+    def watermarks(self, assigned: TopicPartition) -> tuple[int, int]:
+        return self.consumer.get_watermark_offsets(assigned, cached=True)  # type: ignore[no-any-return]
+
+
+class _WorkerConsumers:
+    """This thread's shared consumers, by (step id, consumer settings)."""
+
+    def __init__(self) -> None:
+        self._local = WorkerLocal()
+
+    @property
+    def by_step(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], _WorkerConsumer]:
+        if not hasattr(self._local, "by_step"):
+            self._local.by_step = {}
+        return self._local.by_step  # type: ignore[no-any-return]
+
+
+_WORKER_CONSUMERS = _WorkerConsumers()
 
 
 class _Partition(StatefulSourcePartition[SourceItem, int]):
@@ -192,10 +292,18 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         tail: bool,
         alignment_ms: int | None,
         flow_name: str = "",
+        step_id: str = "",
     ) -> None:
-        self._consumer = Consumer(config)
+        self._shared_key = (step_id, frozenset(config.items()))
+        shared = _WORKER_CONSUMERS.by_step.get(self._shared_key)
         self._assigned = TopicPartition(topic, partition, offset)
-        self._consumer.assign([self._assigned])
+        if shared is None:
+            shared = _WorkerConsumer(config, fill_size=batch_size, hold=4 * batch_size)
+            shared.add(self._assigned)  # kept only once it reads a partition
+            _WORKER_CONSUMERS.by_step[self._shared_key] = shared
+        else:
+            shared.add(self._assigned)
+        self._shared = shared
         #: The last batch ended at the partition's end (``PartitionEnd`` already sent).
         self._at_end = False
         self._topic = topic
@@ -225,7 +333,7 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         batch: list[SourceItem] = []
         last_offset: int | None = None
         end_event = False
-        for msg in self._consumer.consume(self._batch_size, 0.001):
+        for msg in self._shared.take(self._topic, self._partition, self._batch_size):
             error = msg.error()
             if error is not None and error.code() == ConfluentKafkaError._PARTITION_EOF:
                 end_event = True
@@ -266,7 +374,7 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
         """(low, high) watermarks of the last fetch, negative while no fetch has told them
         (the cached values cost no request)."""
         try:
-            low, high = self._consumer.get_watermark_offsets(self._assigned, cached=True)
+            low, high = self._shared.watermarks(self._assigned)
         except KafkaException:
             return -1, -1
         return low, high
@@ -300,7 +408,8 @@ class _Partition(StatefulSourcePartition[SourceItem, int]):
                 CONSUMER_LAG.remove(*self._lag_labels)
             except KeyError:
                 pass
-        self._consumer.close()
+        if self._shared.release(self._topic, self._partition):
+            _WORKER_CONSUMERS.by_step.pop(self._shared_key, None)
 
 
 class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
@@ -352,4 +461,5 @@ class AlignedKafkaSource(FixedPartitionedSource[SourceItem, int]):
             # The step id is "<dataflow id>.<step>", and the dataflow id is the flow's name
             # (base.flow_names), the ``flow`` label of every metric.
             flow_name=step_id.split(".", 1)[0],
+            step_id=step_id,
         )

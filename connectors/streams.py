@@ -31,25 +31,25 @@ from domain.events import Origin, Rejection
 X = TypeVar("X")
 
 #: Consumer settings for a live flow against the embedded broker; ``kafka.client`` in the
-#: configuration overrides them. Bytewax opens one consumer per input partition, so three
-#: flows poll a dozen or more consumers each: with ``fetch.wait.max.ms`` 10 the broker spent
-#: a whole core answering empty fetches and fell behind at 1,000 events/s (trigger latency
-#: p99 14.6 s); 100 → p99 3.0 s; 250 → p50 225 ms, p99 340 ms; 500 → p50 339 ms, p99 520 ms
-#: (``omnistream demo --events 40000 --rate 1000``, 2 cores). But the embedded broker's
-#: in-memory log costs more per fetch as it fills: over the benchmark's 60 s at 1,000
-#: events/s its CPU climbed to 1.3 cores with 250 ms and starved the flows for 1–3 s in about
-#: half the runs (trigger p99 0.3 s or 1.5–3.9 s); with 500 ms it stays under 0.7 core and
-#: p50 is 285 ms, p99 540 ms run after run. A fetch with data returns at once, so backlogs
-#: are read as fast as with short waits.
-#: ``queued.max.messages.kbytes`` bounds each consumer's read-ahead: librdkafka's default
-#: (64 MiB per consumer, and a flow has one per input partition) let a flow catching up on a
-#: backlog hold hundreds of MB of prefetched messages (rule_triggers: 612 MB peak on a
-#: 1,000,000-event backlog with 8 MiB). 2 MiB keeps the flows' throughput (they are slower
-#: than the broker refills it) but slows a bare consumer, so the benchmark's reference
-#: pipeline reads ahead more (``omnistream.bench_reference``).
+#: configuration overrides them. The embedded broker (Tansu) holds every fetch for the whole
+#: ``fetch.wait.max.ms`` even when data arrives meanwhile, so that wait, once per hop, is most
+#: of trigger latency. With a consumer per input partition (a dozen or more per flow) short
+#: waits made the broker spend a core answering empty fetches: 10 ms → trigger p99 14.6 s,
+#: 100 ms → 3.0 s, 250 ms → starved flows in half the runs, so it was 500 ms (p99 540–790
+#: ms). Now a worker has one consumer for all its partitions (``connectors.kafka_source``),
+#: and 100 ms gave trigger p99 474 ms and stock freshness p99 216 ms in the benchmark's
+#: latency run (``omnistream bench``, 1,000 events/s, 2 cores). A fetch with data returns at
+#: once, so backlogs are read as fast as with long waits; against Apache Kafka, whose
+#: fetches wake on new data, the wait only bounds idle polling.
+#: ``queued.max.messages.kbytes`` bounds the consumer's read-ahead, now one consumer's for
+#: all the worker's partitions: librdkafka's default (64 MiB) let a flow catching up on a
+#: backlog hold hundreds of MB of prefetched messages; 2 MiB (the cap of each of the old
+#: per-partition consumers) halved the flows' events/s with one consumer (stock_pool 15,000
+#: against 29,000–31,000); 16 MiB gives them back (peak RSS of stock_pool 304 MB against 197
+#: MB on the benchmark's 200,000 events). The benchmark's reference pipeline has its own.
 CONSUMER_DEFAULTS: dict[str, str] = {
-    "fetch.wait.max.ms": "500",
-    "queued.max.messages.kbytes": "2048",
+    "fetch.wait.max.ms": "100",
+    "queued.max.messages.kbytes": "16384",
     "fetch.min.bytes": "1",
     "statistics.interval.ms": "0",
 }

@@ -58,7 +58,7 @@ KAFKA_CLIENT_SETTINGS = (
 )
 #: The only modules allowed to construct confluent-kafka clients directly: the factory module,
 #: and the embedded stack's readiness probe of the plaintext broker it started itself.
-#: The flows' source builds a consumer per partition from the settings the flow assembled.
+#: The flows' source builds one consumer per worker from the settings the flow assembled.
 CLIENT_FACTORIES = {
     "connectors/kafka_clients.py",
     "connectors/kafka_source.py",
