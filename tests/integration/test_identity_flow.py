@@ -160,6 +160,10 @@ def test_scenario_links_refuses_and_erases(id_config: Config, tmp_path: Path) ->
     assert len(conflicts) >= 3  # shared device, shared card, kiosk (until it is blocked)
     assert all(c["type"] == f"omnistream.identity.{c['data']['kind']}" for c in changes)
     resolved = [json.loads(m.value()) for m in read_topic(id_config, "events.resolved")]
+    # Merge notices name a merge, not an input event; how many merges there are depends on
+    # the order the partitions are read in (a device seen before its login is a customer
+    # of its own, merged at the login; seen after, it joins the login's customer).
+    resolved = [r for r in resolved if r.get("source_topic") != "identity"]
     assert len(resolved) == len(SCENARIO)
     by_id = {r["event_id"]: r for r in resolved}
     assert by_id["c2"]["customer_id"] == bob  # the event still resolves, to u-bob's customer
