@@ -103,6 +103,8 @@ class Sampler:
     last: float | None = None
     count: float = 0.0
     peak: float = 0.0
+    #: the last sample that saw nothing consumed yet
+    idle_at: float | None = None
 
     def sample(self) -> bool:
         """Take one sample; True when the count grew."""
@@ -111,6 +113,8 @@ class Sampler:
         grew = False
         if samples is not None:
             seen = total(samples, CONSUMED, flow=self.flow)
+            if seen == 0:
+                self.idle_at = now
             if seen > 0 and self.first is None:
                 self.first = now
             if seen > self.count:
@@ -122,6 +126,10 @@ class Sampler:
     def result(self) -> FlowRun:
         first, last = self.first, self.last
         seconds = (last - first) if first is not None and last is not None else 0.0
+        if seconds <= 0 and last is not None and self.idle_at is not None:
+            # All of it read between two samples (a small stream): the time since the last
+            # sample that saw nothing bounds it, so the figure is a lower bound, not 0.
+            seconds = last - self.idle_at
         eps = self.count / seconds if seconds > 0 else 0.0
         return FlowRun(eps, self.peak, self.count, seconds)
 
