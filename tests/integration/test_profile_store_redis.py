@@ -57,6 +57,30 @@ def test_the_public_hash_is_the_contract_profile_under_its_key(
         store.close()
 
 
+def test_field_values_come_back_byte_for_byte(
+    omni_config: Config, redis_client: redis.Redis
+) -> None:
+    """The fields travel to the script as one JSON array: text that JSON escapes (quotes,
+    backslashes, control characters), text outside ASCII and text that looks like JSON or
+    a number must come back exactly as written."""
+    values = fields("active")
+    values.update(
+        preferred_store='Zürich "Bahnhof" \\ Süd\t\n',
+        preferred_channel="店舗",
+        top_categories='["café","crème brûlée"]',
+        revenue="1e3",
+        pickup_share="0.500",
+        first_seen="",
+    )
+    store = RedisProfileStore.from_config(omni_config)
+    try:
+        store.write({"c-ü": values})
+        raw = redis_client.hgetall(profile_key(omni_config.redis.key_prefix, "c-ü"))
+        assert {k.decode(): v.decode() for k, v in raw.items()} == values
+    finally:
+        store.close()
+
+
 def test_segment_counts_follow_the_latest_write_and_replays_change_nothing(
     omni_config: Config,
 ) -> None:
