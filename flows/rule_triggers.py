@@ -345,6 +345,9 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         #: how long it waits before asking again (not in the snapshot: a resumed key that
         #: waits asks at once)
         self._asked_at, self._ask_every = float("-inf"), HANDOVER_POLL_S
+        #: merged customer → their state, found in the store by a round of asks (this
+        #: key's or another waiting key's, ``_ask_store``), until this key takes it
+        self._from_store: dict[str, bytes] = {}
         #: what this key emitted while another key's end-of-input wait moved it on, and
         #: whether its own ``on_eof`` has run (after it, nothing it emits is sent)
         self._driven: list[Any] = []
@@ -394,13 +397,13 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
             merged = self.key.waiting[0]
             payload = ctx.local_handovers.take(self.key.customer_id, merged)
             if payload is None:
+                payload = self._from_store.pop(merged, None)
+            if payload is None:
                 now = time.monotonic()
-                if not ask_store and now - self._asked_at < self._ask_every:
+                if not ask_store and now < self._asked_at + self._ask_every:
                     break
-                payload = ctx.handovers().take(self.key.customer_id, merged)
-                self._asked_at = now
-                if payload is None:
-                    self._ask_every = min(2 * self._ask_every, HANDOVER_STORE_POLL_MAX_S)
+                self._ask_store(now)
+                payload = self._from_store.pop(merged, None)
             if payload is None:
                 break  # taken in the order of the notices
             self._asked_at, self._ask_every = time.monotonic(), HANDOVER_POLL_S
@@ -414,6 +417,32 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
                 replay=ctx.replay,
             )
         return out
+
+    def _ask_store(self, now: float, *, everyone: bool = False) -> None:
+        """Ask the store, in one round trip, for the state this key waits for and for that
+        of every other waiting key of the worker due to ask within ``HANDOVER_POLL_S``
+        (``everyone``: all of them). Keys asking one GET each cost the flow a round trip
+        every few events while merges were frequent; what is found waits in each key's
+        ``_from_store`` for its next look (every ``HANDOVER_POLL_S`` while it waits)."""
+        horizon = now + HANDOVER_POLL_S
+        askers = [self]
+        for other in self.ctx.waiting_keys().values():
+            if (
+                other is not self
+                and other.key.waiting
+                and not other.key.gone
+                and (everyone or other._asked_at + other._ask_every <= horizon)
+                and other.key.waiting[0] not in other._from_store
+            ):
+                askers.append(other)
+        pairs = [(asker.key.customer_id, asker.key.waiting[0]) for asker in askers]
+        found = self.ctx.handovers().take_many(pairs)
+        for asker, (_, merged), payload in zip(askers, pairs, found, strict=True):
+            asker._asked_at = now
+            if payload is None:
+                asker._ask_every = min(2 * asker._ask_every, HANDOVER_STORE_POLL_MAX_S)
+            else:
+                asker._from_store[merged] = payload
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         ctx = self.ctx
@@ -462,9 +491,11 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         A's ``on_eof`` comes only after B's; and the sink that writes hand-overs for other
         processes runs only after every key's ``on_eof``. What a driven key emits waits in
         it (``_driven``) for its own ``on_eof``; what it hands over is at hand at once."""
+        if self.key.waiting and not self.key.gone:
+            self._ask_store(time.monotonic(), everyone=True)
         for other in list(self.ctx.waiting_keys().values()):
             if other is not self and other.key.waiting and not other.key.gone:
-                driven = other._collect(ask_store=True)
+                driven = other._collect()
                 other._keep_at_hand(driven)
                 other._driven += driven
         unwritten = self.ctx.local_handovers.unwritten()

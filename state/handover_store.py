@@ -22,7 +22,7 @@ from typing import Protocol
 import redis
 
 from base.config import Config
-from state.redis_io import connect
+from state.redis_io import connect, get_many
 
 #: How long a handed-over state waits (seconds): far longer than any lag between a merge's
 #: two notices, short enough that merged customers' state does not pile up in Redis.
@@ -40,6 +40,10 @@ class HandoverStore(Protocol):
 
     def take(self, survivor: str, merged: str) -> bytes | None:
         """``merged``'s state if it has been handed over, else None (ask again later)."""
+        ...
+
+    def take_many(self, pairs: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """``take`` of each (survivor, merged), in order, in one round trip."""
         ...
 
     def erase(self, customer_id: str) -> None:
@@ -79,6 +83,12 @@ class RedisHandoverStore:
         value = self.client.get(handover_key(self.prefix, survivor, merged))
         return value if isinstance(value, bytes) else None
 
+    def take_many(self, pairs: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        if len(pairs) == 1:
+            return [self.take(*pairs[0])]
+        keys = [handover_key(self.prefix, survivor, merged) for survivor, merged in pairs]
+        return get_many(self.client, keys)
+
     def erase(self, customer_id: str) -> None:
         """Erasures are rare: a scan of the handover keys is cheap enough and finds the
         entries where the id was merged away as well as those it survived."""
@@ -114,6 +124,9 @@ class MemoryHandoverStore:
     def take(self, survivor: str, merged: str) -> bytes | None:
         with self._lock:
             return self.entries.get((survivor, merged))
+
+    def take_many(self, pairs: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        return [self.take(survivor, merged) for survivor, merged in pairs]
 
     def erase(self, customer_id: str) -> None:
         with self._lock:

@@ -276,7 +276,7 @@ def test_handover_erasure_spans_slots_on_a_cluster(servers: Servers) -> None:
             store.put_many([("gone", f"m-{i}", b"kept-%d" % i) for i in range(12)])
             store.put_many([(f"s-{i}", f"m-{i}", b"other-%d" % i) for i in range(12)])
             store.erase("gone")
-            return [
+            one_by_one = [
                 (
                     store.take(f"s-{i}", "gone"),
                     store.take("gone", f"m-{i}"),
@@ -284,11 +284,23 @@ def test_handover_erasure_spans_slots_on_a_cluster(servers: Servers) -> None:
                 )
                 for i in range(12)
             ]
+            # Waiting survivors ask in one round trip, their keys in many slots.
+            pairs = [
+                (s, m) for i in range(12) for s, m in ((f"s-{i}", "gone"), (f"s-{i}", f"m-{i}"))
+            ]
+            return one_by_one, list(zip(pairs, store.take_many(pairs), strict=True))
         finally:
             store.close()
 
-    taken = on_both(servers, exercise)
+    taken, asked = on_both(servers, exercise)
     assert all(a is None and b is None and c is not None for a, b, c in taken)
+    # the erased customer's entry is gone, the other is what was put
+    expected = [
+        pair
+        for i in range(12)
+        for pair in (((f"s-{i}", "gone"), None), ((f"s-{i}", f"m-{i}"), b"other-%d" % i))
+    ]
+    assert asked == expected
 
 
 def test_read_marks_and_attribution_totals_on_a_cluster(servers: Servers) -> None:
