@@ -428,6 +428,15 @@ def _nested_target(doc: dict[str, Any], draw: st.DrawFn) -> dict[str, Any] | Non
     return draw(st.sampled_from(targets)) if targets else None
 
 
+def change_nested(draw: st.DrawFn, doc: dict[str, Any], *, delete: bool) -> None:
+    """Set a field of one of the message's nested objects to a JSON value, or delete one."""
+    target = _nested_target(doc, draw)
+    if target is not None and not delete:
+        target[draw(nested_names)] = draw(json_values)
+    elif target:
+        del target[draw(st.sampled_from(sorted(target)))]
+
+
 def _render(doc: Any, draw: st.DrawFn) -> bytes:
     """JSON text of ``doc``, non-ASCII written raw or escaped (both decoders must agree on
     ``\\u`` escapes too), integers beyond 64 bits included."""
@@ -467,25 +476,27 @@ def mutated_messages(draw: st.DrawFn, corpus: list[GeneratedEvent]) -> tuple[str
             elif op == "type":
                 doc["event_type"] = draw(st.sampled_from(ALL_TYPES))
             else:
-                target = _nested_target(doc, draw)
-                if target is not None and op == "nested_set":
-                    target[draw(nested_names)] = draw(json_values)
-                elif target:
-                    del target[draw(st.sampled_from(sorted(target)))]
+                change_nested(draw, doc, delete=op == "nested_delete")
         raw = _render(doc, draw)
     else:
         raw = event.value
+    return topic, with_oddity(draw, raw, field_names)
+
+
+def with_oddity(draw: st.DrawFn, raw: bytes, names: st.SearchStrategy[str]) -> bytes:
+    """``raw`` as it is (often), or with a raw literal or a duplicate of one of ``names``
+    spliced in, a few bytes replaced, or cut short."""
     op = draw(st.sampled_from(["none", "none", "literal", "duplicate", "bytes", "truncate"]))
     if op == "literal":
-        raw = _splice(raw, draw(field_names), draw(raw_literals), draw(st.booleans()))
+        raw = _splice(raw, draw(names), draw(raw_literals), draw(st.booleans()))
     elif op == "duplicate":
-        raw = _splice(raw, draw(field_names), _render(draw(json_values), draw), draw(st.booleans()))
+        raw = _splice(raw, draw(names), _render(draw(json_values), draw), draw(st.booleans()))
     elif op == "bytes" and raw:
         at = draw(st.integers(0, len(raw) - 1))
         raw = raw[:at] + draw(st.binary(min_size=0, max_size=3)) + raw[at + 1 :]
     elif op == "truncate" and raw:
         raw = raw[: draw(st.integers(0, len(raw) - 1))]
-    return topic, raw
+    return raw
 
 
 CORPUS = list(TrafficModel(REFERENCE, seed=5, bad_ratio=0.1).events(3_000))
