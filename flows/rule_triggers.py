@@ -346,8 +346,9 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         #: waits asks at once)
         self._asked_at, self._ask_every = float("-inf"), HANDOVER_POLL_S
         #: merged customer → their state, found in the store by a round of asks (this
-        #: key's or another waiting key's, ``_ask_store``), until this key takes it
-        self._from_store: dict[str, bytes] = {}
+        #: key's or another waiting key's, ``_ask_store``), until this key takes it (None
+        #: until the first: most of a flow's customers never wait)
+        self._from_store: dict[str, bytes] | None = None
         #: what this key emitted while another key's end-of-input wait moved it on, and
         #: whether its own ``on_eof`` has run (after it, nothing it emits is sent)
         self._driven: list[Any] = []
@@ -396,14 +397,16 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         while self.key.waiting and not self.key.gone:
             merged = self.key.waiting[0]
             payload = ctx.local_handovers.take(self.key.customer_id, merged)
+            # (a copy found in the store as well goes with it)
+            stored = self._from_store.pop(merged, None) if self._from_store else None
             if payload is None:
-                payload = self._from_store.pop(merged, None)
+                payload = stored
             if payload is None:
                 now = time.monotonic()
                 if not ask_store and now < self._asked_at + self._ask_every:
                     break
                 self._ask_store(now)
-                payload = self._from_store.pop(merged, None)
+                payload = self._from_store.pop(merged, None) if self._from_store else None
             if payload is None:
                 break  # taken in the order of the notices
             self._asked_at, self._ask_every = time.monotonic(), HANDOVER_POLL_S
@@ -432,7 +435,7 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
                 and other.key.waiting
                 and not other.key.gone
                 and (everyone or other._asked_at + other._ask_every <= horizon)
-                and other.key.waiting[0] not in other._from_store
+                and not (other._from_store and other.key.waiting[0] in other._from_store)
             ):
                 askers.append(other)
         pairs = [(asker.key.customer_id, asker.key.waiting[0]) for asker in askers]
@@ -442,6 +445,8 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
             if payload is None:
                 asker._ask_every = min(2 * asker._ask_every, HANDOVER_STORE_POLL_MAX_S)
             else:
+                if asker._from_store is None:
+                    asker._from_store = {}
                 asker._from_store[merged] = payload
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
