@@ -246,7 +246,7 @@ class _WorkerConsumer:
         # Top up from what librdkafka already holds (no wait): a fill is spread over every
         # partition, so without this a worker reading 8 partitions got batches of about
         # an eighth of ``limit``, and a flow with a Redis round trip per batch made 8 times
-        # as many (identity_stitch and attribution lost a fifth of their events/s).
+        # as many (identity_stitch lost a fifth of its events/s).
         for _ in range(MAX_TOP_UPS):
             if len(buffer) >= limit or not self._fill(0.0, strays):
                 break
