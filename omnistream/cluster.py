@@ -333,14 +333,17 @@ class ClusterWatch:
                 return
             now = time.monotonic()
             workers = sum(1 for n in names if n.startswith("timely:work-"))
-            if not formed:
-                if workers:
-                    formed = True
-                    log.info("%s: the cluster is connected (%s)", self.name, self.shape.describe())
-                    self._restore_stdout()
-                elif not stop_requested() and now - started > self.wait_s:
+            if not formed and workers:
+                formed = True
+                log.info("%s: the cluster is connected (%s)", self.name, self.shape.describe())
+                self._restore_stdout()
+                continue
+            if not formed and not stop_requested():
+                if now - started > self.wait_s:
                     return self._exit(1, self._not_formed())
                 continue
+            # Stopped with no worker of its own running: done, or its workers came and went
+            # between two looks (a stop soon after the cluster formed), or it never formed.
             if workers == 0:
                 # The dataflow is over here; Bytewax still waits for the other processes'
                 # connections to close (for ever, when they go on without this one).
