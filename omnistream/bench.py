@@ -105,6 +105,8 @@ class Sampler:
     peak: float = 0.0
     #: the last sample that saw nothing consumed yet
     idle_at: float | None = None
+    #: when sampling began: the lower bound of the window when no sample saw an idle flow
+    started: float = field(default_factory=time.monotonic)
 
     def sample(self) -> bool:
         """Take one sample; True when the count grew."""
@@ -126,10 +128,11 @@ class Sampler:
     def result(self) -> FlowRun:
         first, last = self.first, self.last
         seconds = (last - first) if first is not None and last is not None else 0.0
-        if seconds <= 0 and last is not None and self.idle_at is not None:
+        if seconds <= 0 and last is not None:
             # All of it read between two samples (a small stream): the time since the last
-            # sample that saw nothing bounds it, so the figure is a lower bound, not 0.
-            seconds = last - self.idle_at
+            # sample that saw nothing (or since sampling began) bounds it, so the figure is a
+            # lower bound, not 0.
+            seconds = last - (self.idle_at if self.idle_at is not None else self.started)
         eps = self.count / seconds if seconds > 0 else 0.0
         return FlowRun(eps, self.peak, self.count, seconds)
 
