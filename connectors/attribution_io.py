@@ -16,11 +16,21 @@ skipped. None of them is a touch or a purchase, and none is dead-lettered.
 
 from __future__ import annotations
 
+import msgspec
+
 from base import topics
 from base.flow_names import ATTRIBUTION
-from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
+from connectors.decode import (
+    MAX_MESSAGE_BYTES,
+    Fields,
+    Invalid,
+    event_time,
+    load_object,
+    resolved_head,
+)
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.resolved import ABSORBED, ERASED, MERGED_INTO
+from connectors.resolved import ABSORBED, ERASED, MERGED_INTO, NOTICE_TYPES
+from connectors.resolved_structs import RESOLVED_DECODER, ResolvedWire
 from domain.attribution import ConvertedPath, Credits, Touch
 from domain.attribution_paths import Absorb, AttributionInput, CustomerTouch, Erase, Purchase
 from domain.events import Origin, Rejection
@@ -32,6 +42,59 @@ Decoded = list[AttributionInput] | Rejection | None
 
 
 def decode_resolved(raw: bytes, origin: Origin) -> Decoded:
+    """An ``events.resolved`` record: through its struct (``connectors.resolved_structs``,
+    as rule_triggers reads it) when it is one identity_stitch writes, else field by field
+    (notices, foreign records, malformed ones), which gives the same result for every record
+    the struct accepts (``tests/unit/test_attribution_resolved_differential.py``)."""
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            wire = RESOLVED_DECODER.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            pass
+        else:
+            if (
+                wire.event_type not in NOTICE_TYPES
+                and not wire.event_id.isspace()
+                and not wire.event_type.isspace()
+                and (wire.campaign is None or _named_any(wire))
+            ):
+                return _typed_resolved(wire)
+    return _decode_resolved_fields(raw, origin)
+
+
+def _named_any(wire: ResolvedWire) -> bool:
+    """Whether the campaign names a field: the field-by-field path tells ``{}`` (no
+    campaign) from ``{"source": null}`` (a campaign), which the struct reads alike."""
+    c = wire.campaign
+    assert c is not None
+    return not (c.source is None and c.medium is None and c.campaign is None and c.content is None)
+
+
+def _typed_resolved(wire: ResolvedWire) -> Decoded:
+    """``_decode_resolved_fields`` on a record msgspec has checked (every field has its
+    type, so the ``isinstance`` tests there are known here)."""
+    customer, event_type, ts = wire.customer_id, wire.event_type, wire.ts
+    out: list[AttributionInput] = []
+    campaign = wire.campaign
+    if customer and (campaign is not None or event_type == "ad_click"):
+        source = campaign.source if campaign is not None else None
+        channel = source if source else wire.channel
+        if channel:
+            name = campaign.campaign if campaign is not None else None
+            out.append(CustomerTouch(customer, Touch(channel, name, ts, wire.event_id)))
+    if event_type in ("order_placed", "sale"):
+        total, order_id = wire.total, wire.order_id
+        if order_id:
+            conversion_id = f"order:{order_id}"
+        else:
+            conversion_id = f"receipt:{wire.store_id}:{wire.receipt_id}"
+        revenue = total if total is not None and total >= 0 else 0.0
+        out.append(Purchase(customer, conversion_id, revenue, ts, wire.event_id))
+    return out or None
+
+
+def _decode_resolved_fields(raw: bytes, origin: Origin) -> Decoded:
+    """The field-by-field decoder: every check named, the reference of the typed path."""
     try:
         record, event_id, event_type, ts = resolved_head(raw)
     except Invalid as invalid:
