@@ -16,21 +16,12 @@ skipped. None of them is a touch or a purchase, and none is dead-lettered.
 
 from __future__ import annotations
 
-import msgspec
-
 from base import topics
 from base.flow_names import ATTRIBUTION
-from connectors.decode import (
-    MAX_MESSAGE_BYTES,
-    Fields,
-    Invalid,
-    event_time,
-    load_object,
-    resolved_head,
-)
+from connectors.decode import Fields, Invalid, event_time, load_object, resolved_head
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
-from connectors.resolved import ABSORBED, ERASED, MERGED_INTO, NOTICE_TYPES
-from connectors.resolved_structs import RESOLVED_DECODER, ResolvedWire
+from connectors.resolved import ABSORBED, ERASED, MERGED_INTO
+from connectors.resolved_structs import ResolvedWire, resolved_event_wire
 from domain.attribution import ConvertedPath, Credits, Touch
 from domain.attribution_paths import Absorb, AttributionInput, CustomerTouch, Erase, Purchase
 from domain.events import Origin, Rejection
@@ -46,19 +37,9 @@ def decode_resolved(raw: bytes, origin: Origin) -> Decoded:
     as rule_triggers reads it) when it is one identity_stitch writes, else field by field
     (notices, foreign records, malformed ones), which gives the same result for every record
     the struct accepts (``tests/unit/test_attribution_resolved_differential.py``)."""
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            wire = RESOLVED_DECODER.decode(raw)
-        except (msgspec.DecodeError, RecursionError):
-            pass
-        else:
-            if (
-                wire.event_type not in NOTICE_TYPES
-                and not wire.event_id.isspace()
-                and not wire.event_type.isspace()
-                and (wire.campaign is None or _named_any(wire))
-            ):
-                return _typed_resolved(wire)
+    wire = resolved_event_wire(raw)
+    if wire is not None and (wire.campaign is None or _named_any(wire)):
+        return _typed_resolved(wire)
     return _decode_resolved_fields(raw, origin)
 
 

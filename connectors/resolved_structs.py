@@ -18,7 +18,9 @@ from typing import Annotated
 
 import msgspec
 
+from connectors.decode import MAX_MESSAGE_BYTES
 from connectors.input_structs import MAX_INTEGER, MAX_NUMBER
+from connectors.resolved import NOTICE_TYPES
 from domain.timeparse import MAX_TS_MS, MIN_TS_MS
 
 #: ``Fields.req_string``'s bounds (a blank one is refused after decoding).
@@ -80,3 +82,18 @@ class ResolvedWire(msgspec.Struct, forbid_unknown_fields=True):
 
 
 RESOLVED_DECODER = msgspec.json.Decoder(ResolvedWire)
+
+
+def resolved_event_wire(raw: bytes) -> ResolvedWire | None:
+    """The record as its struct when it is a resolved event the struct decides: not too
+    large, accepted by msgspec, not an identity notice, its id and type not blank. None
+    sends it to the reader's field-by-field decoder, which names the reason of a refusal."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        wire = RESOLVED_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if wire.event_type in NOTICE_TYPES or wire.event_id.isspace() or wire.event_type.isspace():
+        return None
+    return wire

@@ -29,7 +29,7 @@ from connectors.decode import (
     resolved_head,
 )
 from connectors.resolved import ABSORBED, ERASED, MERGED_INTO, NOTICE_TYPES
-from connectors.resolved_structs import RESOLVED_DECODER, ResolvedWire
+from connectors.resolved_structs import ResolvedWire, resolved_event_wire
 from connectors.stock_change_structs import STOCK_CHANGE_DECODER, StockChangeWire
 from domain.customer_key import ABSORBED as NOTICE_ABSORBED
 from domain.customer_key import ERASED as NOTICE_ERASED
@@ -71,18 +71,9 @@ def decode_resolved(raw: bytes, origin: Origin, reference: ReferenceData) -> Tri
     """An ``events.resolved`` record: through its struct (``connectors.resolved_structs``)
     when it is one identity_stitch writes, else field by field (notices, foreign records,
     malformed ones), which gives the same result for every record the struct accepts."""
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            wire = RESOLVED_DECODER.decode(raw)
-        except (msgspec.DecodeError, RecursionError):
-            pass
-        else:
-            if (
-                wire.event_type not in NOTICE_TYPES
-                and not wire.event_id.isspace()
-                and not wire.event_type.isspace()
-            ):
-                return _typed_resolved(wire, origin, reference)
+    wire = resolved_event_wire(raw)
+    if wire is not None:
+        return _typed_resolved(wire, origin, reference)
     return _decode_resolved_fields(raw, origin, reference)
 
 
