@@ -48,7 +48,7 @@ from domain.profile import (
     profile_from_json,
     profile_to_json,
 )
-from domain.resumable import resumable
+from domain.resumable import lists_as_tuples, resumable
 from domain.rules import RuleSet
 from domain.stock_view import StockView
 from domain.trigger_engine import CustomerTriggers
@@ -182,10 +182,7 @@ class CustomerKey:
     @staticmethod
     def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
         """A snapshot of when ``waiting`` and ``held`` were lists."""
-        for name in ("waiting", "held"):
-            if isinstance(held.get(name), list):
-                held[name] = tuple(held[name])
-        return held
+        return lists_as_tuples(held, "waiting", "held")
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerKey:
         return CustomerKey(

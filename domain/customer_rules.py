@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from domain.resumable import resumable
+from domain.resumable import lists_as_tuples, resumable
 from domain.rules import Rule, RuleSet
 from domain.stock_view import StockView
 from domain.trigger_policy import (
@@ -264,9 +264,7 @@ class CustomerState:
     @staticmethod
     def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
         """A snapshot of when ``held`` and ``open_triggers`` were lists."""
-        for name in ("held", "open_triggers"):
-            if isinstance(held.get(name), list):
-                held[name] = tuple(held[name])
+        lists_as_tuples(held, "held", "open_triggers")
         views = held.get("views")
         if views and isinstance(next(iter(views.values())), list):  # of (ts, event id) pairs
             held["views"] = {sku: flat_views(v) for sku, v in views.items()}

@@ -62,3 +62,12 @@ def resumable(cls: type[T]) -> type[T]:
 
     cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
     return cls
+
+
+def lists_as_tuples(held: dict[str, Any], *names: str) -> dict[str, Any]:
+    """For a ``_resume_upgrade``: fields pickled as lists when they were lists, as tuples
+    now (an empty tuple is one shared object; each empty list cost every key its own)."""
+    for name in names:
+        if isinstance(held.get(name), list):
+            held[name] = tuple(held[name])
+    return held

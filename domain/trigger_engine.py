@@ -71,7 +71,7 @@ from domain.customer_rules import (
     on_time,
 )
 from domain.reference import ReferenceData
-from domain.resumable import resumable
+from domain.resumable import lists_as_tuples, resumable
 from domain.rules import RuleSet
 from domain.stock_arms import ShelfFigures, ShelfTally, arms_of, note_shelf
 from domain.stock_arms import figures as shelf_figures
@@ -124,9 +124,7 @@ class CustomerTriggers:
     @staticmethod
     def _resume_upgrade(held: dict[str, Any]) -> dict[str, Any]:
         """A snapshot of when ``held_offers`` was a list."""
-        if isinstance(held.get("held_offers"), list):
-            held["held_offers"] = tuple(held["held_offers"])
-        return held
+        return lists_as_tuples(held, "held_offers")
 
     def __deepcopy__(self, memo: dict[int, object]) -> CustomerTriggers:
         return CustomerTriggers(self.customer_id, self.state.__deepcopy__(memo), self.held_offers)
