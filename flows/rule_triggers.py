@@ -350,8 +350,9 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         #: until the first: most of a flow's customers never wait)
         self._from_store: dict[str, bytes] | None = None
         #: what this key emitted while another key's end-of-input wait moved it on, and
-        #: whether its own ``on_eof`` has run (after it, nothing it emits is sent)
-        self._driven: list[Any] = []
+        #: whether its own ``on_eof`` has run (after it, nothing it emits is sent); a tuple,
+        #: not a list: nearly always empty, and the empty tuple is shared by every key
+        self._driven: tuple[Any, ...] = ()
         self._ended = False
         if resume is not None:
             held, self.partition, marks = resume
@@ -502,7 +503,7 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
             if other is not self and other.key.waiting and not other.key.gone:
                 driven = other._collect()
                 other._keep_at_hand(driven)
-                other._driven += driven
+                other._driven = (*other._driven, *driven)
         unwritten = self.ctx.local_handovers.unwritten()
         if unwritten:
             self.ctx.handovers().put_many(unwritten)
@@ -511,8 +512,8 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
         # The merged customers' keys have been given their notices (the input is over);
         # they may still be writing on another worker, or waiting themselves on this one:
         # their ``on_eof`` comes after this, so this wait moves them on (``_drive_others``).
-        out: list[Any] = self._driven
-        self._driven, self._ended = [], True
+        out: list[Any] = list(self._driven)
+        self._driven, self._ended = (), True
         self._note_waiting()
         waited_until = time.monotonic() + HANDOVER_EOF_WAIT_S
         while self.key.waiting and time.monotonic() < waited_until:
