@@ -14,14 +14,10 @@ the old path would accept, and decide it the same way
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import msgspec
 
-from connectors.input_structs import MAX_NUMBER, Count, Id, Integer, Timestamp
-
-#: ``days_of_cover`` (unused by the rules, bounded so no infinite number is accepted).
-Number = Annotated[float, msgspec.Meta(ge=-MAX_NUMBER, le=MAX_NUMBER)]
+from connectors.input_structs import Count, Id, Integer, Timestamp
+from connectors.resolved_structs import Number  # bounded: no infinite number is accepted
 
 
 class StockFiguresWire(msgspec.Struct, forbid_unknown_fields=True):
