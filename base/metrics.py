@@ -150,7 +150,7 @@ RULES_ACTIVE = Gauge(
 TRIGGER_INPUTS_SKIPPED = Counter(
     "omnistream_trigger_inputs_skipped_total",
     "Valid inputs of rule_triggers with nothing for the rules, by reason (no_customer, "
-    "not_perishable_receipt).",
+    "not_perishable_receipt, gone_customer: a clearance offer to an id merged away or erased).",
     ["reason"],
 )
 CUSTOMERS_BY_SEGMENT = Gauge(

@@ -26,6 +26,15 @@ signal waits until the region's views have caught up with its event time (so a r
 selects the same audience whatever the interleaving of the two input topics), then offers a
 coupon to every customer who viewed the sku or its category within ``viewed_within`` — most
 recent viewers first, at most ``max_audience`` of them.
+
+The audience follows identity: a viewer merged into another customer (an anonymous device
+that logged in) is offered the coupon under the survivor, who is counted once with the
+latest view of either; an erased customer's views, and those of every id merged into them,
+are dropped at once. A merge is kept only for a customer with views of their own here (its
+notice comes after them, on the same partition), so what is kept does not depend on the
+order the partitions interleave in; a chain through a customer with no views here (A into
+B into C, B never browsing in the region) ends at B, whose key is gone: the flow drops an
+offer to a customer it no longer keeps rather than send it to a merged-away id.
 """
 
 from __future__ import annotations
@@ -385,6 +394,11 @@ class AudienceState:
     #: signals waiting for the region's views to catch up with their event time
     pending: list[ClearanceSignal] = field(default_factory=list)
     views_seen_ms: int = 0
+    #: customer → event time of their latest own view kept here (a merge of a customer
+    #: without one is not kept)
+    viewers: dict[str, int] = field(default_factory=dict)
+    #: merged customer with views here → (survivor, event time of the merge)
+    merged_into: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict[int, object]) -> AudienceState:
         return AudienceState(
@@ -392,6 +406,8 @@ class AudienceState:
             {k: dict(v) for k, v in self.by_category.items()},
             list(self.pending),
             self.views_seen_ms,
+            dict(self.viewers),
+            dict(self.merged_into),
         )
 
 
@@ -427,6 +443,8 @@ def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> Audienc
         times = customers.get(view.customer_id, ())
         if view.ts_ms not in times:
             customers[view.customer_id] = tuple(sorted((*times, view.ts_ms)))[-VIEWS_KEPT:]
+    if view.ts_ms > state.viewers.get(view.customer_id, horizon):
+        state.viewers[view.customer_id] = view.ts_ms
     if view.ts_ms > state.views_seen_ms:
         state.views_seen_ms = view.ts_ms
         moved = view_horizon_ms(view.ts_ms, rules)
@@ -448,6 +466,55 @@ def _prune_views(state: AudienceState, horizon: int) -> None:
                 index[key] = kept
             else:
                 del index[key]
+    state.viewers = {c: ts for c, ts in state.viewers.items() if ts > horizon}
+    # The merged customer's views came before their merge: none is left past the horizon.
+    state.merged_into = {m: v for m, v in state.merged_into.items() if v[1] > horizon}
+
+
+def follow_merge(
+    state: AudienceState | None, merged: str, survivor: str, ts_ms: int, rules: RuleSet
+) -> AudienceState:
+    """``merged`` now belongs to ``survivor``: their views here count for the survivor."""
+    if state is None:
+        state = AudienceState()
+    if merged in state.viewers and merged != survivor:
+        if ts_ms > view_horizon_ms(state.views_seen_ms, rules):
+            state.merged_into[merged] = (survivor, ts_ms)
+    return state
+
+
+def forget_viewer(state: AudienceState | None, customer_id: str) -> AudienceState:
+    """An erasure: drop the views of ``customer_id`` and of every id merged into them."""
+    if state is None:
+        return AudienceState()
+    gone = {m for m in state.merged_into if survivor_of(state, m) == customer_id}
+    gone.add(customer_id)
+    for index in (state.by_sku, state.by_category):
+        for key in list(index):
+            customers = index[key]
+            if any(c in customers for c in gone):
+                kept = {c: t for c, t in customers.items() if c not in gone}
+                if kept:
+                    index[key] = kept
+                else:
+                    del index[key]
+    for customer in gone:
+        state.viewers.pop(customer, None)
+        state.merged_into.pop(customer, None)
+    return state
+
+
+def survivor_of(state: AudienceState, customer_id: str) -> str:
+    """The customer a viewer's id belongs to now, through every merge kept (A into B, B into
+    C: C). A cycle cannot come from identity_stitch; one read from a damaged snapshot ends
+    the walk rather than loop."""
+    seen = {customer_id}
+    merge = state.merged_into.get(customer_id)
+    while merge is not None and merge[0] not in seen:
+        customer_id = merge[0]
+        seen.add(customer_id)
+        merge = state.merged_into.get(customer_id)
+    return customer_id
 
 
 def add_signal(state: AudienceState | None, signal: ClearanceSignal) -> AudienceState:
@@ -475,6 +542,8 @@ def release_signals(
         latest: dict[str, int] = {}
         for index, key in ((state.by_sku, signal.sku), (state.by_category, signal.category)):
             for customer, times in index.get(key, {}).items():
+                if state.merged_into:
+                    customer = survivor_of(state, customer)
                 for ts in times:
                     if low < ts <= high and ts > latest.get(customer, low):
                         latest[customer] = ts

@@ -51,7 +51,7 @@ from domain.profile import (
 from domain.resumable import lists_as_tuples, resumable
 from domain.rules import RuleSet
 from domain.stock_view import StockView
-from domain.trigger_engine import CustomerTriggers
+from domain.trigger_engine import AudienceTriggers, CustomerTriggers
 
 MERGED = "merged"
 ABSORBED = "absorbed"
@@ -69,6 +69,21 @@ class IdentityNotice:
     ts_ms: int
     event_id: str
     source_partition: int = 0
+
+
+def reaches_audiences(item: object) -> bool:
+    """Whether every region's audience takes this item (``audience_notice``)."""
+    return isinstance(item, IdentityNotice) and item.kind in (MERGED, ERASED)
+
+
+def audience_notice(audience: AudienceTriggers, notice: IdentityNotice, rules: RuleSet) -> None:
+    """A ``merged`` or ``erased`` notice as every region's audience takes it: the merged
+    viewer's views count for the survivor, the erased one's are dropped (``absorbed`` says
+    only to the survivor's key what its ``merged`` twin says to everyone)."""
+    if notice.kind == MERGED and notice.other and notice.other != notice.customer_id:
+        audience.follow_merge(notice.customer_id, notice.other, notice.ts_ms, rules)
+    elif notice.kind == ERASED:
+        audience.forget(notice.customer_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ already (``domain.trigger_replay.replay_order``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +56,8 @@ from domain.clearance_rules import (
     clearance_deadline,
     clearance_deadlines,
     evaluate_clearance,
+    follow_merge,
+    forget_viewer,
     note_change,
     receive_batch,
     release_signals,
@@ -351,6 +354,13 @@ class AudienceTriggers:
     def add_signal(self, signal: ClearanceSignal) -> None:
         self.state = add_signal(self.state, signal)
 
+    def follow_merge(self, merged: str, survivor: str, ts_ms: int, rules: RuleSet) -> None:
+        self.state = follow_merge(self.state, merged, survivor, ts_ms, rules)
+
+    def forget(self, customer_id: str) -> None:
+        """An erasure: nothing of the customer stays in the region's audience."""
+        self.state = forget_viewer(self.state, customer_id)
+
     def release(self, mark_ms: int | None, rules: RuleSet) -> list[Offer]:
         """Offers for every signal the views have caught up with by ``mark_ms``."""
         if mark_ms is None or not self.state.pending:
@@ -443,13 +453,25 @@ def location_key(record: _OfLocation) -> str:
     return f"{record.sku}:{record.location_id}"
 
 
-def view_of(event: CustomerEvent) -> tuple[str, View] | None:
-    """The region and view a product view adds to the region's audience."""
+def view_of(
+    event: CustomerEvent, regions: Collection[str] | None = None
+) -> tuple[str, View] | None:
+    """The region and view a product view adds to the region's audience. With ``regions``
+    (``audience_regions``), a view of a region no location is in is not kept: no clearance
+    signal comes there, and an audience every identity notice reaches is one of those."""
     if event.event_type != "product_view" or not (event.region and event.sku and event.category):
+        return None
+    if regions is not None and event.region not in regions:
         return None
     return event.region, View(
         event.customer_id, event.sku, event.category, event.ts_ms, event.source_partition
     )
+
+
+def audience_regions(reference: ReferenceData) -> frozenset[str]:
+    """The regions with an audience: those of the reference's locations (a clearance signal
+    comes from a location, in its region)."""
+    return frozenset(location.region for location in reference.locations.values())
 
 
 def campaign_key(decision: CouponDecision, reference: ReferenceData) -> str | None:

@@ -37,6 +37,7 @@ from domain.customer_key import (
     ProfilePending,
     ProfileRetired,
     ProfileWrite,
+    audience_notice,
 )
 from domain.customer_rules import CouponDecision, CustomerEvent, Offer
 from domain.profile import ProfileSettings
@@ -49,6 +50,7 @@ from domain.trigger_engine import (
     AudienceTriggers,
     CampaignTriggers,
     LocationTriggers,
+    audience_regions,
     campaign_key,
     claim_redemption,
     location_key,
@@ -134,6 +136,7 @@ class TriggerReplay:
         self.handovers: dict[tuple[str, str], bytes] = {}
         self.locations: dict[str, LocationTriggers] = {}
         self.audiences: dict[str, AudienceTriggers] = {}
+        self.regions = audience_regions(reference)
         self.campaigns: dict[str, CampaignTriggers] = {}
         self.reviews: dict[str, RedemptionReviews] = {}
         #: customers waiting for a merged id's state (``_collect`` looks at these only)
@@ -156,13 +159,15 @@ class TriggerReplay:
                     return None
                 record = claimed
             self._read(RESOLVED, record.ts_ms)
-            viewed = view_of(record)
+            viewed = view_of(record, self.regions)
             if viewed is not None:
                 region, view = viewed
                 self.audiences.setdefault(region, AudienceTriggers()).add_view(view, rules)
             return self._take(record.customer_id, record)
         if isinstance(record, IdentityNotice):
             self._read(RESOLVED, record.ts_ms)
+            for audience in self.audiences.values():  # the flow sends it to every region
+                audience_notice(audience, record, rules)
             return self._take(record.customer_id, record)
         key = location_key(record)
         location = self.locations.get(key)
@@ -231,7 +236,10 @@ class TriggerReplay:
             out += self._from_location(location.finish(stock_end, rules, self.stock))
         for audience in self.audiences.values():
             for offer in audience.finish(rules):
-                self._take(offer.customer_id, offer)
+                # A customer merged away through a chain the audience could not follow,
+                # or erased, is kept no more: the flow drops the offer (``gone_offer``).
+                if offer.customer_id in self.customers:
+                    self._take(offer.customer_id, offer)
         resolved_end = self.read_ms.get(RESOLVED)
         customer_end = None if resolved_end is None else resolved_end - self.grace_ms
         for customer in self.customers.values():

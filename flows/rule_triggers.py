@@ -107,6 +107,8 @@ from domain.customer_key import (
     IdentityNotice,
     ProfileRetired,
     ProfileWrite,
+    audience_notice,
+    reaches_audiences,
 )
 from domain.customer_rules import (
     CouponConversion,
@@ -136,6 +138,7 @@ from domain.trigger_engine import (
     CampaignTriggers,
     LocationTriggers,
     ReceiptsRead,
+    audience_regions,
     campaign_key,
     claim_redemption,
     location_key,
@@ -452,6 +455,12 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         ctx = self.ctx
+        if isinstance(value, Offer) and not self.key.customer_id:
+            # A key made by an offer alone: the audience's viewer was merged away through
+            # a chain it could not follow, or erased (``domain.clearance_rules``). Their key
+            # is gone; a coupon would go to an id that is no customer any more.
+            TRIGGER_INPUTS_SKIPPED.labels("gone_customer").inc()
+            return [], StatefulLogic.DISCARD
         if not isinstance(value, Offer):
             self.partition = value.source_partition
             ctx.clock(RESOLVED).observe(self._stream(), value.ts_ms)
@@ -713,6 +722,8 @@ class AudienceLogic(StatefulLogic[Any, Offer, AudienceSnapshot]):
         if isinstance(value, View):
             self.ctx.clock(VIEWS).observe((VIEWS, value.source_partition), value.ts_ms)
             self.triggers.add_view(value, self.ctx.rules.current())
+        elif isinstance(value, IdentityNotice):
+            audience_notice(self.triggers, value, self.ctx.rules.current())
         else:
             self.triggers.add_signal(value)
         return self._release(), StatefulLogic.RETAIN
@@ -935,12 +946,22 @@ def build(
     signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
 
     # Audience: per region.
+    regions = audience_regions(reference)
     views = op.filter_map(
-        "views", customer_events, lambda e: view_of(e) if isinstance(e, CustomerEvent) else None
+        "views",
+        customer_events,
+        lambda e: view_of(e, regions) if isinstance(e, CustomerEvent) else None,
+    )
+    # Merges and erasures reach every region's audience (its viewers follow identity).
+    notices = op.flat_map(
+        "audience_notices",
+        customer_events,
+        lambda e: [(region, e) for region in sorted(regions)] if reaches_audiences(e) else [],
     )
     audience_in = op.merge(
         "audience_inputs",
         op.key_on("key_views", views, lambda rv: rv[0]),
+        op.key_on("key_audience_notices", notices, lambda rn: rn[0]),
         op.key_on(
             "key_signals",
             op.map("signal_values", signals, lambda s: (s.region, s)),

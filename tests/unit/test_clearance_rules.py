@@ -23,6 +23,8 @@ from domain.clearance_rules import (
     batch_units,
     clearance_deadline,
     evaluate_clearance,
+    follow_merge,
+    forget_viewer,
     note_change,
     release_signals,
 )
@@ -702,3 +704,89 @@ def test_the_views_kept_do_not_depend_on_their_arrival_order() -> None:
             times = expected.setdefault(v.sku, {}).get(v.customer_id, ())
             expected[v.sku][v.customer_id] = tuple(sorted({*times, v.ts_ms}))[-8:]
     assert by_sku == expected
+
+
+# --- the audience follows identity --------------------------------------------------------------
+
+
+def test_a_merged_viewer_is_offered_under_the_survivor_once_with_the_latest_view() -> None:
+    """An anonymous device browsed the sku, then logged in as a member: one offer, to the
+    member, ranked by the later of the two ids' views."""
+    rules = ruleset(OVERSTOCK)
+    state = audience(
+        [
+            View("device", "SKU1", CATEGORY, T0 - HOUR),
+            View("member", "SKU1", CATEGORY, T0 - 5 * HOUR),
+            View("other", "SKU1", CATEGORY, T0 - 2 * HOUR),
+        ],
+        rules,
+    )
+    follow_merge(state, "device", "member", T0 - 30 * MIN, rules)
+    add_signal(state, signal(T0))
+    # max_audience 2: the member's latest view is the device's (1 h before), beating 'other'
+    assert customers(release_signals(state, T0, rules, 2)) == ["member", "other"]
+    add_signal(state, signal(T0))
+    assert customers(release_signals(state, T0, rules, 1)) == ["member"]
+
+
+def offered_in_both_orders(
+    views: list[View], merges: list[tuple[str, str, int]]
+) -> list[tuple[list[str], dict[str, tuple[str, int]]]]:
+    """The audience of a signal at T0 and the merges kept, with the merges' notices taken
+    in their order and in the reverse one (they come on different partitions)."""
+    rules = ruleset(OVERSTOCK)
+    results = []
+    for order in (merges, list(reversed(merges))):
+        state = audience(views, rules)
+        for merged, survivor, ts in order:
+            follow_merge(state, merged, survivor, ts, rules)
+        add_signal(state, signal(T0))
+        results.append((customers(release_signals(state, T0, rules, 10)), state.merged_into))
+    return results
+
+
+def test_a_chain_of_viewers_reaches_the_last_survivor_whatever_order_the_notices_come_in() -> None:
+    views = [View("a", "SKU1", CATEGORY, T0 - 3 * HOUR), View("b", "SKU2", CATEGORY, T0 - HOUR)]
+    merges = [("a", "b", T0 - 2 * HOUR + 1), ("b", "c", T0 - 30 * MIN)]
+    assert [offered for offered, _ in offered_in_both_orders(views, merges)] == [["c"], ["c"]]
+
+
+def test_a_chain_through_a_customer_with_no_views_here_ends_there_in_either_order() -> None:
+    """B never browsed in the region, so B's merge into C is not kept: A's views end at B
+    (whose key the flow no longer has; it drops the offer) — the same in both orders."""
+    views = [View("a", "SKU1", CATEGORY, T0 - 3 * HOUR)]
+    merges = [("a", "b", T0 - 2 * HOUR), ("b", "c", T0 - HOUR)]
+    kept = {"a": ("b", T0 - 2 * HOUR)}
+    assert offered_in_both_orders(views, merges) == [(["b"], kept), (["b"], kept)]
+
+
+def test_a_merge_of_a_customer_with_no_views_here_is_not_kept() -> None:
+    rules = ruleset(OVERSTOCK)
+    state = audience([View("a", "SKU1", CATEGORY, T0 - HOUR)], rules)
+    follow_merge(state, "x", "a", T0, rules)
+    assert state.merged_into == {}
+
+
+def test_an_erasure_drops_the_customer_and_every_id_merged_into_them() -> None:
+    rules = ruleset(OVERSTOCK)
+    state = audience(
+        [
+            View("device", "SKU1", CATEGORY, T0 - HOUR),
+            View("member", "SKU2", CATEGORY, T0 - 2 * HOUR),
+            View("neighbour", "SKU1", CATEGORY, T0 - 3 * HOUR),
+        ],
+        rules,
+    )
+    follow_merge(state, "device", "member", T0 - 30 * MIN, rules)
+    forget_viewer(state, "member")
+    assert "member" not in repr(state) and "device" not in repr(state)
+    add_signal(state, signal(T0))
+    assert customers(release_signals(state, T0, rules, 10)) == ["neighbour"]
+
+
+def test_viewers_and_merges_are_pruned_with_the_views() -> None:
+    rules = ruleset(OVERSTOCK)  # views 8 days behind the latest (by 6-hour periods) go
+    state = audience([View("a", "SKU1", CATEGORY, T0)], rules)
+    follow_merge(state, "a", "b", T0 + MIN, rules)
+    add_view(state, View("later", "SKU1", CATEGORY, T0 + 10 * DAY), rules)
+    assert set(state.viewers) == {"later"} and state.merged_into == {}

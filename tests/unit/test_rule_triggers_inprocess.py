@@ -22,6 +22,7 @@ from base import topics
 from base.config import Config
 from connectors.envelopes import cloud_event
 from connectors.reference_files import load_reference
+from connectors.resolved import erased_notice, merge_notices
 from domain.rules import Experiment
 from domain.stock import StockPosition
 from domain.trigger_policy import draw_variant
@@ -207,6 +208,13 @@ def pool_after_stock_pool(config: Config) -> MemoryStockStore:
 
 def published(config: Config, workers: int) -> tuple[dict[str, list[dict[str, Any]]], dict]:
     script, ids = morning(config)
+    replayed(config, script, workers)
+    out = {name: script.io.values(name) for name in (*OUTPUTS, topics.DEADLETTER)}
+    return out, ids
+
+
+def replayed(config: Config, script: Script, workers: int) -> None:
+    """The flow replays the script (c-till owns the code OSKNOWN)."""
     codes = MemoryCouponStore()
     codes.remember([("OSKNOWN", "c-till", DAY // 1000)])
     flow = rule_triggers.build(
@@ -218,8 +226,6 @@ def published(config: Config, workers: int) -> tuple[dict[str, list[dict[str, An
         **CustomerStores(load_reference(config)).build_args(),
     )
     run(flow, workers)
-    out = {name: script.io.values(name) for name in (*OUTPUTS, topics.DEADLETTER)}
-    return out, ids
 
 
 OUTPUTS = (topics.TRIGGERS_COUPON, topics.TRIGGERS_HOLDOUT, topics.TRIGGERS_REPLENISHMENT)
@@ -359,3 +365,24 @@ def test_receipts_read_after_a_month_of_stock_changes_are_judged_in_event_time(
     assert fresh["reason"] == "29 units at ST-SH-04 expire in 4.0 days; prepare a clearance display"
     assert fresh["event_time"] == iso(opens) and fresh["available"] == 37
     assert s.io.values(topics.TRIGGERS_COUPON) == []  # nobody viewed spinach
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_clearance_offers_follow_merges_and_erasures(config: Config, workers: int) -> None:
+    """The morning, plus: a device that viewed condensed milk logs in as an older member
+    (its notices as identity_stitch writes them), and c-viewer is erased after its view.
+    Xujiahui's overstock of condensed milk then goes to the member, once, and not to the
+    device or the erased customer."""
+    script, _ = morning(config)
+    script.event("c-device", "product_view", T0 + 12 * MIN, sku=CONDENSED)
+    script.event("c-member", "page_view", T0 - DAY)
+    for key, value in merge_notices("c-device", "c-member", "login", T0 + 14 * MIN):
+        script._add(topics.EVENTS_RESOLVED, key, value)
+    script._add(topics.EVENTS_RESOLVED, "c-viewer", erased_notice("c-viewer", T0 + 15 * MIN))
+    replayed(config, script, workers)
+    over = {
+        e["data"]["customer_id"]
+        for e in script.io.values(topics.TRIGGERS_COUPON)
+        if e["data"]["rule_id"] == "over"
+    }
+    assert over == {BROWSER, HELD_OUT, "c-member"}

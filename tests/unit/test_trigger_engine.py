@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from domain.clearance_rules import ClearanceSignal
+from domain.customer_key import ABSORBED, ERASED, MERGED, IdentityNotice
 from domain.customer_rules import CouponDecision, CouponSuppressed, CustomerEvent, Offer
 from domain.reference import Location, Product, ReferenceData
 from domain.rules import RuleSet, parse_rules
@@ -393,3 +394,36 @@ def test_the_replay_routes_signals_offers_and_coupons_between_keys() -> None:
     (prepare,) = [o for o in out if isinstance(o, StockDecision)]
     assert (prepare.kind, prepare.location_id) == ("prepare", "S1")  # 3 coupons name S1
     assert replay.audiences["SH"].state.by_sku["MILK"] == {f"c{n}": (T0 - HOUR,) for n in range(3)}
+
+
+def test_clearance_offers_follow_merges_and_erasures() -> None:
+    """c0 (a device) merges into c1: one coupon, to c1. c2 is erased: none. a → b → c with
+    b never browsing in the region: the audience's trail ends at b, merged away, so nothing
+    goes to a or b. A region no location is in keeps no audience."""
+    rules = ruleset(OVERSTOCK, cap=10)
+    pool = RecordedStock([change(500, T0, "big", sold=1)])
+    replay = TriggerReplay(rules, REFERENCE, pool.at_end(), MemoryCouponStore(), 500)
+
+    def view(n: int, customer: str, region: str = "SH") -> CustomerEvent:
+        return CustomerEvent(
+            f"v{n}", "product_view", T0 - HOUR + n, customer, region, "MILK", category="dairy"
+        )
+
+    def merge(n: int, merged: str, survivor: str) -> list[IdentityNotice]:
+        ts = T0 - 30 * MIN + n
+        return [
+            IdentityNotice(MERGED, merged, survivor, ts, f"m{n}"),
+            IdentityNotice(ABSORBED, survivor, merged, ts, f"m{n}"),
+        ]
+
+    records: list[object] = [view(0, "c0"), view(1, "c1"), view(2, "c2"), view(3, "a")]
+    records += [CustomerEvent("p4", "page_view", T0 - HOUR, "b", "SH"), view(5, "nowhere", "XX")]
+    records += [*merge(6, "c0", "c1"), IdentityNotice(ERASED, "c2", None, T0 - MIN, "f7")]
+    records += [*merge(8, "a", "b"), *merge(9, "b", "c")]
+    for record in records:
+        replay.feed(record)  # type: ignore[arg-type]
+    replay.feed(change(500, T0, "big", sold=1))
+    out = replay.finish()
+    assert [c.customer_id for c in coupons(out)] == ["c1"]
+    assert set(replay.audiences) == {"SH"}
+    assert "c2" not in repr(replay.audiences["SH"].state)
