@@ -20,6 +20,7 @@ import pytest
 
 from base import topics
 from base.config import Config
+from base.metrics import TRIGGER_INPUTS_SKIPPED
 from connectors.envelopes import cloud_event
 from connectors.reference_files import load_reference
 from connectors.resolved import erased_notice, merge_notices
@@ -370,16 +371,25 @@ def test_receipts_read_after_a_month_of_stock_changes_are_judged_in_event_time(
 @pytest.mark.parametrize("workers", [1, 2])
 def test_clearance_offers_follow_merges_and_erasures(config: Config, workers: int) -> None:
     """The morning, plus: a device that viewed condensed milk logs in as an older member
-    (its notices as identity_stitch writes them), and c-viewer is erased after its view.
-    Xujiahui's overstock of condensed milk then goes to the member, once, and not to the
-    device or the erased customer."""
+    (its notices as identity_stitch writes them), and c-viewer is erased after its view;
+    c-a, who viewed it too, merges into c-b, who never browsed, and c-b into c-c. Xujiahui's
+    overstock of condensed milk then goes to the member, once, and not to the device or the
+    erased customer; c-a's trail ends at c-b, whose key is gone: that offer is dropped."""
     script, _ = morning(config)
     script.event("c-device", "product_view", T0 + 12 * MIN, sku=CONDENSED)
     script.event("c-member", "page_view", T0 - DAY)
-    for key, value in merge_notices("c-device", "c-member", "login", T0 + 14 * MIN):
+    script.event("c-a", "product_view", T0 + 12 * MIN, sku=CONDENSED)
+    script.event("c-b", "page_view", T0 - DAY)
+    notices = merge_notices("c-device", "c-member", "login", T0 + 14 * MIN)
+    notices += merge_notices("c-a", "c-b", "phone", T0 + 14 * MIN)
+    notices += merge_notices("c-b", "c-c", "card", T0 + 16 * MIN)
+    for key, value in notices:
         script._add(topics.EVENTS_RESOLVED, key, value)
     script._add(topics.EVENTS_RESOLVED, "c-viewer", erased_notice("c-viewer", T0 + 15 * MIN))
+    gone = TRIGGER_INPUTS_SKIPPED.labels("gone_customer")
+    before = gone._value.get()
     replayed(config, script, workers)
+    assert gone._value.get() - before == 1
     over = {
         e["data"]["customer_id"]
         for e in script.io.values(topics.TRIGGERS_COUPON)
