@@ -103,8 +103,9 @@ TRIGGERS_FIRED = Counter(
 )
 TRIGGERS_SUPPRESSED = Counter(
     "omnistream_triggers_suppressed_total",
-    "Rule matches not sent, by rule, variant and reason: cooldown, cap, or control (the "
-    "customer drew the control group; the trigger went to triggers.holdout).",
+    "Rule matches not sent, by rule, variant and reason: cooldown, cap, no_consent, "
+    "no_stock, gone_customer (a clearance offer to an id merged away or erased), or control "
+    "(the customer drew the control group; the trigger went to triggers.holdout).",
     ["rule", "variant", "reason"],
 )
 TRIGGER_CONVERSIONS = Counter(

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.customer_rules import (
+    GONE_CUSTOMER,
     CouponDecision,
+    CouponSuppressed,
     CustomerEvent,
     Offer,
     absorb,
@@ -69,6 +71,10 @@ class IdentityNotice:
     ts_ms: int
     event_id: str
     source_partition: int = 0
+
+
+def _gone(offer: Offer) -> CouponSuppressed:
+    return CouponSuppressed(offer.rule_id, GONE_CUSTOMER)
 
 
 def reaches_audiences(item: object) -> bool:
@@ -226,8 +232,8 @@ class CustomerKey:
         most one ``HandOver`` or ``CustomerErased``."""
         if isinstance(item, IdentityNotice) and item.kind == ERASED:
             return self._erase(item)
-        if self.gone:
-            return []  # a duplicate after the key's end: nothing more is sent to it
+        if self.gone:  # a duplicate after the key's end: nothing more is sent to it
+            return [_gone(item)] if isinstance(item, Offer) else []
         if self.waiting:
             # Another merge's notice is held in its place like any item: what came before
             # it is decided with the states merged so far, not with the later one's (which
@@ -243,6 +249,11 @@ class CustomerKey:
                 out: list[Any] = [*self.triggers.fire_due(item.ts_ms - 1, rules, stock)]
                 out += self._profile_timer(item.ts_ms - 1, settings)
                 self.gone = True
+                # Offers to this id are not handed over: the audience sends the survivor's
+                # to the survivor, and one that reached this key before its notice is
+                # dropped as one that came after it is (``finish``).
+                out += [_gone(offer) for offer in self.triggers.held_offers]
+                self.triggers.held_offers = ()
                 payload = pack(self.triggers, self.profile)
                 handed = HandOver(item.other, item.customer_id, payload)
                 return [*out, handed, ProfileRetired(item.customer_id)]
@@ -251,6 +262,9 @@ class CustomerKey:
             if replay:
                 self.triggers.hold_offer(item)
                 return []
+            if not self.customer_id:  # live: a key made by the offer, whose customer is gone
+                self.gone = True
+                return [_gone(item)]
             return self.triggers.on_offer(item, rules, stock)
         out = [*self.triggers.on_event(item, rules, stock)]
         self.profile = observe(self.profile, item, settings)
@@ -275,19 +289,22 @@ class CustomerKey:
         self.waiting = self.waiting[:at] + self.waiting[at + 1 :]
         theirs, their_profile = unpack(payload, self.customer_id)
         self.triggers.state = absorb(self.triggers.state, theirs.state)
-        self.triggers.held_offers += theirs.held_offers
+        # (a payload from before merged keys dropped their offers may still hold some)
+        out: list[Any] = [_gone(offer) for offer in theirs.held_offers]
         if their_profile is not None:
             self.profile = (
                 their_profile
                 if self.profile is None
                 else merge(self.profile, their_profile, settings)
             )
-        out: list[Any] = []
         if self.profile is not None and self.profile.last_seen_ms is not None:
             out.append(self._profile_write(self.profile.last_seen_ms, settings))
         while not self.waiting and self.held and not self.gone:
             item, self.held = self.held[0], self.held[1:]
             out += self.take(item, rules, stock, settings, replay=replay)
+        if self.gone:  # merged away by a held notice: what came after it is not taken
+            out += [_gone(item) for item in self.held if isinstance(item, Offer)]
+            self.held = ()
         return out
 
     def fire_due(
@@ -304,6 +321,13 @@ class CustomerKey:
     ) -> list[Any]:
         if self.waiting or self.gone:
             return []
+        if not self.customer_id:
+            # Only offers came: their customer was merged away (through a chain the
+            # region's audience could not follow) or erased, and its key discarded first.
+            self.gone = True
+            gone = [_gone(offer) for offer in self.triggers.held_offers]
+            self.triggers.held_offers = ()
+            return gone
         out: list[Any] = [*self.triggers.finish(end_ms, rules, stock)]
         if end_ms is not None:
             out += self._profile_timer(end_ms, settings)
@@ -355,6 +379,7 @@ class CustomerKey:
         return ProfilePending(self.customer_id, as_of_ms)
 
     def _erase(self, notice: IdentityNotice) -> list[Any]:
+        dropped = [_gone(offer) for offer in self.triggers.held_offers]
         state = self.triggers.state
         codes = {t.code for t in state.open_triggers}
         codes |= {d.code for d in state.held if isinstance(d, CouponDecision)}
@@ -362,4 +387,4 @@ class CustomerKey:
         self.profile = None
         self.waiting, self.held = (), ()
         self.gone = True
-        return [CustomerErased(notice.customer_id, tuple(sorted(codes)))]
+        return [*dropped, CustomerErased(notice.customer_id, tuple(sorted(codes)))]

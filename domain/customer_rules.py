@@ -158,12 +158,18 @@ def coupon_code(rule_id: str, customer_id: str, sku: str, evidence: tuple[str, .
 @dataclass(frozen=True, slots=True)
 class CouponSuppressed:
     """A coupon held back: by its rule's cooldown, the customer's frequency cap, missing
-    marketing consent (variant ``default``: nobody withdrawn is drawn) or too little stock
-    where it would send the customer."""
+    marketing consent (variant ``default``: nobody withdrawn is drawn), too little stock
+    where it would send the customer, or a clearance offer to an id that is no customer any
+    more (``GONE_CUSTOMER``, variant ``default``)."""
 
     rule_id: str
-    reason: str  # cooldown | cap | no_consent | no_stock
+    reason: str  # cooldown | cap | no_consent | no_stock | gone_customer
     variant: str = "default"
+
+
+#: A clearance offer reached an id merged away (through a chain the region's audience could
+#: not follow) or erased: its key is gone, or goes, and nothing is sent to it.
+GONE_CUSTOMER = "gone_customer"
 
 
 @dataclass(frozen=True, slots=True)

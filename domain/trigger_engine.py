@@ -153,8 +153,9 @@ class CustomerTriggers:
         return out
 
     def hold_offer(self, offer: Offer) -> None:
-        """Keep an offer for ``finish`` (a replay: it came after the customer's events)."""
-        self.customer_id = offer.customer_id
+        """Keep an offer for ``finish`` (a replay). The key's customer id is not taken from
+        it: an offer may reach the key before the customer's own events do (it comes on
+        another path), and a key that only ever had offers is no customer's any more."""
         self.held_offers = (*self.held_offers, offer)
 
     def fire_due(

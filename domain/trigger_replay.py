@@ -236,10 +236,7 @@ class TriggerReplay:
             out += self._from_location(location.finish(stock_end, rules, self.stock))
         for audience in self.audiences.values():
             for offer in audience.finish(rules):
-                # A customer merged away through a chain the audience could not follow,
-                # or erased, is kept no more: the flow drops the offer (``gone_offer``).
-                if offer.customer_id in self.customers:
-                    self._take(offer.customer_id, offer)
+                self._take(offer.customer_id, offer)
         resolved_end = self.read_ms.get(RESOLVED)
         customer_end = None if resolved_end is None else resolved_end - self.grace_ms
         for customer in self.customers.values():

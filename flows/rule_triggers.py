@@ -455,12 +455,6 @@ class CustomerLogic(BatchedLogic[Any, Any, CustomerSnapshot]):
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         ctx = self.ctx
-        if isinstance(value, Offer) and not self.key.customer_id:
-            # A key made by an offer alone: the audience's viewer was merged away through
-            # a chain it could not follow, or erased (``domain.clearance_rules``). Their key
-            # is gone; a coupon would go to an id that is no customer any more.
-            TRIGGER_INPUTS_SKIPPED.labels("gone_customer").inc()
-            return [], StatefulLogic.DISCARD
         if not isinstance(value, Offer):
             self.partition = value.source_partition
             ctx.clock(RESOLVED).observe(self._stream(), value.ts_ms)
@@ -946,22 +940,23 @@ def build(
     signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
 
     # Audience: per region.
-    regions = audience_regions(reference)
-    views = op.filter_map(
-        "views",
-        customer_events,
-        lambda e: view_of(e, regions) if isinstance(e, CustomerEvent) else None,
-    )
-    # Merges and erasures reach every region's audience (its viewers follow identity).
-    notices = op.flat_map(
-        "audience_notices",
-        customer_events,
-        lambda e: [(region, e) for region in sorted(regions)] if reaches_audiences(e) else [],
-    )
+    regions = sorted(audience_regions(reference))
+
+    def audience_items(item: CustomerEvent | IdentityNotice) -> list[tuple[str, Any]]:
+        """A product view for its region's audience, a merge or an erasure for every
+        region's. One step and one exchange for both, so a region takes a customer's views
+        and notices in the order of the customer's partition (a merge is kept only for a
+        customer with views there: ``domain.clearance_rules``)."""
+        if isinstance(item, CustomerEvent):
+            viewed = view_of(item, regions)
+            return [] if viewed is None else [viewed]
+        return [(region, item) for region in regions] if reaches_audiences(item) else []
+
     audience_in = op.merge(
         "audience_inputs",
-        op.key_on("key_views", views, lambda rv: rv[0]),
-        op.key_on("key_audience_notices", notices, lambda rn: rn[0]),
+        op.key_on(
+            "key_views", op.flat_map("views", customer_events, audience_items), lambda rv: rv[0]
+        ),
         op.key_on(
             "key_signals",
             op.map("signal_values", signals, lambda s: (s.region, s)),

@@ -18,7 +18,13 @@ from domain.customer_key import (
     HandOver,
     IdentityNotice,
 )
-from domain.customer_rules import CouponDecision, CustomerEvent
+from domain.customer_rules import (
+    GONE_CUSTOMER,
+    CouponDecision,
+    CouponSuppressed,
+    CustomerEvent,
+    Offer,
+)
 from domain.profile import ProfileSettings
 from domain.rules import RuleSet, parse_rules
 from domain.stock_view import RecordedStock
@@ -137,3 +143,77 @@ def test_a_merge_notice_held_while_waiting_keeps_its_place() -> None:
     out = key.absorb("A", HANDOVERS["A"].payload, rules(), STOCK, SETTINGS, replay=True)
     assert [d.evidence for d in out if isinstance(d, CouponDecision)] == [("b2",)]
     assert key.waiting == ("C",) and [i.event_id for i in key.held] == ["b4"]
+
+
+# --- clearance offers, which reach a key on another path than its customer's own items ----------
+
+CLEARANCE = {
+    "id": "over",
+    "kind": "overstock",
+    "cooldown": "7d",
+    # no stock guard: the test has no stock pool
+    "params": {
+        "cover_days": 30,
+        "idle_days": 30,
+        "min_on_hand": 10,
+        "viewed_within": "1d",
+        "min_available": 0,
+    },
+    "coupon": {"type": "percent_off", "value": 20},
+}
+
+
+def offer_rules() -> RuleSet:
+    return parse_rules("test", {"defaults": {"frequency_cap_per_day": 5}, "rules": [CLEARANCE]})
+
+
+def offer(customer: str) -> Offer:
+    return Offer("over", customer, "HAT", "S1", "S1: idle", ("sig",), LOGIN + 20 * MIN)
+
+
+def replayed(stream: list[Any]) -> tuple[list[Any], CustomerKey]:
+    """A key of a replay taking ``stream`` and then its end of the input."""
+    key, out = CustomerKey(), []
+    for item in stream:
+        out += key.take(item, offer_rules(), STOCK, SETTINGS, replay=True)
+    out += key.finish(LOGIN + DAY, offer_rules(), STOCK, SETTINGS)
+    return out, key
+
+
+def outcomes(out: list[Any]) -> list[Any]:
+    return [o for o in out if isinstance(o, CouponDecision | CouponSuppressed)]
+
+
+def test_an_offer_to_a_merged_id_is_dropped_whether_it_comes_before_its_notice_or_after() -> None:
+    """After the notice the key is gone (the flow discards it, and the offer finds a new key
+    that only ever has offers); before it, the key holds the offer and hands over none."""
+    view = event("A", "a1", "product_view", LOGIN - MIN, sku="HAT")
+    before, key = replayed([view, offer("A"), A_AWAY])
+    (handover,) = [o for o in before if isinstance(o, HandOver)]
+    assert key.gone and outcomes(before) == [CouponSuppressed("over", GONE_CUSTOMER)]
+    after, fresh = replayed([offer("A")])
+    assert fresh.gone and outcomes(after) == [CouponSuppressed("over", GONE_CUSTOMER)]
+    # The survivor takes A's state without the offer.
+    survivor = CustomerKey()
+    survivor.take(A_IN, offer_rules(), STOCK, SETTINGS, replay=True)
+    taken = survivor.absorb("A", handover.payload, offer_rules(), STOCK, SETTINGS, replay=True)
+    taken += survivor.finish(LOGIN + DAY, offer_rules(), STOCK, SETTINGS)
+    assert outcomes(taken) == []
+
+
+def test_an_offer_that_overtakes_its_customers_events_is_still_sent() -> None:
+    ahead, _ = replayed([offer("B"), event("B", "b2", "login", LOGIN)])
+    behind, _ = replayed([event("B", "b2", "login", LOGIN), offer("B")])
+    assert [(d.customer_id, d.rule_id) for d in outcomes(ahead)] == [("B", "over")]
+    assert outcomes(ahead) == outcomes(behind)
+
+
+def test_an_offer_held_behind_the_keys_own_merge_notice_is_dropped() -> None:
+    """B waits for A's state; its own merge into C and then an offer come meanwhile: once
+    A's state is in, B is merged away and the offer is dropped, not lost unseen."""
+    key = CustomerKey()
+    b_away, _ = merge("B", "C", LOGIN + 40 * MIN)
+    for item in (A_IN, b_away, offer("B")):
+        assert key.take(item, offer_rules(), STOCK, SETTINGS, replay=True) == []
+    out = key.absorb("A", HANDOVERS["A"].payload, offer_rules(), STOCK, SETTINGS, replay=True)
+    assert key.gone and outcomes(out) == [CouponSuppressed("over", GONE_CUSTOMER)]

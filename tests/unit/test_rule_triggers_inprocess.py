@@ -20,7 +20,7 @@ import pytest
 
 from base import topics
 from base.config import Config
-from base.metrics import TRIGGER_INPUTS_SKIPPED
+from base.metrics import TRIGGERS_SUPPRESSED
 from connectors.envelopes import cloud_event
 from connectors.reference_files import load_reference
 from connectors.resolved import erased_notice, merge_notices
@@ -386,7 +386,7 @@ def test_clearance_offers_follow_merges_and_erasures(config: Config, workers: in
     for key, value in notices:
         script._add(topics.EVENTS_RESOLVED, key, value)
     script._add(topics.EVENTS_RESOLVED, "c-viewer", erased_notice("c-viewer", T0 + 15 * MIN))
-    gone = TRIGGER_INPUTS_SKIPPED.labels("gone_customer")
+    gone = TRIGGERS_SUPPRESSED.labels("over", "default", "gone_customer")
     before = gone._value.get()
     replayed(config, script, workers)
     assert gone._value.get() - before == 1
