@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError
@@ -127,30 +127,26 @@ class BatchedLogic(StatefulLogic[V, W, S]):
         return outcomes
 
 
-class _Batches(StatefulBatchLogic[V, W, S]):
-    """``stateful``'s own adapter (items one by one; a discarded logic is built anew for
-    the key's next item), with ``end_batch`` called on the outcomes of each logic."""
+class _Adapter(StatefulBatchLogic[V, W, S]):
+    """A key's logic under ``stateful_batch``, as ``op.stateful`` runs it: items one by
+    one, a discarded logic built anew for the key's next item."""
 
     def __init__(
-        self, logic: BatchedLogic[V, W, S], builder: Callable[[S | None], BatchedLogic[V, W, S]]
+        self, logic: StatefulLogic[V, W, S], builder: Callable[[S | None], StatefulLogic[V, W, S]]
     ) -> None:
-        self.logic: BatchedLogic[V, W, S] | None = logic
+        self.logic: StatefulLogic[V, W, S] | None = logic
         self.builder = builder
 
     def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
-        sent: list[W] = []
-        pending: list[W] = []
+        out: list[W] = []
         for value in values:
             if self.logic is None:
                 self.logic = self.builder(None)
             outcomes, discard = self.logic.on_item(value)
-            pending.extend(outcomes)
+            out.extend(outcomes)
             if discard:
-                sent += self.logic.end_batch(pending)
-                pending, self.logic = [], None
-        if self.logic is not None:
-            sent += self.logic.end_batch(pending)
-        return sent, self.logic is None
+                self.logic = None
+        return out, self.logic is None
 
     def on_notify(self) -> tuple[Iterable[W], bool]:
         assert self.logic is not None
@@ -169,19 +165,119 @@ class _Batches(StatefulBatchLogic[V, W, S]):
         return self.logic.snapshot()
 
 
+class _Batches(_Adapter[V, W, S]):
+    """``_Adapter`` with ``end_batch`` called on the outcomes of each logic."""
+
+    logic: BatchedLogic[V, W, S] | None
+
+    def on_batch(self, values: list[V]) -> tuple[Iterable[W], bool]:
+        sent: list[W] = []
+        pending: list[W] = []
+        for value in values:
+            if self.logic is None:
+                self.logic = cast(BatchedLogic[V, W, S], self.builder(None))
+            outcomes, discard = self.logic.on_item(value)
+            pending.extend(outcomes)
+            if discard:
+                sent += self.logic.end_batch(pending)
+                pending, self.logic = [], None
+        if self.logic is not None:
+            sent += self.logic.end_batch(pending)
+        return sent, self.logic is None
+
+
+class _BatchesUnsaved(_Batches[V, W, S]):
+    """``_Batches`` of a flow run without recovery (``keyed_state``)."""
+
+    def snapshot(self) -> S:
+        return None  # type: ignore[return-value]
+
+
 @operator
 def stateful_batches(
     step_id: str,
     up: KeyedStream[V],
     builder: Callable[[S | None], BatchedLogic[V, W, S]],
+    *,
+    snapshots: bool = True,
 ) -> KeyedStream[W]:
     """``op.stateful`` with ``BatchedLogic.end_batch``. Its inner step is named as
-    ``op.stateful``'s, so a step moved from one to the other resumes its snapshots."""
+    ``op.stateful``'s, so a step moved from one to the other resumes its snapshots.
+    ``snapshots``: as ``keyed_state``."""
+    adapter = _Batches if snapshots else _BatchesUnsaved
 
     def shim(resume: S | None) -> _Batches[V, W, S]:
-        return _Batches(builder(resume), builder)
+        return adapter(builder(resume), builder)
 
     return op.stateful_batch("stateful_batch", up, shim)
+
+
+# --- state without snapshots ---------------------------------------------------------------
+#
+# Bytewax asks every key changed in an epoch for its snapshot at the epoch's end whether or
+# not recovery is configured, and throws the snapshots away when it is not: rule_triggers
+# deep-copied each customer it had seen in the epoch, stock_pool its whole pool, every ten
+# seconds, for nothing, and the copies stalled the flow while they were made. A flow built
+# with ``snapshots=False`` (``omnistream run`` without ``recovery.dir``) gives None instead.
+# With recovery the snapshots are taken as before, through Bytewax's own operators, so their
+# step ids (part of the recovery databases) do not change.
+
+
+class _Items(_Adapter[V, W, S]):
+    """``_Adapter`` whose snapshot is never taken."""
+
+    def snapshot(self) -> S:
+        return None  # type: ignore[return-value]
+
+
+class _Mapped(StatefulLogic[V, W, S]):
+    """``op.stateful_map``'s mapper as a ``StatefulLogic`` (a None state discards the key)."""
+
+    def __init__(self, mapper: Callable[[S | None, V], tuple[S | None, W]]) -> None:
+        self.mapper = mapper
+        self.state: S | None = None
+
+    def on_item(self, value: V) -> tuple[Iterable[W], bool]:
+        self.state, out = self.mapper(self.state, value)
+        return (out,), self.state is None
+
+    def snapshot(self) -> S:
+        return None  # type: ignore[return-value]
+
+
+@operator
+def _unsaved(
+    step_id: str, up: KeyedStream[V], builder: Callable[[S | None], StatefulLogic[V, W, S]]
+) -> KeyedStream[W]:
+    return op.stateful_batch("stateful_batch", up, lambda _: _Items(builder(None), builder))
+
+
+def keyed_state(
+    step_id: str,
+    up: KeyedStream[V],
+    builder: Callable[[S | None], StatefulLogic[V, W, S]],
+    *,
+    snapshots: bool = True,
+) -> KeyedStream[W]:
+    """``op.stateful``, or without recovery (``snapshots=False``) the same logic whose
+    snapshots are never taken (see above)."""
+    if snapshots:
+        return op.stateful(step_id, up, builder)
+    return _unsaved(step_id, up, builder)
+
+
+def keyed_map(
+    step_id: str,
+    up: KeyedStream[V],
+    mapper: Callable[[S | None, V], tuple[S | None, W]],
+    *,
+    snapshots: bool = True,
+) -> KeyedStream[W]:
+    """``op.stateful_map``, or without recovery the same mapper whose state is never
+    snapshotted (see above)."""
+    if snapshots:
+        return op.stateful_map(step_id, up, mapper)
+    return _unsaved(step_id, up, lambda _: _Mapped(mapper))
 
 
 def output(step_id: str, io: FlowIO, topic_name: str | None, messages: Stream[OutMessage]) -> None:

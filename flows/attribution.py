@@ -113,6 +113,7 @@ def build(
     reference: ReferenceData | None = None,
     io: FlowIO | None = None,
     open_store: Callable[[], AttributionStore] | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
     """The attribution dataflow on ``io`` (Kafka by default) writing its totals to the
     store ``open_store()`` gives each worker (Redis by default).
@@ -120,7 +121,8 @@ def build(
     ``until_idle`` is a replay: the flow ends with its inputs, and each path applies what it
     was given in event-time order at the end. The decoders need no reference data; it is
     still loaded when not given, so a broken reference file stops this flow at start as it
-    does every other."""
+    does every other. ``snapshots=False``: a run without recovery, whose keys are never
+    snapshotted (``connectors.operators.keyed_state``)."""
     params = params_of(config)
     if reference is None:
         load_reference(config)
@@ -144,16 +146,17 @@ def build(
     merges = op.branch("split_merges", items, _is_merge)
     chained = op.flat_map(
         "chained",
-        op.stateful_map(
+        flow_op.keyed_map(
             "merges",
             op.key_on("all_merges", merges.trues, lambda _: "all"),
             chain_merges,
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )
     routed = op.flat_map(
         "routed",
-        _stateful_map_with_eof(
+        _as_stateful_map(
             "router",
             op.key_on(
                 "key_by_arrival_customer",
@@ -161,12 +164,13 @@ def build(
                 _arrival_key,
             ),
             lambda resume: RouterLogic(params, not until_idle, resume),
+            snapshots,
         ),
         lambda kv: kv[1],
     )
     outcomes = op.map(
         "path_outcomes",
-        op.stateful(
+        flow_op.keyed_state(
             "paths",
             op.map_value(
                 "owned_item",
@@ -174,15 +178,17 @@ def build(
                 lambda pair: pair[1],
             ),
             lambda resume: PathLogic(params, not until_idle, resume),
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )
     credited = op.flat_map(
         "credited",
-        _stateful_map_with_eof(
+        _as_stateful_map(
             "credit",
             op.key_on("one_chain", outcomes, lambda _: "all"),
             lambda resume: CreditLogic(params, not until_idle, resume),
+            snapshots,
         ),
         lambda kv: kv[1],
     )
@@ -194,7 +200,12 @@ def build(
     )
     cells = op.flat_map(
         "totals_cells",
-        op.stateful_map("totals", op.key_on("all_totals", credited, lambda _: "all"), accumulate),
+        flow_op.keyed_map(
+            "totals",
+            op.key_on("all_totals", credited, lambda _: "all"),
+            accumulate,
+            snapshots=snapshots,
+        ),
         lambda kv: kv[1],
     )
     allowlist = channel_allowlist(config)
@@ -256,6 +267,19 @@ class RouterLogic(StatefulLogic[RouterInput, Routed, RouterState]):
 V = TypeVar("V")
 W = TypeVar("W")
 S = TypeVar("S")
+
+
+def _as_stateful_map(
+    step_id: str,
+    up: KeyedStream[V],
+    builder: Callable[[S | None], StatefulLogic[V, W, S]],
+    snapshots: bool,
+) -> KeyedStream[W]:
+    """The router's and the credit step's state: under the step ids of their snapshots
+    (``_stateful_map_with_eof``), or with none at all."""
+    if snapshots:
+        return _stateful_map_with_eof(step_id, up, builder)
+    return flow_op.keyed_state(step_id, up, builder, snapshots=False)
 
 
 @operator

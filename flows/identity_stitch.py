@@ -157,13 +157,17 @@ def build(
     reference: ReferenceData | None = None,
     io: FlowIO | None = None,
     identity_store: StoreFactory[IdentityGraphStore] | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
     """The identity_stitch dataflow; refuses to build without the PII key.
 
     ``io`` is where it reads and writes: Kafka by default (``until_idle`` stops it once its
     inputs drain), ``tests.inprocess.MemoryIO`` in the tests. ``identity_store`` opens the
     graph's store, once per worker thread on first use inside the running flow: Redis by
-    default (``state.identity_store.IdentityStore``)."""
+    default (``state.identity_store.IdentityStore``). ``snapshots`` is the other flows'
+    (``connectors.operators.keyed_state``); this one keeps no state in Bytewax (the graph is
+    in its store), so there is nothing to snapshot either way."""
+    del snapshots
     pii_key = require_pii_key(config)
     country_code = config.pii.default_country_code
     reference = reference if reference is not None else load_reference(config)

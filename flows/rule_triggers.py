@@ -83,6 +83,7 @@ from connectors.operators import (
     FlowIO,
     dead_letters,
     decode,
+    keyed_state,
     output,
     read,
     rejections,
@@ -774,6 +775,7 @@ def build(
     task_store: StoreFactory[TaskStore] | None = None,
     experiment_store: StoreFactory[ExperimentStore] | None = None,
     read_mark_store: StoreFactory[ReadMarkStore] | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
     """The rule_triggers dataflow; refuses to build on an invalid rules file.
 
@@ -781,7 +783,8 @@ def build(
     to their end and stops), ``tests.inprocess.MemoryIO`` in the tests. ``stock_store`` opens
     the stock pool's read side and ``coupon_store`` the codes of coupons sent, once per
     worker thread: Redis by default (``state.stock_store.StockStore``,
-    ``state.coupon_store.RedisCouponStore``)."""
+    ``state.coupon_store.RedisCouponStore``). ``snapshots=False``: a run without recovery,
+    whose keys are never snapshotted (``connectors.operators.keyed_state``)."""
     reference = reference if reference is not None else load_reference(config)
     io = io if io is not None else KafkaIO(config, until_idle=until_idle)
     ctx = _Context(
@@ -911,7 +914,7 @@ def build(
     inputs = op.flat_map("usable_records", usable_batches, lambda pair: pair[0])
     # A replay's read marks of the whole flow (the module docstring); its end comes before
     # that of the steps merging its (empty) output into their input.
-    read_marks = op.stateful(
+    read_marks = keyed_state(
         "read_marks",
         op.key_on(
             "key_read_marks",
@@ -919,6 +922,7 @@ def build(
             lambda mark: mark[0],
         ),
         lambda resume: ReadMarkLogic(ctx, resume),
+        snapshots=snapshots,
     )
     split = op.branch(
         "customer_or_stock", inputs, lambda x: isinstance(x, CustomerEvent | IdentityNotice)
@@ -927,7 +931,7 @@ def build(
     stock_events = split.falses
 
     # Stock side: per sku × location.
-    sku_out = op.stateful(
+    sku_out = keyed_state(
         "skus",
         op.merge(
             "sku_inputs",
@@ -935,6 +939,7 @@ def build(
             read_marks,
         ),
         lambda resume: LocationLogic(ctx, resume),
+        snapshots=snapshots,
     )
     sku_items = op.map("sku_items", sku_out, lambda kv: kv[1])
     signals = op.filter("clearance_signals", sku_items, lambda x: isinstance(x, ClearanceSignal))
@@ -965,10 +970,11 @@ def build(
     )
     offers = op.map(
         "offer_values",
-        op.stateful(
+        keyed_state(
             "audience",
             op.map_value("audience_value", audience_in, lambda pair: pair[1]),
             lambda resume: AudienceLogic(ctx, resume),
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )
@@ -981,7 +987,7 @@ def build(
         read_marks,
     )
     customer_out = stateful_batches(
-        "customers", customer_in, lambda resume: CustomerLogic(ctx, resume)
+        "customers", customer_in, lambda resume: CustomerLogic(ctx, resume), snapshots=snapshots
     )
     # Profiles (the batch's latest per customer is written), hand-overs and erasures go to
     # their own sink at once: a profile write follows nearly every event, and sent down the outcome
@@ -1002,12 +1008,13 @@ def build(
     )
     campaign_items = op.map(
         "campaign_items",
-        op.stateful(
+        keyed_state(
             "campaigns",
             op.key_on(
                 "key_by_store_sku", store_coupons, lambda d: campaign_key(d, reference) or ""
             ),
             lambda resume: CampaignLogic(ctx, resume),
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )
@@ -1051,10 +1058,11 @@ def build(
     )
     insights = op.map(
         "insight_items",
-        op.stateful(
+        keyed_state(
             "redemption_reviews",
             op.key_on("key_by_rule_variant", review_items, review_key),
             lambda resume: ReviewLogic(ctx, resume),
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )

@@ -51,7 +51,16 @@ from base.units import DAY_MS, MINUTE_MS
 from connectors.decode import input_decoder
 from connectors.envelopes import OutMessage, cloud_event, cloud_event_id
 from connectors.fulfilment_io import sourced_message, task_message, task_record, transfer_message
-from connectors.operators import FlowIO, dead_letters, decode, output, per_batch, read, rejections
+from connectors.operators import (
+    FlowIO,
+    dead_letters,
+    decode,
+    keyed_map,
+    output,
+    per_batch,
+    read,
+    rejections,
+)
 from connectors.reference_files import load_reference
 from connectors.streams import BatchSink, KafkaIO, event_rejection
 from domain.events import (
@@ -258,6 +267,7 @@ def build(
     reference: ReferenceData | None = None,
     io: FlowIO | None = None,
     stock_store: StoreFactory[StockWriter] | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
     """The stock_pool dataflow for ``config``.
 
@@ -265,7 +275,8 @@ def build(
     inputs drain), ``tests.inprocess.MemoryIO`` in the tests. Its input partitions
     (``io.partitions``, read from the broker on Kafka) are what the pool waits for before
     it applies anything. ``stock_store`` opens the pool's store once per worker: Redis by
-    default (``state.stock_store.StockStore``)."""
+    default (``state.stock_store.StockStore``). ``snapshots=False``: a run without recovery,
+    whose pool is never snapshotted (``connectors.operators.keyed_map``)."""
     reference = reference if reference is not None else load_reference(config)
     io = io if io is not None else KafkaIO(config, until_idle=until_idle)
     open_store: StoreFactory[StockWriter] = (
@@ -293,7 +304,12 @@ def build(
 
     outcomes = op.map(
         "pool_outcome",
-        op.stateful_map("stock_pool", op.key_on("key_pool", bundles, lambda _: "pool"), apply),
+        keyed_map(
+            "stock_pool",
+            op.key_on("key_pool", bundles, lambda _: "pool"),
+            apply,
+            snapshots=snapshots,
+        ),
         lambda kv: kv[1],
     )
 
@@ -332,10 +348,11 @@ def build(
     # Totals per region × location type (gauges): one state for the process-wide gauges.
     segment_totals = op.map(
         "segment_totals_value",
-        op.stateful_map(
+        keyed_map(
             "segment_totals",
             op.key_on("key_segments", outcomes, lambda _: "segments"),
             lambda state, outcome: apply_shares(state, outcome.shares),
+            snapshots=snapshots,
         ),
         lambda kv: kv[1],
     )

@@ -264,7 +264,12 @@ def _check_build_and_run(config: Config, name: str, *, until_idle: bool) -> None
     module = _off_the_main_thread(lambda: importlib.import_module(FLOWS[name]))
     _stop_if_requested()
     try:
-        flow = _off_the_main_thread(lambda: module.build(config, until_idle=until_idle))
+        # Without recovery, no step asks its keys for snapshots nobody keeps
+        # (``connectors.operators.keyed_state``).
+        snapshots = bool(config.recovery.dir)
+        flow = _off_the_main_thread(
+            lambda: module.build(config, until_idle=until_idle, snapshots=snapshots)
+        )
     except (ConfigError, ReferenceDataError, RulesError):
         raise
     except Exception:
