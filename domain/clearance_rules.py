@@ -33,8 +33,9 @@ latest view of either; an erased customer's views, and those of every id merged 
 are dropped at once. A merge is kept only for a customer with views of their own here (its
 notice comes after them, on the same partition), so what is kept does not depend on the
 order the partitions interleave in; a chain through a customer with no views here (A into
-B into C, B never browsing in the region) ends at B, whose key is gone: the flow drops an
-offer to a customer it no longer keeps rather than send it to a merged-away id.
+B into C, B never browsing in the region) ends at B, whose key is gone: the customers step
+suppresses an offer to a customer it no longer keeps (``gone_customer``) rather than send it
+to a merged-away id.
 """
 
 from __future__ import annotations
