@@ -30,12 +30,14 @@ recent viewers first, at most ``max_audience`` of them.
 The audience follows identity: a viewer merged into another customer (an anonymous device
 that logged in) is offered the coupon under the survivor, who is counted once with the
 latest view of either; an erased customer's views, and those of every id merged into them,
-are dropped at once. A merge is kept only for a customer with views of their own here (its
-notice comes after them, on the same partition), so what is kept does not depend on the
-order the partitions interleave in; a chain through a customer with no views here (A into
-B into C, B never browsing in the region) ends at B, whose key is gone: the customers step
-suppresses an offer to a customer it no longer keeps (``gone_customer``) rather than send it
-to a merged-away id.
+are dropped at once. A merge is kept for a customer with views here: their own (the notice
+comes after them, on the same partition) or those of a customer merged into them. A chain
+runs through customers who never browsed in the region (A into B into C, B never browsing:
+A's views count for C), whichever of the two notices comes first, as they come on different
+partitions: a merge of a customer with no views here waits (``passing``) for a merge into
+them, and is dropped once the region's views are ``PASSING_MS`` past it. Only a notice later
+than that by the partitions' skew would end the chain at B, whose key is gone: the customers
+step then suppresses the offer (``gone_customer``) rather than send it to a merged-away id.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ VIEWS_KEPT = 8
 #: multiple of this (event time): often enough to bound memory, rarely enough that the pass
 #: over every view stays cheap (hourly, it was 7 % of rule_triggers at 60,000 customers).
 AUDIENCE_PRUNE_MS = 6 * 3_600_000
+#: How long (event time, behind the region's latest view) a merge of a customer with no views
+#: in the region waits for the merge into them that would carry views to it; from one to two
+#: prune periods, as it is dropped with the views (identity notices of one chain come within
+#: seconds of each other, on partitions the source keeps aligned within minutes).
+PASSING_MS = AUDIENCE_PRUNE_MS
 #: How long after its expiry a batch is still kept (then it is written off, not cleared).
 EXPIRED_KEEP_MS = DAY_MS
 
@@ -395,11 +402,14 @@ class AudienceState:
     #: signals waiting for the region's views to catch up with their event time
     pending: list[ClearanceSignal] = field(default_factory=list)
     views_seen_ms: int = 0
-    #: customer → event time of their latest own view kept here (a merge of a customer
-    #: without one is not kept)
+    #: customer → event time of the latest view kept here of theirs or of a customer merged
+    #: into them (a merge of a customer without one waits in ``passing``)
     viewers: dict[str, int] = field(default_factory=dict)
     #: merged customer with views here → (survivor, event time of the merge)
     merged_into: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: merged customer with no views here (yet) → (survivor, event time of the merge), kept
+    #: ``PASSING_MS`` for a merge into them whose notice comes later from another partition
+    passing: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict[int, object]) -> AudienceState:
         return AudienceState(
@@ -409,6 +419,7 @@ class AudienceState:
             self.views_seen_ms,
             dict(self.viewers),
             dict(self.merged_into),
+            dict(self.passing),
         )
 
 
@@ -451,6 +462,7 @@ def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> Audienc
         moved = view_horizon_ms(view.ts_ms, rules)
         if moved > horizon:
             _prune_views(state, moved)
+            _prune_passing(state, view.ts_ms - view.ts_ms % AUDIENCE_PRUNE_MS - PASSING_MS)
     return state
 
 
@@ -472,16 +484,41 @@ def _prune_views(state: AudienceState, horizon: int) -> None:
     state.merged_into = {m: v for m, v in state.merged_into.items() if v[1] > horizon}
 
 
+def _prune_passing(state: AudienceState, cut_ms: int) -> None:
+    if state.passing:
+        state.passing = {m: v for m, v in state.passing.items() if v[1] > cut_ms}
+
+
 def follow_merge(
     state: AudienceState | None, merged: str, survivor: str, ts_ms: int, rules: RuleSet
 ) -> AudienceState:
     """``merged`` now belongs to ``survivor``: their views here count for the survivor."""
     if state is None:
         state = AudienceState()
-    if merged in state.viewers and merged != survivor:
-        if ts_ms > view_horizon_ms(state.views_seen_ms, rules):
-            state.merged_into[merged] = (survivor, ts_ms)
+    if merged == survivor or ts_ms <= view_horizon_ms(state.views_seen_ms, rules):
+        return state
+    if merged in state.viewers:
+        _keep_merge(state, merged, survivor, ts_ms)
+    else:
+        state.passing[merged] = (survivor, ts_ms)
     return state
+
+
+def _keep_merge(state: AudienceState, merged: str, survivor: str, ts_ms: int) -> None:
+    """Keep the merge of a customer with views here, and along the survivor's own merges
+    (kept, or waiting for views to reach them) carry the latest view time on. A chain from
+    identity_stitch has no cycle; one from a damaged snapshot stops where it would close."""
+    seen = {merged}
+    while True:
+        state.merged_into[merged] = (survivor, ts_ms)
+        latest = state.viewers[merged]
+        if latest > state.viewers.get(survivor, latest - 1):
+            state.viewers[survivor] = latest
+        seen.add(survivor)
+        onward = state.merged_into.get(survivor) or state.passing.pop(survivor, None)
+        if onward is None or onward[0] in seen:
+            return
+        merged, (survivor, ts_ms) = survivor, onward
 
 
 def forget_viewer(state: AudienceState | None, customer_id: str) -> AudienceState:
@@ -490,6 +527,7 @@ def forget_viewer(state: AudienceState | None, customer_id: str) -> AudienceStat
         return AudienceState()
     gone = {m for m in state.merged_into if survivor_of(state, m) == customer_id}
     gone.add(customer_id)
+    state.passing = {m: v for m, v in state.passing.items() if m not in gone and v[0] not in gone}
     for index in (state.by_sku, state.by_category):
         for key in list(index):
             customers = index[key]

@@ -950,7 +950,7 @@ def build(
     def audience_items(item: CustomerEvent | IdentityNotice) -> list[tuple[str, Any]]:
         """A product view for its region's audience, a merge or an erasure for every
         region's. One step and one exchange for both, so a region takes a customer's views
-        and notices in the order of the customer's partition (a merge is kept only for a
+        and notices in the order of the customer's partition (a merge is kept at once for a
         customer with views there: ``domain.clearance_rules``)."""
         if isinstance(item, CustomerEvent):
             viewed = view_of(item, regions)

@@ -6,6 +6,7 @@ what a rule compares across locations comes from the stock pool those changes we
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -13,6 +14,7 @@ import pytest
 
 from domain.clearance_rules import (
     AUDIENCE_PRUNE_MS,
+    PASSING_MS,
     AudienceState,
     ClearanceOutcome,
     ClearanceSignal,
@@ -27,6 +29,7 @@ from domain.clearance_rules import (
     forget_viewer,
     note_change,
     release_signals,
+    survivor_of,
 )
 from domain.customer_rules import Offer
 from domain.rules import RuleSet, parse_rules
@@ -751,20 +754,54 @@ def test_a_chain_of_viewers_reaches_the_last_survivor_whatever_order_the_notices
     assert [offered for offered, _ in offered_in_both_orders(views, merges)] == [["c"], ["c"]]
 
 
-def test_a_chain_through_a_customer_with_no_views_here_ends_there_in_either_order() -> None:
-    """B never browsed in the region, so B's merge into C is not kept: A's views end at B
-    (whose key the flow no longer has; it drops the offer) — the same in both orders."""
+def test_a_chain_through_a_customer_with_no_views_here_reaches_the_last_survivor() -> None:
+    """B never browsed in the region: A's views still count for C, in either order of the
+    two notices (they come on A's and B's partitions)."""
     views = [View("a", "SKU1", CATEGORY, T0 - 3 * HOUR)]
     merges = [("a", "b", T0 - 2 * HOUR), ("b", "c", T0 - HOUR)]
-    kept = {"a": ("b", T0 - 2 * HOUR)}
-    assert offered_in_both_orders(views, merges) == [(["b"], kept), (["b"], kept)]
+    kept = {"a": ("b", T0 - 2 * HOUR), "b": ("c", T0 - HOUR)}
+    assert offered_in_both_orders(views, merges) == [(["c"], kept), (["c"], kept)]
 
 
-def test_a_merge_of_a_customer_with_no_views_here_is_not_kept() -> None:
+def test_a_longer_chain_ends_at_the_last_survivor_in_every_order() -> None:
+    """a → b → c → d → e, only a and c with views here: e, whichever order the notices take,
+    and nothing is left waiting."""
+    rules = ruleset(OVERSTOCK)
+    views = [View("a", "SKU1", CATEGORY, T0 - 5 * HOUR), View("c", "SKU2", CATEGORY, T0 - HOUR)]
+    chain = [("a", "b", T0 - 4 * HOUR), ("b", "c", T0 - 3 * HOUR)]
+    chain += [("c", "d", T0 - 2 * HOUR), ("d", "e", T0 - 30 * MIN)]
+    for order in itertools.permutations(chain):
+        state = audience(views, rules)
+        for merged, survivor, ts in order:
+            follow_merge(state, merged, survivor, ts, rules)
+        add_signal(state, signal(T0))
+        assert customers(release_signals(state, T0, rules, 10)) == ["e"], order
+        assert state.merged_into == {m: (s, ts) for m, s, ts in chain} and state.passing == {}
+
+
+def test_a_merge_of_a_customer_with_no_views_here_only_waits() -> None:
+    """It waits for a merge into them (``passing``); it sends nothing to anyone."""
     rules = ruleset(OVERSTOCK)
     state = audience([View("a", "SKU1", CATEGORY, T0 - HOUR)], rules)
-    follow_merge(state, "x", "a", T0, rules)
-    assert state.merged_into == {}
+    follow_merge(state, "x", "a", T0 - MIN, rules)
+    assert state.merged_into == {} and state.passing == {"x": ("a", T0 - MIN)}
+    add_signal(state, signal(T0))
+    assert customers(release_signals(state, T0, rules, 10)) == ["a"]
+
+
+def test_a_waiting_merge_is_dropped_once_the_views_are_past_it() -> None:
+    """One to two prune periods after it: a merge into its customer that comes later than
+    that no longer reaches it (the chain ends there)."""
+    rules = ruleset(OVERSTOCK)
+    start = T0 - T0 % AUDIENCE_PRUNE_MS
+    state = audience([View("a", "SKU1", CATEGORY, start)], rules)
+    follow_merge(state, "b", "c", start + MIN, rules)
+    add_view(state, View("z", "SKU1", CATEGORY, start + PASSING_MS + MIN), rules)
+    assert state.passing == {"b": ("c", start + MIN)}  # one period on: kept
+    add_view(state, View("z", "SKU1", CATEGORY, start + 2 * PASSING_MS + MIN), rules)
+    assert state.passing == {}
+    follow_merge(state, "a", "b", start + 2 * MIN, rules)
+    assert survivor_of(state, "a") == "b"
 
 
 def test_an_erasure_drops_the_customer_and_every_id_merged_into_them() -> None:
@@ -782,6 +819,15 @@ def test_an_erasure_drops_the_customer_and_every_id_merged_into_them() -> None:
     assert "member" not in repr(state) and "device" not in repr(state)
     add_signal(state, signal(T0))
     assert customers(release_signals(state, T0, rules, 10)) == ["neighbour"]
+
+
+def test_an_erasure_drops_the_merges_waiting_for_or_into_the_customer() -> None:
+    rules = ruleset(OVERSTOCK)
+    state = audience([View("a", "SKU1", CATEGORY, T0 - HOUR)], rules)
+    follow_merge(state, "b", "gone", T0 - 20 * MIN, rules)
+    follow_merge(state, "gone", "d", T0 - 10 * MIN, rules)
+    forget_viewer(state, "gone")
+    assert "gone" not in repr(state) and state.passing == {}
 
 
 def test_viewers_and_merges_are_pruned_with_the_views() -> None:
