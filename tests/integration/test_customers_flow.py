@@ -19,6 +19,7 @@ rule_triggers and attribution as live processes.
 from __future__ import annotations
 
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -233,15 +234,24 @@ def wait_until(check: Any, timeout_s: float = 120.0, what: str = "", show: Any =
     raise AssertionError(f"timed out waiting for {what}: {seen}")
 
 
-def redis_mentions(client: redis.Redis, needle: str) -> list[str]:
-    """Every key whose name or content holds ``needle``."""
+#: The key prefix every test gets on the session's Redis (``tests.conftest.omni_config``).
+TEST_PREFIX = re.compile(rb"omni[0-9a-f]{10}:")
+
+
+def redis_mentions(client: redis.Redis, needle: str, prefix: str) -> list[str]:
+    """Every key whose name or content holds ``needle``: under ``prefix`` (this test's) or
+    under no test's prefix at all. The other tests' keys are left unread: the session's
+    Redis holds tens of thousands of them by now, and reading each took this test from 20 s
+    to 130 s."""
     found = []
-    raw = needle.encode()
+    raw, own = needle.encode(), prefix.encode()
     for key in client.scan_iter(count=1000):
-        kind = client.type(key)
+        if not key.startswith(own) and TEST_PREFIX.match(key):
+            continue
         if raw in key:
             found.append(key.decode())
             continue
+        kind = client.type(key)
         if kind == b"string":
             parts = [client.get(key) or b""]
         elif kind == b"hash":
@@ -411,9 +421,11 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
         # Erasure of C (reached by B's account). C's cart coupon is in the experiment's
         # arm (what `experiments report` counts): the erasure must reach it too.
         wait_until(
-            lambda: any(":cart:amount_15" in k for k in redis_mentions(redis_client, ids["c"])),
+            lambda: any(
+                ":cart:amount_15" in k for k in redis_mentions(redis_client, ids["c"], prefix)
+            ),
             what="C's coupon in the cart experiment's arm",
-            show=lambda: redis_mentions(redis_client, ids["c"]),
+            show=lambda: redis_mentions(redis_client, ids["c"], prefix),
         )
         before = topic_ends(config)
         forget = subprocess.run(
@@ -435,12 +447,12 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
         produce(config, after.events)
         cid = ids["c"]
         wait_until(
-            lambda: not redis_mentions(redis_client, cid),
+            lambda: not redis_mentions(redis_client, cid, prefix),
             what="Redis to forget C",
-            show=lambda: redis_mentions(redis_client, cid),
+            show=lambda: redis_mentions(redis_client, cid, prefix),
         )
         time.sleep(4)  # several snapshot epochs (1 s) and their backups (1 s) pass
-        assert redis_mentions(redis_client, cid) == []
+        assert redis_mentions(redis_client, cid, prefix) == []
         for name in FLOWS:  # no state holds it already; the discarded keys' rows name it
             assert snapshot_mentions(tmp_path / "recovery" / name, cid, keys=False) == [], name
         for topic in OUTPUT_TOPICS:
@@ -476,7 +488,7 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
                         assert state == mark, (step_id, state)
                 found = [row for row in found if row not in marks]
             assert found == [], name
-        assert redis_mentions(redis_client, cid) == []
+        assert redis_mentions(redis_client, cid, prefix) == []
     finally:
         for process in processes.values():
             stop_process(process)
