@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
 from base.config import Config, dump_config
-from connectors.generator import TrafficModel, produce
+from connectors.generator import GeneratedEvent, TrafficModel, produce
 from connectors.reference_files import load_reference
 from domain.reference import ReferenceData
 from flows.attribution import OTHER_CHANNEL, channel_allowlist
@@ -232,6 +233,30 @@ def runbook_url_of_flow_down(port: int, flow: str) -> str:
     pytest.fail(f"no OmnistreamFlowDown for {flow} within 30 s")
 
 
+def unplaceable_order(reference: ReferenceData, seed: int) -> GeneratedEvent:
+    """The first order of the traffic that stock_pool sources (a delivery without a
+    location), copied under new ids for more units than any location holds: the series of
+    unfulfillable orders from the first round, where the generator's own first one comes
+    after about 12,000 events (more than a minute of this test's traffic)."""
+    for event in TrafficModel(reference, seed=seed).events(None):
+        doc = orjson.loads(event.value) if event.bad_reason is None else {}
+        fulfillment = doc.get("fulfillment") or {}
+        if (
+            doc.get("event_type") == "order_placed"
+            and fulfillment.get("type") == "delivery"
+            and "location_id" not in fulfillment
+        ):
+            line = {**doc["lines"][0], "qty": 1_000_000}
+            doc.update(
+                event_id=f"{doc['event_id']}-unplaceable",
+                order_id=f"{doc['order_id']}-UNPLACEABLE",
+                lines=[line],
+                total=round(line["qty"] * line["unit_price"], 2),
+            )
+            return GeneratedEvent(event.topic, event.key, orjson.dumps(doc), doc["event_id"], None)
+    raise AssertionError("unreachable: the traffic never ends")
+
+
 def rendered_queries() -> list[tuple[str, str, str]]:
     """(board uid, panel title, expr) of every query of the rendered boards, variables in."""
     return [
@@ -316,11 +341,12 @@ def test_every_panel_returns_data_and_every_alert_parses(
             )
             wait_until_ready(prom_port, prometheus)
             # The generator's default traffic places most delivery orders without a location
-            # (stock_pool sources them; the first it cannot place comes after about 12,000
-            # events of this seed) and some at a store for pickup: the fulfilment panels'
-            # series. Steady traffic while Prometheus scrapes, until every panel has data.
+            # (stock_pool sources them) and some at a store for pickup, and one order here
+            # cannot be placed anywhere: the fulfilment panels' series. Steady traffic while
+            # Prometheus scrapes, until every panel has data.
             model = TrafficModel(reference, seed=4, bad_ratio=0.05)
             events = model.events(None)
+            produce(config, [unplaceable_order(reference, seed=4)], progress=False)
             api = ServiceTraffic(http, reference)
             started = time.monotonic()
             checked = started
