@@ -821,6 +821,22 @@ def test_an_erasure_drops_the_customer_and_every_id_merged_into_them() -> None:
     assert customers(release_signals(state, T0, rules, 10)) == ["neighbour"]
 
 
+def test_an_erasure_reaches_the_views_of_a_chain_through_a_customer_with_no_views() -> None:
+    """a → b → c, b never browsing here, the notices in either order: erasing c drops a's
+    views (under a's id) with c's."""
+    rules = ruleset(OVERSTOCK)
+    for order in ([("a", "b"), ("b", "c")], [("b", "c"), ("a", "b")]):
+        state = audience(
+            [View("a", "SKU1", CATEGORY, T0 - 3 * HOUR), View("n", "SKU1", CATEGORY, T0 - HOUR)],
+            rules,
+        )
+        for merged, survivor in order:
+            follow_merge(state, merged, survivor, T0 - 2 * HOUR, rules)
+        forget_viewer(state, "c")
+        assert not {"a", "b", "c"} & {*state.viewers, *state.by_sku["SKU1"]}, order
+        assert state.merged_into == {} and state.passing == {}, order
+
+
 def test_an_erasure_drops_the_merges_waiting_for_or_into_the_customer() -> None:
     rules = ruleset(OVERSTOCK)
     state = audience([View("a", "SKU1", CATEGORY, T0 - HOUR)], rules)
