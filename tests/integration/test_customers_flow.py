@@ -238,14 +238,18 @@ def wait_until(check: Any, timeout_s: float = 120.0, what: str = "", show: Any =
 TEST_PREFIX = re.compile(rb"omni[0-9a-f]{10}:")
 
 
-def redis_mentions(client: redis.Redis, needle: str, prefix: str) -> list[str]:
-    """Every key whose name or content holds ``needle``: under ``prefix`` (this test's) or
-    under no test's prefix at all. The other tests' keys are left unread: the session's
-    Redis holds tens of thousands of them by now, and reading each took this test from 20 s
-    to 130 s."""
+def redis_mentions(
+    client: redis.Redis, needle: str, prefix: str, *, everywhere: bool = False
+) -> list[str]:
+    """Every key whose name or content holds ``needle``, under ``prefix`` (this test's);
+    ``everywhere``: also under no test's prefix at all. The other tests' keys are left
+    unread: the session's Redis holds tens of thousands of them by now, and reading each
+    took this test from 20 s to 130 s (the polls look under ``prefix`` alone, which Redis
+    matches itself)."""
     found = []
     raw, own = needle.encode(), prefix.encode()
-    for key in client.scan_iter(count=1000):
+    keys = client.scan_iter(match=None if everywhere else f"{prefix}*", count=1000)
+    for key in keys:
         if not key.startswith(own) and TEST_PREFIX.match(key):
             continue
         if raw in key:
@@ -452,7 +456,7 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
             show=lambda: redis_mentions(redis_client, cid, prefix),
         )
         time.sleep(4)  # several snapshot epochs (1 s) and their backups (1 s) pass
-        assert redis_mentions(redis_client, cid, prefix) == []
+        assert redis_mentions(redis_client, cid, prefix, everywhere=True) == []
         for name in FLOWS:  # no state holds it already; the discarded keys' rows name it
             assert snapshot_mentions(tmp_path / "recovery" / name, cid, keys=False) == [], name
         for topic in OUTPUT_TOPICS:
@@ -488,7 +492,7 @@ def test_rule_state_follows_merges_guards_visits_and_erasure(
                         assert state == mark, (step_id, state)
                 found = [row for row in found if row not in marks]
             assert found == [], name
-        assert redis_mentions(redis_client, cid, prefix) == []
+        assert redis_mentions(redis_client, cid, prefix, everywhere=True) == []
     finally:
         for process in processes.values():
             stop_process(process)
