@@ -433,8 +433,13 @@ def view_horizon_ms(views_seen_ms: int, rules: RuleSet) -> int:
     """Views at or before this event time are no longer kept: a day beyond the longest
     window before the latest view, counted from the start of its ``AUDIENCE_PRUNE_MS``
     period (so the horizon moves, and views are pruned, once per period)."""
-    period_start = views_seen_ms - views_seen_ms % AUDIENCE_PRUNE_MS
-    return period_start - audience_horizon_ms(rules) - DAY_MS
+    return _period_start(views_seen_ms) - audience_horizon_ms(rules) - DAY_MS
+
+
+def _period_start(ts_ms: int) -> int:
+    """The start of the ``AUDIENCE_PRUNE_MS`` period of ``ts_ms``: what is pruned moves
+    with it, once per period."""
+    return ts_ms - ts_ms % AUDIENCE_PRUNE_MS
 
 
 def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> AudienceState:
@@ -462,7 +467,7 @@ def add_view(state: AudienceState | None, view: View, rules: RuleSet) -> Audienc
         moved = view_horizon_ms(view.ts_ms, rules)
         if moved > horizon:
             _prune_views(state, moved)
-            _prune_passing(state, view.ts_ms - view.ts_ms % AUDIENCE_PRUNE_MS - PASSING_MS)
+            _prune_passing(state, _period_start(view.ts_ms) - PASSING_MS)
     return state
 
 
